@@ -1,0 +1,47 @@
+# One command to run the pipeline, one to test it. Both set up their own virtual env.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CSV ?= data/transactions.csv
+DB ?= finance.db
+PYTEST_ARGS ?=
+
+.PHONY: help install run test lint generate alerts broker clean
+
+help:
+	@echo "make run [CSV=path] [DB=path]  replay a CSV through the whole pipeline on the embedded broker"
+	@echo "make test                      the whole test suite"
+	@echo "make alerts                    follow the alerts topic (needs KAFKA_BOOTSTRAP_SERVERS)"
+	@echo "make generate ROWS=N OUT=path  write a larger synthetic CSV"
+	@echo "make lint                      ruff"
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'
+	touch $@
+
+run: install
+	$(BIN)/fraudstream run --csv '$(CSV)' --db '$(DB)'
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+ROWS ?= 1000000
+OUT ?= data/transactions_large.csv
+generate: install
+	$(BIN)/fraudstream generate --rows $(ROWS) --out '$(OUT)'
+
+alerts: install
+	$(BIN)/fraudstream alerts
+
+broker: install
+	$(BIN)/fraudstream broker
+
+clean:
+	rm -rf $(VENV) .pytest_cache finance.db finance.db-wal finance.db-shm logs
