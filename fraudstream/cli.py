@@ -1,0 +1,213 @@
+"""The ``fraudstream`` command. Every setting also reads its environment variable (``settings``)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from fraudstream.settings import Settings, describe
+
+
+def _settings(**overrides) -> Settings:
+    try:
+        return Settings.from_env(**overrides)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _need_cluster(settings: Settings) -> str:
+    if not settings.bootstrap_servers:
+        raise click.UsageError(
+            "KAFKA_BOOTSTRAP_SERVERS is not set. Start a broker with `fraudstream broker` and "
+            "export the address it prints, or use `fraudstream run`."
+        )
+    return settings.bootstrap_servers
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """Streaming fraud monitoring: replay, score, store and alert on bank transactions."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("faust", "mode", "aiokafka", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@main.command()
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(path_type=Path),
+    default="data/transactions.csv",
+    show_default=True,
+    help="Transactions to replay.",
+)
+@click.option(
+    "--db",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="SQLite file to write (default: from DATABASE_URL, else finance.db).",
+)
+@click.option("--fresh", is_flag=True, help="Delete the database first instead of resuming it.")
+@click.option("--rate", type=float, help="Events per second (default: as fast as possible).")
+@click.option("--speedup", type=float, help="Replay at N times the pace of the timestamps.")
+@click.option("--limit", type=int, help="Produce at most N events.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=900,
+    show_default=True,
+    help="Seconds to wait for the processor to catch up.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def run(csv_path, db, fresh, rate, speedup, limit, timeout_s, no_progress) -> None:
+    """Run the whole pipeline once on a CSV and print a summary.
+
+    Starts the embedded broker unless KAFKA_BOOTSTRAP_SERVERS is set.
+    """
+    from fraudstream.run import RunError, format_summary, run_pipeline
+
+    settings = _settings(database_url=f"sqlite:///{db}" if db else None)
+    try:
+        summary = run_pipeline(
+            csv_path, settings, fresh=fresh, rate=rate, speedup=speedup, limit=limit,
+            timeout_s=timeout_s, progress=not no_progress,
+        )  # fmt: skip
+    except RunError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(format_summary(summary))
+
+
+@main.command()
+@click.option("--loglevel", default="info", show_default=True)
+def process(loglevel: str) -> None:
+    """Run the stream processor (faust worker) until SIGTERM / Ctrl-C."""
+    from stream_processor.faust_app import FatalError, run_worker
+
+    settings = _settings()
+    _need_cluster(settings)
+    try:
+        code = run_worker(settings, loglevel=loglevel)
+    except FatalError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)
+
+
+@main.command()
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default="data/transactions.csv",
+    show_default=True,
+)
+@click.option("--rate", type=float, help="Events per second (default: as fast as possible).")
+@click.option("--speedup", type=float, help="Replay at N times the pace of the timestamps.")
+@click.option("--limit", type=int, help="Produce at most N events.")
+@click.option(
+    "--loops",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Passes over the file (0 = forever); later passes get new ids and times.",
+)
+@click.option("--rejects", type=click.Path(path_type=Path), help="Where bad rows are kept.")
+@click.option("--no-progress", is_flag=True)
+def produce(csv_path, rate, speedup, limit, loops, rejects, no_progress) -> None:
+    """Replay a CSV onto the transactions topic (KAFKA_BOOTSTRAP_SERVERS)."""
+    from fraudstream.broker import ensure_topics
+    from producer.csv_source import CsvFormatError
+    from producer.replay import ReplayOptions, replay
+
+    settings = _settings()
+    bootstrap = _need_cluster(settings)
+    ensure_topics(bootstrap, settings)
+    options = ReplayOptions(rate=rate, speedup=speedup, limit=limit, loops=loops,
+                            progress=not no_progress, rejects_path=rejects)  # fmt: skip
+    try:
+        stats = replay(csv_path, bootstrap, settings.transactions_topic, options)
+    except CsvFormatError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"produced {stats.produced:,} events in {stats.seconds:.1f} s "
+        f"({stats.events_per_s:,.0f}/s); delivered {stats.delivered:,}, failed {stats.failed:,}, "
+        f"bad rows skipped {stats.rejected:,}"
+        + (f" (kept in {stats.rejects_path})" if stats.rejects_path else "")
+    )
+    if stats.failed:
+        raise click.ClickException("some events were not delivered: " + "; ".join(stats.errors))
+
+
+@main.command()
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest alert.")
+@click.option("--max", "max_alerts", type=int, help="Stop after N alerts.")
+@click.option("--idle-timeout", type=float, help="Stop after N seconds without an alert.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON of each alert.")
+def alerts(from_beginning, max_alerts, idle_timeout, as_json) -> None:
+    """Follow the alerts topic and print each alert with its reasons."""
+    from fraudstream.alerts import tail_alerts
+
+    settings = _settings()
+    _need_cluster(settings)
+    tail_alerts(settings, from_beginning=from_beginning, max_alerts=max_alerts,
+                idle_timeout_s=idle_timeout, as_json=as_json)  # fmt: skip
+
+
+@main.command()
+@click.option("--rows", type=int, default=60_000, show_default=True)
+@click.option("--days", type=int, default=90, show_default=True)
+@click.option("--start", default="2026-01-01", show_default=True, help="First day (UTC).")
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="data/transactions.csv",
+    show_default=True,
+)
+def generate(rows, days, start, seed, out) -> None:
+    """Write a synthetic labelled transactions CSV (is_fraud, fraud_scenario)."""
+    from producer.generate import GeneratorConfig, write_csv
+
+    started = time.monotonic()
+    frame = write_csv(out, GeneratorConfig(rows=rows, days=days, start=start, seed=seed))
+    counts = frame["fraud_scenario"][frame["is_fraud"] == 1].value_counts().to_dict()
+    click.echo(
+        f"wrote {len(frame):,} rows to {out} in {time.monotonic() - started:.1f} s; "
+        f"fraud {frame['is_fraud'].mean():.2%}: {counts}"
+    )
+
+
+@main.command()
+@click.option("--port", type=int, default=9092, show_default=True)
+def broker(port: int) -> None:
+    """Run the embedded Tansu broker in the foreground (memory only) until Ctrl-C."""
+    from fraudstream.broker import EmbeddedBroker
+
+    with EmbeddedBroker(port=port) as b:
+        click.echo(f"embedded broker on {b.bootstrap}; in another shell:")
+        click.echo(f"  export KAFKA_BOOTSTRAP_SERVERS={b.bootstrap}")
+        try:
+            while b.proc is not None and b.proc.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+
+
+@main.command("settings")
+def show_settings() -> None:
+    """Every setting: environment variable, current value, meaning."""
+    current = _settings()
+    for (env, default, doc), value in zip(describe(), current.to_env_all(), strict=True):
+        click.echo(f"{env:<26} {value!s:<24} {doc}  (default {default})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

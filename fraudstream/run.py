@@ -1,0 +1,331 @@
+"""``fraudstream run``: the whole pipeline once, on the embedded broker or ``KAFKA_BOOTSTRAP_SERVERS``.
+
+Starts the broker (unless one is configured), creates the topics, starts the stream processor as
+a child process, replays the CSV, waits until the processor has committed every offset and holds
+nothing, stops it, and prints a summary read back from the database and the alerts topic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from sqlalchemy import func, select
+
+from fraudstream.broker import _die_with_parent, ensure_topics, kafka_cluster
+from fraudstream.settings import Settings
+from fraudstream.tables import (
+    dead_letters,
+    make_engine,
+    model_versions,
+    pending_events,
+    transactions,
+)
+
+
+class RunError(RuntimeError):
+    pass
+
+
+@dataclass
+class RunSummary:
+    csv: Path
+    database: Path | None
+    produced: int = 0
+    rejected_rows: int = 0
+    rejects_path: Path | None = None
+    wall_s: float = 0.0
+    stored_rows: int = 0
+    new_rows: int = 0
+    flagged: int = 0
+    dead_letters: int = 0
+    alerts_on_topic: int = 0
+    alerts_marked: int = 0
+    models: list[dict] = field(default_factory=list)
+    top_alerts: list[dict] = field(default_factory=list)
+    quality: dict | None = None
+    processor_log: Path | None = None
+
+    @property
+    def events_per_s(self) -> float:
+        return self.produced / self.wall_s if self.wall_s else 0.0
+
+
+def run_pipeline(
+    csv_path: Path,
+    settings: Settings,
+    *,
+    fresh: bool = False,
+    rate: float | None = None,
+    speedup: float | None = None,
+    limit: int | None = None,
+    timeout_s: float = 900.0,
+    progress: bool = True,
+) -> RunSummary:
+    from producer.replay import ReplayOptions, replay
+
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise RunError(f"{csv_path}: no such file (generate one with `fraudstream generate`)")
+    db = Path(settings.sqlite_path) if settings.sqlite_path else None
+    if db is not None:
+        db = db.resolve()
+        settings = settings.replace(database_url=f"sqlite:///{db}")
+        if fresh:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+        db.parent.mkdir(parents=True, exist_ok=True)
+    log_dir = (db.parent if db else Path.cwd()) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url)  # creates the tables before anyone reads them
+    with engine.connect() as conn:
+        rows_before = conn.execute(select(func.count()).select_from(transactions)).scalar()
+    summary = RunSummary(csv=csv_path, database=db, processor_log=log_dir / "processor.log")
+
+    with kafka_cluster(settings, log_path=log_dir / "broker.log") as bootstrap:
+        settings = settings.replace(bootstrap_servers=bootstrap)
+        ensure_topics(bootstrap, settings)
+        if settings.web_port:
+            from fraudstream.broker import free_port
+
+            settings = settings.replace(web_port=free_port())
+        proc = start_processor(settings, summary.processor_log)
+        try:
+            started = time.monotonic()
+            stats = replay(
+                csv_path,
+                bootstrap,
+                settings.transactions_topic,
+                ReplayOptions(rate=rate, speedup=speedup, limit=limit, progress=progress),
+            )
+            if stats.failed:
+                raise RunError(f"{stats.failed} events were not delivered: {stats.errors[:3]}")
+            summary.produced, summary.rejected_rows = stats.produced, stats.rejected
+            summary.rejects_path = stats.rejects_path
+            wait_until_processed(
+                settings, engine, proc, summary.processor_log, stats.last_offsets, timeout_s
+            )
+            summary.wall_s = time.monotonic() - started
+        finally:
+            stop_processor(proc)
+        read_back(summary, engine, settings, rows_before)
+    engine.dispose()
+    return summary
+
+
+def start_processor(settings: Settings, log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, **settings.to_env()}
+    log_file = open(log_path, "ab")  # noqa: SIM115 - the child holds it; closed on our exit
+    return subprocess.Popen(
+        [sys.executable, "-m", "fraudstream", "process"],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
+    )
+
+
+def stop_processor(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def consumer_lag(settings: Settings, last_offsets: dict[int, int]) -> int:
+    """Events up to ``last_offsets`` (partition -> highest produced offset) not yet committed.
+
+    Measured against the producer's delivery reports, not the topic's high watermark: the embedded
+    broker's ListOffsets answers with the start of the last record batch, not the end.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": settings.consumer_group,
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        topic = settings.transactions_topic
+        parts = [TopicPartition(topic, p) for p in last_offsets]
+        committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)}
+        return sum(
+            max(0, last + 1 - max(committed.get(p, 0), 0)) for p, last in last_offsets.items()
+        )
+    finally:
+        consumer.close()
+
+
+def wait_until_processed(
+    settings, engine, proc, log_path: Path, last_offsets: dict[int, int], timeout_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    last_report = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            raise RunError(
+                f"the stream processor exited with code {proc.returncode}; see {log_path}:\n"
+                + _tail(log_path)
+            )
+        lag = consumer_lag(settings, last_offsets)
+        with engine.connect() as conn:
+            held = conn.execute(select(func.count()).select_from(pending_events)).scalar()
+        if lag == 0 and held == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RunError(
+                f"the stream processor did not catch up within {timeout_s:.0f} s "
+                f"(lag {lag} events, {held} held); see {log_path}"
+            )
+        if time.monotonic() - last_report > 10:
+            print(f"stream processor: {lag:,} events to go, {held:,} held for the first fit",
+                  file=sys.stderr)  # fmt: skip
+            last_report = time.monotonic()
+        time.sleep(0.25)
+
+
+def read_back(summary: RunSummary, engine, settings: Settings, rows_before: int) -> None:
+    t = transactions
+    with engine.connect() as conn:
+        summary.stored_rows = conn.execute(select(func.count()).select_from(t)).scalar()
+        summary.new_rows = summary.stored_rows - rows_before
+        summary.flagged = conn.execute(select(func.count()).where(t.c.is_flagged == 1)).scalar()
+        summary.alerts_marked = conn.execute(
+            select(func.count()).where(t.c.is_flagged == 1, t.c.alert_published_at.is_not(None))
+        ).scalar()
+        summary.dead_letters = conn.execute(select(func.count()).select_from(dead_letters)).scalar()
+        summary.models = [
+            dict(r._mapping)
+            for r in conn.execute(
+                select(
+                    model_versions.c.version,
+                    model_versions.c.reason,
+                    model_versions.c.training_rows,
+                    model_versions.c.threshold,
+                    model_versions.c.fit_seconds,
+                ).order_by(model_versions.c.version)
+            )
+        ]
+        summary.top_alerts = [
+            dict(r._mapping)
+            for r in conn.execute(
+                select(t.c.transaction_id, t.c.account_id, t.c.amount, t.c.merchant,
+                       t.c.location, t.c.timestamp, t.c.score, t.c.model_version, t.c.reasons)
+                .where(t.c.is_flagged == 1)
+                .order_by(t.c.score.desc())
+                .limit(10)
+            )
+        ]  # fmt: skip
+        labelled = conn.execute(
+            select(t.c.is_fraud, t.c.is_flagged, t.c.score).where(t.c.is_fraud.is_not(None))
+        ).all()
+    flagged_ids = _flagged_ids(engine)
+    summary.alerts_on_topic = len(alert_ids_on_topic(settings) & flagged_ids)
+    if labelled:
+        summary.quality = detection_quality(labelled)
+
+
+def detection_quality(rows) -> dict:
+    """Precision and recall of the flag, ROC-AUC of the score, against ``is_fraud``."""
+    from sklearn.metrics import roc_auc_score
+
+    y = [r[0] for r in rows]
+    flag = [r[1] for r in rows]
+    score = [r[2] for r in rows]
+    tp = sum(1 for a, b in zip(y, flag, strict=True) if a and b)
+    positives, flagged = sum(y), sum(flag)
+    out = {
+        "labelled": len(y),
+        "fraud": positives,
+        "precision": tp / flagged if flagged else float("nan"),
+        "recall": tp / positives if positives else float("nan"),
+        "roc_auc": float("nan"),
+    }
+    if 0 < positives < len(y):
+        out["roc_auc"] = float(roc_auc_score(y, score))
+    return out
+
+
+def _flagged_ids(engine) -> set[str]:
+    with engine.connect() as conn:
+        q = select(transactions.c.transaction_id).where(transactions.c.is_flagged == 1)
+        return set(conn.execute(q).scalars())
+
+
+def alert_ids_on_topic(settings: Settings, idle_s: float = 3.0) -> set[str]:
+    """``transaction_id`` of every alert on the alerts topic, read from the start until idle."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"fraudstream-summary-{os.getpid()}-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    ids: set[str] = set()
+    try:
+        topic = settings.alerts_topic
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+        last = time.monotonic()
+        while time.monotonic() - last < idle_s:
+            for msg in consumer.consume(1000, timeout=0.5):
+                if msg.error():
+                    continue
+                last = time.monotonic()
+                ids.add(json.loads(msg.value())["transaction_id"])
+        return ids
+    finally:
+        consumer.close()
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def format_summary(s: RunSummary) -> str:
+    out = ["", "=== fraudstream run ==="]
+    out.append(f"input                {s.csv}")
+    out.append(f"events produced      {s.produced:,}   (bad CSV rows skipped: {s.rejected_rows:,}"
+               + (f", kept in {s.rejects_path})" if s.rejects_path else ")"))  # fmt: skip
+    out.append(f"rows stored          {s.new_rows:,} new, {s.stored_rows:,} in total "
+               f"(a replayed transaction_id adds no row)")  # fmt: skip
+    out.append(f"flagged              {s.flagged:,}   alerts on topic: {s.alerts_on_topic:,}")
+    out.append(f"dead-lettered        {s.dead_letters:,}")
+    out.append(f"wall time            {s.wall_s:.1f} s   ({s.events_per_s:,.0f} events/s, "
+               "produce to last offset committed)")  # fmt: skip
+    if s.quality:
+        q = s.quality
+        out.append(f"against is_fraud     precision {q['precision']:.3f}  recall {q['recall']:.3f}  "
+                   f"ROC-AUC {q['roc_auc']:.3f}  ({q['fraud']:,} fraud in {q['labelled']:,})")  # fmt: skip
+    out.append(f"model versions       {len(s.models)}")
+    for m in s.models:
+        out.append(f"  v{m['version']:<3} {m['reason']:<9} trained on {m['training_rows']:>6,} "
+                   f"events, threshold {m['threshold']:.4f}, fit {m['fit_seconds']:.2f} s")  # fmt: skip
+    if s.top_alerts:
+        out.append("top alerts (highest score first)")
+        for a in s.top_alerts:
+            reasons = "; ".join(json.loads(a["reasons"] or "[]"))
+            out.append(f"  {a['score']:.3f} {a['transaction_id']} {a['account_id']} "
+                       f"{a['amount']:>10,.2f} {a['merchant']} ({a['location']}) {a['timestamp']}")  # fmt: skip
+            out.append(f"        {reasons}")
+    if s.database:
+        out.append(f"database             {s.database}")
+        out.append(f"  query it:          sqlite3 {s.database} 'select * from transactions "
+                   "where is_flagged = 1 order by score desc limit 20'")  # fmt: skip
+    out.append(f"processor log        {s.processor_log}")
+    return "\n".join(out)

@@ -1,0 +1,179 @@
+"""The transaction event: its fields, how it is validated, and how it travels as JSON.
+
+One validation for both a CSV row (all strings) and a decoded Kafka value (JSON types), so the
+producer and the stream processor accept exactly the same records.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+INPUT_COLUMNS = ("transaction_id", "account_id", "amount", "merchant", "timestamp", "location")
+"""Required input columns, in CSV order. Other columns are carried through as ``extras``."""
+
+LABEL_COLUMN = "is_fraud"
+"""Ground truth (0/1) when present: stored for evaluation, never a model input."""
+
+MAX_ID_LENGTH = 128
+MAX_TEXT_LENGTH = 256
+MAX_AMOUNT = 1e9
+
+
+class InvalidRecord(ValueError):
+    """A record that cannot become a :class:`Transaction`; ``field`` names the culprit."""
+
+    def __init__(self, field: str | None, reason: str):
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}" if field else reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    transaction_id: str
+    account_id: str
+    amount: float
+    merchant: str
+    timestamp: datetime  # timezone-aware, UTC
+    location: str
+    is_fraud: int | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def event_time(self) -> float:
+        """Event time in seconds since the Unix epoch."""
+        return self.timestamp.timestamp()
+
+    def to_event(self) -> dict[str, Any]:
+        """The JSON object that goes on the transactions topic."""
+        event = {
+            "transaction_id": self.transaction_id,
+            "account_id": self.account_id,
+            "amount": self.amount,
+            "merchant": self.merchant,
+            "timestamp": format_timestamp(self.timestamp),
+            "location": self.location,
+        }
+        if self.is_fraud is not None:
+            event[LABEL_COLUMN] = self.is_fraud
+        event.update(self.extras)
+        return event
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_event(), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def format_timestamp(ts: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z``, seconds precision unless there are microseconds."""
+    text = ts.astimezone(UTC).replace(tzinfo=None).isoformat()
+    return text + "Z"
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """An ISO 8601 string (naive = UTC) or epoch seconds, as an aware UTC datetime."""
+    if isinstance(value, bool):
+        raise InvalidRecord("timestamp", f"expected an ISO 8601 time, got {value!r}")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise InvalidRecord("timestamp", f"not a finite epoch time: {value!r}")
+        try:
+            return datetime.fromtimestamp(value, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise InvalidRecord("timestamp", f"epoch time out of range: {value!r}") from None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRecord("timestamp", f"expected an ISO 8601 time, got {value!r}")
+    text = value.strip()
+    try:
+        ts = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRecord(
+            "timestamp", f"not an ISO 8601 time (e.g. 2026-01-31T13:45:00Z): {value!r}"
+        ) from None
+    if ts.tzinfo is None:
+        return ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC)
+
+
+def _text(record: Mapping[str, Any], name: str, limit: int) -> str:
+    value = record.get(name)
+    if value is None:
+        raise InvalidRecord(name, "missing")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidRecord(name, f"expected text, got {type(value).__name__}")
+    text = str(value).strip()
+    if not text:
+        raise InvalidRecord(name, "empty")
+    if len(text) > limit:
+        raise InvalidRecord(name, f"longer than {limit} characters")
+    if any(ord(c) < 32 for c in text):
+        raise InvalidRecord(name, "contains control characters")
+    return text
+
+
+def _amount(record: Mapping[str, Any]) -> float:
+    value = record.get("amount")
+    if value is None:
+        raise InvalidRecord("amount", "missing")
+    if isinstance(value, bool):
+        raise InvalidRecord("amount", f"expected a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise InvalidRecord("amount", f"not a number: {value!r}") from None
+    if not isinstance(value, (int, float)):
+        raise InvalidRecord("amount", f"expected a number, got {type(value).__name__}")
+    amount = float(value)
+    if not math.isfinite(amount):
+        raise InvalidRecord("amount", f"not a finite number: {value!r}")
+    if amount <= 0:
+        raise InvalidRecord("amount", f"must be positive, got {amount!r}")
+    if amount > MAX_AMOUNT:
+        raise InvalidRecord("amount", f"larger than {MAX_AMOUNT:.0e}: {amount!r}")
+    return amount
+
+
+def _label(record: Mapping[str, Any]) -> int | None:
+    value = record.get(LABEL_COLUMN)
+    if value is None or value == "":
+        return None
+    if value in (0, 1, "0", "1", True, False) and not isinstance(value, float):
+        return int(value)
+    raise InvalidRecord(LABEL_COLUMN, f"expected 0 or 1, got {value!r}")
+
+
+def validate(record: Mapping[str, Any]) -> Transaction:
+    """A :class:`Transaction` from a CSV row or a decoded event, or :class:`InvalidRecord`."""
+    if not isinstance(record, Mapping):
+        raise InvalidRecord(None, f"expected a JSON object, got {type(record).__name__}")
+    extras = {k: v for k, v in record.items() if k not in INPUT_COLUMNS and k != LABEL_COLUMN and k}
+    return Transaction(
+        transaction_id=_text(record, "transaction_id", MAX_ID_LENGTH),
+        account_id=_text(record, "account_id", MAX_ID_LENGTH),
+        amount=_amount(record),
+        merchant=_text(record, "merchant", MAX_TEXT_LENGTH),
+        timestamp=parse_timestamp(record.get("timestamp")),
+        location=_text(record, "location", MAX_TEXT_LENGTH),
+        is_fraud=_label(record),
+        extras=extras,
+    )
+
+
+def decode(value: bytes | None) -> Transaction:
+    """A Kafka value (UTF-8 JSON object) as a :class:`Transaction`, or :class:`InvalidRecord`."""
+    if value is None:
+        raise InvalidRecord(None, "empty message (null value)")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRecord(None, f"not UTF-8 at byte {exc.start}") from None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRecord(None, f"invalid JSON at char {exc.pos}: {exc.msg}") from None
+    return validate(record)

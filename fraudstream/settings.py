@@ -1,0 +1,146 @@
+"""Every setting of the pipeline, declared once with its environment variable and meaning.
+
+Build one with :meth:`Settings.from_env` (environment first, keyword overrides on top); the object
+is frozen so that every component sees the same values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _setting(env: str, default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str | None = _setting(
+        "KAFKA_BOOTSTRAP_SERVERS",
+        None,
+        "Kafka bootstrap servers (host:port,...). Unset: `run` starts the embedded Tansu broker.",
+    )
+    transactions_topic: str = _setting(
+        "TRANSACTIONS_TOPIC", "transactions", "Topic the producer replays the CSV onto."
+    )
+    alerts_topic: str = _setting("ALERTS_TOPIC", "alerts", "Topic of flagged transactions.")
+    dlq_topic: str = _setting(
+        "DLQ_TOPIC", "transactions.dlq", "Topic of undecodable or invalid events (original bytes)."
+    )
+    topic_partitions: int = _setting(
+        "TOPIC_PARTITIONS", 4, "Partitions of the transactions topic when this tool creates it."
+    )
+    consumer_group: str = _setting(
+        "CONSUMER_GROUP", "fraud-stream-processor", "Consumer group of the stream processor."
+    )
+    session_timeout_ms: int = _setting(
+        "KAFKA_SESSION_TIMEOUT_MS",
+        6000,
+        "Consumer session timeout in ms. Tansu's JoinGroup waits about half of it.",
+    )
+    database_url: str = _setting(
+        "DATABASE_URL", "sqlite:///finance.db", "SQLAlchemy URL of the sink (SQLite file)."
+    )
+    batch_size: int = _setting("BATCH_SIZE", 1000, "Most events scored together in one batch.")
+    batch_timeout_s: float = _setting(
+        "BATCH_TIMEOUT_S", 0.5, "Seconds to wait for a batch to fill before scoring what came."
+    )
+    warmup_events: int = _setting(
+        "WARMUP_EVENTS",
+        2000,
+        "Events held (durably, in the pending_events table) until the first model is fit on them.",
+    )
+    warmup_idle_s: float = _setting(
+        "WARMUP_IDLE_S",
+        5.0,
+        "Seconds without new events after which the first model is fit on what is held.",
+    )
+    refit_every_events: int = _setting(
+        "REFIT_EVERY_EVENTS", 10000, "Refit the model after this many scored events (0 = never)."
+    )
+    refit_interval_s: float = _setting(
+        "REFIT_INTERVAL_S", 600.0, "Refit after this many seconds with new events (0 = never)."
+    )
+    training_window: int = _setting(
+        "TRAINING_WINDOW", 50000, "Most recent feature vectors a refit trains on."
+    )
+    flag_quantile: float = _setting(
+        "FLAG_QUANTILE",
+        0.99,
+        "Threshold = this quantile of the training scores; events scoring above it are flagged.",
+    )
+    n_estimators: int = _setting("N_ESTIMATORS", 100, "Trees in the Isolation Forest.")
+    model_seed: int = _setting("MODEL_SEED", 42, "Random seed of the Isolation Forest.")
+    max_accounts: int = _setting(
+        "MAX_ACCOUNTS",
+        1_000_000,
+        "Accounts whose history is kept in memory; the least recently seen are evicted.",
+    )
+    account_history: int = _setting(
+        "ACCOUNT_HISTORY", 50, "Recent transactions kept per account for the features."
+    )
+    web_port: int = _setting(
+        "PROCESSOR_WEB_PORT", 6066, "Port of the processor's health page (0 = disabled)."
+    )
+    web_host: str = _setting("PROCESSOR_WEB_HOST", "127.0.0.1", "Address of the health page.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``env`` (default ``os.environ``), then ``overrides`` (None = keep)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that rebuilds these settings in a child process."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.metadata["env"]] = str(value)
+        return out
+
+    def to_env_all(self) -> list[str]:
+        """Current values in declaration order ('' when unset), for ``fraudstream settings``."""
+        return ["" if getattr(self, f.name) is None else str(getattr(self, f.name))
+                for f in dataclasses.fields(self)]  # fmt: skip
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The database file when the sink is SQLite, else None."""
+        prefix = "sqlite:///"
+        return self.database_url[len(prefix) :] if self.database_url.startswith(prefix) else None
+
+
+def _convert(f: dataclasses.Field, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ValueError(
+            f"environment variable {f.metadata['env']}={raw!r} is not a valid {kind.split()[0]}"
+        ) from None
+    return raw
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(env name, default, meaning) for every setting, for the README and ``--help``."""
+    return [
+        (f.metadata["env"], repr(f.default), f.metadata["doc"])
+        for f in dataclasses.fields(Settings)
+    ]

@@ -1,0 +1,119 @@
+"""The tables the stream processor writes, and how to open the database.
+
+SQLAlchemy Core, so ``DATABASE_URL`` can point at PostgreSQL later; nothing here is SQLite-only
+except the connection pragmas, which are applied only to SQLite.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+)
+
+metadata = MetaData()
+
+transactions = Table(
+    "transactions",
+    metadata,
+    Column("transaction_id", String(128), primary_key=True),
+    Column("account_id", String(128), nullable=False),
+    Column("amount", Float, nullable=False),
+    Column("merchant", String(256), nullable=False),
+    # UTC, 'YYYY-MM-DD HH:MM:SS[.ffffff]': sorts as text, and SQLite's date functions read it.
+    Column("timestamp", String(32), nullable=False),
+    Column("location", String(256), nullable=False),
+    Column("is_fraud", Integer, nullable=True, comment="ground truth when the input had it"),
+    Column("extras", Text, nullable=True, comment="other input columns, JSON object"),
+    Column(
+        "score", Float, nullable=False, comment="anomaly score in (0, 1]; higher = more anomalous"
+    ),
+    Column("threshold", Float, nullable=False, comment="score above which the event is flagged"),
+    Column("is_flagged", Integer, nullable=False),
+    Column("reasons", Text, nullable=True, comment="JSON list of readable reasons, when flagged"),
+    Column("model_version", Integer, nullable=False),
+    Column("features", Text, nullable=False, comment="JSON object of the model's inputs"),
+    Column("kafka_partition", Integer, nullable=True),
+    Column("kafka_offset", Integer, nullable=True),
+    Column("produced_at", Float, nullable=True, comment="epoch s, from the producer's header"),
+    Column("scored_at", Float, nullable=False, comment="epoch s"),
+    Column("alert_published_at", Float, nullable=True, comment="epoch s; null until delivered"),
+)
+Index("ix_transactions_account_time", transactions.c.account_id, transactions.c.timestamp)
+Index("ix_transactions_timestamp", transactions.c.timestamp)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("fitted_at", Float, nullable=False, comment="epoch s"),
+    Column("reason", String(64), nullable=False, comment="initial, events, interval"),
+    Column("training_rows", Integer, nullable=False),
+    Column("threshold", Float, nullable=False),
+    Column("flag_quantile", Float, nullable=False),
+    Column("fit_seconds", Float, nullable=False),
+    Column("feature_names", Text, nullable=False, comment="JSON list"),
+    Column("model", LargeBinary, nullable=False, comment="joblib dump of the fitted estimator"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source_topic", String(256), nullable=False),
+    Column("source_partition", Integer, nullable=False),
+    Column("source_offset", Integer, nullable=False),
+    Column("message_key", LargeBinary, nullable=True),
+    Column("message_value", LargeBinary, nullable=True, comment="the original bytes"),
+    Column("error_field", String(64), nullable=True),
+    Column("error", Text, nullable=False),
+    Column("received_at", Float, nullable=False, comment="epoch s"),
+)
+Index(
+    "ux_dead_letters_source",
+    dead_letters.c.source_topic,
+    dead_letters.c.source_partition,
+    dead_letters.c.source_offset,
+    unique=True,
+)
+
+pending_events = Table(
+    "pending_events",
+    metadata,
+    Column("transaction_id", String(128), primary_key=True),
+    Column("seq", Integer, nullable=False, comment="arrival order"),
+    Column("event", Text, nullable=False, comment="the validated event, JSON"),
+    Column("kafka_partition", Integer, nullable=True),
+    Column("kafka_offset", Integer, nullable=True),
+    Column("produced_at", Float, nullable=True),
+    comment="events held before the first model exists; scored and moved on the first fit",
+)
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def make_engine(database_url: str) -> Engine:
+    """An engine with the tables created; SQLite in WAL mode with a busy timeout."""
+    engine = create_engine(database_url)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+    metadata.create_all(engine)
+    return engine

@@ -1,0 +1,185 @@
+"""Replaying a transactions CSV onto Kafka with confluent-kafka.
+
+Events are keyed by ``account_id`` (so one account's events stay in order on one partition) and
+carry a ``produced_at`` header (epoch seconds) for latency. Pace with ``rate`` (events/s) or
+``speedup`` (event time runs this many times faster than the timestamps); ``loops`` > 1 replays
+the file again with ids suffixed ``~N`` and times shifted past the previous pass, so a live feed
+never repeats a ``transaction_id``. Delivery reports are checked; the producer is flushed on exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+
+from confluent_kafka import KafkaException, Producer
+
+from fraudstream.schema import Transaction
+from producer.csv_source import RejectedRow, RejectsWriter, read_transactions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    rate: float | None = None  # events per second; None = as fast as possible
+    speedup: float | None = None  # event-time speed-up; None = ignore timestamps
+    limit: int | None = None  # stop after this many events produced
+    loops: int = 1  # passes over the file; 0 = forever
+    progress: bool = True
+    rejects_path: Path | None = None  # default: <csv>.rejects.csv beside the input
+    max_reported: int = 20  # bad rows printed in full; the rest are only counted and kept
+
+
+@dataclass
+class ReplayStats:
+    produced: int = 0
+    delivered: int = 0
+    failed: int = 0
+    rejected: int = 0
+    loops: int = 0
+    seconds: float = 0.0
+    rejects_path: Path | None = None
+    errors: list[str] = field(default_factory=list)
+    # partition -> highest offset delivered: a consumer is caught up once it commits past these.
+    last_offsets: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def events_per_s(self) -> float:
+        return self.produced / self.seconds if self.seconds else 0.0
+
+
+def producer_config(bootstrap: str) -> dict:
+    return {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,  # no duplicates from the producer's own retries
+        "linger.ms": 20,
+        "queue.buffering.max.messages": 500_000,
+        "message.timeout.ms": 120_000,
+    }
+
+
+def replay(csv_path: Path | str, bootstrap: str, topic: str, options: ReplayOptions) -> ReplayStats:
+    """Produce every valid row of ``csv_path`` to ``topic``; see the module docstring."""
+    csv_path = Path(csv_path)
+    stats = ReplayStats()
+    rejects = RejectsWriter(options.rejects_path or csv_path.with_suffix(".rejects.csv"))
+    producer = Producer(producer_config(bootstrap))
+
+    def on_delivery(err, msg):
+        if err is None:
+            stats.delivered += 1
+            p = msg.partition()
+            if msg.offset() > stats.last_offsets.get(p, -1):
+                stats.last_offsets[p] = msg.offset()
+        else:
+            stats.failed += 1
+            if len(stats.errors) < 10:
+                stats.errors.append(f"{msg.key()!r}: {err}")
+
+    bar = _progress(options, csv_path)
+    started = time.monotonic()
+    first_event: float | None = None
+    span = timedelta(0)
+    loop = 0
+    try:
+        while options.loops == 0 or loop < options.loops:
+            first_ts = last_ts = None
+            for _line, item in read_transactions(csv_path):
+                if isinstance(item, RejectedRow):
+                    if loop == 0:
+                        _reject(item, rejects, stats, options)
+                    continue
+                txn = _for_loop(item, loop, span)
+                first_ts = min(first_ts or item.timestamp, item.timestamp)
+                last_ts = max(last_ts or item.timestamp, item.timestamp)
+                if first_event is None:
+                    first_event = txn.event_time
+                _pace(options, stats.produced, started, txn.event_time - first_event)
+                _produce(producer, topic, txn, on_delivery)
+                stats.produced += 1
+                if bar is not None:
+                    bar.update(1)
+                if options.limit is not None and stats.produced >= options.limit:
+                    return stats
+            loop += 1
+            stats.loops = loop
+            if last_ts is None:
+                break  # nothing valid in the file: looping would spin
+            if loop == 1:
+                span = (last_ts - first_ts) + timedelta(hours=1)
+    except KeyboardInterrupt:
+        log.warning("interrupted: flushing what was produced")
+    finally:
+        remaining = producer.flush(60)
+        if remaining:
+            stats.failed += remaining
+            stats.errors.append(f"{remaining} events still undelivered after 60 s")
+        stats.seconds = time.monotonic() - started
+        rejects.close()
+        if rejects.count:
+            stats.rejects_path = rejects.path
+        if bar is not None:
+            bar.close()
+    return stats
+
+
+def _for_loop(txn: Transaction, loop: int, span: timedelta) -> Transaction:
+    if loop == 0:
+        return txn
+    return replace(
+        txn, transaction_id=f"{txn.transaction_id}~{loop}", timestamp=txn.timestamp + span * loop
+    )
+
+
+def _produce(producer: Producer, topic: str, txn: Transaction, on_delivery) -> None:
+    headers = [("produced_at", repr(time.time()).encode())]
+    while True:
+        try:
+            producer.produce(
+                topic,
+                key=txn.account_id.encode(),
+                value=txn.encode(),
+                headers=headers,
+                on_delivery=on_delivery,
+            )
+            break
+        except BufferError:
+            producer.poll(0.05)  # local queue full: let deliveries drain
+        except KafkaException as exc:
+            raise RuntimeError(f"cannot produce {txn.transaction_id} to {topic}: {exc}") from exc
+    producer.poll(0)
+
+
+def _pace(options: ReplayOptions, produced: int, started: float, event_offset_s: float) -> None:
+    due = None
+    if options.rate:
+        due = started + produced / options.rate
+    if options.speedup:
+        by_time = started + event_offset_s / options.speedup
+        due = by_time if due is None else max(due, by_time)
+    if due is not None:
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+def _reject(item: RejectedRow, rejects: RejectsWriter, stats: ReplayStats, options) -> None:
+    stats.rejected += 1
+    rejects.add(item)
+    if stats.rejected <= options.max_reported:
+        print(f"skipped bad row {item}", file=sys.stderr)
+    elif stats.rejected == options.max_reported + 1:
+        print(f"more bad rows: counted and kept in {rejects.path}", file=sys.stderr)
+
+
+def _progress(options: ReplayOptions, csv_path: Path):
+    if not options.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(desc=f"producing {csv_path.name}", unit=" events", file=sys.stderr, mininterval=0.5)

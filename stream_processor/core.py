@@ -1,0 +1,336 @@
+"""The transport-free scoring core: a batch of raw Kafka values in; rows, alerts, dead letters out.
+
+No Kafka and no database in here: a runtime feeds :meth:`ScoringCore.process` with
+:class:`RawMessage` lists, writes the :class:`BatchResult` in one database transaction, publishes
+its alerts and dead letters, and only then commits its offsets.
+
+Before the first model exists, valid events are *held* (``BatchResult.pending_add``, which the
+runtime stores in ``pending_events`` so a crash loses nothing). The first model is fit on them
+once ``warmup_events`` are held, or ``warmup_idle_s`` after the last event (:meth:`tick`); they are
+then scored like every later event. No event is ever stored unscored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+import numpy as np
+
+from fraudstream.schema import InvalidRecord, Transaction, decode, format_timestamp
+from fraudstream.settings import Settings
+from stream_processor.features import FEATURE_NAMES, AccountStates
+from stream_processor.model import FittedModel, fit_model
+from stream_processor.reasons import explain
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """One consumed Kafka record, as any runtime sees it."""
+
+    value: bytes | None
+    key: bytes | None = None
+    topic: str = "transactions"
+    partition: int = 0
+    offset: int = 0
+    produced_at: float | None = None  # epoch s, from the producer's header
+
+
+@dataclass(frozen=True, slots=True)
+class HeldEvent:
+    txn: Transaction
+    partition: int | None
+    offset: int | None
+    produced_at: float | None
+
+
+@dataclass
+class BatchResult:
+    rows: list[dict] = field(default_factory=list)  # for the transactions table
+    alerts: list[dict] = field(default_factory=list)  # for the alerts topic
+    dead_letters: list[dict] = field(default_factory=list)  # for dead_letters and the DLQ
+    pending_add: list[dict] = field(default_factory=list)  # held until the first fit
+    pending_clear: bool = False  # the held events were scored: empty pending_events
+    models: list[FittedModel] = field(default_factory=list)  # new versions to record
+    duplicate_ids: list[str] = field(default_factory=list)  # already stored or held
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.rows or self.dead_letters or self.pending_add or self.pending_clear or self.models
+        )
+
+
+def db_timestamp(ts: datetime) -> str:
+    """UTC as 'YYYY-MM-DD HH:MM:SS[.ffffff]': sorts as text; SQLite date functions read it."""
+    return format_timestamp(ts)[:-1].replace("T", " ")
+
+
+class ScoringCore:
+    """Features, scoring, thresholding and reasons over batches; refits in the background."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        known_ids: Callable[[list[str]], set[str]] = lambda ids: set(),
+        *,
+        model: FittedModel | None = None,
+        next_version: int = 1,
+        held: Iterable[HeldEvent] = (),
+        history: Iterable[Transaction] = (),
+    ):
+        self.settings = settings
+        self.known_ids = known_ids
+        self.model = model
+        self.next_version = max(next_version, model.version + 1 if model else 1)
+        self.states = AccountStates(settings.max_accounts, settings.account_history)
+        self.states.learn(list(history))
+        self.held: list[HeldEvent] = list(held)
+        self._held_ids = {h.txn.transaction_id for h in self.held}
+        self._window = np.empty((max(settings.training_window, 1), len(FEATURE_NAMES)))
+        self._window_pos = 0
+        self._window_len = 0
+        self._since_fit = 0
+        self._last_fit = time.monotonic()
+        self._last_event = time.monotonic()
+        self._refit: Future | None = None
+        self._refit_reason = ""
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refit")
+        self.counts = {"scored": 0, "flagged": 0, "dead_letters": 0, "duplicates": 0}
+
+    # -- the batch path ------------------------------------------------------------------------
+
+    def process(self, messages: Sequence[RawMessage]) -> BatchResult:
+        """Decode, validate, de-duplicate, score and explain one batch."""
+        result = BatchResult()
+        self._collect_refit(result)
+        fresh: list[HeldEvent] = []
+        batch_ids: set[str] = set()
+        for msg in messages:
+            try:
+                txn = decode(msg.value)
+            except InvalidRecord as exc:
+                result.dead_letters.append(_dead_letter(msg, exc))
+                continue
+            if txn.transaction_id in batch_ids:
+                result.duplicate_ids.append(txn.transaction_id)
+                continue
+            batch_ids.add(txn.transaction_id)
+            fresh.append(HeldEvent(txn, msg.partition, msg.offset, msg.produced_at))
+        if fresh:
+            self._last_event = time.monotonic()
+            known = self.known_ids(list(batch_ids)) | (batch_ids & self._held_ids)
+            if known:
+                result.duplicate_ids.extend(known)
+                fresh = [h for h in fresh if h.txn.transaction_id not in known]
+        if self.model is None:
+            self._hold(fresh, result)
+            if len(self.held) >= self.settings.warmup_events:
+                self._fit_initial(result)
+        else:
+            self._score(fresh, result)
+        self._maybe_refit()
+        self.counts["dead_letters"] += len(result.dead_letters)
+        self.counts["duplicates"] += len(result.duplicate_ids)
+        return result
+
+    def tick(self) -> BatchResult:
+        """Work due without new events: the idle first fit, and swapping in a finished refit."""
+        result = BatchResult()
+        self._collect_refit(result)
+        idle = time.monotonic() - self._last_event
+        if self.model is None and self.held and idle >= self.settings.warmup_idle_s:
+            self._fit_initial(result)
+        self._maybe_refit()
+        return result
+
+    def wait_for_refit(self, timeout_s: float = 60.0) -> BatchResult:
+        """Block until a running refit finishes and swap it in (tests, shutdown)."""
+        if self._refit is not None:
+            self._refit.exception(timeout=timeout_s)
+        result = BatchResult()
+        self._collect_refit(result)
+        return result
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _hold(self, fresh: list[HeldEvent], result: BatchResult) -> None:
+        for h in fresh:
+            result.pending_add.append(
+                {
+                    "transaction_id": h.txn.transaction_id,
+                    "seq": len(self.held),
+                    "event": h.txn.encode().decode(),
+                    "kafka_partition": h.partition,
+                    "kafka_offset": h.offset,
+                    "produced_at": h.produced_at,
+                }
+            )
+            self.held.append(h)
+            self._held_ids.add(h.txn.transaction_id)
+
+    def _fit_initial(self, result: BatchResult) -> None:
+        held, self.held, self._held_ids = self.held, [], set()
+        txns = [h.txn for h in held]
+        features = self.states.transform(txns)
+        model = fit_model(
+            features,
+            version=self.next_version,
+            reason="initial",
+            flag_quantile=self.settings.flag_quantile,
+            n_estimators=self.settings.n_estimators,
+            seed=self.settings.model_seed,
+        )
+        self._install(model, result)
+        log.info("first model v%d fit on %d held events", model.version, len(held))
+        self._emit(held, features, result)
+        result.pending_clear = True
+
+    def _score(self, fresh: list[HeldEvent], result: BatchResult) -> None:
+        if not fresh:
+            return
+        features = self.states.transform([h.txn for h in fresh])
+        self._emit(fresh, features, result)
+
+    def _emit(self, events: list[HeldEvent], features: np.ndarray, result: BatchResult) -> None:
+        model = self.model
+        assert model is not None
+        scores = model.score(features)
+        flags = scores > model.threshold
+        now = time.time()
+        for i, h in enumerate(events):
+            txn, score, flagged = h.txn, float(scores[i]), bool(flags[i])
+            reasons = (
+                explain(txn, features[i], score, model.threshold, self.states.get(txn.account_id))
+                if flagged
+                else None
+            )
+            row = {
+                "transaction_id": txn.transaction_id,
+                "account_id": txn.account_id,
+                "amount": txn.amount,
+                "merchant": txn.merchant,
+                "timestamp": db_timestamp(txn.timestamp),
+                "location": txn.location,
+                "is_fraud": txn.is_fraud,
+                "extras": json.dumps(txn.extras, ensure_ascii=False) if txn.extras else None,
+                "score": score,
+                "threshold": model.threshold,
+                "is_flagged": int(flagged),
+                "reasons": json.dumps(reasons, ensure_ascii=False) if reasons else None,
+                "model_version": model.version,
+                "features": json.dumps(dict(zip(FEATURE_NAMES, features[i].round(6).tolist(), strict=True))),
+                "kafka_partition": h.partition,
+                "kafka_offset": h.offset,
+                "produced_at": h.produced_at,
+                "scored_at": now,
+                "alert_published_at": None,
+            }
+            result.rows.append(row)
+            if flagged:
+                result.alerts.append(alert_payload(row))
+        self._remember(features)
+        self.counts["scored"] += len(events)
+        self.counts["flagged"] += int(flags.sum())
+
+    def _remember(self, features: np.ndarray) -> None:
+        """Keep the newest feature vectors in a ring buffer: the next refit's training window."""
+        size = len(self._window)
+        for start in range(0, len(features), size):
+            chunk = features[start : start + size]
+            end = self._window_pos + len(chunk)
+            if end <= size:
+                self._window[self._window_pos : end] = chunk
+            else:
+                split = size - self._window_pos
+                self._window[self._window_pos :] = chunk[:split]
+                self._window[: end - size] = chunk[split:]
+            self._window_pos = end % size
+            self._window_len = min(size, self._window_len + len(chunk))
+        self._since_fit += len(features)
+
+    def _maybe_refit(self) -> None:
+        if self.model is None or self._refit is not None or self._since_fit == 0:
+            return
+        s = self.settings
+        if s.refit_every_events and self._since_fit >= s.refit_every_events:
+            reason = "events"
+        elif s.refit_interval_s and time.monotonic() - self._last_fit >= s.refit_interval_s:
+            reason = "interval"
+        else:
+            return
+        training = self._window[: self._window_len].copy()
+        self._since_fit = 0
+        self._last_fit = time.monotonic()
+        self._refit_reason = reason
+        self._refit = self._pool.submit(
+            fit_model,
+            training,
+            version=0,  # numbered when swapped in, so a failed fit leaves no gap
+            reason=reason,
+            flag_quantile=s.flag_quantile,
+            n_estimators=s.n_estimators,
+            seed=s.model_seed,
+        )
+
+    def _collect_refit(self, result: BatchResult) -> None:
+        future = self._refit
+        if future is None or not future.done():
+            return
+        self._refit = None
+        try:
+            model = future.result()
+        except Exception:
+            log.exception("refit failed; keeping model v%s", self.model and self.model.version)
+            return
+        model = replace(model, version=self.next_version)
+        self._install(model, result)
+        log.info(
+            "model v%d swapped in (%s refit on %d events, threshold %.4f, %.2f s)",
+            model.version, model.reason, model.training_rows, model.threshold, model.fit_seconds,
+        )  # fmt: skip
+
+    def _install(self, model: FittedModel, result: BatchResult) -> None:
+        self.model = model  # one reference assignment: the swap is atomic for the batch path
+        self.next_version = model.version + 1
+        self._last_fit = time.monotonic()
+        result.models.append(model)
+
+
+def alert_payload(row: dict) -> dict:
+    """The JSON object published to the alerts topic for a flagged row."""
+    return {
+        "transaction_id": row["transaction_id"],
+        "account_id": row["account_id"],
+        "amount": row["amount"],
+        "merchant": row["merchant"],
+        "timestamp": row["timestamp"].replace(" ", "T") + "Z",
+        "location": row["location"],
+        "score": round(row["score"], 6),
+        "threshold": round(row["threshold"], 6),
+        "model_version": row["model_version"],
+        "reasons": json.loads(row["reasons"]) if row["reasons"] else [],
+        "scored_at": row["scored_at"],
+    }
+
+
+def _dead_letter(msg: RawMessage, exc: InvalidRecord) -> dict:
+    return {
+        "source_topic": msg.topic,
+        "source_partition": msg.partition,
+        "source_offset": msg.offset,
+        "message_key": msg.key,
+        "message_value": msg.value,
+        "error_field": exc.field,
+        "error": exc.reason,
+        "received_at": time.time(),
+    }

@@ -1,0 +1,146 @@
+"""The default runtime: a faust-streaming app feeding the scoring core with ``stream.take_events``.
+
+Guarantee: at-least-once. ``take_events`` acknowledges a batch only when the agent asks for the
+next one, i.e. after the SQLite commit and the delivery of its alerts, so committed offsets never
+run ahead of stored rows. (Faust's ``exactly_once`` needs aiokafka transactions, which the
+embedded broker does not support; the idempotent sink makes at-least-once effectively-once.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import faust
+
+from fraudstream.settings import Settings
+from stream_processor.core import RawMessage
+from stream_processor.pipeline import (
+    BatchPipeline,
+    Outbound,
+    alert_message,
+    dead_letter_message,
+    produced_at,
+)
+from stream_processor.sink import SinkError
+
+log = logging.getLogger(__name__)
+
+
+class FatalError(RuntimeError):
+    pass
+
+
+def create_app(settings: Settings) -> faust.App:
+    if not settings.bootstrap_servers:
+        raise FatalError(
+            "KAFKA_BOOTSTRAP_SERVERS is not set: point it at a cluster, or use `fraudstream run`, "
+            "which starts the embedded broker"
+        )
+    brokers = [f"kafka://{b.strip()}" for b in settings.bootstrap_servers.split(",")]
+    app = faust.App(
+        settings.consumer_group,
+        broker=brokers,
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_ms / 3000),
+        broker_commit_interval=1.0,
+        topic_partitions=settings.topic_partitions,
+        topic_disable_leader=True,
+        web_enabled=settings.web_port > 0,
+        web_port=settings.web_port or 6066,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        worker_redirect_stdouts=False,
+    )
+    source = app.topic(
+        settings.transactions_topic, key_serializer="raw", value_serializer="raw", internal=False
+    )
+    pipeline = BatchPipeline(settings)
+    lock = asyncio.Lock()  # the agent and the timer share the core and the sink
+    app.fatal = None  # type: ignore[attr-defined]
+
+    async def publish(out: Outbound) -> None:
+        futures = []
+        for alert in out.alerts:
+            key, value, headers = alert_message(alert)
+            futures.append(
+                await app.producer.send(settings.alerts_topic, key, value, None, None, headers)
+            )
+        for dl in out.dead_letters:
+            key, value, headers = dead_letter_message(dl)
+            futures.append(
+                await app.producer.send(settings.dlq_topic, key, value, None, None, headers)
+            )
+        if futures:
+            await asyncio.gather(*futures)  # delivered, or this raises and nothing is acked
+        if out.alerts:
+            await asyncio.get_running_loop().run_in_executor(None, pipeline.published, out)
+
+    async def run_locked(work, *args) -> None:
+        async with lock:
+            try:
+                out = await asyncio.get_running_loop().run_in_executor(None, work, *args)
+                await publish(out)
+            except SinkError as exc:
+                # Stop before acking anything more: the unwritten batch is redelivered on restart.
+                log.critical("FATAL: %s. Stopping; no offset past the last stored batch.", exc)
+                app.fatal = exc  # type: ignore[attr-defined]
+                os.kill(os.getpid(), signal.SIGTERM)
+                await asyncio.sleep(3600)
+
+    @app.agent(source, name="score_transactions")
+    async def score_transactions(stream):
+        async for events in stream.take_events(
+            settings.batch_size, within=settings.batch_timeout_s
+        ):
+            batch = [
+                RawMessage(
+                    value=e.message.value,
+                    key=e.message.key,
+                    topic=e.message.topic,
+                    partition=e.message.partition,
+                    offset=e.message.offset,
+                    produced_at=produced_at(e.message.headers),
+                )
+                for e in events
+            ]
+            await run_locked(pipeline.handle, batch)
+
+    @app.timer(interval=1.0)
+    async def housekeeping():
+        # The idle first fit and swapping in finished refits, also when no events arrive.
+        if not lock.locked():  # a batch in progress does the same work
+            await run_locked(pipeline.tick)
+
+    @app.page("/health")
+    async def health(web, request):
+        return web.json({"status": "ok", **pipeline.status()})
+
+    app.pipeline = pipeline  # type: ignore[attr-defined]
+    return app
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> int:
+    """Run the faust worker until SIGINT/SIGTERM; the exit code is non-zero after a fatal error."""
+    from faust.worker import Worker
+
+    app = create_app(settings)
+    worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        pass
+    finally:
+        app.pipeline.close()
+    if app.fatal is not None:
+        print(f"stream processor stopped: {app.fatal}", file=sys.stderr)
+        return 1
+    return 0
