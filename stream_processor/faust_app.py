@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 
 import faust
 
@@ -59,6 +61,8 @@ def create_app(settings: Settings) -> faust.App:
         web_bind=settings.web_host,
         web_host=settings.web_host,
         worker_redirect_stdouts=False,
+        # Tables live in memory; faust still wants a data directory: keep it out of the cwd.
+        datadir=tempfile.mkdtemp(prefix="fraudstream-faust-"),
     )
     source = app.topic(
         settings.transactions_topic, key_serializer="raw", value_serializer="raw", internal=False
@@ -140,6 +144,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
         pass
     finally:
         app.pipeline.close()
+        shutil.rmtree(app.conf.datadir, ignore_errors=True)
     if app.fatal is not None:
         print(f"stream processor stopped: {app.fatal}", file=sys.stderr)
         return 1

@@ -1,0 +1,83 @@
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from fraudstream.schema import InvalidRecord, decode, validate
+
+GOOD = {
+    "transaction_id": "T1",
+    "account_id": "AC1",
+    "amount": "12.50",
+    "merchant": "Acme Market",
+    "timestamp": "2026-01-05T10:22:31",
+    "location": "Berlin",
+}
+
+
+def test_csv_row_becomes_typed_transaction_with_utc_time_and_extras():
+    txn = validate({**GOOD, "is_fraud": "1", "fraud_scenario": "card_testing"})
+    assert txn.amount == 12.5
+    assert txn.timestamp == datetime(2026, 1, 5, 10, 22, 31, tzinfo=UTC)
+    assert txn.is_fraud == 1
+    assert txn.extras == {"fraud_scenario": "card_testing"}
+
+
+def test_event_round_trips_through_json():
+    txn = validate({**GOOD, "is_fraud": 0, "channel": "pos"})
+    again = decode(txn.encode())
+    assert again == txn
+    assert json.loads(txn.encode())["timestamp"] == "2026-01-05T10:22:31Z"
+
+
+def test_offset_timestamps_are_converted_to_utc():
+    txn = validate({**GOOD, "timestamp": "2026-01-05T12:22:31+02:00"})
+    assert txn.timestamp == datetime(2026, 1, 5, 10, 22, 31, tzinfo=UTC)
+
+
+def test_label_column_is_optional():
+    assert validate(GOOD).is_fraud is None
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"amount": "abc"}, "amount", "not a number"),
+        ({"amount": "-3"}, "amount", "positive"),
+        ({"amount": "0"}, "amount", "positive"),
+        ({"amount": "nan"}, "amount", "finite"),
+        ({"amount": "1e12"}, "amount", "larger"),
+        ({"amount": True}, "amount", "number"),
+        ({"account_id": ""}, "account_id", "empty"),
+        ({"account_id": None}, "account_id", "missing"),
+        ({"merchant": "a\x00b"}, "merchant", "control"),
+        ({"timestamp": "yesterday"}, "timestamp", "ISO 8601"),
+        ({"is_fraud": "maybe"}, "is_fraud", "0 or 1"),
+        ({"transaction_id": "x" * 200}, "transaction_id", "longer"),
+    ],
+)
+def test_invalid_fields_are_named(change, field, words):
+    with pytest.raises(InvalidRecord) as err:
+        validate({**GOOD, **change})
+    assert err.value.field == field
+    assert words in err.value.reason
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        (b"\xff\xfe", "not UTF-8"),
+        (b"{not json", "invalid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (None, "null value"),
+    ],
+)
+def test_undecodable_values_say_why(raw, words):
+    with pytest.raises(InvalidRecord, match=words):
+        decode(raw)
+
+
+def test_json_nan_amount_is_rejected():
+    value = json.dumps({**GOOD, "amount": float("nan")}).encode()
+    with pytest.raises(InvalidRecord, match="finite"):
+        decode(value)
