@@ -1,0 +1,59 @@
+"""`make run`'s entry point end to end: its own embedded broker, a small CSV, the summary."""
+
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def run_cli(args, tmp_path, **env):
+    full_env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    full_env.update(
+        {"WARMUP_EVENTS": "300", "REFIT_EVERY_EVENTS": "400", "N_ESTIMATORS": "50", **env}
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "fraudstream", "run", "--no-progress", *args],
+        cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=420,
+    )  # fmt: skip
+
+
+def test_run_replays_a_csv_through_the_whole_pipeline(small_csv, tmp_path):
+    frame = pd.read_csv(small_csv, keep_default_na=False)
+    csv = tmp_path / "with_bad_rows.csv"
+    text = small_csv.read_text().splitlines()
+    text.insert(10, "TBAD,AC000001,not-a-number,Shop,2026-01-02T10:00:00,Paris,,0,")
+    csv.write_text("\n".join(text) + "\n")
+    db = tmp_path / "out" / "finance.db"
+
+    done = run_cli(["--csv", str(csv), "--db", str(db), "--fresh"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "events produced      1,500" in out
+    assert "bad CSV rows skipped: 1" in out
+    assert f"{csv}:11: amount: not a number" in done.stderr
+    assert f"database             {db}" in out
+    assert "top alerts" in out and "precision" in out and "ROC-AUC" in out
+
+    with sqlite3.connect(db) as conn:
+        n, scored, flagged = conn.execute(
+            "select count(*), count(score), sum(is_flagged) from transactions"
+        ).fetchone()
+        versions = conn.execute("select count(*) from model_versions").fetchone()[0]
+        unpublished = conn.execute(
+            "select count(*) from transactions where is_flagged = 1 and alert_published_at is null"
+        ).fetchone()[0]
+    assert n == scored == len(frame)
+    assert versions >= 2
+    assert unpublished == 0
+    assert f"flagged              {flagged:,}   alerts on topic: {flagged:,}" in out
+
+
+def test_run_explains_a_missing_csv(tmp_path):
+    done = run_cli(["--csv", "nope.csv"], tmp_path)
+    assert done.returncode != 0
+    assert "nope.csv: no such file" in done.stderr
