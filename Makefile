@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 CSV ?= data/transactions.csv
 DB ?= finance.db
 PYTEST_ARGS ?=
+RUN_ARGS ?= --fresh
 
 .PHONY: help install run test lint generate alerts broker clean
 
@@ -24,7 +25,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	touch $@
 
 run: install
-	$(BIN)/fraudstream run --csv '$(CSV)' --db '$(DB)'
+	$(BIN)/fraudstream run --csv '$(CSV)' --db '$(DB)' $(RUN_ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,26 @@
+"""The README is what a new user reads first: its reference tables must match the code."""
+
+from pathlib import Path
+
+from fraudstream.settings import describe
+from stream_processor.features import FEATURE_NAMES
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def test_every_setting_is_in_the_readme_with_its_meaning():
+    for env, _default, doc in describe():
+        assert f"| `{env}` |" in README, env
+        assert doc in README, env
+
+
+def test_every_feature_is_documented():
+    for name in FEATURE_NAMES:
+        assert f"`{name}`" in README, name
+
+
+def test_the_two_commands_are_make_targets():
+    makefile = (Path(__file__).parent.parent / "Makefile").read_text()
+    assert "make run" in README and "make test" in README
+    assert "\nrun:" in makefile and "\ntest:" in makefile
+    assert "make test" in (Path(__file__).parent.parent / ".ci" / "run").read_text()
