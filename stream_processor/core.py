@@ -193,6 +193,7 @@ class ScoringCore:
         self._install(model, result)
         log.info("first model v%d fit on %d held events", model.version, len(held))
         self._emit(held, features, result)
+        self._since_fit = 0  # the model was fit on exactly these: no refit due for them
         result.pending_clear = True
 
     def _score(self, fresh: list[HeldEvent], result: BatchResult) -> None:

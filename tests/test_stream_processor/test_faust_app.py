@@ -7,11 +7,13 @@ import json
 import math
 import sqlite3
 import time
+import urllib.request
 
 import pandas as pd
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from fraudstream.broker import free_port
 from fraudstream.run import (
     alert_ids_on_topic,
     start_processor,
@@ -72,7 +74,7 @@ def read_topic(settings, topic, idle_s=3.0):
 def test_events_are_scored_stored_alerted_and_bad_ones_dead_lettered(
     kafka_settings, small_csv, tmp_path
 ):
-    s = kafka_settings
+    s = kafka_settings.replace(web_port=free_port())
     with processor(s, tmp_path) as (proc, log):
         stats = produce(s, small_csv)
         bad = Producer({"bootstrap.servers": s.bootstrap_servers})
@@ -89,6 +91,10 @@ def test_events_are_scored_stored_alerted_and_bad_ones_dead_lettered(
         for p, last in _last_offsets(s).items():
             offsets[p] = max(offsets.get(p, -1), last)
         drain(s, proc, log, offsets)
+        with urllib.request.urlopen(f"http://127.0.0.1:{s.web_port}/health", timeout=10) as resp:
+            health = json.loads(resp.read())
+    assert health["status"] == "ok" and health["model_version"] >= 1
+    assert health["scored"] == 1500 and health["dead_letters"] == 2
 
     rows = query(
         s, "select count(*), count(score), count(model_version), sum(is_flagged) from transactions"
