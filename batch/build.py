@@ -1,0 +1,126 @@
+"""Running ``dbt build`` (models, unit tests and data tests) on ``finance.db``, once or on a schedule.
+
+Through dbt's programmatic runner, in this process. Safe beside the live writer: the database is
+in WAL mode (readers never block the processor, the processor never blocks readers), writers
+wait for each other, and a build that still meets "database is locked" is retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+LOCK_WORDS = ("database is locked", "database table is locked", "database is busy")
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+@dataclass
+class BuildOutcome:
+    ok: bool
+    seconds: float
+    attempts: int
+    passed: int = 0
+    failures: list[str] = field(default_factory=list)  # "<kind> <name>: <message>"
+
+    def describe(self) -> str:
+        if self.ok:
+            return f"dbt build passed: {self.passed} models and tests in {self.seconds:.1f} s"
+        return "dbt build failed:\n  " + "\n  ".join(self.failures)
+
+
+def dbt_build(
+    db_path: Path | str,
+    *,
+    select: str | None = None,
+    dbt_vars: dict | None = None,
+    retries: int = 3,
+    target_dir: Path | None = None,
+    full_refresh: bool = False,
+) -> BuildOutcome:
+    """Build every model and run every test against ``db_path``; never raises for dbt failures."""
+    from dbt.cli.main import dbtRunner
+
+    db_path = Path(db_path).resolve()
+    if not db_path.is_file():
+        raise BuildError(f"{db_path}: no such database (run the stream processor first)")
+    work = Path(target_dir or tempfile.mkdtemp(prefix="fraudstream-dbt-"))
+    schemas = work / "schemas"  # dbt-sqlite attaches every *.db here: keep it empty
+    schemas.mkdir(parents=True, exist_ok=True)
+    os.environ["FRAUDSTREAM_DB"] = str(db_path)
+    os.environ["FRAUDSTREAM_DBT_SCHEMAS"] = str(schemas)
+    args = [
+        "build",
+        "--project-dir", str(PROJECT_DIR),
+        "--profiles-dir", str(PROJECT_DIR),
+        "--target-path", str(work / "target"),
+        "--log-path", str(work / "logs"),
+        "--quiet",
+    ]  # fmt: skip
+    if select:
+        args += ["--select", select]
+    if full_refresh:
+        args.append("--full-refresh")
+    if dbt_vars:
+        args += ["--vars", json.dumps(dbt_vars)]
+    started = time.monotonic()
+    outcome = BuildOutcome(ok=False, seconds=0.0, attempts=0)
+    for attempt in range(1, retries + 1):
+        outcome = _invoke(dbtRunner(), args)
+        outcome.attempts = attempt
+        locked = any(w in f.lower() for f in outcome.failures for w in LOCK_WORDS)
+        if outcome.ok or not locked:
+            break
+        log.warning("dbt build met a locked database (attempt %d/%d); retrying", attempt, retries)
+        time.sleep(2.0 * attempt)
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def _invoke(runner, args: list[str]) -> BuildOutcome:
+    res = runner.invoke(args)
+    outcome = BuildOutcome(ok=bool(res.success), seconds=0.0, attempts=1)
+    if res.exception is not None:
+        outcome.ok = False
+        outcome.failures.append(f"dbt: {res.exception}")
+        return outcome
+    for r in getattr(res.result, "results", None) or []:
+        status = str(r.status).lower()
+        node = r.node
+        kind = getattr(node, "resource_type", "node")
+        if status in ("success", "pass"):
+            outcome.passed += 1
+        elif status in ("error", "fail", "runtime error"):
+            message = ANSI.sub("", r.message or "").strip().splitlines()
+            outcome.failures.append(f"{kind} {node.name}: {message[0] if message else status}")
+    if outcome.failures:
+        outcome.ok = False
+    return outcome
+
+
+def run_every(
+    db_path: Path | str, seconds: float, stop: threading.Event | None = None, **kwargs
+) -> None:
+    """Build every ``seconds`` until ``stop`` is set; a failed build is logged and retried next time."""
+    stop = stop or threading.Event()
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            outcome = dbt_build(db_path, **kwargs)
+            (log.info if outcome.ok else log.error)("%s", outcome.describe())
+        except BuildError as exc:
+            log.error("%s", exc)
+        stop.wait(max(0.0, seconds - (time.monotonic() - started)))

@@ -1,0 +1,44 @@
+{{ config(materialized='view') }}
+
+-- One row per day: volume, amount, anomalies, flagged amount, rule hits, dead letters.
+-- A view over fraud_flags: always current, and cheap (one row per day).
+
+with days as (
+    select
+        transaction_date as day,
+        count(*) as transactions,
+        round(sum(amount), 2) as total_amount,
+        sum(ml_flagged) as anomalies,
+        round(sum(case when ml_flagged = 1 then amount else 0 end), 2) as flagged_amount,
+        sum(case when rules_hit > 0 then 1 else 0 end) as rule_flagged,
+        sum(case when risk_level = 'high' then 1 else 0 end) as high_risk,
+        round(avg(ml_score), 4) as avg_ml_score
+    from {{ ref('fraud_flags') }}
+    group by 1
+),
+
+dead as (
+    select received_date as day, count(*) as dead_letters
+    from {{ ref('stg_dead_letters') }}
+    group by 1
+),
+
+all_days as (
+    select day from days
+    union
+    select day from dead
+)
+
+select
+    all_days.day,
+    coalesce(days.transactions, 0) as transactions,
+    coalesce(days.total_amount, 0) as total_amount,
+    coalesce(days.anomalies, 0) as anomalies,
+    coalesce(days.flagged_amount, 0) as flagged_amount,
+    coalesce(days.rule_flagged, 0) as rule_flagged,
+    coalesce(days.high_risk, 0) as high_risk,
+    days.avg_ml_score,
+    coalesce(dead.dead_letters, 0) as dead_letters
+from all_days
+left join days on days.day = all_days.day
+left join dead on dead.day = all_days.day

@@ -1,0 +1,85 @@
+{{ config(unique_key='aggregation_id') }}
+
+-- One row per period (month or year) and scope (one account, or all accounts).
+
+with transactions as (
+    select * from {{ ref('stg_transactions') }}
+),
+
+{% if is_incremental() %}
+new_since as (
+    select min(transaction_date) as since_date
+    from transactions
+    where scored_at > (select coalesce(max(last_scored_at), 0) from {{ this }})
+),
+
+touched as (
+    -- whole years from the oldest new transaction on: their month and year totals change
+    select *
+    from transactions
+    where transaction_date >= (select date(since_date, 'start of year') from new_since)
+),
+{% else %}
+touched as (
+    select * from transactions
+),
+{% endif %}
+
+periods as (
+    select 'month' as period_grain, date(transacted_at, 'start of month') as period_start, *
+    from touched
+    union all
+    select 'year' as period_grain, date(transacted_at, 'start of year') as period_start, *
+    from touched
+),
+
+per_account as (
+    select
+        period_grain,
+        period_start,
+        account_id,
+        count(*) as transactions,
+        sum(amount) as total_amount,
+        avg(amount) as avg_amount,
+        max(amount) as max_amount,
+        sum(ml_flagged) as ml_flagged,
+        sum(case when ml_flagged = 1 then amount else 0 end) as ml_flagged_amount,
+        max(scored_at) as last_scored_at
+    from periods
+    group by 1, 2, 3
+),
+
+overall as (
+    select
+        period_grain,
+        period_start,
+        null as account_id,
+        count(*) as transactions,
+        sum(amount) as total_amount,
+        avg(amount) as avg_amount,
+        max(amount) as max_amount,
+        sum(ml_flagged) as ml_flagged,
+        sum(case when ml_flagged = 1 then amount else 0 end) as ml_flagged_amount,
+        max(scored_at) as last_scored_at
+    from periods
+    group by 1, 2
+)
+
+select
+    period_grain || ':' || period_start || ':' || coalesce(account_id, '*') as aggregation_id,
+    period_grain,
+    period_start,
+    account_id,
+    case when account_id is null then 1 else 0 end as is_overall,
+    transactions,
+    round(total_amount, 2) as total_amount,
+    round(avg_amount, 2) as avg_amount,
+    max_amount,
+    ml_flagged,
+    round(ml_flagged_amount, 2) as ml_flagged_amount,
+    last_scored_at
+from (
+    select * from per_account
+    union all
+    select * from overall
+)
