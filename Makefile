@@ -7,11 +7,13 @@ DB ?= finance.db
 PYTEST_ARGS ?=
 RUN_ARGS ?= --fresh
 
-.PHONY: help install run test lint generate alerts broker clean
+.PHONY: help install browser-deps run test lint generate alerts broker batch dashboard clean
 
 help:
 	@echo "make run [CSV=path] [DB=path]  replay a CSV through the whole pipeline on the embedded broker"
 	@echo "make test                      the whole test suite"
+	@echo "make dashboard [DB=path]       serve the dashboard on http://127.0.0.1:8001"
+	@echo "make batch [DB=path]           dbt build (models and tests) once"
 	@echo "make alerts                    follow the alerts topic (needs KAFKA_BOOTSTRAP_SERVERS)"
 	@echo "make generate ROWS=N OUT=path  write a larger synthetic CSV"
 	@echo "make lint                      ruff"
@@ -27,8 +29,16 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 run: install
 	$(BIN)/fraudstream run --csv '$(CSV)' --db '$(DB)' $(RUN_ARGS)
 
-test: install
+test: install browser-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The dashboard's browser test drives Debian's Chromium; install it once if it is missing.
+browser-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing Debian chromium and chromium-driver for the browser test"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root, or: sudo apt-get install chromium chromium-driver"; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
 
 lint: install
 	$(BIN)/ruff check .
@@ -37,6 +47,12 @@ ROWS ?= 1000000
 OUT ?= data/transactions_large.csv
 generate: install
 	$(BIN)/fraudstream generate --rows $(ROWS) --out '$(OUT)'
+
+batch: install
+	$(BIN)/fraudstream batch --db '$(DB)'
+
+dashboard: install
+	$(BIN)/fraudstream dashboard --db '$(DB)'
 
 alerts: install
 	$(BIN)/fraudstream alerts

@@ -68,7 +68,8 @@ def main(verbose: bool) -> None:
     help="Seconds to wait for the processor to catch up.",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def run(csv_path, db, fresh, rate, speedup, limit, timeout_s, no_progress) -> None:
+@click.option("--no-dbt", is_flag=True, help="Skip the dbt build at the end.")
+def run(csv_path, db, fresh, rate, speedup, limit, timeout_s, no_progress, no_dbt) -> None:
     """Run the whole pipeline once on a CSV and print a summary.
 
     Starts the embedded broker unless KAFKA_BOOTSTRAP_SERVERS is set.
@@ -79,11 +80,13 @@ def run(csv_path, db, fresh, rate, speedup, limit, timeout_s, no_progress) -> No
     try:
         summary = run_pipeline(
             csv_path, settings, fresh=fresh, rate=rate, speedup=speedup, limit=limit,
-            timeout_s=timeout_s, progress=not no_progress,
+            timeout_s=timeout_s, progress=not no_progress, dbt=not no_dbt,
         )  # fmt: skip
     except RunError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(format_summary(summary))
+    if summary.dbt is not None and not summary.dbt.ok:
+        sys.exit(1)
 
 
 @main.command()
@@ -199,6 +202,64 @@ def broker(port: int) -> None:
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass
+
+
+@main.command()
+@click.option(
+    "--db",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="SQLite file (default: from DATABASE_URL, else finance.db).",
+)
+@click.option("--every", type=float, help="Build every N seconds until Ctrl-C (default: once).")
+@click.option("--select", help="dbt node selection, e.g. fraud_flags+.")
+@click.option("--full-refresh", is_flag=True, help="Rebuild incremental models from scratch.")
+def batch(db, every, select, full_refresh) -> None:
+    """Run `dbt build` (models and tests) on the database, once or on a schedule."""
+    from batch.build import BuildError, dbt_build, run_every
+
+    settings = _settings(database_url=f"sqlite:///{db}" if db else None)
+    if not settings.sqlite_path:
+        raise click.UsageError("the dbt project builds on SQLite: DATABASE_URL must be sqlite:///")
+    if every:
+        try:
+            run_every(settings.sqlite_path, every, select=select, full_refresh=full_refresh)
+        except KeyboardInterrupt:
+            pass
+        return
+    try:
+        outcome = dbt_build(settings.sqlite_path, select=select, full_refresh=full_refresh)
+    except BuildError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(outcome.describe())
+    if not outcome.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.option(
+    "--db",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="SQLite file (default: from DATABASE_URL, else finance.db).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8001, show_default=True)
+def dashboard(db, host, port) -> None:
+    """Serve the dashboard (Datasette, read-only) on the database until Ctrl-C."""
+    import os
+
+    from fraudstream.dashboard import DASHBOARD_PATH, datasette_command
+
+    settings = _settings(database_url=f"sqlite:///{db}" if db else None)
+    if not settings.sqlite_path:
+        raise click.UsageError("the dashboard reads SQLite: DATABASE_URL must be sqlite:///")
+    try:
+        cmd = datasette_command(Path(settings.sqlite_path), host, port)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"dashboard: http://{host}:{port}{DASHBOARD_PATH}  (Ctrl-C to stop)")
+    os.execv(cmd[0], cmd)
 
 
 @main.command("settings")

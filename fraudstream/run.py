@@ -52,6 +52,8 @@ class RunSummary:
     top_alerts: list[dict] = field(default_factory=list)
     quality: dict | None = None
     processor_log: Path | None = None
+    dbt: object | None = None  # batch.build.BuildOutcome
+    marts: dict = field(default_factory=dict)  # table -> rows
 
     @property
     def events_per_s(self) -> float:
@@ -68,6 +70,7 @@ def run_pipeline(
     limit: int | None = None,
     timeout_s: float = 900.0,
     progress: bool = True,
+    dbt: bool = True,
 ) -> RunSummary:
     from producer.replay import ReplayOptions, replay
 
@@ -116,6 +119,18 @@ def run_pipeline(
         finally:
             stop_processor(proc)
         read_back(summary, engine, settings, rows_before)
+    if dbt and db is not None:
+        from batch.build import dbt_build
+
+        summary.dbt = dbt_build(db)
+        with engine.connect() as conn:
+            for mart in ("fraud_flags", "spending_aggregations", "daily_kpis", "model_quality"):
+                try:
+                    summary.marts[mart] = conn.exec_driver_sql(
+                        f"select count(*) from {mart}"
+                    ).scalar()
+                except Exception:  # noqa: BLE001 - a failed build leaves it missing
+                    summary.marts[mart] = None
     engine.dispose()
     return summary
 
@@ -323,9 +338,19 @@ def format_summary(s: RunSummary) -> str:
             out.append(f"  {a['score']:.3f} {a['transaction_id']} {a['account_id']} "
                        f"{a['amount']:>10,.2f} {a['merchant']} ({a['location']}) {a['timestamp']}")  # fmt: skip
             out.append(f"        {reasons}")
+    if s.dbt is not None:
+        out.append(s.dbt.describe())
+        marts = ", ".join(
+            f"{k} {v:,}" if v is not None else f"{k} missing" for k, v in s.marts.items()
+        )
+        out.append(f"marts (rows)         {marts}")
     if s.database:
         out.append(f"database             {s.database}")
         out.append(f"  query it:          sqlite3 {s.database} 'select * from transactions "
                    "where is_flagged = 1 order by score desc limit 20'")  # fmt: skip
     out.append(f"processor log        {s.processor_log}")
+    if s.database:
+        out.append(
+            f"dashboard            make dashboard DB={s.database}   (then open http://127.0.0.1:8001)"
+        )
     return "\n".join(out)
