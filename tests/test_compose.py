@@ -1,0 +1,90 @@
+"""docker-compose.yml and the Dockerfile, checked without a Docker engine.
+
+Every service's command must be a real `fraudstream` command with valid options, every
+environment variable must be one the code reads, every `service_healthy` dependency must have a
+healthcheck, and every file the Dockerfile copies must exist.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fraudstream.cli import main
+from fraudstream.settings import describe
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+APP_SERVICES = [name for name, svc in SERVICES.items() if svc.get("build")]
+ENV_READ_BY_CODE = {env for env, _default, _doc in describe()}
+
+
+def test_the_live_feed_has_every_part():
+    assert {"kafka", "producer", "stream-processor", "batch", "dashboard"} <= set(SERVICES)
+
+
+def test_kafka_is_the_official_image_in_kraft_mode_with_a_healthcheck():
+    kafka = SERVICES["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    env = kafka["environment"]
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert "zookeeper" not in str(kafka).lower()
+    assert kafka["healthcheck"]["test"]
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_each_command_exists_with_valid_options(name, monkeypatch):
+    monkeypatch.chdir(ROOT)  # paths in commands are relative to the image's /app = the repo
+    command = SERVICES[name]["command"]
+    assert command[0] == "fraudstream"
+    sub = main.commands.get(command[1])
+    assert sub is not None, f"{name}: fraudstream has no command {command[1]!r}"
+    sub.make_context(command[1], list(command[2:]))  # raises on an unknown or invalid option
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_environment_variables_are_ones_the_code_reads(name):
+    env = SERVICES[name].get("environment", {})
+    unknown = set(env) - ENV_READ_BY_CODE
+    assert not unknown, f"{name}: {unknown} are read by nothing"
+    for value in env.values():
+        assert "localhost" not in str(value), "inside compose, services reach each other by name"
+
+
+def test_dependencies_exist_and_healthy_ones_have_healthchecks():
+    for name, svc in SERVICES.items():
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            assert dep in SERVICES, f"{name} depends on unknown {dep}"
+            if cond.get("condition") == "service_healthy":
+                assert SERVICES[dep].get("healthcheck"), (
+                    f"{name} waits for {dep}, which has no healthcheck"
+                )
+
+
+def test_the_database_volume_is_shared_by_its_writers_and_readers():
+    for name in ("stream-processor", "batch", "dashboard"):
+        svc = SERVICES[name]
+        assert "finance-data:/data" in svc["volumes"], name
+        assert svc["environment"]["DATABASE_URL"] == "sqlite:////data/finance.db"
+    assert "finance-data" in COMPOSE["volumes"]
+
+
+def test_published_ports_match_what_the_services_listen_on():
+    dash = SERVICES["dashboard"]
+    port = dash["command"][dash["command"].index("--port") + 1]
+    assert f"{port}:{port}" in dash["ports"]
+    proc = SERVICES["stream-processor"]
+    assert f"{proc['environment']['PROCESSOR_WEB_PORT']}:6066" in proc["ports"]
+
+
+def test_dockerfile_copies_files_that_exist():
+    text = (ROOT / "Dockerfile").read_text()
+    copied = [p for line in re.findall(r"^COPY (.+)$", text, re.M) for p in line.split()[:-1]]
+    assert copied
+    for path in copied:
+        assert (ROOT / path).exists(), f"Dockerfile copies missing {path}"
+    assert "-c requirements.lock" in text
