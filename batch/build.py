@@ -35,11 +35,15 @@ class BuildOutcome:
     attempts: int
     passed: int = 0
     failures: list[str] = field(default_factory=list)  # "<kind> <name>: <message>"
+    warnings: list[str] = field(default_factory=list)  # warn-severity tests that found rows
 
     def describe(self) -> str:
+        warned = "".join(f"\n  warning: {w}" for w in self.warnings)
         if self.ok:
-            return f"dbt build passed: {self.passed} models and tests in {self.seconds:.1f} s"
-        return "dbt build failed:\n  " + "\n  ".join(self.failures)
+            return (
+                f"dbt build passed: {self.passed} models and tests in {self.seconds:.1f} s{warned}"
+            )
+        return "dbt build failed:\n  " + "\n  ".join(self.failures) + warned
 
 
 def dbt_build(
@@ -101,11 +105,15 @@ def _invoke(runner, args: list[str]) -> BuildOutcome:
         status = str(r.status).lower()
         node = r.node
         kind = getattr(node, "resource_type", "node")
+        message = ANSI.sub("", r.message or "").strip().splitlines()
+        text = f"{kind} {node.name}: {message[0] if message else status}"
         if status in ("success", "pass"):
             outcome.passed += 1
+        elif status == "warn":
+            outcome.passed += 1
+            outcome.warnings.append(text)
         elif status in ("error", "fail", "runtime error"):
-            message = ANSI.sub("", r.message or "").strip().splitlines()
-            outcome.failures.append(f"{kind} {node.name}: {message[0] if message else status}")
+            outcome.failures.append(text)
     if outcome.failures:
         outcome.ok = False
     return outcome

@@ -143,6 +143,11 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     except SystemExit:
         pass
     finally:
+        if app.fatal is None:
+            try:
+                app.pipeline.finish()
+            except Exception:  # noqa: BLE001 - shutting down; the log says what was lost
+                log.exception("could not record the refit in progress at shutdown")
         app.pipeline.close()
         shutil.rmtree(app.conf.datadir, ignore_errors=True)
     if app.fatal is not None:

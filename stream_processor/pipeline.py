@@ -83,6 +83,13 @@ class BatchPipeline:
             **core.counts,
         }
 
+    def finish(self, timeout_s: float = 60.0) -> None:
+        """On shutdown: let a refit in progress finish and record it (it scores nothing)."""
+        result = self.core.wait_for_refit(timeout_s)
+        if result.models:
+            self.sink.write(result)
+            log.info("model v%d recorded at shutdown", result.models[-1].version)
+
     def close(self) -> None:
         self.core.close()
         self.sink.close()

@@ -84,6 +84,19 @@ def test_a_failing_test_is_named(settings, small_csv, tmp_path):
     assert "dbt build failed" in outcome.describe()
 
 
+def test_a_stale_source_warns_without_failing_the_build(settings, small_csv, tmp_path):
+    write(settings.replace(warmup_idle_s=0), messages(small_csv)[:300])
+    fresh = dbt_build(db_path(settings), target_dir=tmp_path / "dbt")
+    assert fresh.ok and fresh.warnings == []
+    with sqlite3.connect(db_path(settings)) as conn:  # the processor stopped two hours ago
+        conn.execute("update transactions set scored_at = scored_at - 7200")
+    stale = dbt_build(
+        db_path(settings), target_dir=tmp_path / "dbt", select="source_freshness_transactions"
+    )
+    assert stale.ok
+    assert [w.split(":")[0] for w in stale.warnings] == ["test source_freshness_transactions"]
+
+
 def test_missing_database_is_a_clear_error(tmp_path):
     with pytest.raises(BuildError, match="no such database"):
         dbt_build(tmp_path / "nope.db")
