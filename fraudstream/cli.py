@@ -69,14 +69,19 @@ def main(verbose: bool) -> None:
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--no-dbt", is_flag=True, help="Skip the dbt build at the end.")
-def run(csv_path, db, fresh, rate, speedup, limit, timeout_s, no_progress, no_dbt) -> None:
+@click.option(
+    "--runtime",
+    type=click.Choice(["faust", "confluent"]),
+    help="Stream processor runtime (default: PROCESSOR_RUNTIME, else faust).",
+)
+def run(csv_path, db, fresh, rate, speedup, limit, timeout_s, no_progress, no_dbt, runtime) -> None:
     """Run the whole pipeline once on a CSV and print a summary.
 
     Starts the embedded broker unless KAFKA_BOOTSTRAP_SERVERS is set.
     """
     from fraudstream.run import RunError, format_summary, run_pipeline
 
-    settings = _settings(database_url=f"sqlite:///{db}" if db else None)
+    settings = _settings(database_url=f"sqlite:///{db}" if db else None, runtime=runtime)
     try:
         summary = run_pipeline(
             csv_path, settings, fresh=fresh, rate=rate, speedup=speedup, limit=limit,
@@ -90,13 +95,24 @@ def run(csv_path, db, fresh, rate, speedup, limit, timeout_s, no_progress, no_db
 
 
 @main.command()
+@click.option(
+    "--runtime",
+    type=click.Choice(["faust", "confluent"]),
+    help="faust agent or confluent-kafka batch consumer (default: PROCESSOR_RUNTIME).",
+)
 @click.option("--loglevel", default="info", show_default=True)
-def process(loglevel: str) -> None:
-    """Run the stream processor (faust worker) until SIGTERM / Ctrl-C."""
+def process(runtime: str | None, loglevel: str) -> None:
+    """Run the stream processor until SIGTERM / Ctrl-C."""
+    settings = _settings(runtime=runtime)
+    _need_cluster(settings)
+    if settings.runtime == "confluent":
+        from stream_processor.kafka_runtime import run_consumer
+
+        sys.exit(run_consumer(settings))
+    if settings.runtime != "faust":
+        raise click.UsageError(f"PROCESSOR_RUNTIME={settings.runtime!r}: use faust or confluent")
     from stream_processor.faust_app import FatalError, run_worker
 
-    settings = _settings()
-    _need_cluster(settings)
     try:
         code = run_worker(settings, loglevel=loglevel)
     except FatalError as exc:

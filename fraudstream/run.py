@@ -52,6 +52,7 @@ class RunSummary:
     top_alerts: list[dict] = field(default_factory=list)
     quality: dict | None = None
     processor_log: Path | None = None
+    runtime: str = "faust"
     dbt: object | None = None  # batch.build.BuildOutcome
     marts: dict = field(default_factory=dict)  # table -> rows
 
@@ -90,7 +91,9 @@ def run_pipeline(
     engine = make_engine(settings.database_url)  # creates the tables before anyone reads them
     with engine.connect() as conn:
         rows_before = conn.execute(select(func.count()).select_from(transactions)).scalar()
-    summary = RunSummary(csv=csv_path, database=db, processor_log=log_dir / "processor.log")
+    summary = RunSummary(
+        csv=csv_path, database=db, processor_log=log_dir / "processor.log", runtime=settings.runtime
+    )
 
     with kafka_cluster(settings, log_path=log_dir / "broker.log") as bootstrap:
         settings = settings.replace(bootstrap_servers=bootstrap)
@@ -321,6 +324,7 @@ def format_summary(s: RunSummary) -> str:
                f"(a replayed transaction_id adds no row)")  # fmt: skip
     out.append(f"flagged              {s.flagged:,}   alerts on topic: {s.alerts_on_topic:,}")
     out.append(f"dead-lettered        {s.dead_letters:,}")
+    out.append(f"runtime              {s.runtime}")
     out.append(f"wall time            {s.wall_s:.1f} s   ({s.events_per_s:,.0f} events/s, "
                "produce to last offset committed)")  # fmt: skip
     if s.quality:

@@ -42,6 +42,11 @@ class Settings:
         6000,
         "Consumer session timeout in ms. Tansu's JoinGroup waits about half of it.",
     )
+    runtime: str = _setting(
+        "PROCESSOR_RUNTIME",
+        "faust",
+        "Stream processor runtime: faust (faust-streaming agent) or confluent (batch consumer).",
+    )
     database_url: str = _setting(
         "DATABASE_URL", "sqlite:///finance.db", "SQLAlchemy URL of the sink (SQLite file)."
     )
@@ -84,7 +89,9 @@ class Settings:
         "ACCOUNT_HISTORY", 50, "Recent transactions kept per account for the features."
     )
     web_port: int = _setting(
-        "PROCESSOR_WEB_PORT", 6066, "Port of the processor's health page (0 = disabled)."
+        "PROCESSOR_WEB_PORT",
+        6066,
+        "Port of the processor's health page (0 = disabled; faust runtime).",
     )
     web_host: str = _setting("PROCESSOR_WEB_HOST", "127.0.0.1", "Address of the health page.")
 

@@ -229,7 +229,9 @@ class ScoringCore:
                 "is_flagged": int(flagged),
                 "reasons": json.dumps(reasons, ensure_ascii=False) if reasons else None,
                 "model_version": model.version,
-                "features": json.dumps(dict(zip(FEATURE_NAMES, features[i].round(6).tolist(), strict=True))),
+                "features": json.dumps(
+                    dict(zip(FEATURE_NAMES, features[i].round(6).tolist(), strict=True))
+                ),
                 "kafka_partition": h.partition,
                 "kafka_offset": h.offset,
                 "produced_at": h.produced_at,
