@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ LABEL_COLUMN = "is_fraud"
 MAX_ID_LENGTH = 128
 MAX_TEXT_LENGTH = 256
 MAX_AMOUNT = 1e9
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class InvalidRecord(ValueError):
@@ -110,7 +112,7 @@ def _text(record: Mapping[str, Any], name: str, limit: int) -> str:
         raise InvalidRecord(name, "empty")
     if len(text) > limit:
         raise InvalidRecord(name, f"longer than {limit} characters")
-    if any(ord(c) < 32 for c in text):
+    if _CONTROL.search(text):
         raise InvalidRecord(name, "contains control characters")
     return text
 
