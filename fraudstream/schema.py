@@ -23,6 +23,10 @@ LABEL_COLUMN = "is_fraud"
 MAX_ID_LENGTH = 128
 MAX_TEXT_LENGTH = 256
 MAX_AMOUNT = 1e9
+MAX_MESSAGE_BYTES = 64 * 1024
+EARLIEST = datetime(1990, 1, 1, tzinfo=UTC)  # event times outside [EARLIEST, LATEST) are refused
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+EPOCH_MS_ABOVE = 1e11  # a numeric time above this is epoch milliseconds (1e11 s is year 5138)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -77,12 +81,24 @@ def format_timestamp(ts: datetime) -> str:
 
 
 def parse_timestamp(value: Any) -> datetime:
-    """An ISO 8601 string (naive = UTC) or epoch seconds, as an aware UTC datetime."""
+    """An ISO 8601 string (naive = UTC), or epoch seconds or milliseconds, as aware UTC.
+
+    Times before 1990 or from 2100 on are refused as implausible.
+    """
+    ts = _parse_time(value)
+    if not EARLIEST <= ts < LATEST:
+        raise InvalidRecord("timestamp", f"{ts.isoformat()} is outside 1990-2099: {value!r}")
+    return ts
+
+
+def _parse_time(value: Any) -> datetime:
     if isinstance(value, bool):
         raise InvalidRecord("timestamp", f"expected an ISO 8601 time, got {value!r}")
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
             raise InvalidRecord("timestamp", f"not a finite epoch time: {value!r}")
+        if abs(value) > EPOCH_MS_ABOVE:
+            value = value / 1000
         try:
             return datetime.fromtimestamp(value, tz=UTC)
         except (OverflowError, OSError, ValueError):
@@ -170,6 +186,10 @@ def decode(value: bytes | None) -> Transaction:
     """A Kafka value (UTF-8 JSON object) as a :class:`Transaction`, or :class:`InvalidRecord`."""
     if value is None:
         raise InvalidRecord(None, "empty message (null value)")
+    if len(value) > MAX_MESSAGE_BYTES:
+        raise InvalidRecord(
+            None, f"message of {len(value):,} bytes is larger than {MAX_MESSAGE_BYTES:,}"
+        )
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
