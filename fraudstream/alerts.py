@@ -37,7 +37,7 @@ def tail_alerts(
     """Print alerts as they arrive; stop after ``max_alerts`` or ``idle_timeout_s`` of silence."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.bootstrap_servers,
+            **settings.kafka_config(),
             "group.id": f"fraudstream-alerts-tail-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest" if from_beginning else "latest",
             "enable.auto.commit": False,

@@ -94,7 +94,12 @@ class EmbeddedBroker:
         self.stop()
 
 
-def wait_for_cluster(bootstrap: str, timeout_s: float, proc: subprocess.Popen | None = None):
+def wait_for_cluster(
+    bootstrap: str,
+    timeout_s: float,
+    proc: subprocess.Popen | None = None,
+    config: dict | None = None,
+):
     """Return once the cluster answers a metadata request; BrokerError after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     last_error: object = None
@@ -105,7 +110,7 @@ def wait_for_cluster(bootstrap: str, timeout_s: float, proc: subprocess.Popen | 
         try:
             with socket.create_connection((host, int(port)), timeout=1):
                 pass
-            AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=2)
+            AdminClient({**(config or {}), "bootstrap.servers": bootstrap}).list_topics(timeout=2)
             return
         except Exception as exc:  # noqa: BLE001 - retried until the deadline
             last_error = exc
@@ -119,7 +124,7 @@ def wait_for_cluster(bootstrap: str, timeout_s: float, proc: subprocess.Popen | 
 def kafka_cluster(settings: Settings, log_path: Path | None = None) -> Iterator[str]:
     """The bootstrap address of the configured cluster, or of an embedded broker started here."""
     if settings.bootstrap_servers:
-        wait_for_cluster(settings.bootstrap_servers, 30)
+        wait_for_cluster(settings.bootstrap_servers, 30, config=settings.kafka_config())
         yield settings.bootstrap_servers
         return
     with EmbeddedBroker(log_path=log_path) as broker:
@@ -128,7 +133,7 @@ def kafka_cluster(settings: Settings, log_path: Path | None = None) -> Iterator[
 
 def ensure_topics(bootstrap: str, settings: Settings) -> None:
     """Create the pipeline's topics if they are missing (existing ones are left as they are)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({**settings.kafka_config(), "bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=10).topics)
     wanted = [
         NewTopic(settings.transactions_topic, settings.topic_partitions, 1),

@@ -139,8 +139,13 @@ def process(runtime: str | None, loglevel: str) -> None:
     help="Passes over the file (0 = forever); later passes get new ids and times.",
 )
 @click.option("--rejects", type=click.Path(path_type=Path), help="Where bad rows are kept.")
+@click.option(
+    "--pseudonymize",
+    is_flag=True,
+    help="Replace account ids by keyed HMACs (key: PSEUDONYM_KEY) before they leave.",
+)
 @click.option("--no-progress", is_flag=True)
-def produce(csv_path, rate, speedup, limit, loops, rejects, no_progress) -> None:
+def produce(csv_path, rate, speedup, limit, loops, rejects, pseudonymize, no_progress) -> None:
     """Replay a CSV onto the transactions topic (KAFKA_BOOTSTRAP_SERVERS)."""
     from fraudstream.broker import ensure_topics
     from producer.csv_source import CsvFormatError
@@ -149,10 +154,21 @@ def produce(csv_path, rate, speedup, limit, loops, rejects, no_progress) -> None
     settings = _settings()
     bootstrap = _need_cluster(settings)
     ensure_topics(bootstrap, settings)
+    key = None
+    if pseudonymize:
+        from producer.pseudonymize import PseudonymKeyError, check_key
+
+        try:
+            key = check_key(settings.pseudonym_key)
+        except PseudonymKeyError as exc:
+            raise click.UsageError(str(exc)) from exc
     options = ReplayOptions(rate=rate, speedup=speedup, limit=limit, loops=loops,
-                            progress=not no_progress, rejects_path=rejects)  # fmt: skip
+                            progress=not no_progress, rejects_path=rejects,
+                            pseudonym_key=key)  # fmt: skip
     try:
-        stats = replay(csv_path, bootstrap, settings.transactions_topic, options)
+        stats = replay(
+            csv_path, bootstrap, settings.transactions_topic, options, settings.kafka_config()
+        )
     except CsvFormatError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from sqlalchemy import func, select
+from sqlalchemy import table as sa_table
 
 from fraudstream.broker import _die_with_parent, ensure_topics, kafka_cluster
 from fraudstream.settings import Settings
@@ -110,6 +111,7 @@ def run_pipeline(
                 bootstrap,
                 settings.transactions_topic,
                 ReplayOptions(rate=rate, speedup=speedup, limit=limit, progress=progress),
+                settings.kafka_config(),
             )
             if stats.failed:
                 raise RunError(f"{stats.failed} events were not delivered: {stats.errors[:3]}")
@@ -129,9 +131,8 @@ def run_pipeline(
         with engine.connect() as conn:
             for mart in ("fraud_flags", "spending_aggregations", "daily_kpis", "model_quality"):
                 try:
-                    summary.marts[mart] = conn.exec_driver_sql(
-                        f"select count(*) from {mart}"
-                    ).scalar()
+                    q = select(func.count()).select_from(sa_table(mart))
+                    summary.marts[mart] = conn.execute(q).scalar()
                 except Exception:  # noqa: BLE001 - a failed build leaves it missing
                     summary.marts[mart] = None
     engine.dispose()
@@ -169,7 +170,7 @@ def consumer_lag(settings: Settings, last_offsets: dict[int, int]) -> int:
     """
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.bootstrap_servers,
+            **settings.kafka_config(),
             "group.id": settings.consumer_group,
             "enable.auto.commit": False,
         }
@@ -285,7 +286,7 @@ def alert_ids_on_topic(settings: Settings, idle_s: float = 3.0) -> set[str]:
     """``transaction_id`` of every alert on the alerts topic, read from the start until idle."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.bootstrap_servers,
+            **settings.kafka_config(),
             "group.id": f"fraudstream-summary-{os.getpid()}-{time.time_ns()}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",

@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def _setting(env: str, default: Any, doc: str) -> Any:
-    return field(default=default, metadata={"env": env, "doc": doc})
+def _setting(env: str, default: Any, doc: str, secret: bool = False) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc, "secret": secret})
+
+
+SECRET_MASK = "********"
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,29 @@ class Settings:
         "KAFKA_BOOTSTRAP_SERVERS",
         None,
         "Kafka bootstrap servers (host:port,...). Unset: `run` starts the embedded Tansu broker.",
+    )
+    security_protocol: str | None = _setting(
+        "KAFKA_SECURITY_PROTOCOL",
+        None,
+        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; passed to every Kafka client.",
+    )
+    sasl_mechanism: str | None = _setting(
+        "KAFKA_SASL_MECHANISM", None, "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."
+    )
+    sasl_username: str | None = _setting("KAFKA_SASL_USERNAME", None, "SASL user name.")
+    sasl_password: str | None = _setting(
+        "KAFKA_SASL_PASSWORD", None, "SASL password (never printed).", secret=True
+    )
+    ssl_ca_location: str | None = _setting(
+        "KAFKA_SSL_CA_LOCATION",
+        None,
+        "CA certificate file (PEM) that signed the brokers' certificates.",
+    )
+    pseudonym_key: str | None = _setting(
+        "PSEUDONYM_KEY",
+        None,
+        "Secret for `produce --pseudonymize`: account ids leave as keyed HMACs (never printed).",
+        secret=True,
     )
     transactions_topic: str = _setting(
         "TRANSACTIONS_TOPIC", "transactions", "Topic the producer replays the CSV onto."
@@ -117,9 +143,34 @@ class Settings:
         return out
 
     def to_env_all(self) -> list[str]:
-        """Current values in declaration order ('' when unset), for ``fraudstream settings``."""
-        return ["" if getattr(self, f.name) is None else str(getattr(self, f.name))
-                for f in dataclasses.fields(self)]  # fmt: skip
+        """Current values in declaration order ('' when unset), secrets masked, for printing."""
+        out = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out.append("" if value is None else SECRET_MASK if f.metadata["secret"] else str(value))
+        return out
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            masked = f.metadata["secret"] and value is not None
+            shown.append(f"{f.name}={SECRET_MASK if masked else repr(value)}")
+        return f"Settings({', '.join(shown)})"
+
+    def kafka_config(self) -> dict[str, str]:
+        """librdkafka settings every confluent-kafka client starts from (bootstrap + security)."""
+        config = {"bootstrap.servers": self.bootstrap_servers or ""}
+        for key, value in (
+            ("security.protocol", self.security_protocol),
+            ("sasl.mechanisms", self.sasl_mechanism),
+            ("sasl.username", self.sasl_username),
+            ("sasl.password", self.sasl_password),
+            ("ssl.ca.location", self.ssl_ca_location),
+        ):
+            if value:
+                config[key] = value
+        return config
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

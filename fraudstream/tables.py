@@ -100,6 +100,7 @@ pending_events = Table(
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+BUSY_TIMEOUT_PRAGMA = f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}"
 
 
 def make_engine(database_url: str) -> Engine:
@@ -110,7 +111,7 @@ def make_engine(database_url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
             cur = dbapi_conn.cursor()
-            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute(BUSY_TIMEOUT_PRAGMA)  # PRAGMA takes no parameters; a module constant
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()

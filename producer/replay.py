@@ -20,6 +20,7 @@ from confluent_kafka import KafkaException, Producer
 
 from fraudstream.schema import Transaction
 from producer.csv_source import RejectedRow, RejectsWriter, read_transactions
+from producer.pseudonymize import pseudonymize
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class ReplayOptions:
     progress: bool = True
     rejects_path: Path | None = None  # default: <csv>.rejects.csv beside the input
     max_reported: int = 20  # bad rows printed in full; the rest are only counted and kept
+    pseudonym_key: bytes | None = None  # replace account ids by keyed HMACs (pseudonymize.py)
 
 
 @dataclass
@@ -53,8 +55,9 @@ class ReplayStats:
         return self.produced / self.seconds if self.seconds else 0.0
 
 
-def producer_config(bootstrap: str) -> dict:
+def producer_config(bootstrap: str, client_config: dict | None = None) -> dict:
     return {
+        **(client_config or {}),
         "bootstrap.servers": bootstrap,
         "enable.idempotence": True,  # no duplicates from the producer's own retries
         "linger.ms": 20,
@@ -63,12 +66,18 @@ def producer_config(bootstrap: str) -> dict:
     }
 
 
-def replay(csv_path: Path | str, bootstrap: str, topic: str, options: ReplayOptions) -> ReplayStats:
+def replay(
+    csv_path: Path | str,
+    bootstrap: str,
+    topic: str,
+    options: ReplayOptions,
+    client_config: dict | None = None,
+) -> ReplayStats:
     """Produce every valid row of ``csv_path`` to ``topic``; see the module docstring."""
     csv_path = Path(csv_path)
     stats = ReplayStats()
     rejects = RejectsWriter(options.rejects_path or csv_path.with_suffix(".rejects.csv"))
-    producer = Producer(producer_config(bootstrap))
+    producer = Producer(producer_config(bootstrap, client_config))
 
     def on_delivery(err, msg):
         if err is None:
@@ -95,6 +104,10 @@ def replay(csv_path: Path | str, bootstrap: str, topic: str, options: ReplayOpti
                         _reject(item, rejects, stats, options)
                     continue
                 txn = _for_loop(item, loop, span)
+                if options.pseudonym_key:
+                    txn = replace(
+                        txn, account_id=pseudonymize(txn.account_id, options.pseudonym_key)
+                    )
                 first_ts = min(first_ts or item.timestamp, item.timestamp)
                 last_ts = max(last_ts or item.timestamp, item.timestamp)
                 if first_event is None:

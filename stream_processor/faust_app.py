@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import sys
 import tempfile
 
@@ -36,6 +37,26 @@ class FatalError(RuntimeError):
     pass
 
 
+def faust_credentials(settings: Settings):
+    """The same KAFKA_SECURITY_PROTOCOL / SASL / SSL settings, in faust's (aiokafka's) terms."""
+    protocol = (settings.security_protocol or "PLAINTEXT").upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=settings.ssl_ca_location)
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            mechanism=settings.sasl_mechanism or "PLAIN",
+            ssl_context=context,
+        )
+    raise FatalError(f"KAFKA_SECURITY_PROTOCOL={settings.security_protocol!r} is not supported")
+
+
 def create_app(settings: Settings) -> faust.App:
     if not settings.bootstrap_servers:
         raise FatalError(
@@ -43,6 +64,7 @@ def create_app(settings: Settings) -> faust.App:
             "which starts the embedded broker"
         )
     brokers = [f"kafka://{b.strip()}" for b in settings.bootstrap_servers.split(",")]
+    credentials = faust_credentials(settings)
     app = faust.App(
         settings.consumer_group,
         broker=brokers,
@@ -61,6 +83,7 @@ def create_app(settings: Settings) -> faust.App:
         web_bind=settings.web_host,
         web_host=settings.web_host,
         worker_redirect_stdouts=False,
+        broker_credentials=credentials,
         # Tables live in memory; faust still wants a data directory: keep it out of the cwd.
         datadir=tempfile.mkdtemp(prefix="fraudstream-faust-"),
     )

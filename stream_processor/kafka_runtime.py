@@ -34,7 +34,7 @@ class DeliveryError(RuntimeError):
 
 def consumer_config(settings: Settings) -> dict:
     return {
-        "bootstrap.servers": settings.bootstrap_servers,
+        **settings.kafka_config(),
         "group.id": settings.consumer_group,
         "enable.auto.commit": False,  # committed by hand, after the database
         "auto.offset.reset": "earliest",
@@ -98,7 +98,7 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
     consumer = Consumer(consumer_config(settings))
     producer = Producer(
         {
-            "bootstrap.servers": settings.bootstrap_servers,
+            **settings.kafka_config(),
             "linger.ms": 5,
             "enable.idempotence": True,
         }
