@@ -144,10 +144,21 @@ def process(runtime: str | None, loglevel: str) -> None:
     is_flag=True,
     help="Replace account ids by keyed HMACs (key: PSEUDONYM_KEY) before they leave.",
 )
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Record progress here (default with --resume: <csv>.checkpoint.json).",
+)
+@click.option(
+    "--resume", is_flag=True, help="Start after the last line the checkpoint says was delivered."
+)
 @click.option("--no-progress", is_flag=True)
-def produce(csv_path, rate, speedup, limit, loops, rejects, pseudonymize, no_progress) -> None:
+def produce(
+    csv_path, rate, speedup, limit, loops, rejects, pseudonymize, checkpoint, resume, no_progress
+) -> None:
     """Replay a CSV onto the transactions topic (KAFKA_BOOTSTRAP_SERVERS)."""
     from fraudstream.broker import ensure_topics
+    from producer.checkpoint import CheckpointError
     from producer.csv_source import CsvFormatError
     from producer.replay import ReplayOptions, replay
 
@@ -164,12 +175,15 @@ def produce(csv_path, rate, speedup, limit, loops, rejects, pseudonymize, no_pro
             raise click.UsageError(str(exc)) from exc
     options = ReplayOptions(rate=rate, speedup=speedup, limit=limit, loops=loops,
                             progress=not no_progress, rejects_path=rejects,
-                            pseudonym_key=key)  # fmt: skip
+                            pseudonym_key=key,
+                            checkpoint_path=checkpoint or (csv_path.with_suffix(".checkpoint.json")
+                                                           if resume else None),
+                            resume=resume)  # fmt: skip
     try:
         stats = replay(
             csv_path, bootstrap, settings.transactions_topic, options, settings.kafka_config()
         )
-    except CsvFormatError as exc:
+    except (CsvFormatError, CheckpointError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(
         f"produced {stats.produced:,} events in {stats.seconds:.1f} s "

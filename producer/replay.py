@@ -14,11 +14,13 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 from confluent_kafka import KafkaException, Producer
 
 from fraudstream.schema import Transaction
+from producer.checkpoint import Checkpoint
 from producer.csv_source import RejectedRow, RejectsWriter, read_transactions
 from producer.pseudonymize import pseudonymize
 
@@ -35,6 +37,8 @@ class ReplayOptions:
     rejects_path: Path | None = None  # default: <csv>.rejects.csv beside the input
     max_reported: int = 20  # bad rows printed in full; the rest are only counted and kept
     pseudonym_key: bytes | None = None  # replace account ids by keyed HMACs (pseudonymize.py)
+    checkpoint_path: Path | None = None  # record the last line below which all were delivered
+    resume: bool = False  # start after the line recorded in checkpoint_path
 
 
 @dataclass
@@ -78,9 +82,16 @@ def replay(
     stats = ReplayStats()
     rejects = RejectsWriter(options.rejects_path or csv_path.with_suffix(".rejects.csv"))
     producer = Producer(producer_config(bootstrap, client_config))
+    checkpoint = None
+    if options.checkpoint_path:
+        checkpoint = (Checkpoint.load if options.resume else Checkpoint)(options.checkpoint_path)
+    resume_after = checkpoint.position if checkpoint and options.resume else (0, 0)
+    last_save = time.monotonic()
 
-    def on_delivery(err, msg):
+    def on_delivery(err, msg, pos=None):
         if err is None:
+            if checkpoint is not None and pos is not None:
+                checkpoint.delivered(pos)
             stats.delivered += 1
             p = msg.partition()
             if msg.offset() > stats.last_offsets.get(p, -1):
@@ -98,9 +109,9 @@ def replay(
     try:
         while options.loops == 0 or loop < options.loops:
             first_ts = last_ts = None
-            for _line, item in read_transactions(csv_path):
+            for line, item in read_transactions(csv_path):
                 if isinstance(item, RejectedRow):
-                    if loop == 0:
+                    if loop == 0 and (loop, line) > resume_after:
                         _reject(item, rejects, stats, options)
                     continue
                 txn = _for_loop(item, loop, span)
@@ -110,10 +121,19 @@ def replay(
                     )
                 first_ts = min(first_ts or item.timestamp, item.timestamp)
                 last_ts = max(last_ts or item.timestamp, item.timestamp)
+                if (loop, line) <= resume_after:
+                    continue  # delivered before the restart
                 if first_event is None:
                     first_event = txn.event_time
                 _pace(options, stats.produced, started, txn.event_time - first_event)
-                _produce(producer, topic, txn, on_delivery)
+                if checkpoint is not None:
+                    checkpoint.sent((loop, line))
+                    _produce(producer, topic, txn, partial(on_delivery, pos=(loop, line)))
+                    if time.monotonic() - last_save > 0.5:
+                        checkpoint.save()
+                        last_save = time.monotonic()
+                else:
+                    _produce(producer, topic, txn, on_delivery)
                 stats.produced += 1
                 if bar is not None:
                     bar.update(1)
@@ -133,6 +153,8 @@ def replay(
             stats.failed += remaining
             stats.errors.append(f"{remaining} events still undelivered after 60 s")
         stats.seconds = time.monotonic() - started
+        if checkpoint is not None:
+            checkpoint.save()
         rejects.close()
         if rejects.count:
             stats.rejects_path = rejects.path
