@@ -88,6 +88,20 @@ def next_offsets(batch: list) -> list[TopicPartition]:
     return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
 
+def commit(consumer: Consumer, batch: list) -> None:
+    """Commit past ``batch``; a failed commit only means the batch is consumed again later.
+
+    After a broker outage the group may have moved on (UNKNOWN_MEMBER_ID, a rebalance): the
+    stored rows are then recognised by transaction_id when the batch comes back.
+    """
+    try:
+        consumer.commit(offsets=next_offsets(batch), asynchronous=False)
+    except KafkaException as exc:
+        log.warning(
+            "offset commit failed (%s); the batch will be redelivered and deduplicated", exc
+        )
+
+
 def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int:
     """Consume until SIGTERM/SIGINT (or ``stop``); non-zero exit code after a fatal error."""
     stop = stop or threading.Event()
@@ -133,7 +147,7 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
                 )
                 publish(producer, settings, out)
                 pipeline.published(out)
-                consumer.commit(offsets=next_offsets(batch), asynchronous=False)
+                commit(consumer, batch)
             if time.monotonic() - last_tick >= 1.0:
                 out = pipeline.tick()  # idle first fit, finished refits
                 publish(producer, settings, out)

@@ -1,0 +1,137 @@
+"""Outages: the broker pauses, the database is locked by another writer, the disk is full."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sqlite3
+import threading
+import time
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from sqlalchemy import event
+
+from fraudstream.broker import EmbeddedBroker, ensure_topics
+from fraudstream.run import start_processor, stop_processor, wait_until_processed
+from fraudstream.tables import make_engine
+from producer.replay import ReplayOptions, replay
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def count(db, sql="select count(*) from transactions"):
+    with sqlite3.connect(db, timeout=60) as conn:
+        return conn.execute(sql).fetchone()[0]
+
+
+@pytest.mark.parametrize("runtime", ["confluent", "faust"])
+def test_broker_pause_and_database_lock_lose_nothing(settings, small_csv, tmp_path, runtime):
+    db = settings.database_url.removeprefix("sqlite:///")
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+        s = settings.replace(bootstrap_servers=broker.bootstrap, runtime=runtime, web_port=0,
+                             topic_partitions=2, batch_size=200, batch_timeout_s=0.2)  # fmt: skip
+        ensure_topics(broker.bootstrap, s)
+        make_engine(s.database_url).dispose()
+        log = tmp_path / "processor.log"
+        proc = start_processor(s, log)
+        try:
+            results = []
+            feed = threading.Thread(target=lambda: results.append(replay(
+                small_csv, broker.bootstrap, s.transactions_topic,
+                ReplayOptions(progress=False, rate=100))))  # a 15 s feed, across both outages  # fmt: skip
+            feed.start()
+            deadline = time.monotonic() + 60
+            while count(db) < 200:
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+                time.sleep(0.2)
+
+            # 1. The broker stops answering for 10 s, then comes back.
+            broker.proc.send_signal(signal.SIGSTOP)
+            time.sleep(10)
+            broker.proc.send_signal(signal.SIGCONT)
+            assert proc.poll() is None, "the processor died during the broker outage"
+
+            # 2. Another writer holds the database for 10 s.
+            holder = sqlite3.connect(db, timeout=60)
+            holder.execute("begin exclusive")
+            time.sleep(10)
+            holder.rollback()
+            holder.close()
+            assert proc.poll() is None, "the processor died while the database was locked"
+
+            feed.join(180)
+            [stats] = results
+            assert stats.failed == 0 and stats.produced == 1500  # the producer rode it out too
+            engine = make_engine(s.database_url)
+            wait_until_processed(s, engine, proc, log, stats.last_offsets, timeout_s=180)
+            engine.dispose()
+        finally:
+            stop_processor(proc)
+    assert count(db) == 1500
+    assert count(db, "select count(distinct transaction_id) from transactions") == 1500
+    assert "FATAL" not in log.read_text()
+
+
+def test_sink_waits_out_a_10_second_lock(settings, small_csv):
+    from fraudstream.schema import Transaction
+    from producer.csv_source import read_transactions
+    from stream_processor.core import RawMessage, ScoringCore
+    from stream_processor.sink import Sink
+
+    db = settings.database_url.removeprefix("sqlite:///")
+    sink = Sink(settings.database_url)
+    core = ScoringCore(settings.replace(warmup_events=1), known_ids=sink.known_ids)
+    txns = [t for _l, t in read_transactions(small_csv) if isinstance(t, Transaction)][:100]
+    result = core.process([RawMessage(t.encode(), offset=i) for i, t in enumerate(txns)])
+    holder = sqlite3.connect(db, check_same_thread=False)  # released from the timer thread
+    holder.execute("begin exclusive")
+    release = threading.Timer(10, holder.rollback)
+    release.start()
+    started = time.monotonic()
+    sink.write(result)
+    waited = time.monotonic() - started
+    release.join()
+    holder.close()
+    assert waited >= 9
+    assert count(db) == 100
+
+
+def test_a_full_disk_stops_the_processor_with_a_clear_message_and_no_offset(
+    kafka_settings, small_csv, monkeypatch, caplog
+):
+    from stream_processor import sink as sink_module
+    from stream_processor.kafka_runtime import run_consumer
+
+    real = sink_module.make_engine
+
+    def tiny_disk(url):  # SQLite's own "database or disk is full", after a few pages
+        engine = real(url)
+
+        @event.listens_for(engine, "connect")
+        def _limit(dbapi_conn, _record):
+            dbapi_conn.execute("pragma max_page_count = 30")
+
+        engine.dispose()
+        return engine
+
+    monkeypatch.setattr(sink_module, "make_engine", tiny_disk)
+    s = kafka_settings.replace(runtime="confluent", warmup_events=100)
+    replay(small_csv, s.bootstrap_servers, s.transactions_topic, ReplayOptions(progress=False))
+    caplog.set_level(logging.CRITICAL)
+    done = threading.Event()
+    code = []
+    worker = threading.Thread(target=lambda: (code.append(run_consumer(s, done)), done.set()))
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive()
+    assert code == [1]
+    fatal = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert fatal and "FATAL" in fatal[0] and "database or disk is full" in fatal[0]
+
+    c = Consumer({**s.kafka_config(), "group.id": s.consumer_group, "enable.auto.commit": False})
+    parts = [TopicPartition(s.transactions_topic, p) for p in range(s.topic_partitions)]
+    committed = [tp.offset for tp in c.committed(parts, timeout=10)]
+    c.close()
+    stored = count(s.database_url.removeprefix("sqlite:///"))
+    assert sum(max(o, 0) for o in committed) <= stored  # no offset ran ahead of the database
