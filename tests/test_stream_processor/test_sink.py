@@ -75,3 +75,12 @@ def test_unpublished_alerts_are_found_until_marked(settings, small_csv):
     assert {a["transaction_id"] for a in pending} == {a["transaction_id"] for a in result.alerts}
     sink.mark_published(a["transaction_id"] for a in pending[:3])
     assert len(sink.unpublished_alerts(ids)) == len(pending) - 3
+
+
+def test_an_unopenable_database_is_a_clear_error(tmp_path):
+    import pytest
+
+    from stream_processor.sink import SinkError
+
+    with pytest.raises(SinkError, match="cannot open the database .*missing/dir/finance.db"):
+        Sink(f"sqlite:///{tmp_path}/missing/dir/finance.db")
