@@ -7,7 +7,7 @@ DB ?= finance.db
 PYTEST_ARGS ?=
 RUN_ARGS ?= --fresh
 
-.PHONY: help install browser-deps run test lint generate alerts broker batch dashboard clean
+.PHONY: help install browser-deps bench run test lint generate alerts broker batch dashboard clean
 
 help:
 	@echo "make run [CSV=path] [DB=path]  replay a CSV through the whole pipeline on the embedded broker"
@@ -16,6 +16,7 @@ help:
 	@echo "make batch [DB=path]           dbt build (models and tests) once"
 	@echo "make alerts                    follow the alerts topic (needs KAFKA_BOOTSTRAP_SERVERS)"
 	@echo "make generate ROWS=N OUT=path  write a larger synthetic CSV"
+	@echo "make bench                     throughput beside its baselines (see docs/benchmarks.md)"
 	@echo "make lint                      ruff"
 
 install: $(VENV)/.installed
@@ -53,6 +54,10 @@ batch: install
 
 dashboard: install
 	$(BIN)/fraudstream dashboard --db '$(DB)'
+
+BENCH_ARGS ?= --events 200000 --repeat 3
+bench: install
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
 alerts: install
 	$(BIN)/fraudstream alerts

@@ -1,0 +1,148 @@
+"""Throughput of the pipeline beside its baselines, on the embedded broker, in one run.
+
+    python -m benchmarks.bench --events 200000 --repeat 3
+
+The same events (generated, keyed by account) are produced once; then, per repeat:
+
+- baseline "confluent consume + JSON decode": a consumer reading every event and json.loads-ing it;
+- baseline "bare faust": a faust-streaming agent (take_events) that does nothing;
+- "pipeline, <runtime>": the stream processor from the first to the last scored row committed
+  in SQLite (alerts published, offsets committed), on a fresh database and consumer group.
+
+Rates are events/s between the first and the last event (group join and start-up excluded,
+reported separately). The machine is noisy: read medians and ratios, not single runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer
+
+from fraudstream.broker import EmbeddedBroker, ensure_topics
+from fraudstream.run import start_processor, stop_processor, wait_until_processed
+from fraudstream.settings import Settings
+from fraudstream.tables import make_engine
+from producer.generate import GeneratorConfig, write_csv
+from producer.replay import ReplayOptions, replay
+
+
+def confluent_baseline(s: Settings, n: int) -> float:
+    c = Consumer({**s.kafka_config(), "group.id": f"bench-raw-{uuid.uuid4().hex[:6]}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "session.timeout.ms": s.session_timeout_ms})  # fmt: skip
+    c.subscribe([s.transactions_topic])
+    seen, first = 0, None
+    while seen < n:
+        for m in c.consume(1000, timeout=1.0):
+            if m.error():
+                continue
+            if first is None:
+                first = time.perf_counter()
+            json.loads(m.value())
+            seen += 1
+    elapsed = time.perf_counter() - first
+    c.close()
+    return n / elapsed
+
+
+def faust_baseline(s: Settings, n: int) -> float:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.faust_baseline", s.bootstrap_servers, s.transactions_topic,
+         f"bench-faust-{uuid.uuid4().hex[:6]}", str(n)],
+        capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    line = re.findall(r"\{.*\}", out.stdout)  # faust may print terminal escapes before it
+    if not line:
+        raise RuntimeError(f"faust baseline failed: {out.stderr[-2000:]}")
+    return n / json.loads(line[-1])["seconds"]
+
+
+def pipeline(s: Settings, n: int, runtime: str, offsets: dict, work: Path) -> tuple[float, float]:
+    """(events/s first to last scored row, wall seconds including start-up)."""
+    db = work / f"bench-{runtime}-{uuid.uuid4().hex[:6]}.db"
+    ps = s.replace(runtime=runtime, database_url=f"sqlite:///{db}",
+                   consumer_group=f"bench-{runtime}-{uuid.uuid4().hex[:6]}", web_port=0)  # fmt: skip
+    engine = make_engine(ps.database_url)
+    log = work / f"{db.stem}.log"
+    started = time.monotonic()
+    proc = start_processor(ps, log)
+    try:
+        wait_until_processed(ps, engine, proc, log, offsets, timeout_s=3600)
+    finally:
+        stop_processor(proc)
+    wall = time.monotonic() - started
+    engine.dispose()
+    with sqlite3.connect(db) as conn:
+        rows, first, last = conn.execute(
+            "select count(*), min(scored_at), max(scored_at) from transactions"
+        ).fetchone()
+    assert rows == n, f"{runtime}: {rows} rows for {n} events"
+    return n / (last - first), wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--runtimes", default="confluent,faust")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="fraudstream-bench-"))
+    csv = work / "events.csv"
+    write_csv(csv, GeneratorConfig(rows=args.events, days=max(30, args.events // 700), seed=3))
+    results: dict[str, list[float]] = {}
+    walls: dict[str, list[float]] = {}
+    with EmbeddedBroker(log_path=work / "broker.log") as broker:
+        s = Settings.from_env({k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"},
+                              bootstrap_servers=broker.bootstrap,
+                              transactions_topic=f"bench-{uuid.uuid4().hex[:6]}",
+                              alerts_topic="bench-alerts", dlq_topic="bench-dlq")  # fmt: skip
+        ensure_topics(broker.bootstrap, s)
+        t = time.perf_counter()
+        stats = replay(csv, broker.bootstrap, s.transactions_topic, ReplayOptions(progress=False))
+        produce_rate = stats.produced / (time.perf_counter() - t)
+        for r in range(args.repeat):
+            print(f"repeat {r + 1}/{args.repeat}", file=sys.stderr)
+            results.setdefault("baseline: confluent consume + JSON decode", []).append(
+                confluent_baseline(s, args.events)
+            )
+            results.setdefault("baseline: bare faust-streaming (take_events)", []).append(
+                faust_baseline(s, args.events)
+            )
+            for runtime in args.runtimes.split(","):
+                rate, wall = pipeline(s, args.events, runtime, stats.last_offsets, work)
+                results.setdefault(f"pipeline, {runtime} runtime", []).append(rate)
+                walls.setdefault(f"pipeline, {runtime} runtime", []).append(wall)
+
+    raw = statistics.median(results["baseline: confluent consume + JSON decode"])
+    bare = statistics.median(results["baseline: bare faust-streaming (take_events)"])
+    print(
+        f"\n{args.events:,} events, {args.repeat} repeats, embedded broker, {os.cpu_count()} cores"
+    )
+    print(f"producer (confluent-kafka, JSON, idempotent): {produce_rate:,.0f} events/s\n")
+    print("| figure | runs (events/s) | median | vs raw consume | vs bare faust |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, runs in results.items():
+        med = statistics.median(runs)
+        print(f"| {name} | {', '.join(f'{x:,.0f}' for x in runs)} | {med:,.0f} | "
+              f"{med / raw:.3f} | {med / bare:.2f} |")  # fmt: skip
+    for name, runs in walls.items():
+        print(f"| {name}: wall s incl. start-up | {', '.join(f'{x:.1f}' for x in runs)} | "
+              f"{statistics.median(runs):.1f} | | |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
