@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from sqlalchemy import func, select
 from sqlalchemy import table as sa_table
 
-from fraudstream.broker import _die_with_parent, ensure_topics, kafka_cluster
+from fraudstream.broker import die_with_parent, ensure_topics, kafka_cluster
 from fraudstream.settings import Settings
 from fraudstream.tables import (
     dead_letters,
@@ -29,6 +29,7 @@ from fraudstream.tables import (
     pending_events,
     transactions,
 )
+from fraudstream.topics import read_topic
 
 
 class RunError(RuntimeError):
@@ -148,7 +149,7 @@ def start_processor(settings: Settings, log_path: Path) -> subprocess.Popen:
         stdout=log_file,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
 
 
@@ -283,30 +284,11 @@ def _flagged_ids(engine) -> set[str]:
 
 
 def alert_ids_on_topic(settings: Settings, idle_s: float = 3.0) -> set[str]:
-    """``transaction_id`` of every alert on the alerts topic, read from the start until idle."""
-    consumer = Consumer(
-        {
-            **settings.kafka_config(),
-            "group.id": f"fraudstream-summary-{os.getpid()}-{time.time_ns()}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    ids: set[str] = set()
-    try:
-        topic = settings.alerts_topic
-        meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
-        last = time.monotonic()
-        while time.monotonic() - last < idle_s:
-            for msg in consumer.consume(1000, timeout=0.5):
-                if msg.error():
-                    continue
-                last = time.monotonic()
-                ids.add(json.loads(msg.value())["transaction_id"])
-        return ids
-    finally:
-        consumer.close()
+    """``transaction_id`` of every alert on the alerts topic."""
+    return {
+        json.loads(m.value())["transaction_id"]
+        for m in read_topic(settings, settings.alerts_topic, idle_s)
+    }
 
 
 def _tail(path: Path, lines: int = 30) -> str:

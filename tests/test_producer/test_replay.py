@@ -4,29 +4,13 @@ import json
 import time
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
+from fraudstream.topics import read_topic
 from producer.replay import ReplayOptions, replay
 
 pytestmark = pytest.mark.integration
 
 HEADER = "transaction_id,account_id,amount,merchant,timestamp,location,is_fraud\n"
-
-
-def consume_all(settings, idle_s=2.0):
-    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"t-{time.time_ns()}",
-                  "enable.auto.commit": False})  # fmt: skip
-    topic = settings.transactions_topic
-    meta = c.list_topics(topic, timeout=10).topics[topic]
-    c.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
-    out, last = [], time.monotonic()
-    while time.monotonic() - last < idle_s:
-        for m in c.consume(500, timeout=0.5):
-            if not m.error():
-                out.append(m)
-                last = time.monotonic()
-    c.close()
-    return out
 
 
 def test_valid_rows_are_keyed_by_account_and_bad_rows_skipped_and_kept(
@@ -45,7 +29,7 @@ def test_valid_rows_are_keyed_by_account_and_bad_rows_skipped_and_kept(
     assert f"{path}:3: amount: not a number" in capsys.readouterr().err
     assert stats.rejects_path.read_text().count("\n") == 2  # header + the bad row
 
-    msgs = consume_all(kafka_settings)
+    msgs = read_topic(kafka_settings, kafka_settings.transactions_topic)
     assert sorted(json.loads(m.value())["transaction_id"] for m in msgs) == ["T1", "T3"]
     assert {m.key() for m in msgs} == {b"A1"}
     assert len({m.partition() for m in msgs}) == 1  # one account, one partition, in order
@@ -68,6 +52,10 @@ def test_later_loops_get_new_ids_and_later_times(kafka_settings, tmp_path):
                    ReplayOptions(progress=False, loops=3))  # fmt: skip
     assert stats.produced == 6
     events = sorted(
-        (json.loads(m.value()) for m in consume_all(kafka_settings)), key=lambda e: e["timestamp"]
+        (
+            json.loads(m.value())
+            for m in read_topic(kafka_settings, kafka_settings.transactions_topic)
+        ),
+        key=lambda e: e["timestamp"],
     )
     assert [e["transaction_id"] for e in events] == ["T1", "T2", "T1~1", "T2~1", "T1~2", "T2~2"]

@@ -10,10 +10,10 @@ import sys
 import time
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from fraudstream.run import start_processor, stop_processor, wait_until_processed
 from fraudstream.tables import make_engine
+from fraudstream.topics import read_topic
 from producer.generate import GeneratorConfig, write_csv
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -26,23 +26,6 @@ def produce_cmd(s, csv, checkpoint, *extra):
          "--checkpoint", str(checkpoint), "--no-progress", *extra],
         env={**os.environ, **s.to_env()}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-
-
-def read_all(s):
-    c = Consumer(
-        {**s.kafka_config(), "group.id": f"read-{time.time_ns()}", "enable.auto.commit": False}
-    )
-    topic = s.transactions_topic
-    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-    c.assign([TopicPartition(topic, p, 0) for p in parts])
-    msgs, last = [], time.monotonic()
-    while time.monotonic() - last < 3:
-        for m in c.consume(1000, timeout=0.5):
-            if not m.error():
-                msgs.append(m)
-                last = time.monotonic()
-    c.close()
-    return msgs
 
 
 def test_killed_producer_resumes_without_a_gap(kafka_settings, tmp_path):
@@ -68,7 +51,7 @@ def test_killed_producer_resumes_without_a_gap(kafka_settings, tmp_path):
     assert second.returncode == 0, err
     assert json.loads(checkpoint.read_text())["line"] == ROWS + 1  # the last data line
 
-    msgs = read_all(s)
+    msgs = read_topic(s, s.transactions_topic)
     ids = [json.loads(m.value())["transaction_id"] for m in msgs]
     assert len(set(ids)) == ROWS  # no gap
     duplicates = len(ids) - ROWS

@@ -9,12 +9,11 @@ import contextlib
 import json
 import math
 import sqlite3
-import time
 import urllib.request
 
 import pandas as pd
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from fraudstream.broker import free_port
 from fraudstream.run import (
@@ -24,6 +23,7 @@ from fraudstream.run import (
     wait_until_processed,
 )
 from fraudstream.tables import make_engine
+from fraudstream.topics import read_topic
 from producer.replay import ReplayOptions, replay
 
 pytestmark = pytest.mark.integration
@@ -62,21 +62,6 @@ def drain(settings, proc, log, last_offsets, timeout_s=180):
 def query(settings, sql):
     with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as conn:
         return conn.execute(sql).fetchall()
-
-
-def read_topic(settings, topic, idle_s=3.0):
-    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"read-{time.time_ns()}",
-                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})  # fmt: skip
-    meta = c.list_topics(topic, timeout=10).topics[topic]
-    c.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
-    out, last = [], time.monotonic()
-    while time.monotonic() - last < idle_s:
-        for m in c.consume(500, timeout=0.5):
-            if not m.error():
-                out.append(m)
-                last = time.monotonic()
-    c.close()
-    return out
 
 
 def test_events_are_scored_stored_alerted_and_bad_ones_dead_lettered(
@@ -133,7 +118,7 @@ def test_events_are_scored_stored_alerted_and_bad_ones_dead_lettered(
     assert versions[0] == (1, "initial") and len(versions) >= 2
 
 
-def _last_offsets(settings, bad_keys=False):
+def _last_offsets(settings):
     """Highest offset per partition, read back from the topic itself (for hand-produced events)."""
     last = {}
     for m in read_topic(settings, settings.transactions_topic, idle_s=2.0):
