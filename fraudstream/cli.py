@@ -11,6 +11,13 @@ import click
 
 from fraudstream.settings import Settings, describe
 
+DB_OPTION = click.option(
+    "--db",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="SQLite file (default: from DATABASE_URL, else finance.db).",
+)
+
 
 def _settings(**overrides) -> Settings:
     try:
@@ -49,12 +56,7 @@ def main(verbose: bool) -> None:
     show_default=True,
     help="Transactions to replay.",
 )
-@click.option(
-    "--db",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="SQLite file to write (default: from DATABASE_URL, else finance.db).",
-)
+@DB_OPTION
 @click.option("--fresh", is_flag=True, help="Delete the database first instead of resuming it.")
 @click.option("--rate", type=float, help="Events per second (default: as fast as possible).")
 @click.option("--speedup", type=float, help="Replay at N times the pace of the timestamps.")
@@ -251,12 +253,7 @@ def broker(port: int) -> None:
 
 
 @main.command()
-@click.option(
-    "--db",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="SQLite file (default: from DATABASE_URL, else finance.db).",
-)
+@DB_OPTION
 @click.option("--every", type=float, help="Build every N seconds until Ctrl-C (default: once).")
 @click.option("--select", help="dbt node selection, e.g. fraud_flags+.")
 @click.option("--full-refresh", is_flag=True, help="Rebuild incremental models from scratch.")
@@ -283,12 +280,7 @@ def batch(db, every, select, full_refresh) -> None:
 
 
 @main.command()
-@click.option(
-    "--db",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="SQLite file (default: from DATABASE_URL, else finance.db).",
-)
+@DB_OPTION
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8001, show_default=True)
 def dashboard(db, host, port) -> None:
