@@ -33,7 +33,14 @@ periods as (
     from touched
 ),
 
-per_account as (
+scoped as (
+    -- every transaction counts once for its account and once for all accounts (null)
+    select period_grain, period_start, account_id, amount, ml_flagged, scored_at from periods
+    union all
+    select period_grain, period_start, null, amount, ml_flagged, scored_at from periods
+),
+
+aggregated as (
     select
         period_grain,
         period_start,
@@ -45,24 +52,8 @@ per_account as (
         sum(ml_flagged) as ml_flagged,
         sum(case when ml_flagged = 1 then amount else 0 end) as ml_flagged_amount,
         max(scored_at) as last_scored_at
-    from periods
+    from scoped
     group by 1, 2, 3
-),
-
-overall as (
-    select
-        period_grain,
-        period_start,
-        null as account_id,
-        count(*) as transactions,
-        sum(amount) as total_amount,
-        avg(amount) as avg_amount,
-        max(amount) as max_amount,
-        sum(ml_flagged) as ml_flagged,
-        sum(case when ml_flagged = 1 then amount else 0 end) as ml_flagged_amount,
-        max(scored_at) as last_scored_at
-    from periods
-    group by 1, 2
 )
 
 select
@@ -78,8 +69,4 @@ select
     ml_flagged,
     round(ml_flagged_amount, 2) as ml_flagged_amount,
     last_scored_at
-from (
-    select * from per_account
-    union all
-    select * from overall
-)
+from aggregated
