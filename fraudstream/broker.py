@@ -139,6 +139,7 @@ def ensure_topics(bootstrap: str, settings: Settings) -> None:
         NewTopic(settings.transactions_topic, settings.topic_partitions, 1),
         NewTopic(settings.alerts_topic, 1, 1),
         NewTopic(settings.dlq_topic, 1, 1),
+        NewTopic(settings.labels_topic, settings.topic_partitions, 1),
     ]
     missing = [t for t in wanted if t.topic not in existing]
     if not missing:

@@ -76,7 +76,14 @@ def main(verbose: bool) -> None:
     type=click.Choice(["faust", "confluent"]),
     help="Stream processor runtime (default: PROCESSOR_RUNTIME, else faust).",
 )
-def run(csv_path, db, fresh, rate, speedup, limit, timeout_s, no_progress, no_dbt, runtime) -> None:
+@click.option(
+    "--labels",
+    is_flag=True,
+    help="Feed the CSV's is_fraud back as delayed labels (LABEL_DELAY_DAYS) to the processor.",
+)
+def run(
+    csv_path, db, fresh, rate, speedup, limit, timeout_s, no_progress, no_dbt, runtime, labels
+) -> None:
     """Run the whole pipeline once on a CSV and print a summary.
 
     Starts the embedded broker unless KAFKA_BOOTSTRAP_SERVERS is set.
@@ -87,7 +94,7 @@ def run(csv_path, db, fresh, rate, speedup, limit, timeout_s, no_progress, no_db
     try:
         summary = run_pipeline(
             csv_path, settings, fresh=fresh, rate=rate, speedup=speedup, limit=limit,
-            timeout_s=timeout_s, progress=not no_progress, dbt=not no_dbt,
+            timeout_s=timeout_s, progress=not no_progress, dbt=not no_dbt, labels=labels,
         )  # fmt: skip
     except RunError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -154,9 +161,24 @@ def process(runtime: str | None, loglevel: str) -> None:
 @click.option(
     "--resume", is_flag=True, help="Start after the last line the checkpoint says was delivered."
 )
+@click.option(
+    "--labels",
+    is_flag=True,
+    help="Also send each row's is_fraud to LABELS_TOPIC, LABEL_DELAY_DAYS later in event time.",
+)
 @click.option("--no-progress", is_flag=True)
 def produce(
-    csv_path, rate, speedup, limit, loops, rejects, pseudonymize, checkpoint, resume, no_progress
+    csv_path,
+    rate,
+    speedup,
+    limit,
+    loops,
+    rejects,
+    pseudonymize,
+    checkpoint,
+    resume,
+    labels,
+    no_progress,
 ) -> None:
     """Replay a CSV onto the transactions topic (KAFKA_BOOTSTRAP_SERVERS)."""
     from fraudstream.broker import ensure_topics
@@ -180,7 +202,9 @@ def produce(
                             pseudonym_key=key,
                             checkpoint_path=checkpoint or (csv_path.with_suffix(".checkpoint.json")
                                                            if resume else None),
-                            resume=resume)  # fmt: skip
+                            resume=resume,
+                            labels_topic=settings.labels_topic if labels else None,
+                            label_delay_s=settings.label_delay_days * 86400)  # fmt: skip
     try:
         stats = replay(
             csv_path, bootstrap, settings.transactions_topic, options, settings.kafka_config()
@@ -192,6 +216,7 @@ def produce(
         f"({stats.events_per_s:,.0f}/s); delivered {stats.delivered:,}, failed {stats.failed:,}, "
         f"bad rows skipped {stats.rejected:,}"
         + (f" (kept in {stats.rejects_path})" if stats.rejects_path else "")
+        + (f"; labels sent {stats.labels_sent:,}" if labels else "")
     )
     if stats.failed:
         raise click.ClickException("some events were not delivered: " + "; ".join(stats.errors))
@@ -223,17 +248,97 @@ def alerts(from_beginning, max_alerts, idle_timeout, as_json) -> None:
     default="data/transactions.csv",
     show_default=True,
 )
-def generate(rows, days, start, seed, out) -> None:
+@click.option(
+    "--fraud-scale",
+    type=click.FloatRange(min=0.01, max=20),
+    default=1.0,
+    show_default=True,
+    help="Multiply the account-takeover, card-testing and high-amount shares.",
+)
+@click.option("--compromised-merchants", type=click.IntRange(min=0), default=4, show_default=True)
+@click.option(
+    "--compromised-days",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="How long each compromised merchant's sales are all fraud.",
+)
+def generate(
+    rows, days, start, seed, out, fraud_scale, compromised_merchants, compromised_days
+) -> None:
     """Write a synthetic labelled transactions CSV (is_fraud, fraud_scenario)."""
     from producer.generate import GeneratorConfig, write_csv
 
     started = time.monotonic()
-    frame = write_csv(out, GeneratorConfig(rows=rows, days=days, start=start, seed=seed))
+    config = GeneratorConfig(
+        rows=rows,
+        days=days,
+        start=start,
+        seed=seed,
+        fraud_scale=fraud_scale,
+        compromised_merchants=compromised_merchants,
+        compromised_days=compromised_days,
+    )
+    frame = write_csv(out, config)
     counts = frame["fraud_scenario"][frame["is_fraud"] == 1].value_counts().to_dict()
     click.echo(
         f"wrote {len(frame):,} rows to {out} in {time.monotonic() - started:.1f} s; "
         f"fraud {frame['is_fraud'].mean():.2%}: {counts}"
     )
+
+
+@main.command()
+@DB_OPTION
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Take is_fraud and fraud_scenario from this CSV (default: the stored columns).",
+)
+@click.option("--test-from", help="First day of the test period (default: see --test-fraction).")
+@click.option(
+    "--test-fraction",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="The test period is this later share of the event-time span.",
+)
+@click.option(
+    "--k", type=int, default=100, show_default=True, help="Accounts per day for card precision@k."
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Save the precision-recall curves here (PNG).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Save the figures as JSON.",
+)
+def evaluate(db, csv_path, test_from, test_fraction, k, plot, json_path) -> None:
+    """Measure detection on a run over a labelled CSV, on a test period after the training one."""
+    from fraudstream.evaluate import EvaluationError
+    from fraudstream.evaluate import evaluate as run_evaluation
+
+    settings = _settings(database_url=f"sqlite:///{db}" if db else None)
+    if settings.sqlite_path and not Path(settings.sqlite_path).is_file():
+        raise click.ClickException(
+            f"{settings.sqlite_path}: no such database; run the pipeline first"
+        )
+    try:
+        report = run_evaluation(
+            settings.database_url, csv=csv_path, test_from=test_from,
+            test_fraction=test_fraction, k=k, plot=plot,
+        )  # fmt: skip
+    except EvaluationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(report.format())
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(report.to_json())
+        click.echo(f"figures: {json_path}")
 
 
 @main.command()

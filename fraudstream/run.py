@@ -23,7 +23,9 @@ from sqlalchemy import table as sa_table
 from fraudstream.broker import die_with_parent, ensure_topics, kafka_cluster
 from fraudstream.settings import Settings
 from fraudstream.tables import (
+    OutdatedDatabase,
     dead_letters,
+    labels_table,
     make_engine,
     model_versions,
     pending_events,
@@ -57,6 +59,8 @@ class RunSummary:
     runtime: str = "faust"
     dbt: object | None = None  # batch.build.BuildOutcome
     marts: dict = field(default_factory=dict)  # table -> rows
+    labels_sent: int = 0
+    labels_stored: int = 0
 
     @property
     def events_per_s(self) -> float:
@@ -74,6 +78,7 @@ def run_pipeline(
     timeout_s: float = 900.0,
     progress: bool = True,
     dbt: bool = True,
+    labels: bool = False,
 ) -> RunSummary:
     from producer.replay import ReplayOptions, replay
 
@@ -90,7 +95,10 @@ def run_pipeline(
         db.parent.mkdir(parents=True, exist_ok=True)
     log_dir = (db.parent if db else Path.cwd()) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.database_url)  # creates the tables before anyone reads them
+    try:
+        engine = make_engine(settings.database_url)  # creates the tables before anyone reads it
+    except OutdatedDatabase as exc:
+        raise RunError(str(exc)) from exc
     with engine.connect() as conn:
         rows_before = conn.execute(select(func.count()).select_from(transactions)).scalar()
     summary = RunSummary(
@@ -111,16 +119,25 @@ def run_pipeline(
                 csv_path,
                 bootstrap,
                 settings.transactions_topic,
-                ReplayOptions(rate=rate, speedup=speedup, limit=limit, progress=progress),
+                ReplayOptions(
+                    rate=rate,
+                    speedup=speedup,
+                    limit=limit,
+                    progress=progress,
+                    labels_topic=settings.labels_topic if labels else None,
+                    label_delay_s=settings.label_delay_days * 86400,
+                ),  # fmt: skip
                 settings.kafka_config(),
             )
             if stats.failed:
                 raise RunError(f"{stats.failed} events were not delivered: {stats.errors[:3]}")
             summary.produced, summary.rejected_rows = stats.produced, stats.rejected
             summary.rejects_path = stats.rejects_path
+            summary.labels_sent = stats.labels_sent
             wait_until_processed(
-                settings, engine, proc, summary.processor_log, stats.last_offsets, timeout_s
-            )
+                settings, engine, proc, summary.processor_log, stats.last_offsets, timeout_s,
+                stats.label_offsets,
+            )  # fmt: skip
             summary.wall_s = time.monotonic() - started
         finally:
             stop_processor(proc)
@@ -163,7 +180,7 @@ def stop_processor(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
             proc.wait()
 
 
-def consumer_lag(settings: Settings, last_offsets: dict[int, int]) -> int:
+def consumer_lag(settings: Settings, last_offsets: dict[int, int], topic: str | None = None) -> int:
     """Events up to ``last_offsets`` (partition -> highest produced offset) not yet committed.
 
     Measured against the producer's delivery reports, not the topic's high watermark: the embedded
@@ -177,7 +194,7 @@ def consumer_lag(settings: Settings, last_offsets: dict[int, int]) -> int:
         }
     )
     try:
-        topic = settings.transactions_topic
+        topic = topic or settings.transactions_topic
         parts = [TopicPartition(topic, p) for p in last_offsets]
         committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)}
         return sum(
@@ -188,7 +205,13 @@ def consumer_lag(settings: Settings, last_offsets: dict[int, int]) -> int:
 
 
 def wait_until_processed(
-    settings, engine, proc, log_path: Path, last_offsets: dict[int, int], timeout_s: float
+    settings,
+    engine,
+    proc,
+    log_path: Path,
+    last_offsets: dict[int, int],
+    timeout_s: float,
+    label_offsets: dict[int, int] | None = None,
 ) -> None:
     deadline = time.monotonic() + timeout_s
     last_report = time.monotonic()
@@ -199,6 +222,8 @@ def wait_until_processed(
                 + _tail(log_path)
             )
         lag = consumer_lag(settings, last_offsets)
+        if label_offsets:
+            lag += consumer_lag(settings, label_offsets, settings.labels_topic)
         with engine.connect() as conn:
             held = conn.execute(select(func.count()).select_from(pending_events)).scalar()
         if lag == 0 and held == 0:
@@ -225,11 +250,15 @@ def read_back(summary: RunSummary, engine, settings: Settings, rows_before: int)
             select(func.count()).where(t.c.is_flagged == 1, t.c.alert_published_at.is_not(None))
         ).scalar()
         summary.dead_letters = conn.execute(select(func.count()).select_from(dead_letters)).scalar()
+        summary.labels_stored = conn.execute(
+            select(func.count()).select_from(labels_table)
+        ).scalar()
         summary.models = [
             dict(r._mapping)
             for r in conn.execute(
                 select(
                     model_versions.c.version,
+                    model_versions.c.kind,
                     model_versions.c.reason,
                     model_versions.c.training_rows,
                     model_versions.c.threshold,
@@ -307,6 +336,9 @@ def format_summary(s: RunSummary) -> str:
                f"(a replayed transaction_id adds no row)")  # fmt: skip
     out.append(f"flagged              {s.flagged:,}   alerts on topic: {s.alerts_on_topic:,}")
     out.append(f"dead-lettered        {s.dead_letters:,}")
+    if s.labels_sent or s.labels_stored:
+        out.append(f"labels               {s.labels_sent:,} sent, {s.labels_stored:,} stored "
+                   "(delayed outcomes; `fraudstream evaluate` measures with them)")  # fmt: skip
     out.append(f"runtime              {s.runtime}")
     out.append(f"wall time            {s.wall_s:.1f} s   ({s.events_per_s:,.0f} events/s, "
                "produce to last offset committed)")  # fmt: skip
@@ -316,8 +348,10 @@ def format_summary(s: RunSummary) -> str:
                    f"ROC-AUC {q['roc_auc']:.3f}  ({q['fraud']:,} fraud in {q['labelled']:,})")  # fmt: skip
     out.append(f"model versions       {len(s.models)}")
     for m in s.models:
-        out.append(f"  v{m['version']:<3} {m['reason']:<9} trained on {m['training_rows']:>6,} "
-                   f"events, threshold {m['threshold']:.4f}, fit {m['fit_seconds']:.2f} s")  # fmt: skip
+        kind = "supervised" if m["kind"] == "supervised" else "forest"
+        out.append(f"  v{m['version']:<3} {kind:<10} {m['reason']:<9} trained on "
+                   f"{m['training_rows']:>7,} events, threshold {m['threshold']:.4f}, "
+                   f"fit {m['fit_seconds']:.2f} s")  # fmt: skip
     if s.top_alerts:
         out.append("top alerts (highest score first)")
         for a in s.top_alerts:

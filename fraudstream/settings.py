@@ -57,6 +57,16 @@ class Settings:
     dlq_topic: str = _setting(
         "DLQ_TOPIC", "transactions.dlq", "Topic of undecodable or invalid events (original bytes)."
     )
+    labels_topic: str = _setting(
+        "LABELS_TOPIC",
+        "labels",
+        "Topic of confirmed outcomes (transaction_id, is_fraud, labelled_at), e.g. chargebacks.",
+    )
+    label_delay_days: float = _setting(
+        "LABEL_DELAY_DAYS",
+        7.0,
+        "`produce --labels`: event-time delay after which each row's is_fraud is sent as a label.",
+    )
     topic_partitions: int = _setting(
         "TOPIC_PARTITIONS", 4, "Partitions of the transactions topic when this tool creates it."
     )
@@ -105,6 +115,32 @@ class Settings:
         "Threshold = this quantile of the training scores; events scoring above it are flagged.",
     )
     n_estimators: int = _setting("N_ESTIMATORS", 100, "Trees in the Isolation Forest.")
+    drift_delta: float = _setting(
+        "DRIFT_DELTA",
+        0.002,
+        "ADWIN confidence on the anomaly-score stream; a detected change refits early (0 = off).",
+    )
+    supervised_refit_labels: int = _setting(
+        "SUPERVISED_REFIT_LABELS",
+        5000,
+        "Refit the supervised model after this many new labels matched to scored events.",
+    )
+    supervised_min_frauds: int = _setting(
+        "SUPERVISED_MIN_FRAUDS", 20, "Confirmed frauds needed before the first supervised fit."
+    )
+    supervised_flag_threshold: float = _setting(
+        "SUPERVISED_FLAG_THRESHOLD",
+        0.5,
+        "Events whose supervised fraud probability reaches this are flagged too.",
+    )
+    supervised_window: int = _setting(
+        "SUPERVISED_WINDOW", 200000, "Most recent labelled events a supervised refit trains on."
+    )
+    label_memory: int = _setting(
+        "LABEL_MEMORY",
+        300000,
+        "Scored events kept in memory (features, merchant) so a later label can be learned from.",
+    )
     model_seed: int = _setting("MODEL_SEED", 42, "Random seed of the Isolation Forest.")
     max_accounts: int = _setting(
         "MAX_ACCOUNTS",

@@ -39,10 +39,24 @@ transactions = Table(
         "score", Float, nullable=False, comment="anomaly score in (0, 1]; higher = more anomalous"
     ),
     Column("threshold", Float, nullable=False, comment="score above which the event is flagged"),
-    Column("is_flagged", Integer, nullable=False),
+    Column(
+        "supervised_score",
+        Float,
+        nullable=True,
+        comment="P(fraud) from the supervised model trained on delayed labels; null before one",
+    ),
+    Column(
+        "risk_score",
+        Float,
+        nullable=False,
+        comment="the combined risk: supervised_score when a supervised model exists (it takes "
+        "the anomaly score as an input), else the anomaly score",
+    ),
+    Column("is_flagged", Integer, nullable=False, comment="anomaly flag or supervised flag"),
     Column("reasons", Text, nullable=True, comment="JSON list of readable reasons, when flagged"),
     Column("model_version", Integer, nullable=False),
-    Column("features", Text, nullable=False, comment="JSON object of the model's inputs"),
+    Column("supervised_version", Integer, nullable=True),
+    Column("features", Text, nullable=False, comment="JSON object of the models' inputs"),
     Column("kafka_partition", Integer, nullable=True),
     Column("kafka_offset", Integer, nullable=True),
     Column("produced_at", Float, nullable=True, comment="epoch s, from the producer's header"),
@@ -56,11 +70,18 @@ model_versions = Table(
     "model_versions",
     metadata,
     Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("kind", String(32), nullable=False, comment="isolation_forest or supervised"),
     Column("fitted_at", Float, nullable=False, comment="epoch s"),
-    Column("reason", String(64), nullable=False, comment="initial, events, interval"),
+    Column(
+        "reason",
+        String(64),
+        nullable=False,
+        comment="initial, events, interval, drift (isolation forest); labels (supervised)",
+    ),
     Column("training_rows", Integer, nullable=False),
+    Column("training_frauds", Integer, nullable=True, comment="supervised: fraud labels"),
     Column("threshold", Float, nullable=False),
-    Column("flag_quantile", Float, nullable=False),
+    Column("flag_quantile", Float, nullable=True, comment="isolation forest only"),
     Column("fit_seconds", Float, nullable=False),
     Column("feature_names", Text, nullable=False, comment="JSON list"),
     Column("model", LargeBinary, nullable=False, comment="joblib dump of the fitted estimator"),
@@ -99,6 +120,25 @@ pending_events = Table(
     comment="events held before the first model exists; scored and moved on the first fit",
 )
 
+labels = Table(
+    "labels",
+    metadata,
+    Column("transaction_id", String(128), primary_key=True),
+    Column("is_fraud", Integer, nullable=False),
+    Column("labelled_at", String(32), nullable=False, comment="UTC, like transactions.timestamp"),
+    Column("received_at", Float, nullable=False, comment="epoch s"),
+    Column(
+        "learned",
+        Integer,
+        nullable=True,
+        comment="null while queued (the event clock has not reached labelled_at); then 1 if the "
+        "scored event was still in memory and the label trained on it, else 0",
+    ),
+    comment="confirmed outcomes from the labels topic; the first label of a transaction wins",
+)
+
+labels_table = labels  # for modules with a local variable called labels
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 BUSY_TIMEOUT_PRAGMA = f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}"
 
@@ -117,4 +157,24 @@ def make_engine(database_url: str) -> Engine:
             cur.close()
 
     metadata.create_all(engine)
+    _check_columns(engine)
     return engine
+
+
+class OutdatedDatabase(RuntimeError):
+    pass
+
+
+def _check_columns(engine: Engine) -> None:
+    """Refuse a database written by an older version instead of failing on the first insert."""
+    from sqlalchemy import inspect
+
+    inspector = inspect(engine)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        missing = [c.name for c in table.columns if c.name not in have]
+        if missing:
+            raise OutdatedDatabase(
+                f"{engine.url.database}: table {table.name} lacks columns {missing} (written by an "
+                "older fraudstream); use a new file or `run --fresh`"
+            )

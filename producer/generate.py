@@ -85,6 +85,7 @@ class GeneratorConfig:
     high_amount_share: float = 0.0008  # share of rows that are single very high amounts
     compromised_merchants: int = 4
     compromised_days: int = 5
+    fraud_scale: float = 1.0  # multiplies the three injected-fraud shares (evaluation sets)
 
 
 def generate(config: GeneratorConfig = GeneratorConfig()) -> pd.DataFrame:
@@ -125,9 +126,10 @@ def generate(config: GeneratorConfig = GeneratorConfig()) -> pd.DataFrame:
         favourites[accs] = rng.choice(pool, (accs.size, n_fav), p=w)
 
     # Injected fraud rows are counted first so the file has exactly `rows` rows.
-    n_ato = max(1, round(config.rows * config.takeover_share / 4.5))  # 4.5 rows per burst
-    n_ct = max(1, round(config.rows * config.card_testing_share / 5.5))  # 5.5 rows per episode
-    n_high = max(1, round(config.rows * config.high_amount_share))
+    scale = config.fraud_scale
+    n_ato = max(1, round(config.rows * config.takeover_share * scale / 4.5))  # 4.5 rows a burst
+    n_ct = max(1, round(config.rows * config.card_testing_share * scale / 5.5))  # 5.5 an episode
+    n_high = max(1, round(config.rows * config.high_amount_share * scale))
     ato_sizes = rng.integers(3, 7, n_ato)
     ct_sizes = rng.integers(3, 7, n_ct) + 1  # tiny ones + the large one
     n_fraud = int(ato_sizes.sum() + ct_sizes.sum() + n_high)

@@ -5,10 +5,16 @@ carry a ``produced_at`` header (epoch seconds) for latency. Pace with ``rate`` (
 ``speedup`` (event time runs this many times faster than the timestamps); ``loops`` > 1 replays
 the file again with ids suffixed ``~N`` and times shifted past the previous pass, so a live feed
 never repeats a ``transaction_id``. Delivery reports are checked; the producer is flushed on exit.
+
+With ``labels_topic``, each row's ``is_fraud`` also goes out as a confirmed outcome (a chargeback)
+on that topic, ``label_delay_s`` later in *event time*: it is sent just before the first event at
+or past ``timestamp + delay``, and the labels still due when the replay ends are sent at the end.
 """
 
 from __future__ import annotations
 
+import heapq
+import json
 import logging
 import sys
 import time
@@ -39,6 +45,8 @@ class ReplayOptions:
     pseudonym_key: bytes | None = None  # replace account ids by keyed HMACs (pseudonymize.py)
     checkpoint_path: Path | None = None  # record the last line below which all were delivered
     resume: bool = False  # start after the line recorded in checkpoint_path
+    labels_topic: str | None = None  # also send each row's is_fraud there, label_delay_s later
+    label_delay_s: float = 7 * 86400.0
 
 
 @dataclass
@@ -51,6 +59,8 @@ class ReplayStats:
     seconds: float = 0.0
     rejects_path: Path | None = None
     errors: list[str] = field(default_factory=list)
+    labels_sent: int = 0
+    label_offsets: dict[int, int] = field(default_factory=dict)  # like last_offsets, for labels
     # partition -> highest offset delivered: a consumer is caught up once it commits past these.
     last_offsets: dict[int, int] = field(default_factory=dict)
 
@@ -101,6 +111,23 @@ def replay(
             if len(stats.errors) < 10:
                 stats.errors.append(f"{msg.key()!r}: {err}")
 
+    due_labels: list[tuple[float, int, Transaction]] = []  # heap on event time the label is due
+
+    def on_label(err, msg):
+        if err is None:
+            p = msg.partition()
+            stats.label_offsets[p] = max(stats.label_offsets.get(p, -1), msg.offset())
+        else:
+            stats.failed += 1
+            if len(stats.errors) < 10:
+                stats.errors.append(f"label {msg.key()!r}: {err}")
+
+    def send_labels(until: float) -> None:
+        while due_labels and due_labels[0][0] <= until:
+            due, _, labelled = heapq.heappop(due_labels)
+            _produce_label(producer, options.labels_topic, labelled, due, on_label)
+            stats.labels_sent += 1
+
     bar = _progress(options, csv_path)
     started = time.monotonic()
     first_event: float | None = None
@@ -126,6 +153,11 @@ def replay(
                 if first_event is None:
                     first_event = txn.event_time
                 _pace(options, stats.produced, started, txn.event_time - first_event)
+                if options.labels_topic:
+                    send_labels(txn.event_time)
+                    if txn.is_fraud is not None:
+                        due = txn.event_time + options.label_delay_s
+                        heapq.heappush(due_labels, (due, stats.produced, txn))
                 if checkpoint is not None:
                     checkpoint.sent((loop, line))
                     _produce(producer, topic, txn, partial(on_delivery, pos=(loop, line)))
@@ -145,6 +177,7 @@ def replay(
                 break  # nothing valid in the file: looping would spin
             if loop == 1:
                 span = (last_ts - first_ts) + timedelta(hours=1)
+        send_labels(float("inf"))  # time runs on past the last event: the rest come due
     except KeyboardInterrupt:
         log.warning("interrupted: flushing what was produced")
     finally:
@@ -187,6 +220,31 @@ def _produce(producer: Producer, topic: str, txn: Transaction, on_delivery) -> N
             producer.poll(0.05)  # local queue full: let deliveries drain
         except KafkaException as exc:
             raise RuntimeError(f"cannot produce {txn.transaction_id} to {topic}: {exc}") from exc
+    producer.poll(0)
+
+
+def _produce_label(producer: Producer, topic: str, txn: Transaction, due: float, cb) -> None:
+    from datetime import UTC, datetime
+
+    from fraudstream.schema import format_timestamp
+
+    value = {
+        "transaction_id": txn.transaction_id,
+        "is_fraud": txn.is_fraud,
+        "labelled_at": format_timestamp(datetime.fromtimestamp(due, UTC)),
+    }
+    while True:
+        try:
+            producer.produce(
+                topic,
+                key=txn.transaction_id.encode(),
+                value=json.dumps(value, separators=(",", ":")).encode(),
+                headers=[("produced_at", repr(time.time()).encode())],
+                on_delivery=cb,
+            )
+            break
+        except BufferError:
+            producer.poll(0.05)
     producer.poll(0)
 
 

@@ -12,20 +12,30 @@ then scored like every later event. No event is ever stored unscored.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import numpy as np
+from river.drift import ADWIN
 
 from fraudstream.schema import InvalidRecord, Transaction, decode, format_timestamp
 from fraudstream.settings import Settings
-from stream_processor.features import FEATURE_NAMES, AccountStates
-from stream_processor.model import FittedModel, fit_model
+from stream_processor.features import (
+    ANOMALY_COLUMNS,
+    FEATURE_NAMES,
+    SUPERVISED_FEATURE_NAMES,
+    AccountStates,
+    LabelMemory,
+)
+from stream_processor.labels import Label, decode_label
+from stream_processor.model import FittedModel, SupervisedModel, fit_model, fit_supervised
 from stream_processor.reasons import explain
 
 log = logging.getLogger(__name__)
@@ -58,13 +68,30 @@ class BatchResult:
     dead_letters: list[dict] = field(default_factory=list)  # for dead_letters and the DLQ
     pending_add: list[dict] = field(default_factory=list)  # held until the first fit
     pending_clear: bool = False  # the held events were scored: empty pending_events
-    models: list[FittedModel] = field(default_factory=list)  # new versions to record
+    models: list[FittedModel | SupervisedModel] = field(default_factory=list)  # to record
     duplicate_ids: list[str] = field(default_factory=list)  # already stored or held
+    labels: list[dict] = field(default_factory=list)  # for the labels table
+    labels_released: dict[str, int] = field(default_factory=dict)  # id -> learned (1) or not
 
     def __bool__(self) -> bool:
         return bool(
-            self.rows or self.dead_letters or self.pending_add or self.pending_clear or self.models
+            self.rows
+            or self.dead_letters
+            or self.pending_add
+            or self.pending_clear
+            or self.models
+            or self.labels
+            or self.labels_released
         )
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledEvent:
+    """What the supervised model learns from once the event's label arrives."""
+
+    merchant: str
+    account_id: str
+    features: np.ndarray  # SUPERVISED_FEATURE_NAMES, as computed when the event was scored
 
 
 def db_timestamp(ts: datetime) -> str:
@@ -84,6 +111,10 @@ class ScoringCore:
         next_version: int = 1,
         held: Iterable[HeldEvent] = (),
         history: Iterable[Transaction] = (),
+        supervised: SupervisedModel | None = None,
+        label_history: Iterable[tuple[LabelledEvent, Label]] = (),
+        awaiting: Iterable[tuple[str, LabelledEvent]] = (),
+        queued_labels: Iterable[Label] = (),
     ):
         self.settings = settings
         self.known_ids = known_ids
@@ -102,7 +133,35 @@ class ScoringCore:
         self._refit: Future | None = None
         self._refit_reason = ""
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refit")
-        self.counts = {"scored": 0, "flagged": 0, "dead_letters": 0, "duplicates": 0}
+        self.counts = {
+            "scored": 0, "flagged": 0, "dead_letters": 0, "duplicates": 0, "labels": 0,
+            "labels_learned": 0, "drifts": 0,
+        }  # fmt: skip
+        # Delayed labels: what they teach, the events waiting for one, the supervised model.
+        self.supervised = supervised
+        if supervised is not None:
+            self.next_version = max(self.next_version, supervised.version + 1)
+        self.label_memory = LabelMemory()
+        self._awaiting: OrderedDict[str, LabelledEvent] = OrderedDict(awaiting)
+        size = max(settings.supervised_window, 1)
+        self._sup_x = np.empty((size, len(SUPERVISED_FEATURE_NAMES)))
+        self._sup_y = np.zeros(size, dtype=np.int8)
+        self._sup_pos = self._sup_len = 0
+        self._labels_since_fit = 0
+        self._sup_refit: Future | None = None
+        for event, label in label_history:
+            self._learn_label(event, label)
+        self._labels_since_fit = 0 if supervised is not None else self._sup_len
+        # Labels wait here until the stream's event time reaches their labelled_at: a label
+        # never teaches anything about events that happened before it was known.
+        self._label_queue: list[tuple[float, int, Label]] = []
+        self._label_seq = 0
+        self.clock = max((t.event_time for t in history), default=float("-inf"))
+        for label in queued_labels:
+            self._queue_label(label)
+        # Drift: ADWIN watches the anomaly scores of the current model.
+        self._adwin = ADWIN(delta=settings.drift_delta) if settings.drift_delta > 0 else None
+        self._drift = False
 
     # -- the batch path ------------------------------------------------------------------------
 
@@ -112,7 +171,11 @@ class ScoringCore:
         self._collect_refit(result)
         fresh: list[HeldEvent] = []
         batch_ids: set[str] = set()
+        label_messages = []
         for msg in messages:
+            if msg.topic == self.settings.labels_topic:
+                label_messages.append(msg)
+                continue
             try:
                 txn = decode(msg.value)
             except InvalidRecord as exc:
@@ -135,6 +198,9 @@ class ScoringCore:
                 self._fit_initial(result)
         else:
             self._score(fresh, result)
+        if label_messages:
+            self._take_labels(label_messages, result)
+        self._release_labels(result)
         self._maybe_refit()
         self.counts["dead_letters"] += len(result.dead_letters)
         self.counts["duplicates"] += len(result.duplicate_ids)
@@ -152,8 +218,9 @@ class ScoringCore:
 
     def wait_for_refit(self, timeout_s: float = 60.0) -> BatchResult:
         """Block until a running refit finishes and swap it in (tests, shutdown)."""
-        if self._refit is not None:
-            self._refit.exception(timeout=timeout_s)
+        for future in (self._refit, self._sup_refit):
+            if future is not None:
+                future.exception(timeout=timeout_s)
         result = BatchResult()
         self._collect_refit(result)
         return result
@@ -183,7 +250,7 @@ class ScoringCore:
         txns = [h.txn for h in held]
         features = self.states.transform(txns)
         model = fit_model(
-            features,
+            features[:, ANOMALY_COLUMNS],
             version=self.next_version,
             reason="initial",
             flag_quantile=self.settings.flag_quantile,
@@ -205,16 +272,31 @@ class ScoringCore:
     def _emit(self, events: list[HeldEvent], features: np.ndarray, result: BatchResult) -> None:
         model = self.model
         assert model is not None
-        scores = model.score(features)
-        flags = scores > model.threshold
+        txns = [h.txn for h in events]
+        scores = model.score(features[:, ANOMALY_COLUMNS])
+        anomaly_flags = scores > model.threshold
+        full = np.hstack([features, self.label_memory.features(txns), scores[:, None]])
+        supervised = self.supervised
+        if supervised is not None:
+            probabilities = supervised.score(full)
+            supervised_flags = probabilities >= supervised.threshold
+            flags = anomaly_flags | supervised_flags
+            risks = probabilities
+        else:
+            probabilities = supervised_flags = None
+            flags, risks = anomaly_flags, scores
         now = time.time()
+        rounded = full.round(6).tolist()
         for i, h in enumerate(events):
             txn, score, flagged = h.txn, float(scores[i]), bool(flags[i])
-            reasons = (
-                explain(txn, features[i], score, model.threshold, self.states.get(txn.account_id))
-                if flagged
-                else None
-            )
+            probability = None if probabilities is None else float(probabilities[i])
+            reasons = None
+            if flagged:
+                reasons = explain(
+                    txn, full[i], score, model.threshold, self.states.get(txn.account_id),
+                    anomalous=bool(anomaly_flags[i]), probability=probability,
+                    supervised_threshold=supervised.threshold if supervised else None,
+                )  # fmt: skip
             row = {
                 "transaction_id": txn.transaction_id,
                 "account_id": txn.account_id,
@@ -226,11 +308,14 @@ class ScoringCore:
                 "extras": json.dumps(txn.extras, ensure_ascii=False) if txn.extras else None,
                 "score": score,
                 "threshold": model.threshold,
+                "supervised_score": probability,
+                "risk_score": float(risks[i]),
                 "is_flagged": int(flagged),
                 "reasons": json.dumps(reasons, ensure_ascii=False) if reasons else None,
                 "model_version": model.version,
+                "supervised_version": supervised.version if supervised else None,
                 "features": json.dumps(
-                    dict(zip(FEATURE_NAMES, features[i].round(6).tolist(), strict=True))
+                    dict(zip(SUPERVISED_FEATURE_NAMES, rounded[i], strict=True))
                 ),
                 "kafka_partition": h.partition,
                 "kafka_offset": h.offset,
@@ -241,9 +326,80 @@ class ScoringCore:
             result.rows.append(row)
             if flagged:
                 result.alerts.append(alert_payload(row))
+            self._await_label(txn, full[i])
         self._remember(features)
+        self._watch_drift(scores)
+        self.clock = max(self.clock, max(t.event_time for t in txns))
         self.counts["scored"] += len(events)
         self.counts["flagged"] += int(flags.sum())
+
+    # -- delayed labels ------------------------------------------------------------------------
+
+    def _await_label(self, txn: Transaction, row: np.ndarray) -> None:
+        self._awaiting[txn.transaction_id] = LabelledEvent(txn.merchant, txn.account_id, row)
+        if len(self._awaiting) > self.settings.label_memory:
+            self._awaiting.popitem(last=False)
+
+    def _take_labels(self, messages: list[RawMessage], result: BatchResult) -> None:
+        now = time.time()
+        for msg in messages:
+            try:
+                label = decode_label(msg.value)
+            except InvalidRecord as exc:
+                result.dead_letters.append(_dead_letter(msg, exc))
+                continue
+            self.counts["labels"] += 1
+            result.labels.append(
+                {
+                    "transaction_id": label.transaction_id,
+                    "is_fraud": label.is_fraud,
+                    "labelled_at": db_timestamp(label.labelled_at),
+                    "received_at": now,
+                    "learned": None,  # set when the event clock reaches labelled_at
+                }
+            )
+            self._queue_label(label)
+
+    def _queue_label(self, label: Label) -> None:
+        self._label_seq += 1
+        heapq.heappush(self._label_queue, (label.labelled_at.timestamp(), self._label_seq, label))
+
+    def _release_labels(self, result: BatchResult) -> None:
+        """Learn from the queued labels whose labelled_at the event clock has reached."""
+        queue = self._label_queue
+        while queue and queue[0][0] <= self.clock:
+            _, _, label = heapq.heappop(queue)
+            event = self._awaiting.pop(label.transaction_id, None)
+            if event is not None:
+                self._learn_label(event, label)
+                self.counts["labels_learned"] += 1
+            result.labels_released.setdefault(label.transaction_id, int(event is not None))
+
+    @property
+    def queued_labels(self) -> int:
+        return len(self._label_queue)
+
+    def _learn_label(self, event: LabelledEvent, label: Label) -> None:
+        self.label_memory.add(
+            event.merchant, event.account_id, label.is_fraud, label.labelled_at.timestamp()
+        )
+        size = len(self._sup_y)
+        self._sup_x[self._sup_pos] = event.features
+        self._sup_y[self._sup_pos] = label.is_fraud
+        self._sup_pos = (self._sup_pos + 1) % size
+        self._sup_len = min(size, self._sup_len + 1)
+        self._labels_since_fit += 1
+
+    def _watch_drift(self, scores: np.ndarray) -> None:
+        if self._adwin is None or self._drift:
+            return
+        for value in scores.tolist():
+            self._adwin.update(value)
+            if self._adwin.drift_detected:
+                self._drift = True
+                self.counts["drifts"] += 1
+                log.info("drift in the anomaly scores (ADWIN): refitting early")
+                return
 
     def _remember(self, features: np.ndarray) -> None:
         """Keep the newest feature vectors in a ring buffer: the next refit's training window."""
@@ -262,19 +418,23 @@ class ScoringCore:
         self._since_fit += len(features)
 
     def _maybe_refit(self) -> None:
+        self._maybe_refit_supervised()
         if self.model is None or self._refit is not None or self._since_fit == 0:
             return
         s = self.settings
-        if s.refit_every_events and self._since_fit >= s.refit_every_events:
+        if self._drift and self._since_fit >= MIN_EVENTS_BEFORE_DRIFT_REFIT:
+            reason = "drift"
+        elif s.refit_every_events and self._since_fit >= s.refit_every_events:
             reason = "events"
         elif s.refit_interval_s and time.monotonic() - self._last_fit >= s.refit_interval_s:
             reason = "interval"
         else:
             return
-        training = self._window[: self._window_len].copy()
+        training = self._window[: self._window_len, ANOMALY_COLUMNS]  # a copy
         self._since_fit = 0
         self._last_fit = time.monotonic()
         self._refit_reason = reason
+        self._drift = False
         self._refit = self._pool.submit(
             fit_model,
             training,
@@ -285,7 +445,26 @@ class ScoringCore:
             seed=s.model_seed,
         )
 
+    def _maybe_refit_supervised(self) -> None:
+        s = self.settings
+        if self._sup_refit is not None or self._labels_since_fit < s.supervised_refit_labels:
+            return
+        y = self._sup_y[: self._sup_len]
+        frauds = int(y.sum())
+        if frauds < s.supervised_min_frauds or frauds == len(y):
+            return
+        self._labels_since_fit = 0
+        self._sup_refit = self._pool.submit(
+            fit_supervised,
+            self._sup_x[: self._sup_len].copy(),
+            y.copy(),
+            version=0,
+            threshold=s.supervised_flag_threshold,
+            seed=s.model_seed,
+        )
+
     def _collect_refit(self, result: BatchResult) -> None:
+        self._collect_supervised(result)
         future = self._refit
         if future is None or not future.done():
             return
@@ -302,11 +481,36 @@ class ScoringCore:
             model.version, model.reason, model.training_rows, model.threshold, model.fit_seconds,
         )  # fmt: skip
 
+    def _collect_supervised(self, result: BatchResult) -> None:
+        future = self._sup_refit
+        if future is None or not future.done():
+            return
+        self._sup_refit = None
+        try:
+            model = future.result()
+        except Exception:
+            log.exception("supervised refit failed; keeping the current one")
+            return
+        model = replace(model, version=self.next_version)
+        self.supervised = model
+        self.next_version = model.version + 1
+        result.models.append(model)
+        log.info(
+            "supervised model v%d swapped in (%d labelled events, %d frauds, %.2f s)",
+            model.version, model.training_rows, model.frauds, model.fit_seconds,
+        )  # fmt: skip
+
     def _install(self, model: FittedModel, result: BatchResult) -> None:
         self.model = model  # one reference assignment: the swap is atomic for the batch path
         self.next_version = model.version + 1
         self._last_fit = time.monotonic()
+        if self._adwin is not None:
+            self._adwin = ADWIN(delta=self.settings.drift_delta)  # a new model, a new baseline
+        self._drift = False
         result.models.append(model)
+
+
+MIN_EVENTS_BEFORE_DRIFT_REFIT = 1000  # a drift refit trains on at least this many new events
 
 
 def alert_payload(row: dict) -> dict:
@@ -320,6 +524,10 @@ def alert_payload(row: dict) -> dict:
         "location": row["location"],
         "score": round(row["score"], 6),
         "threshold": round(row["threshold"], 6),
+        "supervised_score": (
+            None if row.get("supervised_score") is None else round(row["supervised_score"], 6)
+        ),
+        "risk_score": round(row["risk_score"], 6) if row.get("risk_score") is not None else None,
         "model_version": row["model_version"],
         "reasons": json.loads(row["reasons"]) if row["reasons"] else [],
         "scored_at": row["scored_at"],

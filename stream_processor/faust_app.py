@@ -90,6 +90,9 @@ def create_app(settings: Settings) -> faust.App:
     source = app.topic(
         settings.transactions_topic, key_serializer="raw", value_serializer="raw", internal=False
     )
+    label_source = app.topic(
+        settings.labels_topic, key_serializer="raw", value_serializer="raw", internal=False
+    )
     pipeline = BatchPipeline(settings)
     lock = asyncio.Lock()  # the agent and the timer share the core and the sink
     app.fatal = None  # type: ignore[attr-defined]
@@ -123,23 +126,33 @@ def create_app(settings: Settings) -> faust.App:
                 os.kill(os.getpid(), signal.SIGTERM)
                 await asyncio.sleep(3600)
 
+    def raw_batch(events) -> list[RawMessage]:
+        return [
+            RawMessage(
+                value=e.message.value,
+                key=e.message.key,
+                topic=e.message.topic,
+                partition=e.message.partition,
+                offset=e.message.offset,
+                produced_at=produced_at(e.message.headers),
+            )
+            for e in events
+        ]
+
     @app.agent(source, name="score_transactions")
     async def score_transactions(stream):
         async for events in stream.take_events(
             settings.batch_size, within=settings.batch_timeout_s
         ):
-            batch = [
-                RawMessage(
-                    value=e.message.value,
-                    key=e.message.key,
-                    topic=e.message.topic,
-                    partition=e.message.partition,
-                    offset=e.message.offset,
-                    produced_at=produced_at(e.message.headers),
-                )
-                for e in events
-            ]
-            await run_locked(pipeline.handle, batch)
+            await run_locked(pipeline.handle, raw_batch(events))
+
+    @app.agent(label_source, name="learn_labels")
+    async def learn_labels(stream):
+        # Same path: the core tells labels from transactions by topic; acked after the commit.
+        async for events in stream.take_events(
+            settings.batch_size, within=settings.batch_timeout_s
+        ):
+            await run_locked(pipeline.handle, raw_batch(events))
 
     @app.timer(interval=1.0)
     async def housekeeping():

@@ -1,8 +1,19 @@
-"""Per-account streaming features: each event is compared with the account's own recent past.
+"""Streaming features: each event is compared with its account's and its merchant's own past.
 
-State is bounded: at most ``max_accounts`` accounts (the least recently seen are evicted) and
-``history`` recent transactions per account. Feature values depend only on events seen before,
-so replaying the same events into a fresh :class:`AccountStates` gives the same vectors.
+This module is the one place where every model input is defined (:data:`FEATURES`,
+:data:`LABEL_FEATURES`); the README's feature table is checked against it.
+
+Windows come in two kinds:
+
+- *exact* short windows (10 min, 1 h, 24 h) over the account's last ``history`` transactions;
+- *decayed* windows (1, 7, 30 days) for longer horizons: each event counts with weight
+  ``exp(-age / window)``, so "count over 7 days" is the exponentially decayed count with a time
+  constant of 7 days and "mean over 30 days" the decayed mean. They need O(1) memory per account
+  or merchant, whatever the history.
+
+State is bounded: at most ``max_accounts`` accounts and ``max_merchants`` merchants (the least
+recently seen are evicted). Feature values depend only on events seen before, so replaying the
+same events into a fresh :class:`AccountStates` gives the same vectors.
 """
 
 from __future__ import annotations
@@ -13,28 +24,68 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fraudstream.geo import distance_km
 from fraudstream.schema import Transaction
+
+DAY = 86400.0
+DECAY_WINDOWS = (("1d", DAY), ("7d", 7 * DAY), ("30d", 30 * DAY))
 
 FEATURES: tuple[tuple[str, str], ...] = (
     ("log_amount", "log(1 + amount)"),
     ("amount_vs_median", "log((1 + amount) / (1 + median of the account's recent amounts)); 0 without history"),
+    ("amount_vs_1d", "log((1 + amount) / (1 + the account's decayed mean amount over 1 day)); 0 without history"),
+    ("amount_vs_7d", "the same against the account's decayed mean over 7 days"),
+    ("amount_vs_30d", "the same against the account's decayed mean over 30 days"),
     ("log_history", "log(1 + transactions seen before for the account)"),
     ("count_10m", "the account's transactions in the 10 minutes before this one"),
     ("count_1h", "the account's transactions in the hour before this one"),
     ("count_24h", "the account's transactions in the 24 hours before this one"),
+    ("log_sum_24h", "log(1 + the account's spending in the 24 hours before this one)"),
+    ("count_7d", "the account's decayed transaction count over 7 days"),
     ("log_gap_s", "log(1 + seconds since the account's previous transaction); 7 days without one"),
     ("new_merchant", "1 if the account has history but never used this merchant"),
     ("new_location", "1 if the account has history but was never in this location"),
+    ("log_speed_kmh", "log(1 + km/h to travel from the previous transaction's location); 0 if either is not on the map"),
+    ("log_home_km", "log(1 + km from the account's most frequent location); 0 if either is not on the map"),
     ("small_10m", "transactions under 5.00 by the account in the 10 minutes before (card testing)"),
     ("hour_sin", "sin(2 pi hour / 24), hour of day in UTC"),
     ("hour_cos", "cos(2 pi hour / 24)"),
+    ("weekday_sin", "sin(2 pi weekday / 7), Monday = 0"),
+    ("weekday_cos", "cos(2 pi weekday / 7)"),
+    ("merchant_amount_vs_30d", "log((1 + amount) / (1 + the merchant's decayed mean amount over 30 days)); 0 for a new merchant"),
+    ("merchant_log_count_1d", "log(1 + the merchant's decayed transaction count over 1 day)"),
+    ("merchant_volume_1h_vs_7d", "log((1 + merchant transactions in the last hour, decayed) / (1 + its hourly average over 7 days))"),
 )  # fmt: skip
-"""The model's inputs, in column order, with their definitions."""
+"""The inputs of the Isolation Forest (and of the supervised model), in column order."""
+
+LABEL_FEATURES: tuple[tuple[str, str], ...] = (
+    ("merchant_fraud_share_1d", "share of confirmed fraud among the merchant's labels received in the last day (decayed); 0 without labels"),
+    ("merchant_fraud_share_7d", "the same over 7 days"),
+    ("merchant_fraud_share_30d", "the same over 30 days"),
+    ("merchant_log_labels_30d", "log(1 + the merchant's labels received over 30 days, decayed)"),
+    ("account_fraud_30d", "the account's confirmed frauds received over 30 days, decayed"),
+    ("anomaly_score", "the Isolation Forest's score of this event"),
+)  # fmt: skip
+"""Extra inputs of the supervised model only: what delayed labels taught, and the anomaly score."""
 
 FEATURE_NAMES = tuple(name for name, _ in FEATURES)
+ANOMALY_FEATURE_NAMES = (
+    "amount_vs_median", "amount_vs_30d", "merchant_amount_vs_30d", "small_10m", "count_1h",
+    "log_speed_kmh", "log_home_km",
+)  # fmt: skip
+"""The subset the Isolation Forest sees: one column per way fraud is extreme (amount for the
+account and for the merchant, bursts, card testing, travel). Chosen on the evaluation set
+(docs/detection.md): every extra column that ordinary events are extreme on too (cyclic time,
+gaps, merchant volume, new merchant) let ordinary events crowd the flag budget. The supervised
+model, which learns each column's weight from labels, gets them all."""
+ANOMALY_COLUMNS = np.array([FEATURE_NAMES.index(n) for n in ANOMALY_FEATURE_NAMES])
+LABEL_FEATURE_NAMES = tuple(name for name, _ in LABEL_FEATURES)
+SUPERVISED_FEATURE_NAMES = FEATURE_NAMES + LABEL_FEATURE_NAMES
 SMALL_AMOUNT = 5.0
-NO_GAP_S = 7 * 86400.0
-_I = {name: i for i, name in enumerate(FEATURE_NAMES)}
+NO_GAP_S = 7 * DAY
+MIN_TRAVEL_H = 1 / 60  # two events a minute apart in different cities: at most 60x the distance
+_I = {name: i for i, name in enumerate(SUPERVISED_FEATURE_NAMES)}
+_TAU = tuple(w for _, w in DECAY_WINDOWS)
 
 
 @dataclass
@@ -46,16 +97,37 @@ class AccountState:
     last_time: float | None = None
     last_location: str | None = None
     home_location: str | None = None  # the most frequent location so far
+    decay_time: float = 0.0  # event time the decayed sums below are valid at
+    counts: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # per DECAY_WINDOWS
+    sums: list = field(default_factory=lambda: [0.0, 0.0, 0.0])
+
+
+class MerchantState:
+    """Decayed volume and amount profile of one merchant."""
+
+    __slots__ = ("decay_time", "count_1h", "count_1d", "count_7d", "count_30d", "sum_30d")
+
+    def __init__(self) -> None:
+        self.decay_time = 0.0
+        self.count_1h = self.count_1d = self.count_7d = self.count_30d = self.sum_30d = 0.0
 
 
 class AccountStates:
-    """The bounded per-account memory and the feature computation over it."""
+    """The bounded per-account and per-merchant memory, and the feature computation over it."""
 
-    def __init__(self, max_accounts: int = 1_000_000, history: int = 50, max_places: int = 32):
+    def __init__(
+        self,
+        max_accounts: int = 1_000_000,
+        history: int = 50,
+        max_places: int = 32,
+        max_merchants: int = 200_000,
+    ):
         self.max_accounts = max_accounts
         self.history = history
         self.max_places = max_places
+        self.max_merchants = max_merchants
         self._accounts: OrderedDict[str, AccountState] = OrderedDict()
+        self._merchants: OrderedDict[str, MerchantState] = OrderedDict()
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -69,14 +141,15 @@ class AccountStates:
         out = np.empty((len(txns), len(FEATURE_NAMES)), dtype=np.float64)
         for i, txn in enumerate(txns):
             state = self._state(txn.account_id)
-            out[i] = self._features(state, txn)
-            self._learn(state, txn)
+            merchant = self._merchant(txn.merchant)
+            out[i] = self._features(state, merchant, txn)
+            self._learn(state, merchant, txn)
         return out
 
     def learn(self, txns: list[Transaction]) -> None:
         """Add events to the state without computing features (rebuilding after a restart)."""
         for txn in txns:
-            self._learn(self._state(txn.account_id), txn)
+            self._learn(self._state(txn.account_id), self._merchant(txn.merchant), txn)
 
     def _state(self, account_id: str) -> AccountState:
         state = self._accounts.get(account_id)
@@ -90,46 +163,92 @@ class AccountStates:
             self._accounts.move_to_end(account_id)
         return state
 
-    def _features(self, s: AccountState, txn: Transaction) -> list[float]:
+    def _merchant(self, name: str) -> MerchantState:
+        state = self._merchants.get(name)
+        if state is None:
+            state = self._merchants[name] = MerchantState()
+            if len(self._merchants) > self.max_merchants:
+                self._merchants.popitem(last=False)
+        else:
+            self._merchants.move_to_end(name)
+        return state
+
+    def _features(self, s: AccountState, m: MerchantState, txn: Transaction) -> list[float]:
         t = txn.event_time
+        amount = txn.amount
+        log_amount = math.log1p(amount)
         c10 = c1h = c24 = small = 0
+        sum24 = 0.0
         amounts = []
-        for ts, amount in s.recent:
-            amounts.append(amount)
+        for ts, past in s.recent:
+            amounts.append(past)
             age = t - ts
-            if 0 <= age <= 86400:
+            if 0 <= age <= DAY:
                 c24 += 1
+                sum24 += past
                 if age <= 3600:
                     c1h += 1
                     if age <= 600:
                         c10 += 1
-                        small += amount < SMALL_AMOUNT
+                        small += past < SMALL_AMOUNT
         has_history = s.seen > 0
         if amounts:
             amounts.sort()
             mid = len(amounts) // 2
             median = amounts[mid] if len(amounts) % 2 else (amounts[mid - 1] + amounts[mid]) / 2
-            vs_median = math.log((1 + txn.amount) / (1 + median))
+            vs_median = log_amount - math.log1p(median)
         else:
             vs_median = 0.0
-        gap = NO_GAP_S if s.last_time is None else max(0.0, t - s.last_time)
-        hour = (t % 86400) / 3600
+        age = max(0.0, t - s.decay_time)
+        vs_window = [  # the decayed mean is sum / count, both decayed alike
+            log_amount - math.log1p(total / c) if c > 1e-9 else 0.0
+            for total, c in zip(s.sums, s.counts, strict=True)
+        ]
+        count_7d = s.counts[1] * math.exp(-age / _TAU[1])
+        if s.last_time is None:
+            gap, speed = NO_GAP_S, 0.0
+        else:
+            gap = max(0.0, t - s.last_time)
+            km = distance_km(s.last_location, txn.location) if s.last_location else None
+            speed = math.log1p(km / max(gap / 3600, MIN_TRAVEL_H)) if km else 0.0
+        home_km = distance_km(s.home_location, txn.location) if s.home_location else None
+        hour = (t % DAY) / 3600
+        weekday = (int(t // DAY) + 3) % 7  # 1970-01-01 was a Thursday
+        # Merchant profile, decayed to this event's time.
+        m_age = max(0.0, t - m.decay_time)
+        if m.count_30d > 1e-9:
+            m_vs = log_amount - math.log1p(m.sum_30d / m.count_30d)
+        else:
+            m_vs = 0.0
+        m_1h = m.count_1h * math.exp(-m_age / 3600)
+        m_1d = m.count_1d * math.exp(-m_age / DAY)
+        m_7d = m.count_7d * math.exp(-m_age / _TAU[1])
         return [
-            math.log1p(txn.amount),
+            log_amount,
             vs_median,
+            *vs_window,
             math.log1p(s.seen),
             c10,
             c1h,
             c24,
+            math.log1p(sum24),
+            count_7d,
             math.log1p(gap),
             float(has_history and txn.merchant not in s.merchants),
             float(has_history and txn.location not in s.locations),
+            speed,
+            math.log1p(home_km) if home_km else 0.0,
             small,
             math.sin(2 * math.pi * hour / 24),
             math.cos(2 * math.pi * hour / 24),
+            math.sin(2 * math.pi * weekday / 7),
+            math.cos(2 * math.pi * weekday / 7),
+            m_vs,
+            math.log1p(m_1d),
+            math.log((1 + m_1h) / (1 + m_7d / 168)),
         ]
 
-    def _learn(self, s: AccountState, txn: Transaction) -> None:
+    def _learn(self, s: AccountState, m: MerchantState, txn: Transaction) -> None:
         t = txn.event_time
         s.recent.append((t, txn.amount))
         s.seen += 1
@@ -139,6 +258,101 @@ class AccountStates:
         if s.last_time is None or t >= s.last_time:
             s.last_time = t
             s.last_location = txn.location
+        # Decayed sums move forward in time only; a late event counts as if at decay_time.
+        age = t - s.decay_time
+        if age > 0:
+            for k, tau in enumerate(_TAU):
+                f = math.exp(-age / tau)
+                s.counts[k] *= f
+                s.sums[k] *= f
+            s.decay_time = t
+        for k in range(len(_TAU)):
+            s.counts[k] += 1.0
+            s.sums[k] += txn.amount
+        age = t - m.decay_time
+        if age > 0:
+            m.count_1h *= math.exp(-age / 3600)
+            m.count_1d *= math.exp(-age / DAY)
+            f7 = math.exp(-age / _TAU[1])
+            m.count_7d *= f7
+            f30 = math.exp(-age / _TAU[2])
+            m.count_30d *= f30
+            m.sum_30d *= f30
+            m.decay_time = t
+        m.count_1h += 1
+        m.count_1d += 1
+        m.count_7d += 1
+        m.count_30d += 1
+        m.sum_30d += txn.amount
+
+
+class LabelMemory:
+    """What confirmed labels taught so far: decayed fraud shares per merchant and account.
+
+    Windows run on the time a label was received (``labelled_at``), so a share over 7 days means
+    "among the labels that arrived in the last 7 days". Only received labels count.
+    """
+
+    def __init__(self, max_keys: int = 1_000_000):
+        self.max_keys = max_keys
+        self._merchants: OrderedDict[str, list[float]] = OrderedDict()  # t, (fraud, n) x 3
+        self._accounts: OrderedDict[str, list[float]] = OrderedDict()  # t, fraud_30d
+        self.labels = 0
+        self.frauds = 0
+
+    def add(self, merchant: str, account_id: str, is_fraud: int, labelled_at: float) -> None:
+        self.labels += 1
+        self.frauds += is_fraud
+        m = self._merchants.get(merchant)
+        if m is None:
+            m = self._merchants[merchant] = [labelled_at, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+            if len(self._merchants) > self.max_keys:
+                self._merchants.popitem(last=False)
+        _decay_pairs(m, labelled_at)
+        for k in range(3):
+            m[1 + 2 * k] += is_fraud
+            m[2 + 2 * k] += 1.0
+        if is_fraud:
+            a = self._accounts.get(account_id)
+            if a is None:
+                a = self._accounts[account_id] = [labelled_at, 0.0]
+                if len(self._accounts) > self.max_keys:
+                    self._accounts.popitem(last=False)
+            if labelled_at > a[0]:
+                a[1] *= math.exp(-(labelled_at - a[0]) / _TAU[2])
+                a[0] = labelled_at
+            a[1] += 1.0
+
+    def features(self, txns: list[Transaction]) -> np.ndarray:
+        """The label-derived columns (all but ``anomaly_score``) for each event."""
+        out = np.zeros((len(txns), len(LABEL_FEATURE_NAMES) - 1))
+        if not self.labels:
+            return out
+        for i, txn in enumerate(txns):
+            t = txn.event_time
+            m = self._merchants.get(txn.merchant)
+            if m is not None:
+                age = max(0.0, t - m[0])
+                for k, tau in enumerate(_TAU):
+                    n = m[2 + 2 * k] * math.exp(-age / tau)
+                    if n > 1e-9:
+                        out[i, k] = m[1 + 2 * k] / m[2 + 2 * k]
+                out[i, 3] = math.log1p(m[6] * math.exp(-age / _TAU[2]))
+            a = self._accounts.get(txn.account_id)
+            if a is not None:
+                out[i, 4] = a[1] * math.exp(-max(0.0, t - a[0]) / _TAU[2])
+        return out
+
+
+def _decay_pairs(m: list[float], t: float) -> None:
+    age = t - m[0]
+    if age <= 0:
+        return
+    for k, tau in enumerate(_TAU):
+        f = math.exp(-age / tau)
+        m[1 + 2 * k] *= f
+        m[2 + 2 * k] *= f
+    m[0] = t
 
 
 def _bump(counts: OrderedDict, key: str, limit: int) -> None:
@@ -149,5 +363,5 @@ def _bump(counts: OrderedDict, key: str, limit: int) -> None:
 
 
 def feature(row: np.ndarray, name: str) -> float:
-    """One named value of a feature row."""
+    """One named value of a feature row (model inputs, then label inputs)."""
     return float(row[_I[name]])

@@ -117,8 +117,11 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
             "enable.idempotence": True,
         }
     )
-    consumer.subscribe([settings.transactions_topic])
-    log.info("consuming %s as group %s", settings.transactions_topic, settings.consumer_group)
+    consumer.subscribe([settings.transactions_topic, settings.labels_topic])
+    log.info(
+        "consuming %s and %s as group %s",
+        settings.transactions_topic, settings.labels_topic, settings.consumer_group,
+    )  # fmt: skip
     code = 0
     last_tick = time.monotonic()
     try:

@@ -37,6 +37,7 @@ class BatchPipeline:
         model = self.sink.latest_model()
         held = self.sink.held_events()
         history = list(self.sink.recent_history(settings.account_history))
+        supervised = self.sink.latest_supervised()
         self.core = ScoringCore(
             settings,
             self.sink.known_ids,
@@ -44,11 +45,17 @@ class BatchPipeline:
             next_version=self.sink.next_version(),
             held=held,
             history=history,
+            supervised=supervised,
+            label_history=self.sink.label_history(settings.supervised_window),
+            awaiting=self.sink.awaiting_labels(settings.label_memory),
+            queued_labels=self.sink.queued_labels(),
         )
         log.info(
-            "processor state: model %s, %d accounts from %d stored events, %d held for first fit",
-            f"v{model.version}" if model else "none yet", len(self.core.states), len(history),
-            len(held),
+            "processor state: model %s, supervised %s, %d accounts from %d stored events, "
+            "%d held for first fit, %d labels learned",
+            f"v{model.version}" if model else "none yet",
+            f"v{supervised.version}" if supervised else "none yet", len(self.core.states),
+            len(history), len(held), self.core.label_memory.labels,
         )  # fmt: skip
 
     def handle(self, messages: Sequence[RawMessage]) -> Outbound:
@@ -77,6 +84,8 @@ class BatchPipeline:
         core = self.core
         return {
             "model_version": core.model.version if core.model else None,
+            "supervised_version": core.supervised.version if core.supervised else None,
+            "labels_queued": core.queued_labels,
             "threshold": core.model.threshold if core.model else None,
             "held_for_first_fit": len(core.held),
             "accounts_in_memory": len(core.states),

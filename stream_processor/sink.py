@@ -12,20 +12,24 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import delete, func, select, update
+import numpy as np
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.exc import OperationalError
 
-from fraudstream.schema import decode
+from fraudstream.schema import decode, parse_timestamp
 from fraudstream.tables import (
+    OutdatedDatabase,
     dead_letters,
+    labels,
     make_engine,
     model_versions,
     pending_events,
     transactions,
 )
-from stream_processor.core import BatchResult, HeldEvent, alert_payload
-from stream_processor.features import FEATURE_NAMES
-from stream_processor.model import FittedModel
+from stream_processor.core import BatchResult, HeldEvent, LabelledEvent, alert_payload
+from stream_processor.features import ANOMALY_FEATURE_NAMES, SUPERVISED_FEATURE_NAMES
+from stream_processor.labels import Label
+from stream_processor.model import FittedModel, SupervisedModel
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,8 @@ class Sink:
             self.engine = make_engine(database_url)
         except OperationalError as exc:
             raise SinkError(f"cannot open the database {database_url}: {exc.orig}") from exc
+        except OutdatedDatabase as exc:
+            raise SinkError(str(exc)) from exc
         name = self.engine.dialect.name
         if name == "sqlite":
             from sqlalchemy.dialects.sqlite import insert
@@ -77,6 +83,19 @@ class Sink:
                 conn.execute(self._insert_ignore(transactions, ["transaction_id"]), result.rows)
             if result.pending_clear:
                 conn.execute(delete(pending_events))
+            if result.labels:
+                conn.execute(self._insert_ignore(labels, ["transaction_id"]), result.labels)
+            if result.labels_released:
+                # Only the first label of an id is stored; a later duplicate updates nothing new.
+                conn.execute(
+                    update(labels)
+                    .where(labels.c.transaction_id == bindparam("tid"), labels.c.learned.is_(None))
+                    .values(learned=bindparam("learned_value")),
+                    [
+                        {"tid": tid, "learned_value": learned}
+                        for tid, learned in result.labels_released.items()
+                    ],
+                )
             if result.dead_letters:
                 conn.execute(
                     self._insert_ignore(
@@ -141,17 +160,91 @@ class Sink:
                 out.extend(alert_payload(dict(r._mapping)) for r in conn.execute(q))
         return out
 
-    def latest_model(self) -> FittedModel | None:
+    def _latest(self, kind: str, names_expected: tuple[str, ...]):
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(model_versions).order_by(model_versions.c.version.desc()).limit(1)
+                select(model_versions)
+                .where(model_versions.c.kind == kind)
+                .order_by(model_versions.c.version.desc())
+                .limit(1)
             ).first()
         if row is None:
             return None
-        m = row._mapping
-        names = tuple(json.loads(m["feature_names"]))
-        if names != FEATURE_NAMES:
-            log.warning("saved model v%s has other features %s; fitting anew", m["version"], names)
+        names = tuple(json.loads(row.feature_names))
+        if names != names_expected:
+            log.warning(
+                "saved %s v%s has other features %s; fitting anew", kind, row.version, names
+            )
+            return None
+        return row._mapping
+
+    def latest_supervised(self) -> SupervisedModel | None:
+        m = self._latest("supervised", SUPERVISED_FEATURE_NAMES)
+        if m is None:
+            return None
+        return SupervisedModel(
+            version=m["version"],
+            estimator=FittedModel.load_forest(m["model"]),
+            threshold=m["threshold"],
+            fitted_at=m["fitted_at"],
+            training_rows=m["training_rows"],
+            frauds=m["training_frauds"] or 0,
+            fit_seconds=m["fit_seconds"],
+            reason=m["reason"],
+        )
+
+    def label_history(self, limit: int):
+        """The newest ``limit`` learned labels with the features their events were scored with,
+        oldest first: (LabelledEvent, Label) pairs that rebuild the label state after a restart."""
+        t, lb = transactions, labels
+        inner = (
+            select(t.c.merchant, t.c.account_id, t.c.features, t.c.score, lb.c.transaction_id,
+                   lb.c.is_fraud, lb.c.labelled_at)
+            .join(lb, lb.c.transaction_id == t.c.transaction_id)
+            .where(lb.c.learned == 1)
+            .order_by(lb.c.labelled_at.desc())
+            .limit(limit)
+            .subquery()
+        )  # fmt: skip
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(inner).order_by(inner.c.labelled_at)).all()
+        for r in rows:
+            label = Label(r.transaction_id, r.is_fraud, parse_timestamp(r.labelled_at))
+            yield LabelledEvent(r.merchant, r.account_id, _vector(r.features, r.score)), label
+
+    def awaiting_labels(self, limit: int):
+        """The newest ``limit`` scored events without a label yet, oldest first."""
+        t, lb = transactions, labels
+        inner = (
+            select(t.c.transaction_id, t.c.merchant, t.c.account_id, t.c.features, t.c.score,
+                   t.c.timestamp)
+            .outerjoin(lb, lb.c.transaction_id == t.c.transaction_id)
+            .where(lb.c.learned.is_(None))
+            .order_by(t.c.timestamp.desc())
+            .limit(limit)
+            .subquery()
+        )  # fmt: skip
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(inner).order_by(inner.c.timestamp)).all()
+        for r in rows:
+            yield (
+                r.transaction_id,
+                LabelledEvent(r.merchant, r.account_id, _vector(r.features, r.score)),
+            )
+
+    def queued_labels(self):
+        """Labels received but not yet reached by the event clock, to queue again."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(labels.c.transaction_id, labels.c.is_fraud, labels.c.labelled_at).where(
+                    labels.c.learned.is_(None)
+                )
+            ).all()
+        return [Label(r.transaction_id, r.is_fraud, parse_timestamp(r.labelled_at)) for r in rows]
+
+    def latest_model(self) -> FittedModel | None:
+        m = self._latest("isolation_forest", ANOMALY_FEATURE_NAMES)
+        if m is None:
             return None
         return FittedModel(
             version=m["version"],
@@ -205,18 +298,29 @@ class Sink:
         self.engine.dispose()
 
 
-def _model_row(m: FittedModel) -> dict:
+def _model_row(m: FittedModel | SupervisedModel) -> dict:
+    supervised = isinstance(m, SupervisedModel)
+    names = SUPERVISED_FEATURE_NAMES if supervised else ANOMALY_FEATURE_NAMES
     return {
         "version": m.version,
+        "kind": m.kind,
         "fitted_at": m.fitted_at,
         "reason": m.reason,
         "training_rows": m.training_rows,
+        "training_frauds": m.frauds if supervised else None,
         "threshold": m.threshold,
         "flag_quantile": m.flag_quantile,
         "fit_seconds": m.fit_seconds,
-        "feature_names": json.dumps(list(FEATURE_NAMES)),
+        "feature_names": json.dumps(list(names)),
         "model": m.dumps(),
     }
+
+
+def _vector(features_json: str, score: float) -> np.ndarray:
+    """A stored row's model inputs back as the vector the supervised model learns from."""
+    values = json.loads(features_json)
+    values["anomaly_score"] = score
+    return np.array([float(values.get(name, 0.0)) for name in SUPERVISED_FEATURE_NAMES])
 
 
 def _chunks(items: list, size: int = CHUNK):

@@ -52,6 +52,7 @@ def kafka_settings(settings: Settings, kafka_bootstrap: str) -> Settings:
         transactions_topic=f"transactions-{tag}",
         alerts_topic=f"alerts-{tag}",
         dlq_topic=f"transactions.dlq-{tag}",
+        labels_topic=f"labels-{tag}",
         consumer_group=f"processor-{tag}",
         topic_partitions=2,
         web_port=0,

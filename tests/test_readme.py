@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from fraudstream.settings import describe
-from stream_processor.features import FEATURE_NAMES
+from stream_processor.features import ANOMALY_FEATURE_NAMES, FEATURES, LABEL_FEATURES
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -14,9 +14,10 @@ def test_every_setting_is_in_the_readme_with_its_meaning():
         assert doc in README, env
 
 
-def test_every_feature_is_documented():
-    for name in FEATURE_NAMES:
-        assert f"`{name}`" in README, name
+def test_every_feature_is_documented_with_its_definition():
+    for name, doc in FEATURES + LABEL_FEATURES:
+        forest = "yes" if name in ANOMALY_FEATURE_NAMES else ""
+        assert f"| `{name}` | {forest} | {doc} |" in README, name
 
 
 def test_the_two_commands_are_make_targets():

@@ -7,7 +7,7 @@ import pytest
 from fraudstream.schema import Transaction
 from producer.csv_source import read_transactions
 from stream_processor.core import RawMessage, ScoringCore
-from stream_processor.features import FEATURE_NAMES
+from stream_processor.features import SUPERVISED_FEATURE_NAMES
 
 
 def messages(csv_path, start=0, stop=None):
@@ -58,11 +58,14 @@ def test_scores_are_higher_for_anomalies_and_flags_carry_reasons(settings, small
     fraud = [r["score"] for r in rows if r["is_fraud"]]
     legit = [r["score"] for r in rows if not r["is_fraud"]]
     assert sum(fraud) / len(fraud) > sum(legit) / len(legit)
-    assert set(json.loads(rows[0]["features"])) == set(FEATURE_NAMES)
+    assert set(json.loads(rows[0]["features"])) == set(SUPERVISED_FEATURE_NAMES)
 
 
 def test_labels_are_never_model_inputs(settings, small_csv):
-    assert "is_fraud" not in FEATURE_NAMES and "fraud_scenario" not in FEATURE_NAMES
+    assert (
+        "is_fraud" not in SUPERVISED_FEATURE_NAMES
+        and "fraud_scenario" not in SUPERVISED_FEATURE_NAMES
+    )
     core = ScoringCore(settings)
     rows = [r for res in run_all(core, messages(small_csv, stop=400)) for r in res.rows]
     assert {"is_fraud", "fraud_scenario"}.isdisjoint(json.loads(rows[0]["features"]))

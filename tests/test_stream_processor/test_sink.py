@@ -7,6 +7,7 @@ import numpy as np
 from fraudstream.schema import Transaction
 from producer.csv_source import read_transactions
 from stream_processor.core import RawMessage, ScoringCore
+from stream_processor.features import ANOMALY_FEATURE_NAMES
 from stream_processor.sink import Sink
 
 
@@ -57,7 +58,7 @@ def test_restart_reloads_the_latest_model_and_the_account_history(settings, smal
     again = Sink(settings.database_url)
     model = again.latest_model()
     assert model.version == core.model.version == 1
-    probe = np.zeros((3, 12))
+    probe = np.zeros((3, len(ANOMALY_FEATURE_NAMES)))
     assert (model.score(probe) == core.model.score(probe)).all()
     assert again.next_version() == 2
     history = list(again.recent_history(per_account=50))

@@ -1,0 +1,259 @@
+"""How well the stored scores detect fraud, measured on a test period after the training period.
+
+Reads the ``transactions`` table after a run on a labelled CSV (``is_fraud``, and
+``fraud_scenario`` when the generator wrote it). Every event was scored by models fit on earlier
+events only (the Isolation Forest on the events before it, the supervised model on labels that had
+arrived before it), and the metrics are computed on the *test period* only: the events from
+``test_from`` on (default: the later half of the event-time span), so the first models' warm-up
+and the months the supervised model needed to collect labels are not counted.
+
+Scores compared, where present: ``score`` (Isolation Forest alone), ``supervised_score`` and
+``risk_score`` (the combined score stored for each event). For each: ROC-AUC, average precision,
+card precision@k per day (of the ``k`` accounts with the highest score that day, the share that had
+fraud that day; the mean over days); for the flags: precision, recall, and recall per scenario.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sqlalchemy import create_engine
+
+SCORES = (
+    ("score", "Isolation Forest alone"),
+    ("supervised_score", "supervised (delayed labels)"),
+    ("risk_score", "combined risk score"),
+)
+
+
+class EvaluationError(RuntimeError):
+    pass
+
+
+@dataclass
+class Report:
+    database: str
+    test_from: str
+    test_to: str
+    events: int
+    frauds: int
+    train_events: int
+    scores: dict[str, dict] = field(default_factory=dict)  # column -> metrics
+    flags: dict[str, dict] = field(default_factory=dict)  # flag name -> metrics
+    scenarios: dict[str, int] = field(default_factory=dict)  # scenario -> fraud events in test
+    supervised_coverage: float = 0.0  # share of test events scored with a supervised model
+    plot: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, default=_plain)
+
+    def format(self) -> str:
+        out = [
+            f"=== detection on {self.database} ===",
+            f"test period      {self.test_from} .. {self.test_to}: {self.events:,} events, "
+            f"{self.frauds:,} fraud ({self.frauds / max(self.events, 1):.2%}); "
+            f"{self.train_events:,} earlier events not counted",
+            f"supervised model scored {self.supervised_coverage:.1%} of the test events",
+            "",
+            f"{'score':<30} {'ROC-AUC':>8} {'avg prec':>9} {'card P@100/day':>15}",
+        ]
+        for column, label in SCORES:
+            m = self.scores.get(column)
+            if m:
+                out.append(
+                    f"{label:<30} {m['roc_auc']:>8.3f} {m['average_precision']:>9.3f} "
+                    f"{m['card_precision_at_k']:>15.3f}"
+                )
+        names = sorted(self.scenarios)
+        out += ["", f"{'flag':<30} {'precision':>9} {'recall':>7}  recall per scenario"]
+        for name, m in self.flags.items():
+            per = "  ".join(
+                f"{s} {m['recall_by_scenario'].get(s, float('nan')):.3f}" for s in names
+            )
+            out.append(f"{name:<30} {m['precision']:>9.3f} {m['recall']:>7.3f}  {per}")
+        out.append("fraud events per scenario in the test period: " + ", ".join(
+            f"{s} {n:,}" for s, n in sorted(self.scenarios.items())
+        ))  # fmt: skip
+        if self.plot:
+            out.append(f"precision-recall plot: {self.plot}")
+        return "\n".join(out)
+
+
+def load(database_url: str, csv: Path | None = None) -> pd.DataFrame:
+    """Scored events with their ground truth (from the table, or from ``csv`` by id)."""
+    engine = create_engine(database_url)
+    try:
+        frame = pd.read_sql_query(
+            "select transaction_id, account_id, timestamp, is_fraud, extras, score, threshold, "
+            "supervised_score, risk_score, is_flagged from transactions",
+            engine,
+        )
+    except Exception as exc:  # noqa: BLE001 - a missing table or an older database
+        raise EvaluationError(f"{database_url}: cannot read scored transactions: {exc}") from exc
+    finally:
+        engine.dispose()
+    if frame.empty:
+        raise EvaluationError(f"{database_url}: no scored transactions; run the pipeline first")
+    frame["fraud_scenario"] = [_scenario(e) for e in frame["extras"]]
+    if csv is not None:
+        truth = pd.read_csv(
+            csv, usecols=lambda c: c in ("transaction_id", "is_fraud", "fraud_scenario")
+        )
+        if "is_fraud" not in truth:
+            raise EvaluationError(f"{csv}: no is_fraud column")
+        frame = frame.drop(columns=["is_fraud"]).merge(
+            truth.rename(columns={"fraud_scenario": "csv_scenario"}),
+            on="transaction_id",
+            how="left",
+        )
+        if "csv_scenario" in frame:
+            frame["fraud_scenario"] = frame["csv_scenario"].fillna(frame["fraud_scenario"])
+    frame = frame[frame["is_fraud"].notna()].copy()
+    if frame.empty:
+        raise EvaluationError("no scored transaction has an is_fraud label to compare with")
+    frame["is_fraud"] = frame["is_fraud"].astype(int)
+    frame["fraud_scenario"] = frame["fraud_scenario"].fillna("").astype(str)
+    frame.loc[(frame["is_fraud"] == 1) & (frame["fraud_scenario"] == ""), "fraud_scenario"] = (
+        "fraud"
+    )
+    frame["time"] = pd.to_datetime(frame["timestamp"], format="ISO8601")
+    return frame.sort_values("time", kind="stable").reset_index(drop=True)
+
+
+def evaluate(
+    database_url: str,
+    *,
+    csv: Path | None = None,
+    test_from: str | None = None,
+    test_fraction: float = 0.5,
+    k: int = 100,
+    plot: Path | None = None,
+) -> Report:
+    frame = load(database_url, csv)
+    start, end = frame["time"].iloc[0], frame["time"].iloc[-1]
+    if test_from is not None:
+        cut = pd.Timestamp(test_from)
+    else:
+        if not 0 < test_fraction <= 1:
+            raise EvaluationError(f"test fraction must be in (0, 1], got {test_fraction}")
+        cut = start + (end - start) * (1 - test_fraction)
+    test = frame[frame["time"] >= cut]
+    if test.empty:
+        raise EvaluationError(f"no events from {cut} on (events run {start} .. {end})")
+    if test["is_fraud"].nunique() < 2:
+        raise EvaluationError("the test period needs both fraud and legitimate events")
+    report = Report(
+        database=database_url,
+        test_from=str(test["time"].iloc[0]),
+        test_to=str(test["time"].iloc[-1]),
+        events=len(test),
+        frauds=int(test["is_fraud"].sum()),
+        train_events=len(frame) - len(test),
+        supervised_coverage=float(test["supervised_score"].notna().mean()),
+    )
+    report.scenarios = (
+        test[test["is_fraud"] == 1]["fraud_scenario"].value_counts().sort_index().to_dict()
+    )
+    y = test["is_fraud"].to_numpy()
+    curves = {}
+    for column, label in SCORES:
+        values = test[column]
+        if values.isna().any():
+            continue  # e.g. no supervised model for part of the test period
+        s = values.to_numpy(dtype=float)
+        report.scores[column] = {
+            "roc_auc": float(roc_auc_score(y, s)),
+            "average_precision": float(average_precision_score(y, s)),
+            "card_precision_at_k": card_precision_at_k(test, column, k),
+            "k": k,
+        }
+        curves[label] = precision_recall_curve(y, s)[:2]
+    anomaly_flag = (test["score"] > test["threshold"]).to_numpy()
+    report.flags["Isolation Forest flag"] = _flag_metrics(test, anomaly_flag)
+    report.flags["stored flag (is_flagged)"] = _flag_metrics(
+        test, test["is_flagged"].to_numpy() == 1
+    )
+    if plot is not None:
+        report.plot = str(_plot(curves, report, plot))
+    return report
+
+
+def card_precision_at_k(test: pd.DataFrame, column: str, k: int = 100) -> float:
+    """Mean over days of: among the ``k`` accounts with the highest ``column`` that day, the
+    share that had fraud that day."""
+    day = test["time"].dt.floor("D")
+    per_account = (
+        test.assign(day=day)
+        .groupby(["day", "account_id"], sort=False)
+        .agg(top=(column, "max"), fraud=("is_fraud", "max"))
+        .reset_index()
+    )
+    shares = []
+    for _, accounts in per_account.groupby("day", sort=True):
+        top = accounts.nlargest(k, "top")
+        shares.append(top["fraud"].sum() / k)
+    return float(np.mean(shares)) if shares else math.nan
+
+
+def _flag_metrics(test: pd.DataFrame, flag: np.ndarray) -> dict:
+    y = test["is_fraud"].to_numpy() == 1
+    tp = int((flag & y).sum())
+    by = {}
+    for name, group in test[y].groupby("fraud_scenario"):
+        by[name] = float(flag[group.index - test.index[0]].mean())
+    return {
+        "flagged": int(flag.sum()),
+        "precision": tp / flag.sum() if flag.sum() else math.nan,
+        "recall": tp / y.sum() if y.sum() else math.nan,
+        "recall_by_scenario": by,
+    }
+
+
+def _plot(curves: dict, report: Report, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    for label, (precision, recall) in curves.items():
+        column = next(c for c, lab in SCORES if lab == label)
+        ap = report.scores[column]["average_precision"]
+        ax.plot(recall, precision, label=f"{label} (AP {ap:.3f})", linewidth=1.6)
+    base = report.frauds / report.events
+    ax.axhline(base, color="grey", linestyle=":", linewidth=1, label=f"fraud rate {base:.2%}")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"Precision-recall, test period {report.test_from[:10]} .. {report.test_to[:10]}")
+    ax.legend(loc="lower left")
+    ax.grid(alpha=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _scenario(extras: str | None) -> str | None:
+    if not extras:
+        return None
+    try:
+        value = json.loads(extras).get("fraud_scenario")
+    except (ValueError, AttributeError):
+        return None
+    return None if value in (None, "") else str(value)
+
+
+def _plain(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

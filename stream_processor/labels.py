@@ -1,0 +1,54 @@
+"""Confirmed outcomes on the labels topic: ``{"transaction_id", "is_fraud", "labelled_at"}``.
+
+A label says, after the fact (a chargeback, a customer's confirmation), whether a transaction was
+fraud. Labels are validated like transactions: a bad one is dead-lettered with the field named.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from fraudstream.schema import (
+    LABEL_COLUMN,
+    MAX_ID_LENGTH,
+    MAX_MESSAGE_BYTES,
+    InvalidRecord,
+    _label,
+    _text,
+    parse_timestamp,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    transaction_id: str
+    is_fraud: int
+    labelled_at: datetime  # when the outcome became known (UTC)
+
+
+def decode_label(value: bytes | None) -> Label:
+    """A labels-topic value as a :class:`Label`, or :class:`InvalidRecord` naming the field."""
+    if value is None:
+        raise InvalidRecord(None, "empty label message (null value)")
+    if len(value) > MAX_MESSAGE_BYTES:
+        raise InvalidRecord(
+            None, f"label of {len(value):,} bytes is larger than {MAX_MESSAGE_BYTES:,}"
+        )
+    try:
+        record = json.loads(value.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidRecord(None, f"label not UTF-8 at byte {exc.start}") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidRecord(None, f"label: invalid JSON at char {exc.pos}: {exc.msg}") from None
+    if not isinstance(record, dict):
+        raise InvalidRecord(None, f"label: expected a JSON object, got {type(record).__name__}")
+    is_fraud = _label(record)
+    if is_fraud is None:
+        raise InvalidRecord(LABEL_COLUMN, "missing")
+    try:
+        labelled_at = parse_timestamp(record.get("labelled_at"))
+    except InvalidRecord as exc:
+        raise InvalidRecord("labelled_at", exc.reason) from None
+    return Label(_text(record, "transaction_id", MAX_ID_LENGTH), is_fraud, labelled_at)
