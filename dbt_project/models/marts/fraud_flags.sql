@@ -119,6 +119,8 @@ select
     ml_flagged,
     ml_score,
     ml_threshold,
+    supervised_score,
+    risk_score,
     ml_reasons,
     model_version,
     cast(

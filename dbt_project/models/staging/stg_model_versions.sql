@@ -1,8 +1,10 @@
 select
     version as model_version,
+    kind,
     datetime(fitted_at, 'unixepoch') as fitted_at,
     reason,
     training_rows,
+    training_frauds,
     threshold,
     flag_quantile,
     fit_seconds

@@ -13,7 +13,11 @@ select
     score as ml_score,
     threshold as ml_threshold,
     is_flagged as ml_flagged,
+    case when score > threshold then 1 else 0 end as anomaly_flagged,
+    supervised_score,
+    risk_score,
     reasons as ml_reasons,
     model_version,
+    supervised_version,
     scored_at
 from {{ source('processor', 'transactions') }}
