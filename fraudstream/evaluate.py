@@ -243,8 +243,8 @@ def _plot(curves: dict, report: Report, path: Path) -> Path:
     return path
 
 
-def _scenario(extras: str | None) -> str | None:
-    if not extras:
+def _scenario(extras) -> str | None:
+    if not isinstance(extras, str) or not extras:  # SQL NULL reads as None or NaN
         return None
     try:
         value = json.loads(extras).get("fraud_scenario")

@@ -131,8 +131,8 @@ labels = Table(
         "learned",
         Integer,
         nullable=True,
-        comment="null while queued (the event clock has not reached labelled_at); then 1 if the "
-        "scored event was still in memory and the label trained on it, else 0",
+        comment="1 once the label trained on its scored event; null until then (the event clock "
+        "has not reached labelled_at, or the event was not scored yet, or it left memory)",
     ),
     comment="confirmed outcomes from the labels topic; the first label of a transaction wins",
 )

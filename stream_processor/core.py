@@ -155,6 +155,9 @@ class ScoringCore:
         # Labels wait here until the stream's event time reaches their labelled_at: a label
         # never teaches anything about events that happened before it was known.
         self._label_queue: list[tuple[float, int, Label]] = []
+        # Released labels whose event was not scored yet (another partition can lag behind):
+        # learned right after that event is scored, never before.
+        self._orphans: OrderedDict[str, Label] = OrderedDict()
         self._label_seq = 0
         self.clock = max((t.event_time for t in history), default=float("-inf"))
         for label in queued_labels:
@@ -326,7 +329,13 @@ class ScoringCore:
             result.rows.append(row)
             if flagged:
                 result.alerts.append(alert_payload(row))
-            self._await_label(txn, full[i])
+            label = self._orphans.pop(txn.transaction_id, None) if self._orphans else None
+            if label is None:
+                self._await_label(txn, full[i])
+            else:  # its label came first: learn from it now that the event has its score
+                self._learn_label(LabelledEvent(txn.merchant, txn.account_id, full[i]), label)
+                self.counts["labels_learned"] += 1
+                result.labels_released.setdefault(txn.transaction_id, 1)
         self._remember(features)
         self._watch_drift(scores)
         self.clock = max(self.clock, max(t.event_time for t in txns))
@@ -370,10 +379,14 @@ class ScoringCore:
         while queue and queue[0][0] <= self.clock:
             _, _, label = heapq.heappop(queue)
             event = self._awaiting.pop(label.transaction_id, None)
-            if event is not None:
-                self._learn_label(event, label)
-                self.counts["labels_learned"] += 1
-            result.labels_released.setdefault(label.transaction_id, int(event is not None))
+            if event is None:
+                self._orphans[label.transaction_id] = label
+                if len(self._orphans) > self.settings.label_memory:
+                    self._orphans.popitem(last=False)
+                continue
+            self._learn_label(event, label)
+            self.counts["labels_learned"] += 1
+            result.labels_released.setdefault(label.transaction_id, 1)
 
     @property
     def queued_labels(self) -> int:

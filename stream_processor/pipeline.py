@@ -48,7 +48,7 @@ class BatchPipeline:
             supervised=supervised,
             label_history=self.sink.label_history(settings.supervised_window),
             awaiting=self.sink.awaiting_labels(settings.label_memory),
-            queued_labels=self.sink.queued_labels(),
+            queued_labels=self.sink.queued_labels(settings.label_memory),
         )
         log.info(
             "processor state: model %s, supervised %s, %d accounts from %d stored events, "

@@ -232,13 +232,14 @@ class Sink:
                 LabelledEvent(r.merchant, r.account_id, _vector(r.features, r.score)),
             )
 
-    def queued_labels(self):
-        """Labels received but not yet reached by the event clock, to queue again."""
+    def queued_labels(self, limit: int):
+        """The newest ``limit`` labels not learned yet, to queue again after a restart."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(labels.c.transaction_id, labels.c.is_fraud, labels.c.labelled_at).where(
-                    labels.c.learned.is_(None)
-                )
+                select(labels.c.transaction_id, labels.c.is_fraud, labels.c.labelled_at)
+                .where(labels.c.learned.is_(None))
+                .order_by(labels.c.labelled_at.desc())
+                .limit(limit)
             ).all()
         return [Label(r.transaction_id, r.is_fraud, parse_timestamp(r.labelled_at)) for r in rows]
 

@@ -59,3 +59,28 @@ def test_later_loops_get_new_ids_and_later_times(kafka_settings, tmp_path):
         key=lambda e: e["timestamp"],
     )
     assert [e["transaction_id"] for e in events] == ["T1", "T2", "T1~1", "T2~1", "T1~2", "T2~2"]
+
+
+def test_labels_follow_their_events_after_the_delay_in_event_time(kafka_settings, tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text(
+        HEADER
+        + "T1,A1,10.00,Shop,2026-01-01T10:00:00,Paris,0\n"
+        + "T2,A2,12.00,Shop,2026-01-02T10:00:00,Paris,1\n"
+        + "T3,A1,5.00,Shop,2026-01-09T10:00:00,Paris,\n"  # no label in the file: none sent
+        + "T4,A3,5.00,Shop,2026-01-20T10:00:00,Paris,0\n"
+    )
+    s = kafka_settings
+    stats = replay(path, s.bootstrap_servers, s.transactions_topic,
+                   ReplayOptions(progress=False, labels_topic=s.labels_topic,
+                                 label_delay_s=7 * 86400))  # fmt: skip
+    assert stats.labels_sent == 3 and stats.failed == 0
+    labels = {
+        json.loads(m.value())["transaction_id"]: json.loads(m.value())
+        for m in read_topic(s, s.labels_topic)
+    }
+    assert labels["T2"] == {
+        "transaction_id": "T2", "is_fraud": 1, "labelled_at": "2026-01-09T10:00:00Z",
+    }  # fmt: skip
+    assert set(labels) == {"T1", "T2", "T4"}
+    assert labels["T4"]["labelled_at"] == "2026-01-27T10:00:00Z"  # sent at the end, still due later

@@ -1,4 +1,7 @@
+import math
 from datetime import UTC, datetime, timedelta
+
+import numpy as np
 
 from fraudstream.schema import Transaction
 from stream_processor.features import FEATURE_NAMES, AccountStates, feature
@@ -59,3 +62,52 @@ def test_learn_rebuilds_the_same_state_as_transform():
     b.learn(events)
     probe = txn(100, minutes=200, amount=80)
     assert (a.transform([probe]) == b.transform([probe])).all()
+
+
+def test_travel_speed_and_distance_from_home_use_the_gazetteer():
+    from fraudstream.geo import distance_km
+
+    assert 330 < distance_km("London", "Paris") < 360
+    assert distance_km("Paris", "Atlantis") is None
+    assert distance_km("48.8566,2.3522", "Paris") < 0.01  # "lat,lon" locations work too
+    states = AccountStates()
+    states.transform([txn(i, minutes=i * 600, location="London") for i in range(5)])
+    [row] = states.transform([txn(9, minutes=2400 + 30, location="Paris")])  # 30 min later
+    assert 600 < math.expm1(feature(row, "log_speed_kmh")) < 720  # ~344 km in 0.5 h
+    assert 330 < math.expm1(feature(row, "log_home_km")) < 360
+    [row] = states.transform([txn(10, minutes=2500, location="Atlantis")])
+    assert feature(row, "log_speed_kmh") == 0 and feature(row, "log_home_km") == 0
+
+
+def test_decayed_windows_weigh_recent_amounts_more():
+    states = AccountStates()
+    old = [txn(i, amount=100.0, minutes=i * 60) for i in range(10)]  # day 0: 100s
+    recent = [txn(20 + i, amount=10.0, minutes=20 * 1440 + i * 60) for i in range(10)]  # day 20
+    states.transform(old + recent)
+    [row] = states.transform([txn(99, amount=10.0, minutes=20 * 1440 + 720)])
+    # Against the last day the amount is usual; against 30 days the old 100s still weigh in.
+    assert abs(feature(row, "amount_vs_1d")) < 0.05
+    assert feature(row, "amount_vs_30d") < -0.3
+    assert 9 < feature(row, "count_7d") < 10.5  # the ten of day 20, barely decayed
+
+
+def test_merchant_profile_compares_an_amount_with_the_merchants_usual():
+    states = AccountStates()
+    states.transform(
+        [txn(i, f"A{i}", amount=40.0, minutes=i, merchant="Grocer") for i in range(50)]
+    )
+    [row] = states.transform([txn(99, "B", amount=4000.0, minutes=60, merchant="Grocer")])
+    assert feature(row, "merchant_amount_vs_30d") > 4  # log(4001 / 41)
+    assert feature(row, "merchant_volume_1h_vs_7d") > 2  # 50 sales in the last hour
+    [row] = states.transform([txn(100, "B", amount=40.0, minutes=61, merchant="New Shop")])
+    assert feature(row, "merchant_amount_vs_30d") == 0
+
+
+def test_every_feature_is_finite_for_odd_inputs():
+    states = AccountStates()
+    rows = states.transform([
+        txn(1, amount=0.01, minutes=0, location="0,0"),
+        txn(2, amount=1e9, minutes=0, location="90,180"),  # same instant, far away
+        txn(3, amount=5.0, minutes=-60, location="x"),  # out of order
+    ])  # fmt: skip
+    assert np.isfinite(rows).all()

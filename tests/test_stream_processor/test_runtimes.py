@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import sqlite3
+import time
 import urllib.request
 
 import pandas as pd
@@ -51,10 +52,10 @@ def produce(settings, csv_path):
     return stats
 
 
-def drain(settings, proc, log, last_offsets, timeout_s=180):
+def drain(settings, proc, log, last_offsets, timeout_s=180, label_offsets=None):
     engine = make_engine(settings.database_url)
     try:
-        wait_until_processed(settings, engine, proc, log, last_offsets, timeout_s)
+        wait_until_processed(settings, engine, proc, log, last_offsets, timeout_s, label_offsets)
     finally:
         engine.dispose()
 
@@ -163,3 +164,46 @@ def test_restart_resumes_with_the_saved_model_and_account_state(
                      "and transaction_id > 'T00000900'")  # fmt: skip
     resumed = [json.loads(f)["log_history"] for a, f in later if a in seen_before]
     assert resumed and all(h >= math.log1p(1) for h in resumed)
+
+
+def test_delayed_labels_train_a_supervised_model_that_scores_later_events(
+    runtime_settings, small_csv, tmp_path
+):
+    s = runtime_settings.replace(
+        supervised_refit_labels=300, supervised_min_frauds=3, batch_size=50
+    )
+    truth = pd.read_csv(small_csv)
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    truth.iloc[:1000].to_csv(first, index=False)
+    truth.iloc[1000:].to_csv(second, index=False)
+    options = ReplayOptions(progress=False, labels_topic=s.labels_topic, label_delay_s=2 * 86400)
+    with processor(s, tmp_path) as (proc, log):
+        for part in (first, second):
+            stats = replay(part, s.bootstrap_servers, s.transactions_topic, options)
+            assert stats.failed == 0
+            drain(s, proc, log, stats.last_offsets, label_offsets=stats.label_offsets)
+            if part is first:  # the supervised fit runs in the background: let it land
+                deadline = time.monotonic() + 60
+                while not query(s, "select 1 from model_versions where kind = 'supervised'"):
+                    assert time.monotonic() < deadline, "no supervised model after the labels"
+                    time.sleep(0.5)
+
+    [(n, frauds, learned, queued)] = query(
+        s, "select count(*), sum(is_fraud), sum(learned = 1), sum(learned is null) from labels"
+    )
+    assert n == len(truth) and frauds == truth["is_fraud"].sum()
+    # The labels of the last two days are due after the last event: still queued, not learned.
+    last = pd.Timestamp(truth["timestamp"].max())
+    due_later = (pd.to_datetime(truth["timestamp"]) + pd.Timedelta(days=2) > last).sum()
+    assert queued == due_later and learned == n - due_later
+    kinds = query(s, "select kind, reason from model_versions where kind = 'supervised'")
+    assert kinds and all(r == ("supervised", "labels") for r in kinds)
+    later = set(truth["transaction_id"].iloc[1000:])
+    scored = query(
+        s, "select transaction_id, risk_score, supervised_score from transactions "
+        "where supervised_score is not null",
+    )  # fmt: skip
+    assert scored and all(risk == p for _tid, risk, p in scored)
+    assert {tid for tid, _r, _p in scored} <= later  # the first part came before any label
+    [(unscored,)] = query(s, "select count(*) from transactions where risk_score is null")
+    assert unscored == 0

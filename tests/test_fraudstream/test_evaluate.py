@@ -1,0 +1,100 @@
+"""fraudstream evaluate: metrics on a test period of a scored database."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from fraudstream.cli import main
+from fraudstream.evaluate import EvaluationError, card_precision_at_k, evaluate
+from fraudstream.tables import make_engine, transactions
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def scored_db(path, rows):
+    engine = make_engine(f"sqlite:///{path}")
+    base = {"merchant": "M", "location": "Paris", "threshold": 0.6, "model_version": 1,
+            "features": "{}", "scored_at": 0.0, "supervised_score": None}  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(transactions.insert(), [{**base, **r} for r in rows])
+    engine.dispose()
+    return f"sqlite:///{path}"
+
+
+def row(i, day, account, score, fraud, scenario="", flagged=None, supervised=None):
+    return {
+        "transaction_id": f"T{i}", "account_id": account, "amount": 10.0,
+        "timestamp": (T0 + timedelta(days=day, minutes=i)).strftime("%Y-%m-%d %H:%M:%S"),
+        "is_fraud": fraud, "score": score, "risk_score": supervised if supervised is not None else score,
+        "supervised_score": supervised,
+        "is_flagged": int(score > 0.6) if flagged is None else flagged,
+        "extras": json.dumps({"fraud_scenario": scenario}) if scenario else None,
+    }  # fmt: skip
+
+
+def test_metrics_count_only_the_test_period(tmp_path):
+    rows = [row(i, 0, f"A{i}", 0.9, 0) for i in range(10)]  # training period: all wrong
+    rows += [row(100 + i, 10, f"B{i}", 0.9 if i < 3 else 0.1, int(i < 3), "card_testing" if i < 3 else "")
+             for i in range(20)]  # fmt: skip
+    report = evaluate(scored_db(tmp_path / "a.db", rows), test_fraction=0.5, k=2)
+    assert report.train_events == 10 and report.events == 20 and report.frauds == 3
+    m = report.scores["score"]
+    assert m["roc_auc"] == 1.0 and m["average_precision"] == 1.0
+    assert m["card_precision_at_k"] == 1.0  # the 2 top accounts of the one test day had fraud
+    flag = report.flags["Isolation Forest flag"]
+    assert flag["precision"] == 1.0 and flag["recall"] == 1.0
+    assert flag["recall_by_scenario"] == {"card_testing": 1.0}
+    assert "supervised_score" not in report.scores  # never present: not reported
+    assert "Isolation Forest alone" in report.format()
+
+
+def test_card_precision_at_k_is_per_day_per_account():
+    frame = pd.DataFrame({
+        "time": pd.to_datetime(["2026-01-01 10:00", "2026-01-01 11:00", "2026-01-01 12:00",
+                                "2026-01-02 10:00", "2026-01-02 11:00"]),
+        "account_id": ["A", "A", "B", "A", "C"],
+        "score": [0.9, 0.8, 0.5, 0.1, 0.7],
+        "is_fraud": [0, 1, 0, 0, 0],
+    })  # fmt: skip
+    # Day 1: A (0.9, had fraud), B -> top-1 share 1.0. Day 2: C (0.7, none) -> 0. Mean 0.5.
+    assert card_precision_at_k(frame, "score", k=1) == 0.5
+
+
+def test_scenarios_the_flag_misses_are_reported_too(tmp_path):
+    rows = [row(i, 1, f"A{i}", 0.2, 1, "compromised_merchant") for i in range(4)]
+    rows += [row(10 + i, 1, f"B{i}", 0.9, 1, "high_amount") for i in range(4)]
+    rows += [row(20 + i, 1, f"C{i}", 0.1, 0) for i in range(12)]
+    report = evaluate(scored_db(tmp_path / "b.db", rows), test_fraction=1.0)
+    assert report.flags["Isolation Forest flag"]["recall_by_scenario"] == {
+        "compromised_merchant": 0.0, "high_amount": 1.0,
+    }  # fmt: skip
+
+
+def test_the_cli_prints_saves_a_plot_and_json(tmp_path):
+    rows = [row(i, i % 4, f"A{i % 9}", (i * 37 % 100) / 100, int(i % 9 == 0), "x" if i % 9 == 0 else "",
+                supervised=(0.95 if i % 9 == 0 else 0.05)) for i in range(200)]  # fmt: skip
+    db = tmp_path / "c.db"
+    scored_db(db, rows)
+    plot, out = tmp_path / "pr.png", tmp_path / "d.json"
+    result = CliRunner().invoke(
+        main, ["evaluate", "--db", str(db), "--plot", str(plot), "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "supervised (delayed labels)" in result.output and "card P@100/day" in result.output
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figures = json.loads(out.read_text())
+    assert figures["scores"]["supervised_score"]["average_precision"] == 1.0
+
+
+def test_clear_errors(tmp_path):
+    result = CliRunner().invoke(main, ["evaluate", "--db", str(tmp_path / "none.db")])
+    assert result.exit_code != 0 and "no such database" in result.output
+    url = scored_db(tmp_path / "e.db", [row(i, 0, "A", 0.5, None) for i in range(3)])
+    with pytest.raises(EvaluationError, match="no scored transaction has an is_fraud label"):
+        evaluate(url)
+    url = scored_db(tmp_path / "f.db", [row(i, 0, "A", 0.5, 0) for i in range(3)])
+    with pytest.raises(EvaluationError, match="both fraud and legitimate"):
+        evaluate(url)
