@@ -113,7 +113,9 @@ def run(
 def process(runtime: str | None, loglevel: str) -> None:
     """Run the stream processor until SIGTERM / Ctrl-C."""
     settings = _settings(runtime=runtime)
-    _need_cluster(settings)
+    from fraudstream.broker import ensure_topics
+
+    ensure_topics(_need_cluster(settings), settings)  # the labels topic may not exist yet
     if settings.runtime == "confluent":
         from stream_processor.kafka_runtime import run_consumer
 

@@ -138,8 +138,8 @@ class Settings:
     )
     label_memory: int = _setting(
         "LABEL_MEMORY",
-        300000,
-        "Scored events kept in memory (features, merchant) so a later label can be learned from.",
+        100000,
+        "Labels kept waiting for their event when it was not scored yet (another partition lags).",
     )
     model_seed: int = _setting("MODEL_SEED", 42, "Random seed of the Isolation Forest.")
     max_accounts: int = _setting(

@@ -106,6 +106,7 @@ class ScoringCore:
         self,
         settings: Settings,
         known_ids: Callable[[list[str]], set[str]] = lambda ids: set(),
+        lookup_events: Callable[[list[str]], dict[str, LabelledEvent | None]] = lambda ids: {},
         *,
         model: FittedModel | None = None,
         next_version: int = 1,
@@ -113,11 +114,11 @@ class ScoringCore:
         history: Iterable[Transaction] = (),
         supervised: SupervisedModel | None = None,
         label_history: Iterable[tuple[LabelledEvent, Label]] = (),
-        awaiting: Iterable[tuple[str, LabelledEvent]] = (),
         queued_labels: Iterable[Label] = (),
     ):
         self.settings = settings
         self.known_ids = known_ids
+        self.lookup_events = lookup_events
         self.model = model
         self.next_version = max(next_version, model.version + 1 if model else 1)
         self.states = AccountStates(settings.max_accounts, settings.account_history)
@@ -142,7 +143,7 @@ class ScoringCore:
         if supervised is not None:
             self.next_version = max(self.next_version, supervised.version + 1)
         self.label_memory = LabelMemory()
-        self._awaiting: OrderedDict[str, LabelledEvent] = OrderedDict(awaiting)
+        self._batch_events: dict[str, LabelledEvent] = {}  # scored in the batch in progress
         size = max(settings.supervised_window, 1)
         self._sup_x = np.empty((size, len(SUPERVISED_FEATURE_NAMES)))
         self._sup_y = np.zeros(size, dtype=np.int8)
@@ -204,6 +205,7 @@ class ScoringCore:
         if label_messages:
             self._take_labels(label_messages, result)
         self._release_labels(result)
+        self._batch_events = {}
         self._maybe_refit()
         self.counts["dead_letters"] += len(result.dead_letters)
         self.counts["duplicates"] += len(result.duplicate_ids)
@@ -329,11 +331,12 @@ class ScoringCore:
             result.rows.append(row)
             if flagged:
                 result.alerts.append(alert_payload(row))
+            event = LabelledEvent(txn.merchant, txn.account_id, full[i])
             label = self._orphans.pop(txn.transaction_id, None) if self._orphans else None
             if label is None:
-                self._await_label(txn, full[i])
+                self._batch_events[txn.transaction_id] = event
             else:  # its label came first: learn from it now that the event has its score
-                self._learn_label(LabelledEvent(txn.merchant, txn.account_id, full[i]), label)
+                self._learn_label(event, label)
                 self.counts["labels_learned"] += 1
                 result.labels_released.setdefault(txn.transaction_id, 1)
         self._remember(features)
@@ -343,11 +346,6 @@ class ScoringCore:
         self.counts["flagged"] += int(flags.sum())
 
     # -- delayed labels ------------------------------------------------------------------------
-
-    def _await_label(self, txn: Transaction, row: np.ndarray) -> None:
-        self._awaiting[txn.transaction_id] = LabelledEvent(txn.merchant, txn.account_id, row)
-        if len(self._awaiting) > self.settings.label_memory:
-            self._awaiting.popitem(last=False)
 
     def _take_labels(self, messages: list[RawMessage], result: BatchResult) -> None:
         now = time.time()
@@ -374,19 +372,34 @@ class ScoringCore:
         heapq.heappush(self._label_queue, (label.labelled_at.timestamp(), self._label_seq, label))
 
     def _release_labels(self, result: BatchResult) -> None:
-        """Learn from the queued labels whose labelled_at the event clock has reached."""
+        """Learn from the queued labels whose labelled_at the event clock has reached.
+
+        The scored event comes from this batch, else from the database (``lookup_events``);
+        a label whose event was not scored yet waits for it (bounded by LABEL_MEMORY).
+        """
         queue = self._label_queue
+        due: list[Label] = []
         while queue and queue[0][0] <= self.clock:
-            _, _, label = heapq.heappop(queue)
-            event = self._awaiting.pop(label.transaction_id, None)
+            due.append(heapq.heappop(queue)[2])
+        if not due:
+            return
+        missing = [lb.transaction_id for lb in due if lb.transaction_id not in self._batch_events]
+        stored = self.lookup_events(missing) if missing else {}
+        for label in due:
+            tid = label.transaction_id
+            if tid in result.labels_released:
+                continue  # a repeated label: the first one taught already
+            event = self._batch_events.get(tid) or stored.get(tid, MISSING)
             if event is None:
-                self._orphans[label.transaction_id] = label
+                continue  # stored, and already learned from an earlier label
+            if event is MISSING:
+                self._orphans[tid] = label
                 if len(self._orphans) > self.settings.label_memory:
                     self._orphans.popitem(last=False)
                 continue
             self._learn_label(event, label)
             self.counts["labels_learned"] += 1
-            result.labels_released.setdefault(label.transaction_id, 1)
+            result.labels_released[tid] = 1
 
     @property
     def queued_labels(self) -> int:
@@ -523,6 +536,7 @@ class ScoringCore:
         result.models.append(model)
 
 
+MISSING = object()  # lookup_events did not find the id
 MIN_EVENTS_BEFORE_DRIFT_REFIT = 1000  # a drift refit trains on at least this many new events
 
 

@@ -41,13 +41,13 @@ class BatchPipeline:
         self.core = ScoringCore(
             settings,
             self.sink.known_ids,
+            self.sink.lookup_events,
             model=model,
             next_version=self.sink.next_version(),
             held=held,
             history=history,
             supervised=supervised,
             label_history=self.sink.label_history(settings.supervised_window),
-            awaiting=self.sink.awaiting_labels(settings.label_memory),
             queued_labels=self.sink.queued_labels(settings.label_memory),
         )
         log.info(

@@ -212,25 +212,26 @@ class Sink:
             label = Label(r.transaction_id, r.is_fraud, parse_timestamp(r.labelled_at))
             yield LabelledEvent(r.merchant, r.account_id, _vector(r.features, r.score)), label
 
-    def awaiting_labels(self, limit: int):
-        """The newest ``limit`` scored events without a label yet, oldest first."""
+    def lookup_events(self, ids: list[str]) -> dict[str, LabelledEvent | None]:
+        """Stored events among ``ids``, as the supervised model learns from them; None for an
+        event whose label was learned already (a repeated label teaches nothing)."""
         t, lb = transactions, labels
-        inner = (
-            select(t.c.transaction_id, t.c.merchant, t.c.account_id, t.c.features, t.c.score,
-                   t.c.timestamp)
-            .outerjoin(lb, lb.c.transaction_id == t.c.transaction_id)
-            .where(lb.c.learned.is_(None))
-            .order_by(t.c.timestamp.desc())
-            .limit(limit)
-            .subquery()
-        )  # fmt: skip
+        out: dict[str, LabelledEvent | None] = {}
         with self.engine.connect() as conn:
-            rows = conn.execute(select(inner).order_by(inner.c.timestamp)).all()
-        for r in rows:
-            yield (
-                r.transaction_id,
-                LabelledEvent(r.merchant, r.account_id, _vector(r.features, r.score)),
-            )
+            for chunk in _chunks(ids):
+                q = (
+                    select(t.c.transaction_id, t.c.merchant, t.c.account_id, t.c.features,
+                           t.c.score, lb.c.learned)
+                    .outerjoin(lb, lb.c.transaction_id == t.c.transaction_id)
+                    .where(t.c.transaction_id.in_(chunk))
+                )  # fmt: skip
+                for r in conn.execute(q):
+                    out[r.transaction_id] = (
+                        None
+                        if r.learned == 1
+                        else LabelledEvent(r.merchant, r.account_id, _vector(r.features, r.score))
+                    )
+        return out
 
     def queued_labels(self, limit: int):
         """The newest ``limit`` labels not learned yet, to queue again after a restart."""
