@@ -173,7 +173,11 @@ def evaluate(
             "card_precision_at_k": card_precision_at_k(test, column, k),
             "k": k,
         }
-        curves[label] = precision_recall_curve(y, s)[:2]
+        same = column == "risk_score" and "supervised_score" in report.scores and np.array_equal(
+            s, test["supervised_score"].to_numpy(dtype=float)
+        )
+        if not same:  # the risk score is the supervised one once a model exists: one curve
+            curves[label] = precision_recall_curve(y, s)[:2]
     anomaly_flag = (test["score"] > test["threshold"]).to_numpy()
     report.flags["Isolation Forest flag"] = _flag_metrics(test, anomaly_flag)
     report.flags["stored flag (is_flagged)"] = _flag_metrics(
