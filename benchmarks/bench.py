@@ -31,6 +31,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer
 
+from benchmarks.latency import latency, million, peak_rss_mb, refit_pause
 from fraudstream.broker import EmbeddedBroker, ensure_topics
 from fraudstream.run import start_processor, stop_processor, wait_until_processed
 from fraudstream.settings import Settings
@@ -70,8 +71,10 @@ def faust_baseline(s: Settings, n: int) -> float:
     return n / json.loads(line[-1])["seconds"]
 
 
-def pipeline(s: Settings, n: int, runtime: str, offsets: dict, work: Path) -> tuple[float, float]:
-    """(events/s first to last scored row, wall seconds including start-up)."""
+def pipeline(
+    s: Settings, n: int, runtime: str, offsets: dict, work: Path
+) -> tuple[float, float, float | None]:
+    """(events/s steady state, wall seconds including start-up, peak RSS of the processor MB)."""
     db = work / f"bench-{runtime}-{uuid.uuid4().hex[:6]}.db"
     ps = s.replace(runtime=runtime, database_url=f"sqlite:///{db}",
                    consumer_group=f"bench-{runtime}-{uuid.uuid4().hex[:6]}", web_port=0)  # fmt: skip
@@ -81,6 +84,7 @@ def pipeline(s: Settings, n: int, runtime: str, offsets: dict, work: Path) -> tu
     proc = start_processor(ps, log)
     try:
         wait_until_processed(ps, engine, proc, log, offsets, timeout_s=3600)
+        rss = peak_rss_mb(proc.pid)
     finally:
         stop_processor(proc)
     wall = time.monotonic() - started
@@ -93,7 +97,7 @@ def pipeline(s: Settings, n: int, runtime: str, offsets: dict, work: Path) -> tu
     # Steady state: the 10th to the 90th percentile of commit times, so the warm-up batch
     # (held events all scored at once when the first model is fit) does not inflate the rate.
     lo, hi = n // 10, (9 * n) // 10
-    return (hi - lo) / (times[hi] - times[lo]), wall
+    return (hi - lo) / (times[hi] - times[lo]), wall, rss
 
 
 def main() -> None:
@@ -103,12 +107,23 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--runtimes", default="confluent,faust")
+    ap.add_argument(
+        "--latency-rates", default="1000,10000", help="steady feeds to time (events/s); '' = none"
+    )
+    ap.add_argument("--latency-seconds", type=float, default=20.0)
+    ap.add_argument(
+        "--million", type=int, default=1_000_000,
+        help="rows of the end-to-end run with dbt, each a new account (0 = skip)",
+    )  # fmt: skip
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fraudstream-bench-"))
     csv = work / "events.csv"
     write_csv(csv, GeneratorConfig(rows=args.events, days=max(30, args.events // 700), seed=3))
     results: dict[str, list[float]] = {}
     walls: dict[str, list[float]] = {}
+    rss: dict[str, list[float]] = {}
+    lat: dict[str, list[dict]] = {}
+    big = None
     with EmbeddedBroker(log_path=work / "broker.log") as broker:
         s = Settings.from_env({k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"},
                               bootstrap_servers=broker.bootstrap,
@@ -127,9 +142,19 @@ def main() -> None:
                 faust_baseline(s, args.events)
             )
             for runtime in args.runtimes.split(","):
-                rate, wall = pipeline(s, args.events, runtime, stats.last_offsets, work)
+                rate, wall, peak = pipeline(s, args.events, runtime, stats.last_offsets, work)
                 results.setdefault(f"pipeline, {runtime} runtime", []).append(rate)
                 walls.setdefault(f"pipeline, {runtime} runtime", []).append(wall)
+                rss.setdefault(f"pipeline, {runtime} runtime", []).append(peak or float("nan"))
+                for feed in [int(x) for x in args.latency_rates.split(",") if x]:
+                    lat.setdefault(f"{runtime} runtime, {feed:,} events/s", []).append(
+                        latency(s, work, feed, args.latency_seconds, runtime)
+                    )
+        print("refit pause (in process)", file=sys.stderr)
+        pauses = [refit_pause(work) for _ in range(args.repeat)]
+        if args.million:
+            print(f"{args.million:,}-row run", file=sys.stderr)
+            big = million(s, work, args.million)
 
     raw = statistics.median(results["baseline: confluent consume + JSON decode"])
     bare = statistics.median(results["baseline: bare faust-streaming (take_events)"])
@@ -146,6 +171,48 @@ def main() -> None:
     for name, runs in walls.items():
         print(f"| {name}: wall s incl. start-up | {', '.join(f'{x:.1f}' for x in runs)} | "
               f"{statistics.median(runs):.1f} | | |")  # fmt: skip
+    print("\n| processor peak RSS (MB) | runs | median | target |")
+    print("| --- | --- | --- | --- |")
+    for name, runs in rss.items():
+        print(f"| {name}, {args.events:,} events | {', '.join(f'{x:.0f}' for x in runs)} | "
+              f"{statistics.median(runs):.0f} | |")  # fmt: skip
+    if big:
+        print(f"| confluent runtime, {big['rows']:,} distinct accounts | {big['peak_rss_mb']:.0f} | "
+              f"{big['peak_rss_mb']:.0f} | <= 300 |")  # fmt: skip
+    if lat:
+        print("\n| latency, produce -> row visible in SQLite | p50 ms (runs) | p99 ms (runs) | "
+              "max ms (runs) | median p99 | target |")  # fmt: skip
+        print("| --- | --- | --- | --- | --- | --- |")
+        for name, runs in lat.items():
+
+            def col(key, runs=runs):
+                return ", ".join(f"{r[key]:,.0f}" for r in runs)
+
+            p99 = statistics.median(r["p99_ms"] for r in runs)
+            target = "<= 100 at 1,000/s" if name.endswith(" 1,000 events/s") else ""
+            print(f"| {name} | {col('p50_ms')} | {col('p99_ms')} | {col('max_ms')} | "
+                  f"{p99:,.0f} | {target} |")  # fmt: skip
+    print("\n| refit pause (core + sink in process, batches of 1,000) | runs | median | target |")
+    print("| --- | --- | --- | --- |")
+    for key, label in (
+        ("median_quiet_ms", "batch time, no refit running (ms)"),
+        ("max_during_refit_ms", "longest batch while a refit runs (ms)"),
+        ("max_swap_ms", "longest batch that swaps a model in and records it (ms)"),
+        ("pause_ms", "longest pause = longest of those two - median (ms)"),
+    ):
+        runs = [p[key] for p in pauses if p[key] is not None]
+        target = "<= 50" if key == "pause_ms" else ""
+        print(f"| {label} | {', '.join(f'{x:.0f}' for x in runs)} | "
+              f"{statistics.median(runs):.0f} | {target} |")  # fmt: skip
+    if big:
+        print(
+            f"\n| {big['rows']:,}-row replay, each row a new account, confluent runtime | seconds | target |"
+        )
+        print("| --- | --- | --- |")
+        print(f"| produce -> last row committed | {big['stream_s']:.1f} | |")
+        print(f"| dbt build ({'passed' if big['dbt_ok'] else 'FAILED'}) | {big['dbt_s']:.1f} | |")
+        print(f"| end to end, dbt included | {big['total_s']:.1f} | <= 60 |")
+        print(f"| rows stored | {big['stored']:,} | |")
 
 
 if __name__ == "__main__":

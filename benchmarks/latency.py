@@ -1,0 +1,223 @@
+"""Latency, refit pause, memory and the million-row run: the figures beside throughput.
+
+- latency: produce -> row visible in SQLite to a reader, at a steady feed (``--rate``), measured by
+  a reader thread polling the database every 5 ms, after a warm-up that fits the first model;
+- refit pause: the scoring core and the sink in this process (the same ``handle`` call a runtime
+  makes per batch), batch by batch, while refits run in the background thread;
+- memory: the processor's peak RSS (VmHWM) in a run, and with 1,000,000 distinct accounts;
+- the million-row run: produce -> last row committed -> dbt build, one process per step.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import statistics
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+
+from fraudstream.broker import ensure_topics
+from fraudstream.run import start_processor, stop_processor, wait_until_processed
+from fraudstream.settings import Settings
+from fraudstream.tables import make_engine
+from producer.generate import GeneratorConfig, write_csv
+from producer.replay import ReplayOptions, replay
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """VmHWM (peak resident set) of a live process, in MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def fresh(s: Settings, work: Path, name: str, runtime: str) -> Settings:
+    tag = uuid.uuid4().hex[:6]
+    ns = s.replace(
+        runtime=runtime,
+        database_url=f"sqlite:///{work / f'{name}-{runtime}-{tag}.db'}",
+        consumer_group=f"bench-{name}-{tag}",
+        transactions_topic=f"bench-{name}-{tag}",
+        alerts_topic=f"bench-{name}-alerts-{tag}",
+        dlq_topic=f"bench-{name}-dlq-{tag}",
+        labels_topic=f"bench-{name}-labels-{tag}",
+        web_port=0,
+    )
+    ensure_topics(ns.bootstrap_servers, ns)
+    return ns
+
+
+class Poller(threading.Thread):
+    """Reads new rows every ``interval`` s; latency = time first seen - produced_at."""
+
+    def __init__(self, db: str, interval: float = 0.005):
+        super().__init__(daemon=True)
+        self.db, self.interval = db, interval
+        self.latencies: list[float] = []
+        self.after_rowid = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        conn = sqlite3.connect(self.db)
+        while not self.stop.is_set():
+            rows = conn.execute(
+                "select rowid, produced_at from transactions where rowid > ? order by rowid",
+                (self.after_rowid,),
+            ).fetchall()
+            now = time.time()
+            for rowid, produced in rows:
+                self.after_rowid = rowid
+                if produced is not None and self.recording:
+                    self.latencies.append(now - produced)
+            time.sleep(self.interval)
+        conn.close()
+
+    recording = False
+
+
+def latency(s: Settings, work: Path, rate: int, seconds: float, runtime: str) -> dict:
+    """p50 / p99 / max latency (ms) of a steady feed at ``rate`` events/s for ``seconds``."""
+    ls = fresh(s, work, f"lat{rate}", runtime)
+    n = int(rate * seconds)
+    warm_n = 3000
+    csv = work / f"latency-{rate}.csv"
+    frame = pd.read_csv(csv) if csv.exists() else None
+    if frame is None:
+        write_csv(csv, GeneratorConfig(rows=warm_n + n, days=max(10, (warm_n + n) // 2000), seed=5))
+        frame = pd.read_csv(csv)
+    warm, feed = work / f"latency-{rate}-warm.csv", work / f"latency-{rate}-feed.csv"
+    frame.iloc[:warm_n].to_csv(warm, index=False)
+    frame.iloc[warm_n:].to_csv(feed, index=False)
+    db = ls.sqlite_path
+    engine = make_engine(ls.database_url)
+    log = work / f"latency-{rate}-{runtime}.log"
+    proc = start_processor(ls, log)
+    poller = Poller(db)
+    try:
+        stats = replay(
+            warm, ls.bootstrap_servers, ls.transactions_topic, ReplayOptions(progress=False)
+        )
+        wait_until_processed(ls, engine, proc, log, stats.last_offsets, timeout_s=600)
+        poller.start()
+        time.sleep(0.5)
+        poller.recording = True
+        stats = replay(
+            feed, ls.bootstrap_servers, ls.transactions_topic,
+            ReplayOptions(progress=False, rate=rate),
+        )  # fmt: skip
+        wait_until_processed(ls, engine, proc, log, stats.last_offsets, timeout_s=3600)
+        time.sleep(0.2)
+        rss = peak_rss_mb(proc.pid)
+    finally:
+        poller.stop.set()
+        stop_processor(proc)
+        engine.dispose()
+    lat = sorted(poller.latencies)
+    if len(lat) < n * 0.99:
+        raise RuntimeError(f"latency {rate}/s: saw {len(lat)} of {n} rows")
+    return {
+        "p50_ms": 1000 * lat[len(lat) // 2],
+        "p99_ms": 1000 * lat[int(len(lat) * 0.99)],
+        "max_ms": 1000 * lat[-1],
+        "events": len(lat),
+        "produced_per_s": stats.events_per_s,
+        "peak_rss_mb": rss,
+    }
+
+
+def refit_pause(work: Path, events: int = 60_000, batch: int = 1000) -> dict:
+    """Per-batch time of the pipeline's ``handle`` with and without a refit running (ms)."""
+    from stream_processor.core import RawMessage
+    from stream_processor.pipeline import BatchPipeline
+
+    csv = work / "refit.csv"
+    write_csv(csv, GeneratorConfig(rows=events, days=max(10, events // 700), seed=9))
+    frame = pd.read_csv(csv)
+    values = [
+        RawMessage(r.to_json().encode(), offset=i) for i, (_, r) in enumerate(frame.iterrows())
+    ]
+    settings = Settings().replace(
+        database_url=f"sqlite:///{work / f'refit-{uuid.uuid4().hex[:6]}.db'}",
+        refit_every_events=10_000,
+        batch_size=batch,
+    )
+    pipeline = BatchPipeline(settings)
+    core = pipeline.core
+    quiet, busy, swaps = [], [], []
+    try:
+        for i in range(0, len(values), batch):
+            running = core._refit is not None
+            t = time.perf_counter()
+            pipeline.handle(values[i : i + batch])
+            dt = 1000 * (time.perf_counter() - t)
+            versions = core.model.version if core.model else 0
+            if i < settings.warmup_events:
+                continue  # the warm-up batches hold events; the first fit is not a refit
+            if running and core._refit is None:
+                swaps.append(dt)  # this batch swapped the new model in and recorded it
+            elif running or core._refit is not None:
+                busy.append(dt)
+            else:
+                quiet.append(dt)
+        pipeline.finish()
+    finally:
+        pipeline.close()
+    median = statistics.median(quiet)
+    worst = max(busy + swaps)
+    return {
+        "batch": batch,
+        "median_quiet_ms": median,
+        "max_during_refit_ms": max(busy) if busy else None,
+        "max_swap_ms": max(swaps) if swaps else None,
+        "pause_ms": worst - median,
+        "refits": versions - 1,
+        "batches_during_refit": len(busy) + len(swaps),
+    }
+
+
+def million(s: Settings, work: Path, rows: int, runtime: str = "confluent") -> dict:
+    """``rows`` events, every one from a different account: wall time, dbt, peak RSS."""
+    from batch.build import dbt_build
+
+    csv = work / f"million-{rows}.csv"
+    write_csv(csv, GeneratorConfig(rows=rows, days=90, seed=13))
+    frame = pd.read_csv(csv)
+    frame["account_id"] = [f"U{i:07d}" for i in range(len(frame))]  # distinct accounts
+    frame.to_csv(csv, index=False)
+    ms = fresh(s, work, "million", runtime).replace(max_accounts=max(rows, 1_000_000))
+    engine = make_engine(ms.database_url)
+    log = work / f"million-{runtime}.log"
+    started = time.monotonic()
+    proc = start_processor(ms, log)
+    try:
+        stats = replay(
+            csv, ms.bootstrap_servers, ms.transactions_topic, ReplayOptions(progress=False)
+        )
+        wait_until_processed(ms, engine, proc, log, stats.last_offsets, timeout_s=7200)
+        stream_s = time.monotonic() - started
+        rss = peak_rss_mb(proc.pid)
+        with engine.connect() as conn:
+            stored = conn.exec_driver_sql("select count(*) from transactions").scalar()
+    finally:
+        stop_processor(proc)
+        engine.dispose()
+    t = time.monotonic()
+    outcome = dbt_build(Path(ms.sqlite_path))
+    dbt_s = time.monotonic() - t
+    return {
+        "rows": rows,
+        "stored": stored,
+        "stream_s": stream_s,
+        "dbt_s": dbt_s,
+        "dbt_ok": outcome.ok,
+        "total_s": stream_s + dbt_s,
+        "peak_rss_mb": rss,
+        "produced_per_s": stats.events_per_s,
+    }
