@@ -56,7 +56,7 @@ batch: install
 dashboard: install
 	$(BIN)/fraudstream dashboard --db '$(DB)'
 
-BENCH_ARGS ?= --events 200000 --repeat 3
+BENCH_ARGS ?= --events 200000 --repeat 3 --latency-seconds 15
 bench: install
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
