@@ -42,6 +42,7 @@ def consumer_config(settings: Settings) -> dict:
         "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 3),
         "max.poll.interval.ms": 300_000,
         "fetch.min.bytes": 1,
+        "fetch.wait.max.ms": 20,  # the embedded broker holds a fetch this long when idle
         "queued.max.messages.kbytes": 65536,
     }
 
