@@ -173,8 +173,10 @@ def evaluate(
             "card_precision_at_k": card_precision_at_k(test, column, k),
             "k": k,
         }
-        same = column == "risk_score" and "supervised_score" in report.scores and np.array_equal(
-            s, test["supervised_score"].to_numpy(dtype=float)
+        same = (
+            column == "risk_score"
+            and "supervised_score" in report.scores
+            and np.array_equal(s, test["supervised_score"].to_numpy(dtype=float))
         )
         if not same:  # the risk score is the supervised one once a model exists: one curve
             curves[label] = precision_recall_curve(y, s)[:2]

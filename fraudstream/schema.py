@@ -184,6 +184,11 @@ def validate(record: Mapping[str, Any]) -> Transaction:
 
 def decode(value: bytes | None) -> Transaction:
     """A Kafka value (UTF-8 JSON object) as a :class:`Transaction`, or :class:`InvalidRecord`."""
+    return validate(load_json(value))
+
+
+def load_json(value: bytes | None) -> Any:
+    """A Kafka value parsed as UTF-8 JSON, or :class:`InvalidRecord` saying what is wrong."""
     if value is None:
         raise InvalidRecord(None, "empty message (null value)")
     if len(value) > MAX_MESSAGE_BYTES:
@@ -198,4 +203,4 @@ def decode(value: bytes | None) -> Transaction:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidRecord(None, f"invalid JSON at char {exc.pos}: {exc.msg}") from None
-    return validate(record)
+    return record

@@ -489,41 +489,38 @@ class ScoringCore:
             seed=s.model_seed,
         )
 
-    def _collect_refit(self, result: BatchResult) -> None:
-        self._collect_supervised(result)
-        future = self._refit
+    def _finished(self, name: str, what: str):
+        """The model a finished background fit (attribute ``name``) produced, else None."""
+        future = getattr(self, name)
         if future is None or not future.done():
-            return
-        self._refit = None
+            return None
+        setattr(self, name, None)
         try:
-            model = future.result()
+            return future.result()
         except Exception:
-            log.exception("refit failed; keeping model v%s", self.model and self.model.version)
+            log.exception("%s failed; keeping the current model", what)
+            return None
+
+    def _collect_refit(self, result: BatchResult) -> None:
+        supervised = self._finished("_sup_refit", "supervised refit")
+        if supervised is not None:
+            supervised = replace(supervised, version=self.next_version)
+            self.supervised = supervised
+            self.next_version = supervised.version + 1
+            result.models.append(supervised)
+            log.info(
+                "supervised model v%d swapped in (%d labelled events, %d frauds, %.2f s)",
+                supervised.version, supervised.training_rows, supervised.frauds,
+                supervised.fit_seconds,
+            )  # fmt: skip
+        model = self._finished("_refit", "refit")
+        if model is None:
             return
         model = replace(model, version=self.next_version)
         self._install(model, result)
         log.info(
             "model v%d swapped in (%s refit on %d events, threshold %.4f, %.2f s)",
             model.version, model.reason, model.training_rows, model.threshold, model.fit_seconds,
-        )  # fmt: skip
-
-    def _collect_supervised(self, result: BatchResult) -> None:
-        future = self._sup_refit
-        if future is None or not future.done():
-            return
-        self._sup_refit = None
-        try:
-            model = future.result()
-        except Exception:
-            log.exception("supervised refit failed; keeping the current one")
-            return
-        model = replace(model, version=self.next_version)
-        self.supervised = model
-        self.next_version = model.version + 1
-        result.models.append(model)
-        log.info(
-            "supervised model v%d swapped in (%d labelled events, %d frauds, %.2f s)",
-            model.version, model.training_rows, model.frauds, model.fit_seconds,
         )  # fmt: skip
 
     def _install(self, model: FittedModel, result: BatchResult) -> None:

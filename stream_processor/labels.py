@@ -6,17 +6,16 @@ fraud. Labels are validated like transactions: a bad one is dead-lettered with t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 
 from fraudstream.schema import (
     LABEL_COLUMN,
     MAX_ID_LENGTH,
-    MAX_MESSAGE_BYTES,
     InvalidRecord,
     _label,
     _text,
+    load_json,
     parse_timestamp,
 )
 
@@ -30,18 +29,7 @@ class Label:
 
 def decode_label(value: bytes | None) -> Label:
     """A labels-topic value as a :class:`Label`, or :class:`InvalidRecord` naming the field."""
-    if value is None:
-        raise InvalidRecord(None, "empty label message (null value)")
-    if len(value) > MAX_MESSAGE_BYTES:
-        raise InvalidRecord(
-            None, f"label of {len(value):,} bytes is larger than {MAX_MESSAGE_BYTES:,}"
-        )
-    try:
-        record = json.loads(value.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise InvalidRecord(None, f"label not UTF-8 at byte {exc.start}") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidRecord(None, f"label: invalid JSON at char {exc.pos}: {exc.msg}") from None
+    record = load_json(value)
     if not isinstance(record, dict):
         raise InvalidRecord(None, f"label: expected a JSON object, got {type(record).__name__}")
     is_fraud = _label(record)

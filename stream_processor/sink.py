@@ -63,7 +63,9 @@ class Sink:
             from sqlalchemy.dialects import sqlite
 
             stmt = insert(transactions).on_conflict_do_nothing(index_elements=["transaction_id"])
-            compiled = stmt.compile(dialect=sqlite.dialect(), column_keys=list(transactions.c.keys()))
+            compiled = stmt.compile(
+                dialect=sqlite.dialect(), column_keys=list(transactions.c.keys())
+            )
             self._fast_rows = (str(compiled), compiled.positiontup)
 
     def _insert_ignore(self, table, keys: Sequence[str]):
