@@ -14,7 +14,15 @@ pytestmark = pytest.mark.e2e
 def run_cli(args, tmp_path, **env):
     full_env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
     full_env.update(
-        {"WARMUP_EVENTS": "300", "REFIT_EVERY_EVENTS": "400", "N_ESTIMATORS": "50", **env}
+        # Batches of at most 200: the first fit comes within 500 events even when the whole file
+        # is waiting at the group join, so at least 1,000 events are left to make a refit due.
+        {
+            "WARMUP_EVENTS": "300",
+            "REFIT_EVERY_EVENTS": "400",
+            "N_ESTIMATORS": "50",
+            "BATCH_SIZE": "200",
+            **env,
+        }
     )
     return subprocess.run(
         [sys.executable, "-m", "fraudstream", "run", "--no-progress", *args],
