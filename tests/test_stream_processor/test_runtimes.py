@@ -200,10 +200,20 @@ def test_delayed_labels_train_a_supervised_model_that_scores_later_events(
     assert kinds and all(r == ("supervised", "labels") for r in kinds)
     later = set(truth["transaction_id"].iloc[1000:])
     scored = query(
-        s, "select transaction_id, risk_score, supervised_score from transactions "
-        "where supervised_score is not null",
+        s, "select t.transaction_id, t.risk_score, t.supervised_score, "
+        "t.scored_at >= m.fitted_at from transactions t "
+        "join model_versions m on m.version = t.supervised_version "
+        "where t.supervised_score is not null",
     )  # fmt: skip
-    assert scored and all(risk == p for _tid, risk, p in scored)
-    assert {tid for tid, _r, _p in scored} <= later  # the first part came before any label
+    assert scored and all(risk == p for _tid, risk, p, _after in scored)
+    # The model landed before the second part was sent: every later event is scored by it.
+    assert later <= {tid for tid, *_ in scored}
+    # The first part's late events may meet it too (labels are due while that part streams and
+    # the fit runs in the background), but never its early ones, and never a model fitted after
+    # the event was scored.
+    assert all(after for *_, after in scored)
+    due = pd.to_datetime(truth["timestamp"]) + pd.Timedelta(days=2)
+    before_any_label = set(truth["transaction_id"][pd.to_datetime(truth["timestamp"]) < due.min()])
+    assert before_any_label and not before_any_label & {tid for tid, *_ in scored}
     [(unscored,)] = query(s, "select count(*) from transactions where risk_score is null")
     assert unscored == 0
