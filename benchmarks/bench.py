@@ -31,7 +31,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer
 
-from benchmarks.latency import latency, million, peak_rss_mb, refit_pause
+from benchmarks.latency import latency, million, peak_rss_mb, refit_pause, workers_peak_rss_mb
 from fraudstream.broker import EmbeddedBroker, ensure_topics
 from fraudstream.run import start_processor, stop_processor, wait_until_processed
 from fraudstream.settings import Settings
@@ -73,8 +73,9 @@ def faust_baseline(s: Settings, n: int) -> float:
 
 def pipeline(
     s: Settings, n: int, runtime: str, offsets: dict, work: Path
-) -> tuple[float, float, float | None]:
-    """(events/s steady state, wall seconds including start-up, peak RSS of the processor MB)."""
+) -> tuple[float, float, float | None, float | None]:
+    """(events/s steady state, wall s including start-up, peak RSS MB of the processor and of
+    its refit worker processes)."""
     db = work / f"bench-{runtime}-{uuid.uuid4().hex[:6]}.db"
     ps = s.replace(runtime=runtime, database_url=f"sqlite:///{db}",
                    consumer_group=f"bench-{runtime}-{uuid.uuid4().hex[:6]}", web_port=0)  # fmt: skip
@@ -85,6 +86,7 @@ def pipeline(
     try:
         wait_until_processed(ps, engine, proc, log, offsets, timeout_s=3600)
         rss = peak_rss_mb(proc.pid)
+        worker_rss = workers_peak_rss_mb(proc.pid)
     finally:
         stop_processor(proc)
     wall = time.monotonic() - started
@@ -97,7 +99,7 @@ def pipeline(
     # Steady state: the 10th to the 90th percentile of commit times, so the warm-up batch
     # (held events all scored at once when the first model is fit) does not inflate the rate.
     lo, hi = n // 10, (9 * n) // 10
-    return (hi - lo) / (times[hi] - times[lo]), wall, rss
+    return (hi - lo) / (times[hi] - times[lo]), wall, rss, worker_rss
 
 
 def main() -> None:
@@ -142,16 +144,24 @@ def main() -> None:
                 faust_baseline(s, args.events)
             )
             for runtime in args.runtimes.split(","):
-                rate, wall, peak = pipeline(s, args.events, runtime, stats.last_offsets, work)
+                rate, wall, peak, worker_peak = pipeline(
+                    s, args.events, runtime, stats.last_offsets, work
+                )
                 results.setdefault(f"pipeline, {runtime} runtime", []).append(rate)
                 walls.setdefault(f"pipeline, {runtime} runtime", []).append(wall)
                 rss.setdefault(f"pipeline, {runtime} runtime", []).append(peak or float("nan"))
+                rss.setdefault(
+                    f"pipeline, {runtime} runtime: its refit worker processes", []
+                ).append(worker_peak or float("nan"))
                 for feed in [int(x) for x in args.latency_rates.split(",") if x]:
                     lat.setdefault(f"{runtime} runtime, {feed:,} events/s", []).append(
                         latency(s, work, feed, args.latency_seconds, runtime)
                     )
         print("refit pause (in process)", file=sys.stderr)
-        pauses = [refit_pause(work) for _ in range(args.repeat)]
+        pauses = {
+            worker: [refit_pause(work, worker=worker) for _ in range(args.repeat)]
+            for worker in ("thread", "process")
+        }
         if args.million:
             print(f"{args.million:,}-row run", file=sys.stderr)
             big = million(s, work, args.million)
@@ -179,6 +189,9 @@ def main() -> None:
     if big:
         print(f"| confluent runtime, {big['rows']:,} distinct accounts | {big['peak_rss_mb']:.0f} | "
               f"{big['peak_rss_mb']:.0f} | <= 300 |")  # fmt: skip
+        worker = big["worker_peak_rss_mb"] or float("nan")
+        print(f"| its refit worker processes, {big['rows']:,} distinct accounts | {worker:.0f} | "
+              f"{worker:.0f} | |")  # fmt: skip
     if lat:
         print("\n| latency, produce -> row visible in SQLite | p50 ms (runs) | p99 ms (runs) | "
               "max ms (runs) | median p99 | target |")  # fmt: skip
@@ -192,18 +205,23 @@ def main() -> None:
             target = "<= 100 at 1,000/s" if name.endswith(" 1,000 events/s") else ""
             print(f"| {name} | {col('p50_ms')} | {col('p99_ms')} | {col('max_ms')} | "
                   f"{p99:,.0f} | {target} |")  # fmt: skip
-    print("\n| refit pause (core + sink in process, batches of 1,000) | runs | median | target |")
-    print("| --- | --- | --- | --- |")
+    print("\n| refit pause (core + sink in process, batches of 1,000; ms) | REFIT_WORKER | runs "
+          "| median | target |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- |")
     for key, label in (
-        ("median_quiet_ms", "batch time, no refit running (ms)"),
-        ("max_during_refit_ms", "longest batch while a refit runs (ms)"),
-        ("max_swap_ms", "longest batch that swaps a model in and records it (ms)"),
-        ("pause_ms", "longest pause = longest of those two - median (ms)"),
+        ("median_quiet_ms", "batch time, no refit running: median"),
+        ("max_quiet_ms", "batch time, no refit running: longest"),
+        ("median_during_refit_ms", "batch time while a refit runs: median"),
+        ("max_during_refit_ms", "batch time while a refit runs: longest"),
+        ("max_swap_ms", "longest batch that swaps a model in and records it"),
+        ("pause_ms", "longest pause = longest of the two above - quiet median"),
     ):
-        runs = [p[key] for p in pauses if p[key] is not None]
-        target = "<= 50" if key == "pause_ms" else ""
-        print(f"| {label} | {', '.join(f'{x:.0f}' for x in runs)} | "
-              f"{statistics.median(runs):.0f} | {target} |")  # fmt: skip
+        for worker, runs_of in pauses.items():
+            runs = [p[key] for p in runs_of if p[key] is not None]
+            target = "<= 50" if key == "pause_ms" and worker == "process" else ""
+            print(f"| {label} | {worker}{' (baseline)' if worker == 'thread' else ''} | "
+                  f"{', '.join(f'{x:.0f}' for x in runs)} | "
+                  f"{statistics.median(runs):.0f} | {target} |")  # fmt: skip
     if big:
         print(
             f"\n| {big['rows']:,}-row replay, each row a new account, confluent runtime | seconds | target |"

@@ -38,6 +38,27 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (the refit worker and its forkserver)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found.extend(children)
+            todo.extend(children)
+    return found
+
+
+def workers_peak_rss_mb(pid: int) -> float | None:
+    """Sum of the peak RSS of the processor's child processes (the refit worker), in MB."""
+    peaks = [peak_rss_mb(child) for child in descendants(pid)]
+    return sum(p for p in peaks if p is not None) if peaks else None
+
+
 def fresh(s: Settings, work: Path, name: str, runtime: str) -> Settings:
     tag = uuid.uuid4().hex[:6]
     ns = s.replace(
@@ -132,8 +153,13 @@ def latency(s: Settings, work: Path, rate: int, seconds: float, runtime: str) ->
     }
 
 
-def refit_pause(work: Path, events: int = 60_000, batch: int = 1000) -> dict:
-    """Per-batch time of the pipeline's ``handle`` with and without a refit running (ms)."""
+def refit_pause(
+    work: Path, events: int = 60_000, batch: int = 1000, worker: str = "process"
+) -> dict:
+    """Per-batch time of the pipeline's ``handle`` with and without a refit running (ms).
+
+    ``worker`` is REFIT_WORKER: ``process`` (the default) or ``thread`` (the baseline: the fit
+    shares the interpreter's GIL with the batch path)."""
     from stream_processor.core import RawMessage
     from stream_processor.pipeline import BatchPipeline
 
@@ -147,9 +173,11 @@ def refit_pause(work: Path, events: int = 60_000, batch: int = 1000) -> dict:
         database_url=f"sqlite:///{work / f'refit-{uuid.uuid4().hex[:6]}.db'}",
         refit_every_events=10_000,
         batch_size=batch,
+        refit_worker=worker,
     )
     pipeline = BatchPipeline(settings)
     core = pipeline.core
+    core.refits.wait_started()  # the worker process starts once, with the processor
     quiet, busy, swaps = [], [], []
     try:
         for i in range(0, len(values), batch):
@@ -173,7 +201,10 @@ def refit_pause(work: Path, events: int = 60_000, batch: int = 1000) -> dict:
     worst = max(busy + swaps)
     return {
         "batch": batch,
+        "worker": worker,
         "median_quiet_ms": median,
+        "max_quiet_ms": max(quiet),
+        "median_during_refit_ms": statistics.median(busy) if busy else None,
         "max_during_refit_ms": max(busy) if busy else None,
         "max_swap_ms": max(swaps) if swaps else None,
         "pause_ms": worst - median,
@@ -203,6 +234,7 @@ def million(s: Settings, work: Path, rows: int, runtime: str = "confluent") -> d
         wait_until_processed(ms, engine, proc, log, stats.last_offsets, timeout_s=7200)
         stream_s = time.monotonic() - started
         rss = peak_rss_mb(proc.pid)
+        worker_rss = workers_peak_rss_mb(proc.pid)
         with engine.connect() as conn:
             stored = conn.exec_driver_sql("select count(*) from transactions").scalar()
     finally:
@@ -219,5 +251,6 @@ def million(s: Settings, work: Path, rows: int, runtime: str = "confluent") -> d
         "dbt_ok": outcome.ok,
         "total_s": stream_s + dbt_s,
         "peak_rss_mb": rss,
+        "worker_peak_rss_mb": worker_rss,
         "produced_per_s": stats.events_per_s,
     }

@@ -1,3 +1,4 @@
 from fraudstream.cli import main
 
-main()
+if __name__ == "__main__":  # not when a refit worker process imports it
+    main()

@@ -117,6 +117,12 @@ class Settings:
         "Threshold = this quantile of the training scores; events scoring above it are flagged.",
     )
     n_estimators: int = _setting("N_ESTIMATORS", 100, "Trees in the Isolation Forest.")
+    refit_worker: str = _setting(
+        "REFIT_WORKER",
+        "process",
+        "Where background refits run: process (a worker process, so scoring never waits on "
+        "them) or thread.",
+    )
     drift_delta: float = _setting(
         "DRIFT_DELTA",
         0.002,

@@ -18,7 +18,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -37,6 +37,7 @@ from stream_processor.features import (
 from stream_processor.labels import Label, decode_label
 from stream_processor.model import FittedModel, SupervisedModel, fit_model, fit_supervised
 from stream_processor.reasons import explain
+from stream_processor.refit import RefitRunner
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class ScoringCore:
         self._last_event = time.monotonic()
         self._refit: Future | None = None
         self._refit_reason = ""
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refit")
+        self.refits = RefitRunner(settings.refit_worker)
         self.counts = {
             "scored": 0, "flagged": 0, "dead_letters": 0, "duplicates": 0, "labels": 0,
             "labels_learned": 0, "drifts": 0,
@@ -231,7 +232,7 @@ class ScoringCore:
         return result
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.refits.close()
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -461,7 +462,7 @@ class ScoringCore:
         self._last_fit = time.monotonic()
         self._refit_reason = reason
         self._drift = False
-        self._refit = self._pool.submit(
+        self._refit = self.refits.submit(
             fit_model,
             training,
             version=0,  # numbered when swapped in, so a failed fit leaves no gap
@@ -480,7 +481,7 @@ class ScoringCore:
         if frauds < s.supervised_min_frauds or frauds == len(y):
             return
         self._labels_since_fit = 0
-        self._sup_refit = self._pool.submit(
+        self._sup_refit = self.refits.submit(
             fit_supervised,
             self._sup_x[: self._sup_len].copy(),
             y.copy(),

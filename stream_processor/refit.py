@@ -1,0 +1,117 @@
+"""Where background refits run: a separate worker process (default) or a thread.
+
+A refit is CPU-bound Python and NumPy (Isolation Forest fit, threshold scoring, the
+gradient-boosted fit). In a thread it holds the GIL for most of a second and every batch in that
+second waits for it: that was the scoring pause. In a worker process the batch path keeps the
+interpreter to itself; the worker runs at a lower priority (``nice`` 10) with one native thread,
+so on a small machine the stream still gets the CPU first. The training arrays go to the worker
+and the fitted model comes back pickled; the model's joblib dump is made in the worker too.
+
+One worker process serves every scoring core of the interpreter (a runtime has one core; tests
+have many). It is started on the first refit from a ``forkserver`` (a fresh interpreter that
+preloaded scikit-learn: safe beside librdkafka's and faust's threads, and it never re-runs the
+caller's main script), stops with it when the processor exits (``PR_SET_PDEATHSIG``), and is
+replaced if it ever dies: the fit that was running then fails, is logged, and the current model is
+kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+log = logging.getLogger(__name__)
+
+MODES = ("process", "thread")
+WORKER_NICENESS = 10
+
+_lock = threading.Lock()
+_process_pool: ProcessPoolExecutor | None = None
+_limits = None  # the worker's threadpoolctl limits, kept alive for the process's lifetime
+
+
+def _init_worker() -> None:  # runs in the worker process before any fit
+    global _limits
+    from threadpoolctl import threadpool_limits
+
+    from fraudstream.broker import die_with_parent
+
+    die_with_parent()
+    os.nice(WORKER_NICENESS)
+    _limits = threadpool_limits(limits=1)  # one OpenMP / BLAS thread: the stream keeps a core
+
+
+def _shared_process_pool(replace_broken: bool = False) -> ProcessPoolExecutor:
+    global _process_pool
+    with _lock:
+        if _process_pool is None or replace_broken:
+            if _process_pool is not None:
+                _process_pool.shutdown(wait=False, cancel_futures=True)
+                log.warning("the refit worker process died; starting a new one")
+            context = multiprocessing.get_context("forkserver")
+            # Not "__main__": the worker needs only the fitting code, and a caller's script
+            # without a main guard must not run again in it.
+            context.set_forkserver_preload(["stream_processor.model", "stream_processor.refit"])
+            _process_pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=context, initializer=_init_worker
+            )
+        return _process_pool
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+_started = threading.Event()
+
+
+def _warm_up() -> None:
+    try:
+        _shared_process_pool().submit(_ready).result(timeout=120)
+    except Exception:  # the first real fit will start (or fail to start) it again
+        log.warning("could not start the refit worker process", exc_info=True)
+    finally:
+        _started.set()
+
+
+class RefitRunner:
+    """Submits fits to the refit worker; ``mode`` is ``process`` or ``thread``."""
+
+    def __init__(self, mode: str = "process"):
+        if mode not in MODES:
+            raise ValueError(f"REFIT_WORKER must be one of {', '.join(MODES)}, not {mode!r}")
+        self.mode = mode
+        self._thread_pool: Executor | None = None
+        self._futures: set[Future] = set()
+        if mode == "process":  # start the worker now, off the batch path (it takes ~2 s)
+            threading.Thread(target=_warm_up, name="refit-worker-start", daemon=True).start()
+
+    def submit(self, fn: Callable, /, *args, **kwargs) -> Future:
+        if self.mode == "thread":
+            if self._thread_pool is None:
+                self._thread_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refit")
+            future = self._thread_pool.submit(fn, *args, **kwargs)
+        else:
+            try:
+                future = _shared_process_pool().submit(fn, *args, **kwargs)
+            except BrokenProcessPool:
+                future = _shared_process_pool(replace_broken=True).submit(fn, *args, **kwargs)
+        self._futures.add(future)
+        future.add_done_callback(self._futures.discard)
+        return future
+
+    def wait_started(self, timeout_s: float = 120.0) -> bool:
+        """Block until the worker process has started (benchmarks: time refits, not start-up)."""
+        return self.mode == "thread" or _started.wait(timeout_s)
+
+    def close(self) -> None:
+        """Cancel this runner's fits that did not start (a running one finishes unseen)."""
+        for future in list(self._futures):
+            future.cancel()
+        if self._thread_pool is not None:
+            self._thread_pool.shutdown(wait=False, cancel_futures=True)
