@@ -42,6 +42,11 @@ from stream_processor.refit import RefitRunner
 log = logging.getLogger(__name__)
 
 
+FEATURES_JSON = "{" + ", ".join(f'"{name}": %r' for name in SUPERVISED_FEATURE_NAMES) + "}"
+"""The ``features`` column: what ``json.dumps`` of the name -> value dict writes (every value is
+a finite float), filled in by one %-format per row, several times faster."""
+
+
 @dataclass(frozen=True, slots=True)
 class RawMessage:
     """One consumed Kafka record, as any runtime sees it."""
@@ -320,9 +325,7 @@ class ScoringCore:
                 "reasons": json.dumps(reasons, ensure_ascii=False) if reasons else None,
                 "model_version": model.version,
                 "supervised_version": supervised.version if supervised else None,
-                "features": json.dumps(
-                    dict(zip(SUPERVISED_FEATURE_NAMES, rounded[i], strict=True))
-                ),
+                "features": FEATURES_JSON % tuple(rounded[i]),
                 "kafka_partition": h.partition,
                 "kafka_offset": h.offset,
                 "produced_at": h.produced_at,

@@ -19,8 +19,8 @@ same events into a fresh :class:`AccountStates` gives the same vectors.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from bisect import bisect_left, bisect_right, insort
+from collections import OrderedDict
 
 import numpy as np
 
@@ -88,18 +88,27 @@ _I = {name: i for i, name in enumerate(SUPERVISED_FEATURE_NAMES)}
 _TAU = tuple(w for _, w in DECAY_WINDOWS)
 
 
-@dataclass
 class AccountState:
-    recent: deque  # (event time s, amount), oldest first
-    merchants: OrderedDict = field(default_factory=OrderedDict)
-    locations: OrderedDict = field(default_factory=OrderedDict)
-    seen: int = 0
-    last_time: float | None = None
-    last_location: str | None = None
-    home_location: str | None = None  # the most frequent location so far
-    decay_time: float = 0.0  # event time the decayed sums below are valid at
-    counts: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # per DECAY_WINDOWS
-    sums: list = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    """One account's memory: its newest ``history`` events and decayed sums (about 1 KB)."""
+
+    __slots__ = (
+        "times", "amounts", "by_amount", "merchants", "locations", "seen", "last_time",
+        "last_location", "home_location", "decay_time", "counts", "sums",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.times: list[float] = []  # event times of the newest events, ascending
+        self.amounts: list[float] = []  # their amounts, aligned with ``times``
+        self.by_amount: list[float] = []  # the same amounts sorted (the median in O(1))
+        self.merchants: dict[str, int] = {}  # uses, least recently used first
+        self.locations: dict[str, int] = {}
+        self.seen = 0
+        self.last_time: float | None = None
+        self.last_location: str | None = None
+        self.home_location: str | None = None  # the most frequent location so far
+        self.decay_time = 0.0  # event time the decayed sums below are valid at
+        self.counts = [0.0, 0.0, 0.0]  # per DECAY_WINDOWS
+        self.sums = [0.0, 0.0, 0.0]
 
 
 class MerchantState:
@@ -154,7 +163,7 @@ class AccountStates:
     def _state(self, account_id: str) -> AccountState:
         state = self._accounts.get(account_id)
         if state is None:
-            state = AccountState(recent=deque(maxlen=self.history))
+            state = AccountState()
             self._accounts[account_id] = state
             if len(self._accounts) > self.max_accounts:
                 self._accounts.popitem(last=False)
@@ -177,28 +186,26 @@ class AccountStates:
         t = txn.event_time
         amount = txn.amount
         log_amount = math.log1p(amount)
-        c10 = c1h = c24 = small = 0
-        sum24 = 0.0
-        amounts = []
-        for ts, past in s.recent:
-            amounts.append(past)
-            age = t - ts
-            if 0 <= age <= DAY:
-                c24 += 1
-                sum24 += past
-                if age <= 3600:
-                    c1h += 1
-                    if age <= 600:
-                        c10 += 1
-                        small += past < SMALL_AMOUNT
-        has_history = s.seen > 0
-        if amounts:
-            amounts.sort()
-            mid = len(amounts) // 2
-            median = amounts[mid] if len(amounts) % 2 else (amounts[mid - 1] + amounts[mid]) / 2
+        times, amounts = s.times, s.amounts
+        # Exact windows by bisection on the time-ordered history (events at or before t).
+        hi = bisect_right(times, t)
+        lo24 = bisect_left(times, t - DAY, 0, hi)
+        lo1h = bisect_left(times, t - 3600, lo24, hi)
+        lo10 = bisect_left(times, t - 600, lo1h, hi)
+        c10, c1h, c24 = hi - lo10, hi - lo1h, hi - lo24
+        sum24 = sum(amounts[lo24:hi]) if c24 else 0.0
+        small = sum(1 for past in amounts[lo10:hi] if past < SMALL_AMOUNT) if c10 else 0
+        by_amount = s.by_amount
+        if by_amount:
+            mid = len(by_amount) // 2
+            if len(by_amount) % 2:
+                median = by_amount[mid]
+            else:
+                median = (by_amount[mid - 1] + by_amount[mid]) / 2
             vs_median = log_amount - math.log1p(median)
         else:
             vs_median = 0.0
+        has_history = s.seen > 0
         age = max(0.0, t - s.decay_time)
         vs_window = [  # the decayed mean is sum / count, both decayed alike
             log_amount - math.log1p(total / c) if c > 1e-9 else 0.0
@@ -250,14 +257,34 @@ class AccountStates:
 
     def _learn(self, s: AccountState, m: MerchantState, txn: Transaction) -> None:
         t = txn.event_time
-        s.recent.append((t, txn.amount))
+        amount = txn.amount
+        times = s.times
+        if not times or t >= times[-1]:
+            times.append(t)
+            s.amounts.append(amount)
+        else:  # a late event: keep the history in event-time order
+            at = bisect_right(times, t)
+            times.insert(at, t)
+            s.amounts.insert(at, amount)
+        insort(s.by_amount, amount)
+        if len(times) > self.history:  # forget the earliest event
+            del times[0]
+            gone = s.amounts.pop(0)
+            del s.by_amount[bisect_left(s.by_amount, gone)]
         s.seen += 1
         _bump(s.merchants, txn.merchant, self.max_places)
-        _bump(s.locations, txn.location, self.max_places)
-        s.home_location = max(s.locations, key=s.locations.__getitem__)
+        location = txn.location
+        evicted = _bump(s.locations, location, self.max_places)
+        home = s.home_location
+        if evicted is not None and evicted == home:
+            s.home_location = max(s.locations, key=s.locations.__getitem__)
+        elif home is None or (home != location and s.locations[location] > s.locations[home]):
+            # The first most frequent in least-recently-used order, as max() over the dict
+            # would find: only the bumped location can overtake it.
+            s.home_location = location
         if s.last_time is None or t >= s.last_time:
             s.last_time = t
-            s.last_location = txn.location
+            s.last_location = location
         # Decayed sums move forward in time only; a late event counts as if at decay_time.
         age = t - s.decay_time
         if age > 0:
@@ -355,11 +382,14 @@ def _decay_pairs(m: list[float], t: float) -> None:
     m[0] = t
 
 
-def _bump(counts: OrderedDict, key: str, limit: int) -> None:
-    counts[key] = counts.get(key, 0) + 1
-    counts.move_to_end(key)
+def _bump(counts: dict, key: str, limit: int) -> str | None:
+    """Count one use of ``key`` and make it the most recent; returns the key evicted, if any."""
+    counts[key] = counts.pop(key, 0) + 1  # re-inserted last: dicts keep insertion order
     if len(counts) > limit:
-        counts.popitem(last=False)
+        evicted = next(iter(counts))
+        del counts[evicted]
+        return evicted
+    return None
 
 
 def feature(row: np.ndarray, name: str) -> float:

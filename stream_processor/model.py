@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import joblib
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
+from sklearn.ensemble._iforest import _average_path_length
 
 MAX_NEGATIVES = 50_000  # legitimate labelled events a supervised fit samples at most
 MAX_SAMPLES = 512  # rows per tree; 256 (the paper's default) let dense fraud mask rarer fraud
@@ -33,10 +34,13 @@ class FittedModel:
     blob: bytes | None = None  # the joblib dump, made in the fitting thread (off the batch path)
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        """Anomaly scores of a whole batch (one call: the per-call overhead is ~10 ms)."""
+        """Anomaly scores of a whole batch, equal to ``-forest.score_samples(features)``."""
         if len(features) == 0:
             return np.empty(0)
-        return -self.forest.score_samples(features)
+        scorer = self.__dict__.get("_scorer")
+        if scorer is None:  # built once per model, in whichever process scores with it
+            scorer = self.__dict__["_scorer"] = ForestScorer(self.forest)
+        return scorer.score(features)
 
     def dumps(self) -> bytes:
         return self.blob if self.blob is not None else _dump(self.forest)
@@ -44,6 +48,40 @@ class FittedModel:
     @staticmethod
     def load_forest(blob: bytes) -> IsolationForest:
         return joblib.load(io.BytesIO(blob))
+
+
+class ForestScorer:
+    """``-IsolationForest.score_samples``, about 3x faster on a batch of a thousand rows.
+
+    scikit-learn walks the trees through joblib (one task per tree) and validates the input on
+    every call; here each tree's leaf depth (path length + the average path length of the
+    samples left in the leaf - 1, what scikit-learn precomputes at fit) is looked up from the
+    Cython ``Tree.apply`` directly. The result is identical (tested against scikit-learn)."""
+
+    def __init__(self, forest: IsolationForest):
+        self.trees = [estimator.tree_ for estimator in forest.estimators_]
+        self.leaf_depths = [
+            lengths + averages - 1.0
+            for lengths, averages in zip(
+                forest._decision_path_lengths, forest._average_path_length_per_tree, strict=True
+            )
+        ]
+        all_columns = np.arange(forest.n_features_in_)
+        self.columns = [  # None: the tree sees every column, in order
+            None if np.array_equal(cols, all_columns) else np.asarray(cols)
+            for cols in forest.estimators_features_
+        ]
+        self.denominator = len(self.trees) * float(_average_path_length([forest._max_samples])[0])
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(features, dtype=np.float32)  # the trees' own dtype
+        depths = np.zeros(len(x))
+        for tree, leaf_depth, cols in zip(self.trees, self.leaf_depths, self.columns, strict=True):
+            subset = x if cols is None else np.ascontiguousarray(x[:, cols])
+            depths += leaf_depth[tree.apply(subset)]
+        if self.denominator == 0:  # a forest of single-sample trees: sklearn's score is 1
+            return np.ones(len(x))
+        return 2 ** (-depths / self.denominator)
 
 
 def fit_model(

@@ -2,12 +2,15 @@
 
 import json
 
+import numpy as np
 import pytest
+from sklearn.ensemble import IsolationForest
 
 from fraudstream.schema import Transaction
 from producer.csv_source import read_transactions
 from stream_processor.core import RawMessage, ScoringCore
 from stream_processor.features import SUPERVISED_FEATURE_NAMES
+from stream_processor.model import ForestScorer, fit_model
 
 
 def messages(csv_path, start=0, stop=None):
@@ -59,6 +62,10 @@ def test_scores_are_higher_for_anomalies_and_flags_carry_reasons(settings, small
     legit = [r["score"] for r in rows if not r["is_fraud"]]
     assert sum(fraud) / len(fraud) > sum(legit) / len(legit)
     assert set(json.loads(rows[0]["features"])) == set(SUPERVISED_FEATURE_NAMES)
+    # The column is exactly what json.dumps writes for the name -> value object, in order.
+    parsed = [json.loads(r["features"]) for r in rows]
+    assert all(list(p) == list(SUPERVISED_FEATURE_NAMES) for p in parsed)
+    assert [r["features"] for r in rows] == [json.dumps(p) for p in parsed]
 
 
 def test_labels_are_never_model_inputs(settings, small_csv):
@@ -132,3 +139,18 @@ def test_batch_size_does_not_change_the_scores(settings, small_csv, size):
     for res in [other.process(msgs[:200])] + run_all(other, msgs[200:], size):
         got.update({r["transaction_id"]: r["score"] for r in res.rows})
     assert got == pytest.approx(ref)
+
+
+@pytest.mark.parametrize("rows, max_features", [(5000, 1.0), (5000, 0.5), (1, 1.0), (3, 1.0)])
+def test_fast_forest_scores_equal_scikit_learns(rows, max_features):
+    rng = np.random.default_rng(rows)
+    train = rng.normal(size=(rows, 7))
+    forest = IsolationForest(
+        n_estimators=25, max_samples=min(256, max(rows, 2)), max_features=max_features,
+        random_state=3,
+    ).fit(train if rows > 1 else np.repeat(train, 2, axis=0))  # fmt: skip
+    batch = np.vstack([rng.normal(size=(300, 7)), rng.normal(scale=8, size=(20, 7))])
+    expected = -forest.score_samples(batch)
+    assert np.array_equal(ForestScorer(forest).score(batch), expected)
+    model = fit_model(train, version=1, reason="initial")
+    assert np.array_equal(model.score(batch), -model.forest.score_samples(batch))

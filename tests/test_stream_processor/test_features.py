@@ -2,6 +2,10 @@ import math
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from fraudstream.schema import Transaction
 from stream_processor.features import FEATURE_NAMES, AccountStates, feature
@@ -52,7 +56,8 @@ def test_state_is_bounded_by_evicting_least_recently_seen_accounts():
     assert len(states) == 3 and states.evicted == 2
     assert states.get("A0") is None and states.get("A4") is not None
     states.transform([txn(10 + i, "A4", minutes=10 + i) for i in range(20)])
-    assert len(states.get("A4").recent) == 5
+    a4 = states.get("A4")
+    assert len(a4.times) == len(a4.amounts) == len(a4.by_amount) == 5
 
 
 def test_learn_rebuilds_the_same_state_as_transform():
@@ -111,3 +116,42 @@ def test_every_feature_is_finite_for_odd_inputs():
         txn(3, amount=5.0, minutes=-60, location="x"),  # out of order
     ])  # fmt: skip
     assert np.isfinite(rows).all()
+
+
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0, 2 * 24 * 60),  # minutes after T0: any order, late events included
+            st.sampled_from([0.5, 3.0, 4.99, 5.0, 20.0, 120.0, 999.0]),
+            st.sampled_from(["Paris", "Oslo", "Madrid"]),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.integers(3, 60),
+)
+def test_exact_windows_median_and_home_match_a_brute_force_over_the_kept_history(events, history):
+    states = AccountStates(history=history)
+    kept: list[tuple[float, float]] = []  # the newest `history` events by event time
+    places: dict[str, int] = {}
+    for i, (minutes, amount, place) in enumerate(events):
+        event = txn(i, amount=amount, minutes=minutes, location=place)
+        [row] = states.transform([event])
+        t = event.event_time
+        before = [(ts, a) for ts, a in kept if ts <= t]
+
+        def window(seconds, before=before, t=t):
+            return [a for ts, a in before if t - ts <= seconds]
+
+        assert feature(row, "count_10m") == len(window(600))
+        assert feature(row, "count_1h") == len(window(3600))
+        assert feature(row, "count_24h") == len(window(86400))
+        assert feature(row, "small_10m") == sum(a < 5 for a in window(600))
+        assert feature(row, "log_sum_24h") == pytest.approx(math.log1p(sum(window(86400))))
+        median = float(np.median([a for _ts, a in kept])) if kept else None
+        expected = math.log1p(amount) - math.log1p(median) if kept else 0.0
+        assert feature(row, "amount_vs_median") == pytest.approx(expected)
+        kept = sorted([*kept, (t, amount)], key=lambda e: e[0])[-history:]
+        places[place] = places.pop(place, 0) + 1  # least recently used first, like the state
+        assert states.get("A1").home_location == max(places, key=places.__getitem__)
