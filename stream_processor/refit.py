@@ -8,11 +8,11 @@ so on a small machine the stream still gets the CPU first. The training arrays g
 and the fitted model comes back pickled; the model's joblib dump is made in the worker too.
 
 One worker process serves every scoring core of the interpreter (a runtime has one core; tests
-have many). It is started on the first refit from a ``forkserver`` (a fresh interpreter that
-preloaded scikit-learn: safe beside librdkafka's and faust's threads, and it never re-runs the
-caller's main script), stops with it when the processor exits (``PR_SET_PDEATHSIG``), and is
-replaced if it ever dies: the fit that was running then fails, is logged, and the current model is
-kept.
+have many). It is started with the first core, off the batch path, from a ``forkserver`` (a fresh
+interpreter that preloaded scikit-learn: safe beside librdkafka's and faust's threads, and it
+never re-runs the caller's main script). It exits when the processor exits, however that ends (it
+watches the processor's pid, and the forkserver follows it), and is replaced if it ever dies: the
+fit that was running then fails, is logged, and the current model is kept.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import select
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,15 +37,37 @@ _process_pool: ProcessPoolExecutor | None = None
 _limits = None  # the worker's threadpoolctl limits, kept alive for the process's lifetime
 
 
-def _init_worker() -> None:  # runs in the worker process before any fit
+def _init_worker(owner: int) -> None:  # runs in the worker process before any fit
     global _limits
     from threadpoolctl import threadpool_limits
 
     from fraudstream.broker import die_with_parent
 
-    die_with_parent()
+    die_with_parent()  # the forkserver, our parent, stopping
+    threading.Thread(target=_exit_with, args=(owner,), name="owner-watch", daemon=True).start()
     os.nice(WORKER_NICENESS)
     _limits = threadpool_limits(limits=1)  # one OpenMP / BLAS thread: the stream keeps a core
+
+
+def _exit_with(owner: int) -> None:
+    """Exit when the processor that owns this worker exits, however it ends.
+
+    The worker's parent is the forkserver, not the processor, and its task queue never reports
+    the processor gone (the worker holds both ends of the queue's pipe); and the forkserver lives
+    as long as a worker does. So the worker watches the processor itself."""
+    try:
+        fd = os.pidfd_open(owner)
+    except (AttributeError, OSError):  # no pidfd (old kernel): poll the pid
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass
+    select.select([fd], [], [])  # readable when the process has exited
+    os._exit(0)
 
 
 def _shared_process_pool(replace_broken: bool = False) -> ProcessPoolExecutor:
@@ -58,7 +82,10 @@ def _shared_process_pool(replace_broken: bool = False) -> ProcessPoolExecutor:
             # without a main guard must not run again in it.
             context.set_forkserver_preload(["stream_processor.model", "stream_processor.refit"])
             _process_pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=context, initializer=_init_worker
+                max_workers=1,
+                mp_context=context,
+                initializer=_init_worker,
+                initargs=(os.getpid(),),
             )
         return _process_pool
 
