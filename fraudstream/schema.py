@@ -76,8 +76,9 @@ class Transaction:
 
 def format_timestamp(ts: datetime) -> str:
     """ISO 8601 in UTC with a ``Z``, seconds precision unless there are microseconds."""
-    text = ts.astimezone(UTC).replace(tzinfo=None).isoformat()
-    return text + "Z"
+    if ts.tzinfo is not UTC:
+        ts = ts.astimezone(UTC)
+    return ts.replace(tzinfo=None).isoformat() + "Z"
 
 
 def parse_timestamp(value: Any) -> datetime:
@@ -114,11 +115,14 @@ def _parse_time(value: Any) -> datetime:
         ) from None
     if ts.tzinfo is None:
         return ts.replace(tzinfo=UTC)
-    return ts.astimezone(UTC)
+    return ts if ts.tzinfo is UTC else ts.astimezone(UTC)
 
 
 def _text(record: Mapping[str, Any], name: str, limit: int) -> str:
     value = record.get(name)
+    if type(value) is str and value.isprintable() and 0 < len(value) <= limit:
+        if value.strip() is value:  # the common case, in one pass: nothing below applies
+            return value
     if value is None:
         raise InvalidRecord(name, "missing")
     if isinstance(value, bool) or not isinstance(value, (str, int)):

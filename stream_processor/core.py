@@ -166,6 +166,7 @@ class ScoringCore:
         # learned right after that event is scored, never before.
         self._orphans: OrderedDict[str, Label] = OrderedDict()
         self._label_seq = 0
+        self._labels_in_batch = False
         self.clock = max((t.event_time for t in history), default=float("-inf"))
         for label in queued_labels:
             self._queue_label(label)
@@ -182,6 +183,8 @@ class ScoringCore:
         fresh: list[HeldEvent] = []
         batch_ids: set[str] = set()
         label_messages = []
+        labels_topic = self.settings.labels_topic
+        self._labels_in_batch = any(msg.topic == labels_topic for msg in messages)
         for msg in messages:
             if msg.topic == self.settings.labels_topic:
                 label_messages.append(msg)
@@ -297,6 +300,9 @@ class ScoringCore:
             probabilities = supervised_flags = None
             flags, risks = anomaly_flags, scores
         now = time.time()
+        # Only a label due in this batch can need an event of this batch right away; with none
+        # queued or waiting (the pipeline without labels), nothing is kept.
+        keep_events = self._labels_in_batch or bool(self._label_queue) or bool(self._orphans)
         rounded = full.round(6).tolist()
         for i, h in enumerate(events):
             txn, score, flagged = h.txn, float(scores[i]), bool(flags[i])
@@ -335,6 +341,8 @@ class ScoringCore:
             result.rows.append(row)
             if flagged:
                 result.alerts.append(alert_payload(row))
+            if not keep_events:
+                continue
             event = LabelledEvent(txn.merchant, txn.account_id, full[i])
             label = self._orphans.pop(txn.transaction_id, None) if self._orphans else None
             if label is None:
