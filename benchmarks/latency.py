@@ -161,7 +161,7 @@ def refit_pause(
     ``worker`` is REFIT_WORKER: ``process`` (the default) or ``thread`` (the baseline: the fit
     shares the interpreter's GIL with the batch path)."""
     from stream_processor.core import RawMessage
-    from stream_processor.pipeline import BatchPipeline
+    from stream_processor.pipeline import BatchPipeline, tune_gc
 
     csv = work / "refit.csv"
     write_csv(csv, GeneratorConfig(rows=events, days=max(10, events // 700), seed=9))
@@ -178,6 +178,7 @@ def refit_pause(
     pipeline = BatchPipeline(settings)
     core = pipeline.core
     core.refits.wait_started()  # the worker process starts once, with the processor
+    tune_gc()  # as the runtimes do
     quiet, busy, swaps = [], [], []
     try:
         for i in range(0, len(values), batch):

@@ -22,11 +22,13 @@ import faust
 from fraudstream.settings import Settings
 from stream_processor.core import RawMessage
 from stream_processor.pipeline import (
+    FETCH_MAX_WAIT_MS,
     BatchPipeline,
     Outbound,
     alert_message,
     dead_letter_message,
     produced_at,
+    tune_gc,
 )
 from stream_processor.sink import SinkError
 
@@ -57,12 +59,40 @@ def faust_credentials(settings: Settings):
     raise FatalError(f"KAFKA_SECURITY_PROTOCOL={settings.security_protocol!r} is not supported")
 
 
+def shorten_fetch_wait() -> None:
+    """Make faust's aiokafka consumer wait at most FETCH_MAX_WAIT_MS for data, not 1.5 s.
+
+    faust-streaming 0.15.3 builds its consumer with ``fetch_max_wait_ms=1500`` and no setting to
+    change it; a broker holds an empty fetch that long (the embedded one does), so at a low
+    event rate every batch waited up to 1.5 s before faust saw it. The value is set on the
+    consumer after faust builds it and before it starts (aiokafka hands it to its fetcher then).
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    thread = driver.AIOKafkaConsumerThread
+    original = thread._create_worker_consumer
+    if getattr(original, "shortened", False):
+        return
+
+    def create_worker_consumer(self, transport):
+        consumer = original(self, transport)
+        if hasattr(consumer, "_fetch_max_wait_ms"):
+            consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        else:  # a different aiokafka: keep faust's value, and say so
+            log.warning("cannot shorten faust's fetch wait with this aiokafka version")
+        return consumer
+
+    create_worker_consumer.shortened = True  # type: ignore[attr-defined]
+    thread._create_worker_consumer = create_worker_consumer
+
+
 def create_app(settings: Settings) -> faust.App:
     if not settings.bootstrap_servers:
         raise FatalError(
             "KAFKA_BOOTSTRAP_SERVERS is not set: point it at a cluster, or use `fraudstream run`, "
             "which starts the embedded broker"
         )
+    shorten_fetch_wait()
     brokers = [f"kafka://{b.strip()}" for b in settings.bootstrap_servers.split(",")]
     credentials = faust_credentials(settings)
     app = faust.App(
@@ -94,6 +124,7 @@ def create_app(settings: Settings) -> faust.App:
         settings.labels_topic, key_serializer="raw", value_serializer="raw", internal=False
     )
     pipeline = BatchPipeline(settings)
+    tune_gc()
     lock = asyncio.Lock()  # the agent and the timer share the core and the sink
     app.fatal = None  # type: ignore[attr-defined]
 

@@ -19,6 +19,7 @@ same events into a fresh :class:`AccountStates` gives the same vectors.
 from __future__ import annotations
 
 import math
+from array import array
 from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict
 
@@ -86,10 +87,11 @@ NO_GAP_S = 7 * DAY
 MIN_TRAVEL_H = 1 / 60  # two events a minute apart in different cities: at most 60x the distance
 _I = {name: i for i, name in enumerate(SUPERVISED_FEATURE_NAMES)}
 _TAU = tuple(w for _, w in DECAY_WINDOWS)
+_ZEROS = (0.0,) * len(DECAY_WINDOWS)
 
 
 class AccountState:
-    """One account's memory: its newest ``history`` events and decayed sums (about 1 KB)."""
+    """One account's memory: its newest ``history`` events and decayed sums."""
 
     __slots__ = (
         "times", "amounts", "by_amount", "merchants", "locations", "seen", "last_time",
@@ -97,9 +99,12 @@ class AccountState:
     )  # fmt: skip
 
     def __init__(self) -> None:
-        self.times: list[float] = []  # event times of the newest events, ascending
-        self.amounts: list[float] = []  # their amounts, aligned with ``times``
-        self.by_amount: list[float] = []  # the same amounts sorted (the median in O(1))
+        # Arrays of doubles, not lists of floats: a quarter of the memory, and nothing for the
+        # cyclic garbage collector to walk (its full passes over a million accounts' lists
+        # stalled every batch for a fraction of a second).
+        self.times = array("d")  # event times of the newest events, ascending
+        self.amounts = array("d")  # their amounts, aligned with ``times``
+        self.by_amount = array("d")  # the same amounts sorted (the median in O(1))
         self.merchants: dict[str, int] = {}  # uses, least recently used first
         self.locations: dict[str, int] = {}
         self.seen = 0
@@ -107,8 +112,8 @@ class AccountState:
         self.last_location: str | None = None
         self.home_location: str | None = None  # the most frequent location so far
         self.decay_time = 0.0  # event time the decayed sums below are valid at
-        self.counts = [0.0, 0.0, 0.0]  # per DECAY_WINDOWS
-        self.sums = [0.0, 0.0, 0.0]
+        self.counts = array("d", _ZEROS)  # per DECAY_WINDOWS
+        self.sums = array("d", _ZEROS)
 
 
 class MerchantState:

@@ -17,11 +17,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from fraudstream.settings import Settings
 from stream_processor.core import RawMessage
 from stream_processor.pipeline import (
+    FETCH_MAX_WAIT_MS,
     BatchPipeline,
     Outbound,
     alert_message,
     dead_letter_message,
     produced_at,
+    tune_gc,
 )
 from stream_processor.sink import SinkError
 
@@ -42,7 +44,7 @@ def consumer_config(settings: Settings) -> dict:
         "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 3),
         "max.poll.interval.ms": 300_000,
         "fetch.min.bytes": 1,
-        "fetch.wait.max.ms": 20,  # the embedded broker holds a fetch this long when idle
+        "fetch.wait.max.ms": FETCH_MAX_WAIT_MS,  # a broker holds an empty fetch this long
         "queued.max.messages.kbytes": 65536,
     }
 
@@ -110,6 +112,7 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     pipeline = BatchPipeline(settings)
+    tune_gc()
     consumer = Consumer(consumer_config(settings))
     producer = Producer(
         {

@@ -12,6 +12,7 @@ written again, and their alerts are published again if they had not been deliver
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from collections.abc import Sequence
@@ -22,6 +23,26 @@ from stream_processor.core import BatchResult, RawMessage, ScoringCore
 from stream_processor.sink import Sink
 
 log = logging.getLogger(__name__)
+
+
+FETCH_MAX_WAIT_MS = 20
+"""How long a runtime's consumer lets the broker hold a fetch that has no data yet: short, so an
+event at a low rate is scored within tens of milliseconds (both runtimes)."""
+
+
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector's full passes off the batch path (runtimes only).
+
+    Per-account state is millions of small containers that live for the whole run; a full
+    collection walks all of them (0.15 s with ~10,000 accounts, seconds with a million) and
+    stalls the batch it lands in: the latency outliers. Everything alive at start-up (modules,
+    models, the state rebuilt from the database) is frozen out of collection, and full passes run
+    a hundredth as often. Reference counting still frees everything that forms no cycle, which
+    is all the per-event data.
+    """
+    gc.freeze()
+    young, middle, _old = gc.get_threshold()
+    gc.set_threshold(young, middle, 1000)
 
 
 @dataclass

@@ -217,3 +217,27 @@ def test_delayed_labels_train_a_supervised_model_that_scores_later_events(
     assert before_any_label and not before_any_label & {tid for tid, *_ in scored}
     [(unscored,)] = query(s, "select count(*) from transactions where risk_score is null")
     assert unscored == 0
+
+
+def test_faust_consumer_waits_for_data_as_briefly_as_the_confluent_one(settings):
+    # faust-streaming hard-codes fetch_max_wait_ms=1500 (seconds of latency at a low event rate);
+    # the runtime shortens it on the consumer faust builds, before that consumer starts.
+    import asyncio
+
+    from stream_processor.faust_app import create_app
+    from stream_processor.kafka_runtime import consumer_config
+    from stream_processor.pipeline import FETCH_MAX_WAIT_MS
+
+    async def build():
+        app = create_app(settings.replace(bootstrap_servers="127.0.0.1:9"))
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        try:
+            return consumer._fetch_max_wait_ms
+        finally:
+            await consumer.stop()
+            app.pipeline.close()
+
+    assert (
+        asyncio.run(build()) == FETCH_MAX_WAIT_MS == consumer_config(settings)["fetch.wait.max.ms"]
+    )
+    assert FETCH_MAX_WAIT_MS <= 50
