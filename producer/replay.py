@@ -92,6 +92,10 @@ def replay(
     stats = ReplayStats()
     rejects = RejectsWriter(options.rejects_path or csv_path.with_suffix(".rejects.csv"))
     producer = Producer(producer_config(bootstrap, client_config))
+    if options.rate:
+        # Connect before the clock starts: a new producer's first ~0.5 s of events would wait
+        # in its queue for the connection (and their produced_at headers would say so).
+        producer.list_topics(timeout=30)
     checkpoint = None
     if options.checkpoint_path:
         checkpoint = (Checkpoint.load if options.resume else Checkpoint)(options.checkpoint_path)
