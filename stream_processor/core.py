@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 from river.drift import ADWIN
@@ -102,6 +102,8 @@ class LabelledEvent:
 
 def db_timestamp(ts: datetime) -> str:
     """UTC as 'YYYY-MM-DD HH:MM:SS[.ffffff]': sorts as text; SQLite date functions read it."""
+    if ts.tzinfo is UTC:  # what validation gives: '...+00:00' dropped, in one call
+        return ts.isoformat(" ")[:-6]
     return format_timestamp(ts)[:-1].replace("T", " ")
 
 

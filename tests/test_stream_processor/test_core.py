@@ -1,14 +1,15 @@
 """The scoring core in memory: lists of raw values in, rows / alerts / dead letters out."""
 
 import json
+from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 from sklearn.ensemble import IsolationForest
 
-from fraudstream.schema import Transaction
+from fraudstream.schema import Transaction, format_timestamp
 from producer.csv_source import read_transactions
-from stream_processor.core import RawMessage, ScoringCore
+from stream_processor.core import RawMessage, ScoringCore, db_timestamp
 from stream_processor.features import SUPERVISED_FEATURE_NAMES
 from stream_processor.model import ForestScorer, fit_model
 
@@ -154,3 +155,15 @@ def test_fast_forest_scores_equal_scikit_learns(rows, max_features):
     assert np.array_equal(ForestScorer(forest).score(batch), expected)
     model = fit_model(train, version=1, reason="initial")
     assert np.array_equal(model.score(batch), -model.forest.score_samples(batch))
+
+
+@pytest.mark.parametrize(
+    "ts, text",
+    [
+        (datetime(2026, 1, 5, 10, 0, tzinfo=UTC), "2026-01-05 10:00:00"),
+        (datetime(2026, 1, 5, 10, 0, 0, 123456, tzinfo=UTC), "2026-01-05 10:00:00.123456"),
+        (datetime(2026, 1, 5, 10, 0, tzinfo=timezone(timedelta(hours=2))), "2026-01-05 08:00:00"),
+    ],
+)
+def test_stored_timestamps_are_utc_text_that_sorts(ts, text):
+    assert db_timestamp(ts) == text == format_timestamp(ts)[:-1].replace("T", " ")
