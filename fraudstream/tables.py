@@ -20,6 +20,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 metadata = MetaData()
 
@@ -156,9 +157,25 @@ def make_engine(database_url: str) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
-    metadata.create_all(engine)
+    _create_tables(engine)
     _check_columns(engine)
     return engine
+
+
+def _create_tables(engine: Engine, attempts: int = 5) -> None:
+    """create_all, safe when several processes open a new database at once.
+
+    create_all checks which tables exist, then creates the rest: two processes (the processor
+    and a reader, say) can both see a table missing, and the slower one's CREATE fails with
+    "already exists". Then the other created it: look again.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            metadata.create_all(engine)
+            return
+        except (OperationalError, ProgrammingError) as exc:  # SQLite / PostgreSQL
+            if "already exists" not in str(exc.orig) or attempt == attempts:
+                raise
 
 
 class OutdatedDatabase(RuntimeError):

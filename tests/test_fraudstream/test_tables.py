@@ -1,0 +1,34 @@
+"""Opening the database: the schema is created once, whoever opens a new file first."""
+
+import sqlite3
+import threading
+
+from fraudstream.tables import make_engine, metadata
+
+
+def test_many_openers_of_a_new_database_all_get_the_schema(tmp_path):
+    # The processor and a reader (a test, the dashboard, the benchmark's poller) may open a new
+    # file at the same moment; each checks which tables exist, then creates the rest.
+    for round_ in range(5):
+        url = f"sqlite:///{tmp_path / f'new-{round_}.db'}"
+        start = threading.Barrier(8)
+        errors: list[BaseException] = []
+
+        def open_it(url=url, start=start, errors=errors):
+            start.wait()
+            try:
+                make_engine(url).dispose()
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        with sqlite3.connect(tmp_path / f"new-{round_}.db") as conn:
+            tables = {
+                r[0] for r in conn.execute("select name from sqlite_master where type='table'")
+            }
+        assert set(metadata.tables) <= tables
