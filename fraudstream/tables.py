@@ -6,6 +6,8 @@ except the connection pragmas, which are applied only to SQLite.
 
 from __future__ import annotations
 
+import time
+
 from sqlalchemy import (
     Column,
     Engine,
@@ -158,24 +160,28 @@ def make_engine(database_url: str) -> Engine:
             cur.close()
 
     _create_tables(engine)
-    _check_columns(engine)
     return engine
 
 
-def _create_tables(engine: Engine, attempts: int = 5) -> None:
+def _create_tables(engine: Engine, attempts: int = 10) -> None:
     """create_all, safe when several processes open a new database at once.
 
     create_all checks which tables exist, then creates the rest: two processes (the processor
     and a reader, say) can both see a table missing, and the slower one's CREATE fails with
-    "already exists". Then the other created it: look again.
+    "already exists" (the other created it), or find the new file locked: look again.
     """
     for attempt in range(1, attempts + 1):
         try:
             metadata.create_all(engine)
+            _check_columns(engine)
             return
         except (OperationalError, ProgrammingError) as exc:  # SQLite / PostgreSQL
-            if "already exists" not in str(exc.orig) or attempt == attempts:
+            text = str(exc.orig)
+            # A new SQLite file: switching it to WAL takes an exclusive lock that another opener
+            # may hold for a moment, and SQLite can refuse that without waiting.
+            if attempt == attempts or not ("already exists" in text or "locked" in text):
                 raise
+            time.sleep(0.05 * attempt)
 
 
 class OutdatedDatabase(RuntimeError):
