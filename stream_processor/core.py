@@ -185,8 +185,6 @@ class ScoringCore:
         fresh: list[HeldEvent] = []
         batch_ids: set[str] = set()
         label_messages = []
-        labels_topic = self.settings.labels_topic
-        self._labels_in_batch = any(msg.topic == labels_topic for msg in messages)
         for msg in messages:
             if msg.topic == self.settings.labels_topic:
                 label_messages.append(msg)
@@ -201,6 +199,7 @@ class ScoringCore:
                 continue
             batch_ids.add(txn.transaction_id)
             fresh.append(HeldEvent(txn, msg.partition, msg.offset, msg.produced_at))
+        self._labels_in_batch = bool(label_messages)
         if fresh:
             self._last_event = time.monotonic()
             known = self.known_ids(list(batch_ids)) | (batch_ids & self._held_ids)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import joblib
 import numpy as np
@@ -37,10 +38,11 @@ class FittedModel:
         """Anomaly scores of a whole batch, equal to ``-forest.score_samples(features)``."""
         if len(features) == 0:
             return np.empty(0)
-        scorer = self.__dict__.get("_scorer")
-        if scorer is None:  # built once per model, in whichever process scores with it
-            scorer = self.__dict__["_scorer"] = ForestScorer(self.forest)
-        return scorer.score(features)
+        return self._scorer.score(features)
+
+    @cached_property
+    def _scorer(self) -> ForestScorer:  # built once per model, in whichever process scores
+        return ForestScorer(self.forest)
 
     def dumps(self) -> bytes:
         return self.blob if self.blob is not None else _dump(self.forest)

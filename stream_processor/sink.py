@@ -162,7 +162,7 @@ class Sink:
         """Which of ``ids`` are already stored or held for the first fit."""
         found: set[str] = set()
         with self.engine.connect() as conn:
-            if self._fast_rows is not None:  # SQLite: the ids as one JSON array parameter
+            if self.engine.dialect.name == "sqlite":  # the ids as one JSON array parameter
                 rows = conn.exec_driver_sql(KNOWN_IDS_SQLITE, (json.dumps(ids),))
                 return {tid for (tid,) in rows}
             for chunk in _chunks(ids):
