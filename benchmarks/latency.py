@@ -237,16 +237,20 @@ def refit_pause(
     core = pipeline.core
     core.refits.wait_started()  # the worker process starts once, with the processor
     tune_gc()  # as the runtimes do
-    quiet, busy, swaps = [], [], []
+    quiet, busy, swaps, starts, installs = [], [], [], [], []
     try:
         for i in range(0, len(values), batch):
             running = core._refit is not None
             t = time.perf_counter()
-            pipeline.handle(values[i : i + batch])
+            out = pipeline.handle(values[i : i + batch])
             dt = 1000 * (time.perf_counter() - t)
             versions = core.model.version if core.model else 0
             if i < settings.warmup_events:
                 continue  # the warm-up batches hold events; the first fit is not a refit
+            if not running and core._refit is not None:
+                starts.append(1000 * out.refit_s)  # copied and sent a training window
+            elif running and core._refit is None:
+                installs.append(1000 * out.refit_s)  # received, installed, recorded a model
             if running and core._refit is None:
                 swaps.append(dt)  # this batch swapped the new model in and recorded it
             elif running or core._refit is not None:
@@ -267,6 +271,9 @@ def refit_pause(
         "max_during_refit_ms": max(busy) if busy else None,
         "max_swap_ms": max(swaps) if swaps else None,
         "pause_ms": worst - median,
+        "max_refit_start_ms": max(starts) if starts else None,
+        "max_refit_swap_ms": max(installs) if installs else None,
+        "refit_work_ms": max(starts + installs) if starts or installs else None,
         "refits": versions - 1,
         "batches_during_refit": len(busy) + len(swaps),
     }

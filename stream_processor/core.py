@@ -37,7 +37,7 @@ from stream_processor.features import (
 from stream_processor.labels import Label, decode_label
 from stream_processor.model import FittedModel, SupervisedModel, fit_model, fit_supervised
 from stream_processor.reasons import explain
-from stream_processor.refit import RefitRunner
+from stream_processor.refit import PickledFuture, RefitRunner
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,9 @@ class BatchResult:
     duplicate_ids: list[str] = field(default_factory=list)  # already stored or held
     labels: list[dict] = field(default_factory=list)  # for the labels table
     labels_released: dict[str, int] = field(default_factory=dict)  # id -> learned (1) or not
+    # Seconds this batch spent on refits: starting one (copying and sending the training
+    # window), swapping one in (receiving and installing it), recording it (the sink adds that).
+    refit_s: float = 0.0
 
     def __bool__(self) -> bool:
         return bool(
@@ -139,7 +142,7 @@ class ScoringCore:
         self._since_fit = 0
         self._last_fit = time.monotonic()
         self._last_event = time.monotonic()
-        self._refit: Future | None = None
+        self._refit: Future | PickledFuture | None = None
         self._refit_reason = ""
         self.refits = RefitRunner(settings.refit_worker)
         self.counts = {
@@ -157,7 +160,7 @@ class ScoringCore:
         self._sup_y = np.zeros(size, dtype=np.int8)
         self._sup_pos = self._sup_len = 0
         self._labels_since_fit = 0
-        self._sup_refit: Future | None = None
+        self._sup_refit: Future | PickledFuture | None = None
         for event, label in label_history:
             self._learn_label(event, label)
         self._labels_since_fit = 0 if supervised is not None else self._sup_len
@@ -216,7 +219,7 @@ class ScoringCore:
             self._take_labels(label_messages, result)
         self._release_labels(result)
         self._batch_events = {}
-        self._maybe_refit()
+        self._maybe_refit(result)
         self.counts["dead_letters"] += len(result.dead_letters)
         self.counts["duplicates"] += len(result.duplicate_ids)
         return result
@@ -228,7 +231,7 @@ class ScoringCore:
         idle = time.monotonic() - self._last_event
         if self.model is None and self.held and idle >= self.settings.warmup_idle_s:
             self._fit_initial(result)
-        self._maybe_refit()
+        self._maybe_refit(result)
         return result
 
     def wait_for_refit(self, timeout_s: float = 60.0) -> BatchResult:
@@ -456,7 +459,12 @@ class ScoringCore:
             self._window_len = min(size, self._window_len + len(chunk))
         self._since_fit += len(features)
 
-    def _maybe_refit(self) -> None:
+    def _maybe_refit(self, result: BatchResult) -> None:
+        started = time.perf_counter()
+        self._start_refit()
+        result.refit_s += time.perf_counter() - started
+
+    def _start_refit(self) -> None:
         self._maybe_refit_supervised()
         if self.model is None or self._refit is not None or self._since_fit == 0:
             return
@@ -515,6 +523,11 @@ class ScoringCore:
             return None
 
     def _collect_refit(self, result: BatchResult) -> None:
+        started = time.perf_counter()
+        self._swap_in(result)
+        result.refit_s += time.perf_counter() - started
+
+    def _swap_in(self, result: BatchResult) -> None:
         supervised = self._finished("_sup_refit", "supervised refit")
         if supervised is not None:
             supervised = replace(supervised, version=self.next_version)
@@ -530,6 +543,7 @@ class ScoringCore:
         if model is None:
             return
         model = replace(model, version=self.next_version)
+        model._scorer  # noqa: B018 -- built here, in the swap, not in the next batch's scoring
         self._install(model, result)
         log.info(
             "model v%d swapped in (%s refit on %d events, threshold %.4f, %.2f s)",

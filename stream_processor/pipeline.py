@@ -49,6 +49,7 @@ def tune_gc() -> None:
 class Outbound:
     alerts: list[dict] = field(default_factory=list)
     dead_letters: list[dict] = field(default_factory=list)
+    refit_s: float = 0.0  # of the batch's time, spent starting, swapping in, recording refits
 
 
 class BatchPipeline:
@@ -90,13 +91,14 @@ class BatchPipeline:
         self.sink.write(result)
         for m in result.models:
             log.info(
-                "model v%d recorded (%s, %d training events, threshold %.4f)",
-                m.version, m.reason, m.training_rows, m.threshold,
+                "model v%d recorded (%s, %d training events, threshold %.4f; refit work in "
+                "this batch %.1f ms)",
+                m.version, m.reason, m.training_rows, m.threshold, 1000 * result.refit_s,
             )  # fmt: skip
         alerts = list(result.alerts)
         if result.duplicate_ids:
             alerts.extend(self.sink.unpublished_alerts(result.duplicate_ids))
-        return Outbound(alerts=alerts, dead_letters=result.dead_letters)
+        return Outbound(alerts=alerts, dead_letters=result.dead_letters, refit_s=result.refit_s)
 
     def published(self, outbound: Outbound) -> None:
         self.sink.mark_published(a["transaction_id"] for a in outbound.alerts)

@@ -6,6 +6,8 @@ second waits for it: that was the scoring pause. In a worker process the batch p
 interpreter to itself; the worker runs at a lower priority (``nice`` 10) with one native thread,
 so on a small machine the stream still gets the CPU first. The training arrays go to the worker
 and the fitted model comes back pickled; the model's joblib dump is made in the worker too.
+Both are pickled and unpickled in the caller's thread (a few milliseconds), not in the executor's
+helper threads: the batch path pays for them at a moment it chooses and can measure.
 
 One worker process serves every scoring core of the interpreter (a runtime has one core; tests
 have many). It is started with the first core, off the batch path, from a ``forkserver`` (a fresh
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
 import select
 import threading
 import time
@@ -94,6 +97,30 @@ def _ready() -> int:
     return os.getpid()
 
 
+def _run_pickled(payload: bytes) -> bytes:  # in the worker: bytes in, bytes out
+    fn, args, kwargs = pickle.loads(payload)
+    return pickle.dumps(fn(*args, **kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class PickledFuture:
+    """A worker's future whose ``result()`` unpickles the value in the calling thread."""
+
+    def __init__(self, inner: Future):
+        self.inner = inner
+
+    def done(self) -> bool:
+        return self.inner.done()
+
+    def cancel(self) -> bool:
+        return self.inner.cancel()
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return self.inner.exception(timeout)
+
+    def result(self, timeout: float | None = None):
+        return pickle.loads(self.inner.result(timeout))
+
+
 _started = threading.Event()
 
 
@@ -118,19 +145,20 @@ class RefitRunner:
         if mode == "process":  # start the worker now, off the batch path (it takes ~2 s)
             threading.Thread(target=_warm_up, name="refit-worker-start", daemon=True).start()
 
-    def submit(self, fn: Callable, /, *args, **kwargs) -> Future:
+    def submit(self, fn: Callable, /, *args, **kwargs) -> Future | PickledFuture:
         if self.mode == "thread":
             if self._thread_pool is None:
                 self._thread_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refit")
             future = self._thread_pool.submit(fn, *args, **kwargs)
         else:
+            payload = pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
             try:
-                future = _shared_process_pool().submit(fn, *args, **kwargs)
+                future = _shared_process_pool().submit(_run_pickled, payload)
             except BrokenProcessPool:
-                future = _shared_process_pool(replace_broken=True).submit(fn, *args, **kwargs)
+                future = _shared_process_pool(replace_broken=True).submit(_run_pickled, payload)
         self._futures.add(future)
         future.add_done_callback(self._futures.discard)
-        return future
+        return future if self.mode == "thread" else PickledFuture(future)
 
     def wait_started(self, timeout_s: float = 120.0) -> bool:
         """Block until the worker process has started (benchmarks: time refits, not start-up)."""

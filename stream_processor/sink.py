@@ -88,10 +88,12 @@ class Sink:
     def _write(self, result: BatchResult) -> None:
         with self.engine.begin() as conn:
             if result.models:
+                started = time.perf_counter()
                 conn.execute(
                     self._insert_ignore(model_versions, ["version"]),
                     [_model_row(m) for m in result.models],
                 )
+                result.refit_s += time.perf_counter() - started
             if result.pending_add:
                 conn.execute(
                     self._insert_ignore(pending_events, ["transaction_id"]), result.pending_add
