@@ -288,7 +288,7 @@ def million(s: Settings, work: Path, rows: int, runtime: str = "confluent") -> d
     frame = pd.read_csv(csv)
     frame["account_id"] = [f"U{i:07d}" for i in range(len(frame))]  # distinct accounts
     frame.to_csv(csv, index=False)
-    ms = fresh(s, work, "million", runtime).replace(max_accounts=max(rows, 1_000_000))
+    ms = fresh(s, work, "million", runtime)  # MAX_ACCOUNTS as set: evicted accounts rebuilt
     engine = make_engine(ms.database_url)
     log = work / f"million-{runtime}.log"
     started = time.monotonic()

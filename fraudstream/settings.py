@@ -152,8 +152,9 @@ class Settings:
     model_seed: int = _setting("MODEL_SEED", 42, "Random seed of the Isolation Forest.")
     max_accounts: int = _setting(
         "MAX_ACCOUNTS",
-        1_000_000,
-        "Accounts whose history is kept in memory; the least recently seen are evicted.",
+        100_000,
+        "Accounts whose state is kept in memory; the least recently seen are evicted, and rebuilt "
+        "from their stored events (the newest ACCOUNT_HISTORY) when they come back.",
     )
     account_history: int = _setting(
         "ACCOUNT_HISTORY", 50, "Recent transactions kept per account for the features."

@@ -126,10 +126,12 @@ class ScoringCore:
         supervised: SupervisedModel | None = None,
         label_history: Iterable[tuple[LabelledEvent, Label]] = (),
         queued_labels: Iterable[Label] = (),
+        account_events: Callable[[list[str]], list[Transaction]] = lambda ids: [],
     ):
         self.settings = settings
         self.known_ids = known_ids
         self.lookup_events = lookup_events
+        self.account_events = account_events  # stored events of evicted accounts, oldest first
         self.model = model
         self.next_version = max(next_version, model.version + 1 if model else 1)
         self.states = AccountStates(settings.max_accounts, settings.account_history)
@@ -147,7 +149,7 @@ class ScoringCore:
         self.refits = RefitRunner(settings.refit_worker)
         self.counts = {
             "scored": 0, "flagged": 0, "dead_letters": 0, "duplicates": 0, "labels": 0,
-            "labels_learned": 0, "drifts": 0,
+            "labels_learned": 0, "drifts": 0, "accounts_rebuilt": 0,
         }  # fmt: skip
         # Delayed labels: what they teach, the events waiting for one, the supervised model.
         self.supervised = supervised
@@ -266,7 +268,7 @@ class ScoringCore:
     def _fit_initial(self, result: BatchResult) -> None:
         held, self.held, self._held_ids = self.held, [], set()
         txns = [h.txn for h in held]
-        features = self.states.transform(txns)
+        features = self._features(txns)
         model = fit_model(
             features[:, ANOMALY_COLUMNS],
             version=self.next_version,
@@ -284,8 +286,14 @@ class ScoringCore:
     def _score(self, fresh: list[HeldEvent], result: BatchResult) -> None:
         if not fresh:
             return
-        features = self.states.transform([h.txn for h in fresh])
+        features = self._features([h.txn for h in fresh])
         self._emit(fresh, features, result)
+
+    def _features(self, txns: list[Transaction]) -> np.ndarray:
+        missing = self.states.missing({t.account_id for t in txns})
+        if missing:  # accounts evicted from memory come back as their stored events rebuild them
+            self.counts["accounts_rebuilt"] += self.states.restore(self.account_events(missing))
+        return self.states.transform(txns)
 
     def _emit(self, events: list[HeldEvent], features: np.ndarray, result: BatchResult) -> None:
         model = self.model

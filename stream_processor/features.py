@@ -12,8 +12,10 @@ Windows come in two kinds:
   or merchant, whatever the history.
 
 State is bounded: at most ``max_accounts`` accounts and ``max_merchants`` merchants (the least
-recently seen are evicted). Feature values depend only on events seen before, so replaying the
-same events into a fresh :class:`AccountStates` gives the same vectors.
+recently seen are evicted, after a batch). An evicted account that comes back is rebuilt from
+its stored events (:meth:`AccountStates.missing`, :meth:`AccountStates.restore`), as after a
+restart. Feature values depend only on events seen before, so replaying the same events into a
+fresh :class:`AccountStates` gives the same vectors.
 """
 
 from __future__ import annotations
@@ -151,28 +153,61 @@ class AccountStates:
         return self._accounts.get(account_id)
 
     def transform(self, txns: list[Transaction]) -> np.ndarray:
-        """Feature rows for ``txns`` in order, each computed before the event joins the state."""
+        """Feature rows for ``txns`` in order, each computed before the event joins the state.
+
+        Accounts beyond ``max_accounts`` are evicted after the batch, never during it: the
+        batch is stored before the next one, so an evicted account can be rebuilt from its
+        stored events (:meth:`restore`)."""
         out = np.empty((len(txns), len(FEATURE_NAMES)), dtype=np.float64)
         for i, txn in enumerate(txns):
             state = self._state(txn.account_id)
             merchant = self._merchant(txn.merchant)
             out[i] = self._features(state, merchant, txn)
             self._learn(state, merchant, txn)
+        self.trim()
         return out
 
     def learn(self, txns: list[Transaction]) -> None:
         """Add events to the state without computing features (rebuilding after a restart)."""
         for txn in txns:
             self._learn(self._state(txn.account_id), self._merchant(txn.merchant), txn)
+        self.trim()
+
+    def trim(self) -> None:
+        """Evict the least recently seen accounts beyond ``max_accounts``."""
+        accounts = self._accounts
+        while len(accounts) > self.max_accounts:
+            accounts.popitem(last=False)
+            self.evicted += 1
+
+    def missing(self, account_ids: set[str]) -> list[str]:
+        """Which of ``account_ids`` may have been evicted: not in memory, once any account was.
+
+        Before the first eviction every account with stored events is in memory (they were
+        loaded at start), so an account not in memory is new and nothing needs looking up."""
+        if not self.evicted:
+            return []
+        accounts = self._accounts
+        return [a for a in account_ids if a not in accounts]
+
+    def restore(self, history: list[Transaction]) -> int:
+        """Rebuild evicted accounts from their stored events (oldest first): account state
+        only, the merchants already counted these events. Returns the accounts rebuilt."""
+        rebuilt: dict[str, AccountState] = {}
+        for txn in history:
+            state = rebuilt.get(txn.account_id)
+            if state is None:
+                if txn.account_id in self._accounts:
+                    continue  # in memory already: its state is newer than the stored events
+                state = rebuilt[txn.account_id] = AccountState()
+            self._learn_account(state, txn)
+        self._accounts.update(rebuilt)  # the most recently seen: about to be used
+        return len(rebuilt)
 
     def _state(self, account_id: str) -> AccountState:
         state = self._accounts.get(account_id)
         if state is None:
-            state = AccountState()
-            self._accounts[account_id] = state
-            if len(self._accounts) > self.max_accounts:
-                self._accounts.popitem(last=False)
-                self.evicted += 1
+            state = self._accounts[account_id] = AccountState()
         else:
             self._accounts.move_to_end(account_id)
         return state
@@ -261,6 +296,10 @@ class AccountStates:
         ]
 
     def _learn(self, s: AccountState, m: MerchantState, txn: Transaction) -> None:
+        self._learn_account(s, txn)
+        self._learn_merchant(m, txn)
+
+    def _learn_account(self, s: AccountState, txn: Transaction) -> None:
         t = txn.event_time
         amount = txn.amount
         times = s.times
@@ -301,6 +340,10 @@ class AccountStates:
         for k in range(len(_TAU)):
             s.counts[k] += 1.0
             s.sums[k] += txn.amount
+
+    @staticmethod
+    def _learn_merchant(m: MerchantState, txn: Transaction) -> None:
+        t = txn.event_time
         age = t - m.decay_time
         if age > 0:
             m.count_1h *= math.exp(-age / 3600)

@@ -71,6 +71,7 @@ class BatchPipeline:
             supervised=supervised,
             label_history=self.sink.label_history(settings.supervised_window),
             queued_labels=self.sink.queued_labels(settings.label_memory),
+            account_events=lambda ids: self.sink.account_history(ids, settings.account_history),
         )
         log.info(
             "processor state: model %s, supervised %s, %d accounts from %d stored events, "
@@ -112,6 +113,7 @@ class BatchPipeline:
             "threshold": core.model.threshold if core.model else None,
             "held_for_first_fit": len(core.held),
             "accounts_in_memory": len(core.states),
+            "accounts_evicted": core.states.evicted,
             **core.counts,
         }
 

@@ -1,6 +1,7 @@
 """The scoring core in memory: lists of raw values in, rows / alerts / dead letters out."""
 
 import json
+import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
@@ -10,7 +11,7 @@ from sklearn.ensemble import IsolationForest
 from fraudstream.schema import Transaction, format_timestamp
 from producer.csv_source import read_transactions
 from stream_processor.core import RawMessage, ScoringCore, db_timestamp
-from stream_processor.features import SUPERVISED_FEATURE_NAMES
+from stream_processor.features import FEATURE_NAMES, SUPERVISED_FEATURE_NAMES
 from stream_processor.model import ForestScorer, fit_model
 from stream_processor.pipeline import BatchPipeline
 
@@ -197,3 +198,38 @@ def test_fast_forest_scores_equal_scikit_learns(rows, max_features):
 )
 def test_stored_timestamps_are_utc_text_that_sorts(ts, text):
     assert db_timestamp(ts) == text == format_timestamp(ts)[:-1].replace("T", " ")
+
+
+def test_accounts_evicted_from_memory_are_rebuilt_from_stored_events(settings, small_csv, tmp_path):
+    """Bounded memory loses no history: with room for 5 accounts, every account that comes back
+    is rebuilt from the transactions table, and every event gets the features it gets when all
+    accounts stay in memory."""
+    msgs = messages(small_csv)
+
+    def features(max_accounts: int, name: str) -> tuple[dict, BatchPipeline]:
+        s = settings.replace(
+            max_accounts=max_accounts,
+            account_history=10_000,  # every stored event rebuilds the account: exactly equal
+            database_url=f"sqlite:///{tmp_path / name}",
+        )
+        pipeline = BatchPipeline(s)
+        try:
+            for i in range(0, len(msgs), 50):
+                pipeline.handle(msgs[i : i + 50])
+        finally:
+            pipeline.close()
+        with sqlite3.connect(tmp_path / name) as conn:
+            rows = conn.execute("select transaction_id, features from transactions")
+            # the features only: the models (and the scores in the column) differ between runs
+            return {
+                tid: {k: v for k, v in json.loads(f).items() if k in FEATURE_NAMES}
+                for tid, f in rows
+            }, pipeline
+
+    kept, _ = features(1_000_000, "all.db")
+    bounded, pipeline = features(5, "bounded.db")
+    assert len(kept) == len(msgs)
+    assert bounded == kept
+    assert len(pipeline.core.states) <= 5
+    assert pipeline.core.states.evicted > 100
+    assert pipeline.core.counts["accounts_rebuilt"] > 100

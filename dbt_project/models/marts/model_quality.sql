@@ -1,33 +1,43 @@
 {{ config(materialized='view') }}
 
 -- One row per day and detector (the ML flag, each rule, any rule), where is_fraud is known:
--- true/false positives, misses, precision and recall.
+-- true/false positives, misses, precision and recall. One pass over fraud_flags per query.
 
-with labelled as (
-    select * from {{ ref('fraud_flags') }} where is_fraud is not null
-),
+{% set detectors = [
+    ('ml_flagged', 'ml_flagged'),
+    ('rule_high_value', 'rule_high_value'),
+    ('rule_rapid_transactions', 'rule_rapid_transactions'),
+    ('rule_impossible_travel', 'rule_impossible_travel'),
+    ('rule_amount_above_usual', 'rule_amount_above_usual'),
+    ('rule_card_testing', 'rule_card_testing'),
+    ('rule_merchant_burst', 'rule_merchant_burst'),
+    ('any_rule', 'case when rules_hit > 0 then 1 else 0 end'),
+] %}
 
-hits as (
-    {% set detectors = [
-        'ml_flagged', 'rule_high_value', 'rule_rapid_transactions', 'rule_impossible_travel',
-        'rule_amount_above_usual', 'rule_card_testing', 'rule_merchant_burst'
-    ] %}
-    {% for d in detectors %}
-    select transaction_date, '{{ d }}' as detector, {{ d }} as hit, is_fraud from labelled
-    union all
-    {% endfor %}
+with daily as materialized (
     select
-        transaction_date, 'any_rule' as detector, case when rules_hit > 0 then 1 else 0 end, is_fraud
-    from labelled
+        transaction_date,
+        {% for name, hit in detectors %}
+        sum(({{ hit }}) * is_fraud) as {{ name }}_tp,
+        sum(({{ hit }}) * (1 - is_fraud)) as {{ name }}_fp,
+        sum((1 - ({{ hit }})) * is_fraud) as {{ name }}_missed,
+        sum({{ hit }}) as {{ name }}_hits,
+        {% endfor %}
+        sum(is_fraud) as frauds
+    from {{ ref('fraud_flags') }}
+    where is_fraud is not null
+    group by 1
 )
 
+{% for name, hit in detectors %}
 select
     transaction_date,
-    detector,
-    sum(hit * is_fraud) as true_positives,
-    sum(hit * (1 - is_fraud)) as false_positives,
-    sum((1 - hit) * is_fraud) as missed,
-    case when sum(hit) > 0 then round(1.0 * sum(hit * is_fraud) / sum(hit), 4) end as precision,
-    case when sum(is_fraud) > 0 then round(1.0 * sum(hit * is_fraud) / sum(is_fraud), 4) end as recall
-from hits
-group by 1, 2
+    '{{ name }}' as detector,
+    {{ name }}_tp as true_positives,
+    {{ name }}_fp as false_positives,
+    {{ name }}_missed as missed,
+    case when {{ name }}_hits > 0 then round(1.0 * {{ name }}_tp / {{ name }}_hits, 4) end as precision,
+    case when frauds > 0 then round(1.0 * {{ name }}_tp / frauds, 4) end as recall
+from daily
+{% if not loop.last %}union all{% endif %}
+{% endfor %}

@@ -25,35 +25,45 @@ touched as (
 ),
 {% endif %}
 
-periods as (
-    select 'month' as period_grain, date(transacted_at, 'start of month') as period_start, *
-    from touched
-    union all
-    select 'year' as period_grain, date(transacted_at, 'start of year') as period_start, *
-    from touched
-),
-
-scoped as (
-    -- every transaction counts once for its account and once for all accounts (null)
-    select period_grain, period_start, account_id, amount, ml_flagged, scored_at from periods
-    union all
-    select period_grain, period_start, null, amount, ml_flagged, scored_at from periods
-),
-
-aggregated as (
+monthly as materialized (
+    -- one pass over the transactions: each account's months; years and the totals over all
+    -- accounts are sums of these (a quarter of the rows to sort of grouping every
+    -- transaction four times)
     select
-        period_grain,
-        period_start,
+        date(transacted_at, 'start of month') as period_start,
         account_id,
         count(*) as transactions,
         sum(amount) as total_amount,
-        avg(amount) as avg_amount,
         max(amount) as max_amount,
         sum(ml_flagged) as ml_flagged,
         sum(case when ml_flagged = 1 then amount else 0 end) as ml_flagged_amount,
         max(scored_at) as last_scored_at
-    from scoped
-    group by 1, 2, 3
+    from touched
+    group by 1, 2
+),
+
+aggregated as (
+    select 'month' as period_grain, * from monthly
+    union all
+    {% for grain, period, scope in [
+        ('year', "date(period_start, 'start of year')", 'account_id'),
+        ('month', 'period_start', 'null'),
+        ('year', "date(period_start, 'start of year')", 'null'),
+    ] %}
+    select
+        '{{ grain }}',
+        {{ period }},
+        {{ scope }},
+        sum(transactions),
+        sum(total_amount),
+        max(max_amount),
+        sum(ml_flagged),
+        sum(ml_flagged_amount),
+        max(last_scored_at)
+    from monthly
+    group by 2{% if scope != 'null' %}, 3{% endif %}
+    {% if not loop.last %}union all{% endif %}
+    {% endfor %}
 )
 
 select
@@ -64,7 +74,7 @@ select
     case when account_id is null then 1 else 0 end as is_overall,
     transactions,
     round(total_amount, 2) as total_amount,
-    round(avg_amount, 2) as avg_amount,
+    round(total_amount / transactions, 2) as avg_amount,
     max_amount,
     ml_flagged,
     round(ml_flagged_amount, 2) as ml_flagged_amount,
