@@ -45,7 +45,10 @@ def consumer_config(settings: Settings) -> dict:
         "max.poll.interval.ms": 300_000,
         "fetch.min.bytes": 1,
         "fetch.wait.max.ms": FETCH_MAX_WAIT_MS,  # a broker holds an empty fetch this long
-        "queued.max.messages.kbytes": 65536,
+        # Read-ahead: librdkafka's defaults prefetch up to 100,000 events per partition (a
+        # backlog of a million events held ~150 MB in this process); a few batches suffice.
+        "queued.min.messages": max(10 * settings.batch_size, 10_000),
+        "queued.max.messages.kbytes": 16384,
     }
 
 
