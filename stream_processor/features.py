@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from sys import intern
 from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict
 
@@ -316,8 +317,9 @@ class AccountStates:
             gone = s.amounts.pop(0)
             del s.by_amount[bisect_left(s.by_amount, gone)]
         s.seen += 1
-        _bump(s.merchants, txn.merchant, self.max_places)
-        location = txn.location
+        # Interned: a million accounts share one copy of each name instead of one each.
+        _bump(s.merchants, intern(txn.merchant), self.max_places)
+        location = intern(txn.location)
         evicted = _bump(s.locations, location, self.max_places)
         home = s.home_location
         if evicted is not None and evicted == home:
