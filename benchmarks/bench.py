@@ -33,6 +33,7 @@ from confluent_kafka import Consumer
 
 from benchmarks.latency import (
     LEAD_IN_S,
+    eviction_cost,
     kafka_latency,
     latency,
     million,
@@ -126,8 +127,8 @@ def main() -> None:
         help="rows of the end-to-end run with dbt, each a new account (0 = skip)",
     )  # fmt: skip
     ap.add_argument(
-        "--parts", default="throughput,refit,million",
-        help="what to run: throughput (with the latency feeds and memory), refit, million",
+        "--parts", default="throughput,refit,eviction,million",
+        help="what to run: throughput (with the latency feeds and memory), refit, eviction, million",
     )  # fmt: skip
     args = ap.parse_args()
     parts = set(args.parts.split(","))
@@ -183,6 +184,10 @@ def main() -> None:
                 worker: [refit_pause(work, worker=worker) for _ in range(args.repeat)]
                 for worker in ("thread", "process")
             }
+        evictions = []
+        if "eviction" in parts:
+            print("eviction cost (in process)", file=sys.stderr)
+            evictions = [eviction_cost(work) for _ in range(args.repeat)]
         if "million" in parts:
             print(f"{args.million:,}-row run", file=sys.stderr)
             big = million(s, work, args.million)
@@ -205,6 +210,8 @@ def main() -> None:
         print_latency(lat)
     if pauses:
         print_pauses(pauses)
+    if evictions:
+        print_evictions(evictions)
     if big:
         print_million(big)
 
@@ -267,6 +274,23 @@ def print_pauses(pauses: dict) -> None:
             print(f"| {label} | {worker}{' (baseline)' if worker == 'thread' else ''} | "
                   f"{', '.join(f'{x:.1f}' for x in runs)} | "
                   f"{statistics.median(runs):.1f} | {target if worker == 'process' else ''} |")  # fmt: skip
+
+
+def print_evictions(runs: list[dict]) -> None:
+    first = runs[0]
+    print(f"\n| bounded account memory, {first['events']:,} events of {first['accounts']:,} "
+          "accounts (core + sink in process) | MAX_ACCOUNTS | events/s (runs) | median | vs all "
+          "in memory | accounts rebuilt (median) |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- |")
+    base = statistics.median(r["all"]["events_per_s"] for r in runs)
+    for label, name in (("all", "every account in memory (baseline)"),
+                        ("quarter", "room for a quarter"), ("tenth", "room for a tenth")):  # fmt: skip
+        rates = [r[label]["events_per_s"] for r in runs]
+        med = statistics.median(rates)
+        rebuilt = statistics.median(r[label]["rebuilt"] for r in runs)
+        print(f"| {name} | {first[label]['max_accounts']:,} | "
+              f"{', '.join(f'{x:,.0f}' for x in rates)} | {med:,.0f} | {med / base:.2f} | "
+              f"{rebuilt:,.0f} |")  # fmt: skip
 
 
 def print_million(big: dict) -> None:

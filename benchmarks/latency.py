@@ -279,6 +279,52 @@ def refit_pause(
     }
 
 
+def eviction_cost(work: Path, events: int = 60_000, accounts: int = 6_000) -> dict:
+    """What bounded account memory costs when evicted accounts come back (in process).
+
+    The same generated events (``accounts`` accounts, about ``events / accounts`` each, spread
+    over the whole period) through the pipeline three times: with every account in memory
+    (the baseline), with room for a quarter of them, and for a tenth; each evicted account is
+    rebuilt from its stored events when it comes back. Events/s between the first fit and the
+    end, and how many accounts were rebuilt."""
+    from stream_processor.core import RawMessage
+    from stream_processor.pipeline import BatchPipeline, tune_gc
+
+    csv = work / "eviction.csv"
+    write_csv(csv, GeneratorConfig(rows=events, accounts=accounts, days=60, seed=21))
+    frame = pd.read_csv(csv)
+    values = [
+        RawMessage(r.to_json().encode(), offset=i) for i, (_, r) in enumerate(frame.iterrows())
+    ]
+    out = {"events": len(values), "accounts": int(frame["account_id"].nunique())}
+    for label, cap in (("all", accounts), ("quarter", accounts // 4), ("tenth", accounts // 10)):
+        settings = Settings().replace(
+            database_url=f"sqlite:///{work / f'evict-{uuid.uuid4().hex[:6]}.db'}",
+            max_accounts=cap,
+            batch_size=1000,
+        )
+        pipeline = BatchPipeline(settings)
+        pipeline.core.refits.wait_started()
+        tune_gc()
+        try:
+            started = None
+            for i in range(0, len(values), 1000):
+                pipeline.handle(values[i : i + 1000])
+                if started is None and pipeline.core.model is not None:
+                    started, first = time.perf_counter(), i + 1000
+            rate = (len(values) - first) / (time.perf_counter() - started)
+            out[label] = {
+                "max_accounts": cap,
+                "events_per_s": rate,
+                "rebuilt": pipeline.core.counts["accounts_rebuilt"],
+                "evicted": pipeline.core.states.evicted,
+            }
+            pipeline.finish()
+        finally:
+            pipeline.close()
+    return out
+
+
 def million(s: Settings, work: Path, rows: int, runtime: str = "confluent") -> dict:
     """``rows`` events, every one from a different account: wall time, dbt, peak RSS."""
     from batch.build import dbt_build
