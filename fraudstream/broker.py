@@ -35,6 +35,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def name_process(name: str) -> None:
+    """Set this process's name as ``ps`` and ``/proc/<pid>/comm`` show it (15 bytes at most)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    PR_SET_NAME = 15
+    libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+
+
 def die_with_parent() -> None:  # runs in the child between fork and exec
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     PR_SET_PDEATHSIG = 1

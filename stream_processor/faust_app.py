@@ -4,6 +4,9 @@ Guarantee: at-least-once. ``take_events`` acknowledges a batch only when the age
 next one, i.e. after the SQLite commit and the delivery of its alerts, so committed offsets never
 run ahead of stored rows. (Faust's ``exactly_once`` needs aiokafka transactions, which the
 embedded broker does not support; the idempotent sink makes at-least-once effectively-once.)
+
+The scoring core runs in a child process (:mod:`stream_processor.remote`): faust's own per-event
+Python and the core's no longer take turns on one interpreter's GIL.
 """
 
 from __future__ import annotations
@@ -23,13 +26,13 @@ from fraudstream.settings import Settings
 from stream_processor.core import RawMessage
 from stream_processor.pipeline import (
     FETCH_MAX_WAIT_MS,
-    BatchPipeline,
     Outbound,
     alert_message,
     dead_letter_message,
     produced_at,
     tune_gc,
 )
+from stream_processor.remote import CoreProcessError, PipelineProcess
 from stream_processor.sink import SinkError
 
 log = logging.getLogger(__name__)
@@ -123,7 +126,7 @@ def create_app(settings: Settings) -> faust.App:
     label_source = app.topic(
         settings.labels_topic, key_serializer="raw", value_serializer="raw", internal=False
     )
-    pipeline = BatchPipeline(settings)
+    pipeline = PipelineProcess(settings)  # the scoring core in a process of its own
     tune_gc()
     lock = asyncio.Lock()  # the agent and the timer share the core and the sink
     app.fatal = None  # type: ignore[attr-defined]
@@ -150,7 +153,7 @@ def create_app(settings: Settings) -> faust.App:
             try:
                 out = await asyncio.get_running_loop().run_in_executor(None, work, *args)
                 await publish(out)
-            except SinkError as exc:
+            except (SinkError, CoreProcessError) as exc:
                 # Stop before acking anything more: the unwritten batch is redelivered on restart.
                 log.critical("FATAL: %s. Stopping; no offset past the last stored batch.", exc)
                 app.fatal = exc  # type: ignore[attr-defined]
@@ -193,7 +196,8 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.page("/health")
     async def health(web, request):
-        return web.json({"status": "ok", **pipeline.status()})
+        status = await asyncio.get_running_loop().run_in_executor(None, pipeline.status)
+        return web.json({"status": "ok", **status})
 
     app.pipeline = pipeline  # type: ignore[attr-defined]
     return app

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import math
 from array import array
-from sys import intern
 from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict
+from sys import intern
 
 import numpy as np
 

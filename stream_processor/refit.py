@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("process", "thread")
 WORKER_NICENESS = 10
+REFIT_PROCESS_NAME = "fraud-refit"  # what ps shows
 
 _lock = threading.Lock()
 _process_pool: ProcessPoolExecutor | None = None
@@ -44,9 +45,10 @@ def _init_worker(owner: int) -> None:  # runs in the worker process before any f
     global _limits
     from threadpoolctl import threadpool_limits
 
-    from fraudstream.broker import die_with_parent
+    from fraudstream.broker import die_with_parent, name_process
 
     die_with_parent()  # the forkserver, our parent, stopping
+    name_process(REFIT_PROCESS_NAME)
     threading.Thread(target=_exit_with, args=(owner,), name="owner-watch", daemon=True).start()
     os.nice(WORKER_NICENESS)
     _limits = threadpool_limits(limits=1)  # one OpenMP / BLAS thread: the stream keeps a core

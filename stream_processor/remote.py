@@ -1,0 +1,151 @@
+"""The batch pipeline in a process of its own, for the faust runtime.
+
+faust-streaming spends about 240 us of Python per event before any work (its stream, its
+consumer bookkeeping), and the scoring core about as much again. In one interpreter the two take
+turns on the GIL, so the runtime ran at under half of bare faust's rate. Here faust keeps its
+process and the core (features, scoring, SQLite, refits) runs in a child process: each batch is
+sent there, and the agent waits for the answer, which comes after the SQLite commit, so offsets
+are still acknowledged only for stored batches. While the child scores one batch, faust reads
+the next on the other core.
+
+The child ignores SIGINT and SIGTERM (the parent decides when to stop: it finishes, then closes
+the child) and exits when the parent's end of the pipe closes, however the parent ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+from collections.abc import Sequence
+
+from fraudstream.settings import Settings
+from stream_processor.core import RawMessage
+from stream_processor.pipeline import Outbound
+
+log = logging.getLogger(__name__)
+
+CORE_PROCESS_NAME = "fraud-core"  # what ps shows
+START_TIMEOUT_S = 300.0  # the child imports scikit-learn and rebuilds state from the database
+
+
+class CoreProcessError(RuntimeError):
+    """The scoring process is gone: the runtime must stop rather than acknowledge events."""
+
+
+def _serve(conn, settings: Settings, level: int) -> None:  # the child process
+    from fraudstream.broker import name_process
+
+    name_process(CORE_PROCESS_NAME)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from stream_processor.pipeline import BatchPipeline, tune_gc
+
+    try:
+        pipeline = BatchPipeline(settings)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops
+        conn.send((False, exc))
+        return
+    tune_gc()
+    conn.send((True, None))
+    try:
+        while True:
+            try:
+                method, args = conn.recv()
+            except (EOFError, OSError):
+                return  # the parent is gone
+            try:
+                value = getattr(pipeline, method)(*args)
+            except BaseException as exc:  # noqa: BLE001 - the parent decides what is fatal
+                conn.send((False, exc))
+            else:
+                conn.send((True, value))
+            if method == "close":
+                return
+    finally:
+        pipeline.close()
+
+
+class PipelineProcess:
+    """A :class:`~stream_processor.pipeline.BatchPipeline` in a child process, called
+    synchronously (the faust runtime calls it from an executor thread, which waits without
+    holding the GIL). Exceptions raised in the child are raised again here."""
+
+    def __init__(self, settings: Settings):
+        # forkserver: a clean interpreter (faust's threads and event loop are not forked).
+        context = multiprocessing.get_context("forkserver")
+        # what the forkserver imports once, if it is not running yet (never the caller's script)
+        context.set_forkserver_preload(["stream_processor.pipeline"])
+        self._conn, child = context.Pipe()
+        self._lock = threading.Lock()
+        self._process = context.Process(
+            target=_serve,
+            args=(child, settings, logging.getLogger().getEffectiveLevel()),
+            name="fraudstream-core",
+        )
+        self._process.start()
+        child.close()
+        self._closed = False
+        if not self._conn.poll(START_TIMEOUT_S):
+            self._process.kill()
+            raise CoreProcessError(f"the scoring process did not start in {START_TIMEOUT_S:.0f} s")
+        self._answer()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def _answer(self):
+        try:
+            ok, value = self._conn.recv()
+        except (EOFError, OSError):
+            code = self._process.exitcode
+            raise CoreProcessError(f"the scoring process stopped (exit code {code})") from None
+        if not ok:
+            raise value
+        return value
+
+    def _call(self, method: str, *args):
+        with self._lock:
+            if self._closed:
+                raise CoreProcessError("the scoring process was closed")
+            try:
+                self._conn.send((method, args))
+            except (BrokenPipeError, OSError):
+                raise CoreProcessError("the scoring process stopped") from None
+            return self._answer()
+
+    def handle(self, messages: Sequence[RawMessage]) -> Outbound:
+        return self._call("handle", list(messages))
+
+    def tick(self) -> Outbound:
+        return self._call("tick")
+
+    def published(self, outbound: Outbound) -> None:
+        self._call("published", outbound)
+
+    def status(self) -> dict:
+        return self._call("status")
+
+    def finish(self, timeout_s: float = 60.0) -> None:
+        self._call("finish", timeout_s)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._conn.send(("close", ()))
+                if self._conn.poll(timeout_s):
+                    self._conn.recv()
+            except (EOFError, OSError):
+                pass
+            self._conn.close()
+        self._process.join(timeout_s)
+        if self._process.exitcode is None:
+            log.warning("the scoring process did not stop; killing it")
+            self._process.kill()
+            self._process.join()
