@@ -37,7 +37,7 @@ from benchmarks.latency import (
     kafka_latency,
     latency,
     million,
-    peak_rss_mb,
+    processor_peak_rss_mb,
     refit_pause,
     workers_peak_rss_mb,
 )
@@ -94,7 +94,7 @@ def pipeline(
     proc = start_processor(ps, log)
     try:
         wait_until_processed(ps, engine, proc, log, offsets, timeout_s=3600)
-        rss = peak_rss_mb(proc.pid)
+        rss = processor_peak_rss_mb(proc.pid)
         worker_rss = workers_peak_rss_mb(proc.pid)
     finally:
         stop_processor(proc)

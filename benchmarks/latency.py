@@ -58,9 +58,30 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def processor_peak_rss_mb(pid: int) -> float | None:
+    """Peak RSS of the processor: the runtime's process, plus its scoring process when the core
+    runs in one (the faust runtime), in MB."""
+    from stream_processor.remote import CORE_PROCESS_NAME
+
+    peaks = [peak_rss_mb(pid)] + [
+        peak_rss_mb(child) for child in descendants(pid) if _comm(child) == CORE_PROCESS_NAME
+    ]
+    return None if peaks[0] is None else sum(p for p in peaks if p is not None)
+
+
 def workers_peak_rss_mb(pid: int) -> float | None:
-    """Sum of the peak RSS of the processor's child processes (the refit worker), in MB."""
-    peaks = [peak_rss_mb(child) for child in descendants(pid)]
+    """Sum of the peak RSS of the processor's other processes (the refit worker and the
+    forkservers that start processes), in MB."""
+    from stream_processor.remote import CORE_PROCESS_NAME
+
+    peaks = [peak_rss_mb(c) for c in descendants(pid) if _comm(c) != CORE_PROCESS_NAME]
     return sum(p for p in peaks if p is not None) if peaks else None
 
 
@@ -142,7 +163,7 @@ def latency(s: Settings, work: Path, rate: int, seconds: float, runtime: str) ->
         )  # fmt: skip
         wait_until_processed(ls, engine, proc, log, stats.last_offsets, timeout_s=3600)
         time.sleep(0.2)
-        rss = peak_rss_mb(proc.pid)
+        rss = processor_peak_rss_mb(proc.pid)
     finally:
         poller.stop.set()
         stop_processor(proc)
@@ -345,7 +366,7 @@ def million(s: Settings, work: Path, rows: int, runtime: str = "confluent") -> d
         )
         wait_until_processed(ms, engine, proc, log, stats.last_offsets, timeout_s=7200)
         stream_s = time.monotonic() - started
-        rss = peak_rss_mb(proc.pid)
+        rss = processor_peak_rss_mb(proc.pid)
         worker_rss = workers_peak_rss_mb(proc.pid)
         with engine.connect() as conn:
             stored = conn.exec_driver_sql("select count(*) from transactions").scalar()

@@ -173,12 +173,28 @@ def create_app(settings: Settings) -> faust.App:
             for e in events
         ]
 
+    async def store_and_ack(stream, events) -> None:
+        await run_locked(pipeline.handle, raw_batch(events))
+        if app.fatal is None:  # stored and its alerts delivered: now it may be committed
+            for event in events:
+                await stream.ack(event)
+
     @app.agent(source, name="score_transactions")
     async def score_transactions(stream):
-        async for events in stream.take_events(
-            settings.batch_size, within=settings.batch_timeout_s
-        ):
-            await run_locked(pipeline.handle, raw_batch(events))
+        # The scoring process works on one batch while faust reads the next one into its
+        # buffer; batches are stored one at a time, in order, and a batch's events are
+        # acknowledged only after it is stored and its alerts delivered.
+        running: asyncio.Future | None = None
+        try:
+            async for events in stream.noack_take(
+                settings.batch_size, within=settings.batch_timeout_s
+            ):
+                if running is not None:
+                    await running
+                running = asyncio.ensure_future(store_and_ack(stream, events))
+        finally:
+            if running is not None and not running.done():
+                await asyncio.wait([running])
 
     @app.agent(label_source, name="learn_labels")
     async def learn_labels(stream):
