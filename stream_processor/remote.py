@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 from collections.abc import Sequence
@@ -44,7 +45,17 @@ def _serve(conn, settings: Settings, level: int) -> None:  # the child process
     from stream_processor.pipeline import BatchPipeline, tune_gc
 
     try:
-        pipeline = BatchPipeline(settings)
+        _serve_pipeline(conn, settings, BatchPipeline, tune_gc)
+    finally:
+        # Leave now: multiprocessing's exit handler would join the refit worker process, which
+        # exits only once this process has (it watches it): a deadlock. Log records first.
+        logging.shutdown()
+        os._exit(0)
+
+
+def _serve_pipeline(conn, settings: Settings, make_pipeline, tune_gc) -> None:
+    try:
+        pipeline = make_pipeline(settings)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops
         conn.send((False, exc))
         return

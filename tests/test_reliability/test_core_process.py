@@ -1,0 +1,66 @@
+"""The faust runtime's scoring process: it and its refit worker never outlive the processor."""
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from fraudstream.run import start_processor, stop_processor
+from stream_processor.refit import REFIT_PROCESS_NAME
+from stream_processor.remote import CORE_PROCESS_NAME
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def named_descendants(pid: int) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            for child in children:
+                try:
+                    name = Path(f"/proc/{child}/comm").read_text().strip()
+                except OSError:
+                    continue
+                found.setdefault(name, []).append(child)
+                todo.append(child)
+    return found
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_the_scoring_process_and_its_worker_exit_with_the_faust_processor(
+    kafka_settings, tmp_path, how
+):
+    proc = start_processor(kafka_settings.replace(runtime="faust"), tmp_path / "processor.log")
+    try:
+        deadline = time.monotonic() + 120
+        tree: dict[str, list[int]] = {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            tree = named_descendants(proc.pid)
+            if tree.get(CORE_PROCESS_NAME) and tree.get(REFIT_PROCESS_NAME):
+                break
+            time.sleep(0.2)
+        log = (tmp_path / "processor.log").read_text(errors="replace")
+        assert tree.get(CORE_PROCESS_NAME), f"no scoring process started:\n{log[-3000:]}"
+        assert tree.get(REFIT_PROCESS_NAME), f"no refit worker started:\n{log[-3000:]}"
+        everyone = [pid for pids in tree.values() for pid in pids]
+        proc.send_signal(how)
+        proc.wait(60)
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in everyone) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = {name: [p for p in pids if alive(p)] for name, pids in tree.items()}
+        assert not any(left.values()), f"outlived the processor: {left}"
+    finally:
+        stop_processor(proc)
