@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fraudstream.broker import ensure_topics
+from fraudstream.broker import descendants, ensure_topics, process_name
 from fraudstream.run import start_processor, stop_processor, wait_until_processed
 from fraudstream.settings import Settings
 from fraudstream.tables import make_engine
@@ -43,35 +43,13 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (the refit worker and its forkserver)."""
-    found, todo = [], [pid]
-    while todo:
-        parent = todo.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                children = [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            found.extend(children)
-            todo.extend(children)
-    return found
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
 def processor_peak_rss_mb(pid: int) -> float | None:
     """Peak RSS of the processor: the runtime's process, plus its scoring process when the core
     runs in one (the faust runtime), in MB."""
     from stream_processor.remote import CORE_PROCESS_NAME
 
     peaks = [peak_rss_mb(pid)] + [
-        peak_rss_mb(child) for child in descendants(pid) if _comm(child) == CORE_PROCESS_NAME
+        peak_rss_mb(child) for child in descendants(pid) if process_name(child) == CORE_PROCESS_NAME
     ]
     return None if peaks[0] is None else sum(p for p in peaks if p is not None)
 
@@ -81,7 +59,7 @@ def workers_peak_rss_mb(pid: int) -> float | None:
     forkservers that start processes), in MB."""
     from stream_processor.remote import CORE_PROCESS_NAME
 
-    peaks = [peak_rss_mb(c) for c in descendants(pid) if _comm(c) != CORE_PROCESS_NAME]
+    peaks = [peak_rss_mb(c) for c in descendants(pid) if process_name(c) != CORE_PROCESS_NAME]
     return sum(p for p in peaks if p is not None) if peaks else None
 
 

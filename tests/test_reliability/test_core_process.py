@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from fraudstream.broker import descendants, process_name
 from fraudstream.run import start_processor, stop_processor
 from stream_processor.refit import REFIT_PROCESS_NAME
 from stream_processor.remote import CORE_PROCESS_NAME
@@ -20,21 +21,8 @@ def alive(pid: int) -> bool:
 
 def named_descendants(pid: int) -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                children = [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            for child in children:
-                try:
-                    name = Path(f"/proc/{child}/comm").read_text().strip()
-                except OSError:
-                    continue
-                found.setdefault(name, []).append(child)
-                todo.append(child)
+    for child in descendants(pid):
+        found.setdefault(process_name(child), []).append(child)
     return found
 
 
