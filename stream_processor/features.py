@@ -181,11 +181,17 @@ class AccountStates:
             accounts.popitem(last=False)
             self.evicted += 1
 
+    def not_loaded(self, count: int) -> None:
+        """``count`` accounts with stored events were not loaded at start (beyond
+        ``max_accounts``): counted as evicted, so they are rebuilt when they come back."""
+        self.evicted += max(0, count)
+
     def missing(self, account_ids: set[str]) -> list[str]:
         """Which of ``account_ids`` may have been evicted: not in memory, once any account was.
 
-        Before the first eviction every account with stored events is in memory (they were
-        loaded at start), so an account not in memory is new and nothing needs looking up."""
+        Before the first eviction every account with stored events is in memory (loaded at
+        start, or counted by :meth:`not_loaded`), so an account not in memory is new and nothing
+        needs looking up."""
         if not self.evicted:
             return []
         accounts = self._accounts

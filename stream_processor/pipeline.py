@@ -58,7 +58,10 @@ class BatchPipeline:
         self.sink = Sink(settings.database_url)
         model = self.sink.latest_model()
         held = self.sink.held_events()
-        history = list(self.sink.recent_history(settings.account_history))
+        # The most recently active MAX_ACCOUNTS accounts now; any other, when it comes back.
+        history = list(
+            self.sink.recent_history(settings.account_history, accounts=settings.max_accounts)
+        )
         supervised = self.sink.latest_supervised()
         self.core = ScoringCore(
             settings,
@@ -73,6 +76,7 @@ class BatchPipeline:
             queued_labels=self.sink.queued_labels(settings.label_memory),
             account_events=lambda ids: self.sink.account_history(ids, settings.account_history),
         )
+        self.core.states.not_loaded(self.sink.account_count() - len(self.core.states))
         log.info(
             "processor state: model %s, supervised %s, %d accounts from %d stored events, "
             "%d held for first fit, %d labels learned",

@@ -307,18 +307,33 @@ class Sink:
             for r in rows
         ]
 
-    def recent_history(self, per_account: int, account_ids: list[str] | None = None):
-        """The newest ``per_account`` transactions of each account (of ``account_ids`` only,
-        when given), oldest first."""
+    def recent_history(
+        self,
+        per_account: int,
+        account_ids: list[str] | None = None,
+        accounts: int | None = None,
+    ):
+        """The newest ``per_account`` transactions of each account, oldest first: of
+        ``account_ids`` only when given, else of the ``accounts`` most recently active
+        accounts (all when None)."""
+        t = transactions
         rn = (
             func.row_number()
-            .over(partition_by=transactions.c.account_id, order_by=transactions.c.timestamp.desc())
+            .over(partition_by=t.c.account_id, order_by=t.c.timestamp.desc())
             .label("rn")
         )
-        cols = [transactions.c[c] for c in ("account_id", "amount", "merchant", "location")]
-        inner = select(transactions.c.transaction_id, transactions.c.timestamp, *cols, rn)
+        cols = [t.c[c] for c in ("account_id", "amount", "merchant", "location")]
+        inner = select(t.c.transaction_id, t.c.timestamp, *cols, rn)
         if account_ids is not None:
-            inner = inner.where(transactions.c.account_id.in_(account_ids))
+            inner = inner.where(t.c.account_id.in_(account_ids))
+        elif accounts is not None:
+            recent = (
+                select(t.c.account_id)
+                .group_by(t.c.account_id)
+                .order_by(func.max(t.c.timestamp).desc())
+                .limit(accounts)
+            )
+            inner = inner.where(t.c.account_id.in_(recent.scalar_subquery()))
         inner = inner.subquery()
         q = select(inner).where(inner.c.rn <= per_account).order_by(inner.c.timestamp)
         with self.engine.connect() as conn:
@@ -326,6 +341,13 @@ class Sink:
                 yield _history_event(
                     r.transaction_id, r.account_id, r.amount, r.merchant, r.location, r.timestamp
                 )
+
+    def account_count(self) -> int:
+        """Distinct accounts with stored transactions."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(func.count(func.distinct(transactions.c.account_id)))
+            ).scalar()
 
     def account_history(self, account_ids: list[str], per_account: int) -> list[Transaction]:
         """The newest ``per_account`` stored transactions of each of ``account_ids``, oldest

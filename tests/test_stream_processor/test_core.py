@@ -233,3 +233,45 @@ def test_accounts_evicted_from_memory_are_rebuilt_from_stored_events(settings, s
     assert len(pipeline.core.states) <= 5
     assert pipeline.core.states.evicted > 100
     assert pipeline.core.counts["accounts_rebuilt"] > 100
+
+
+ACCOUNT_FEATURES = {n for n in FEATURE_NAMES if not n.startswith("merchant_")}
+"""The inputs that depend on the account's own history only (a restart rebuilds merchants from
+the loaded accounts' events alone)."""
+
+
+def test_a_restart_loads_the_newest_accounts_and_rebuilds_the_others_on_their_next_event(
+    settings, small_csv, tmp_path
+):
+    msgs = messages(small_csv)
+    s = settings.replace(account_history=10_000, database_url=f"sqlite:///{tmp_path / 'r.db'}")
+
+    def account_features(pipeline, batch) -> dict:
+        for i in range(0, len(batch), 50):
+            pipeline.handle(batch[i : i + 50])
+        with sqlite3.connect(pipeline.settings.database_url.removeprefix("sqlite:///")) as conn:
+            rows = conn.execute("select transaction_id, features from transactions").fetchall()
+        return {
+            tid: {k: v for k, v in json.loads(f).items() if k in ACCOUNT_FEATURES}
+            for tid, f in rows
+        }
+
+    first = BatchPipeline(s)
+    account_features(first, msgs[:-100])
+    first.close()
+    again = BatchPipeline(s.replace(max_accounts=5))
+    stored = again.sink.account_count()
+    assert len(again.core.states) == 5 and again.core.states.evicted == stored - 5
+    restarted = account_features(again, msgs[-100:])
+    rebuilt = again.core.counts["accounts_rebuilt"]
+    again.close()
+
+    reference = BatchPipeline(s.replace(database_url=f"sqlite:///{tmp_path / 'ref.db'}"))
+    uninterrupted = account_features(reference, msgs)
+    reference.close()
+    assert rebuilt > 5
+    last = [
+        m for m in restarted if m in {json.loads(x.value)["transaction_id"] for x in msgs[-100:]}
+    ]
+    assert len(last) == 100
+    assert {t: restarted[t] for t in last} == {t: uninterrupted[t] for t in last}
