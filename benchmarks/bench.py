@@ -268,7 +268,7 @@ def print_pauses(pauses: dict) -> None:
         ("refit_work_ms", "longest pause: refit work on the batch path, start or swap", "<= 50"),
     ):
         for worker, runs_of in pauses.items():
-            if worker == "thread" and "refit_" in key:
+            if worker == "thread" and key.startswith(("max_refit_", "refit_work")):
                 continue  # a thread's pause is the GIL held by the fit, in the batch times above
             runs = [p[key] for p in runs_of if p[key] is not None]
             print(f"| {label} | {worker}{' (baseline)' if worker == 'thread' else ''} | "
