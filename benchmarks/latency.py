@@ -210,6 +210,13 @@ def kafka_latency(s: Settings, work: Path, rate: int, seconds: float) -> dict:
     return percentiles(produced, latencies, n)
 
 
+def raw_messages(frame: pd.DataFrame) -> list:
+    """The rows of ``frame`` as the runtimes hand them to the pipeline (JSON values)."""
+    from stream_processor.core import RawMessage
+
+    return [RawMessage(r.to_json().encode(), offset=i) for i, (_, r) in enumerate(frame.iterrows())]
+
+
 def refit_pause(
     work: Path, events: int = 60_000, batch: int = 1000, worker: str = "process"
 ) -> dict:
@@ -217,15 +224,12 @@ def refit_pause(
 
     ``worker`` is REFIT_WORKER: ``process`` (the default) or ``thread`` (the baseline: the fit
     shares the interpreter's GIL with the batch path)."""
-    from stream_processor.core import RawMessage
     from stream_processor.pipeline import BatchPipeline, tune_gc
 
     csv = work / "refit.csv"
     write_csv(csv, GeneratorConfig(rows=events, days=max(10, events // 700), seed=9))
     frame = pd.read_csv(csv)
-    values = [
-        RawMessage(r.to_json().encode(), offset=i) for i, (_, r) in enumerate(frame.iterrows())
-    ]
+    values = raw_messages(frame)
     settings = Settings().replace(
         database_url=f"sqlite:///{work / f'refit-{uuid.uuid4().hex[:6]}.db'}",
         refit_every_events=10_000,
@@ -286,15 +290,12 @@ def eviction_cost(work: Path, events: int = 60_000, accounts: int = 6_000) -> di
     (the baseline), with room for a quarter of them, and for a tenth; each evicted account is
     rebuilt from its stored events when it comes back. Events/s between the first fit and the
     end, and how many accounts were rebuilt."""
-    from stream_processor.core import RawMessage
     from stream_processor.pipeline import BatchPipeline, tune_gc
 
     csv = work / "eviction.csv"
     write_csv(csv, GeneratorConfig(rows=events, accounts=accounts, days=60, seed=21))
     frame = pd.read_csv(csv)
-    values = [
-        RawMessage(r.to_json().encode(), offset=i) for i, (_, r) in enumerate(frame.iterrows())
-    ]
+    values = raw_messages(frame)
     out = {"events": len(values), "accounts": int(frame["account_id"].nunique())}
     for label, cap in (("all", accounts), ("quarter", accounts // 4), ("tenth", accounts // 10)):
         settings = Settings().replace(

@@ -35,11 +35,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+
+
+def _prctl(option: int, value) -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(option, value, 0, 0, 0)
+
+
 def name_process(name: str) -> None:
     """Set this process's name as ``ps`` and ``/proc/<pid>/comm`` show it (15 bytes at most)."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    PR_SET_NAME = 15
-    libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    _prctl(PR_SET_NAME, name.encode()[:15])
 
 
 def process_name(pid: int) -> str:
@@ -66,9 +72,7 @@ def descendants(pid: int) -> list[int]:
 
 
 def die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    PR_SET_PDEATHSIG = 1
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EmbeddedBroker:

@@ -1,8 +1,8 @@
-"""The default runtime: a faust-streaming app feeding the scoring core with ``stream.take_events``.
+"""The default runtime: a faust-streaming app feeding the scoring core with ``stream.noack_take``.
 
-Guarantee: at-least-once. ``take_events`` acknowledges a batch only when the agent asks for the
-next one, i.e. after the SQLite commit and the delivery of its alerts, so committed offsets never
-run ahead of stored rows. (Faust's ``exactly_once`` needs aiokafka transactions, which the
+Guarantee: at-least-once. The agent takes batches without acknowledging them and acknowledges a
+batch's events only after its SQLite commit and the delivery of its alerts, so committed offsets
+never run ahead of stored rows. (Faust's ``exactly_once`` needs aiokafka transactions, which the
 embedded broker does not support; the idempotent sink makes at-least-once effectively-once.)
 
 The scoring core runs in a child process (:mod:`stream_processor.remote`): faust's own per-event
@@ -23,7 +23,6 @@ import tempfile
 import faust
 
 from fraudstream.settings import Settings
-from stream_processor.core import RawMessage
 from stream_processor.pipeline import (
     FETCH_MAX_WAIT_MS,
     Outbound,
@@ -160,21 +159,14 @@ def create_app(settings: Settings) -> faust.App:
                 os.kill(os.getpid(), signal.SIGTERM)
                 await asyncio.sleep(3600)
 
-    def raw_batch(events) -> list[RawMessage]:
+    def raw_batch(events) -> list[tuple]:  # RawMessage fields: built once, sent as they are
         return [
-            RawMessage(
-                value=e.message.value,
-                key=e.message.key,
-                topic=e.message.topic,
-                partition=e.message.partition,
-                offset=e.message.offset,
-                produced_at=produced_at(e.message.headers),
-            )
-            for e in events
+            (m.value, m.key, m.topic, m.partition, m.offset, produced_at(m.headers))
+            for m in (e.message for e in events)
         ]
 
     async def store_and_ack(stream, events) -> None:
-        await run_locked(pipeline.handle, raw_batch(events))
+        await run_locked(pipeline.handle_fields, raw_batch(events))
         if app.fatal is None:  # stored and its alerts delivered: now it may be committed
             for event in events:
                 await stream.ack(event)
@@ -202,7 +194,7 @@ def create_app(settings: Settings) -> faust.App:
         async for events in stream.take_events(
             settings.batch_size, within=settings.batch_timeout_s
         ):
-            await run_locked(pipeline.handle, raw_batch(events))
+            await run_locked(pipeline.handle_fields, raw_batch(events))
 
     @app.timer(interval=1.0)
     async def housekeeping():

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from fraudstream.settings import Settings
 from stream_processor.core import RawMessage
-from stream_processor.pipeline import Outbound
+from stream_processor.pipeline import BatchPipeline, Outbound, tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,8 @@ def _serve(conn, settings: Settings, level: int) -> None:  # the child process
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from stream_processor.pipeline import BatchPipeline, tune_gc
-
     try:
-        _serve_pipeline(conn, settings, BatchPipeline, tune_gc)
+        _serve_pipeline(conn, settings)
     finally:
         # Leave now: multiprocessing's exit handler would join the refit worker process, which
         # exits only once this process has (it watches it): a deadlock. Log records first.
@@ -53,9 +51,9 @@ def _serve(conn, settings: Settings, level: int) -> None:  # the child process
         os._exit(0)
 
 
-def _serve_pipeline(conn, settings: Settings, make_pipeline, tune_gc) -> None:
+def _serve_pipeline(conn, settings: Settings) -> None:
     try:
-        pipeline = make_pipeline(settings)
+        pipeline = BatchPipeline(settings)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops
         conn.send((False, exc))
         return
@@ -68,9 +66,10 @@ def _serve_pipeline(conn, settings: Settings, make_pipeline, tune_gc) -> None:
             except (EOFError, OSError):
                 return  # the parent is gone
             try:
-                if method == "handle":  # plain tuples on the pipe: a fraction of the pickling
-                    args = ([RawMessage(*fields) for fields in args[0]],)
-                value = getattr(pipeline, method)(*args)
+                if method == "handle_fields":
+                    value = pipeline.handle([RawMessage(*fields) for fields in args[0]])
+                else:
+                    value = getattr(pipeline, method)(*args)
             except BaseException as exc:  # noqa: BLE001 - the parent decides what is fatal
                 conn.send((False, exc))
             else:
@@ -130,9 +129,10 @@ class PipelineProcess:
                 raise CoreProcessError("the scoring process stopped") from None
             return self._answer()
 
-    def handle(self, messages: Sequence[RawMessage]) -> Outbound:
-        fields = [(m.value, m.key, m.topic, m.partition, m.offset, m.produced_at) for m in messages]
-        return self._call("handle", fields)
+    def handle_fields(self, fields: Sequence[tuple]) -> Outbound:
+        """``BatchPipeline.handle`` of ``RawMessage(*f) for f in fields``: plain tuples cross
+        the pipe (a fraction of the pickling of the objects)."""
+        return self._call("handle_fields", list(fields))
 
     def tick(self) -> Outbound:
         return self._call("tick")

@@ -200,6 +200,15 @@ def test_stored_timestamps_are_utc_text_that_sorts(ts, text):
     assert db_timestamp(ts) == text == format_timestamp(ts)[:-1].replace("T", " ")
 
 
+def stored_inputs(pipeline: BatchPipeline, msgs, names) -> dict[str, dict]:
+    """``msgs`` through ``pipeline`` in batches of 50, then every stored row's ``names`` inputs."""
+    for i in range(0, len(msgs), 50):
+        pipeline.handle(msgs[i : i + 50])
+    with sqlite3.connect(pipeline.settings.database_url.removeprefix("sqlite:///")) as conn:
+        rows = conn.execute("select transaction_id, features from transactions").fetchall()
+    return {tid: {k: v for k, v in json.loads(f).items() if k in names} for tid, f in rows}
+
+
 def test_accounts_evicted_from_memory_are_rebuilt_from_stored_events(settings, small_csv, tmp_path):
     """Bounded memory loses no history: with room for 5 accounts, every account that comes back
     is rebuilt from the transactions table, and every event gets the features it gets when all
@@ -214,17 +223,10 @@ def test_accounts_evicted_from_memory_are_rebuilt_from_stored_events(settings, s
         )
         pipeline = BatchPipeline(s)
         try:
-            for i in range(0, len(msgs), 50):
-                pipeline.handle(msgs[i : i + 50])
+            # the features only: the models (and the scores in the column) differ between runs
+            return stored_inputs(pipeline, msgs, FEATURE_NAMES), pipeline
         finally:
             pipeline.close()
-        with sqlite3.connect(tmp_path / name) as conn:
-            rows = conn.execute("select transaction_id, features from transactions")
-            # the features only: the models (and the scores in the column) differ between runs
-            return {
-                tid: {k: v for k, v in json.loads(f).items() if k in FEATURE_NAMES}
-                for tid, f in rows
-            }, pipeline
 
     kept, _ = features(1_000_000, "all.db")
     bounded, pipeline = features(5, "bounded.db")
@@ -247,14 +249,7 @@ def test_a_restart_loads_the_newest_accounts_and_rebuilds_the_others_on_their_ne
     s = settings.replace(account_history=10_000, database_url=f"sqlite:///{tmp_path / 'r.db'}")
 
     def account_features(pipeline, batch) -> dict:
-        for i in range(0, len(batch), 50):
-            pipeline.handle(batch[i : i + 50])
-        with sqlite3.connect(pipeline.settings.database_url.removeprefix("sqlite:///")) as conn:
-            rows = conn.execute("select transaction_id, features from transactions").fetchall()
-        return {
-            tid: {k: v for k, v in json.loads(f).items() if k in ACCOUNT_FEATURES}
-            for tid, f in rows
-        }
+        return stored_inputs(pipeline, batch, ACCOUNT_FEATURES)
 
     first = BatchPipeline(s)
     account_features(first, msgs[:-100])
@@ -270,8 +265,7 @@ def test_a_restart_loads_the_newest_accounts_and_rebuilds_the_others_on_their_ne
     uninterrupted = account_features(reference, msgs)
     reference.close()
     assert rebuilt > 5
-    last = [
-        m for m in restarted if m in {json.loads(x.value)["transaction_id"] for x in msgs[-100:]}
-    ]
+    ids = {json.loads(x.value)["transaction_id"] for x in msgs[-100:]}
+    last = [m for m in restarted if m in ids]
     assert len(last) == 100
     assert {t: restarted[t] for t in last} == {t: uninterrupted[t] for t in last}
