@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from fraudstream.settings import Settings
 from stream_processor.core import BatchResult, RawMessage, ScoringCore
+from stream_processor.refit import RefitRunner
 from stream_processor.sink import Sink
 
 log = logging.getLogger(__name__)
@@ -56,13 +57,14 @@ class BatchPipeline:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.sink = Sink(settings.database_url)
-        model = self.sink.latest_model()
+        refits = RefitRunner(settings.refit_worker)  # saved models load where scikit-learn is
+        model = self.sink.latest_model(refits.run)
         held = self.sink.held_events()
         # The most recently active MAX_ACCOUNTS accounts now; any other, when it comes back.
         history = list(
             self.sink.recent_history(settings.account_history, accounts=settings.max_accounts)
         )
-        supervised = self.sink.latest_supervised()
+        supervised = self.sink.latest_supervised(refits.run)
         self.core = ScoringCore(
             settings,
             self.sink.known_ids,
@@ -75,6 +77,7 @@ class BatchPipeline:
             label_history=self.sink.label_history(settings.supervised_window),
             queued_labels=self.sink.queued_labels(settings.label_memory),
             account_events=lambda ids: self.sink.account_history(ids, settings.account_history),
+            refits=refits,
         )
         self.core.states.not_loaded(self.sink.account_count() - len(self.core.states))
         log.info(

@@ -5,13 +5,15 @@ gradient-boosted fit). In a thread it holds the GIL for most of a second and eve
 second waits for it: that was the scoring pause. In a worker process the batch path keeps the
 interpreter to itself; the worker runs at a lower priority (``nice`` 10) with one native thread,
 so on a small machine the stream still gets the CPU first. The training arrays go to the worker
-and the fitted model comes back pickled; the model's joblib dump is made in the worker too.
+and the fitted model comes back pickled, as NumPy arrays (:mod:`stream_processor.model`); the
+model's joblib dump is made in the worker too. Callers name the function to run
+(``"module:function"``), so the processor itself never imports scikit-learn.
 Both are pickled and unpickled in the caller's thread (a few milliseconds), not in the executor's
 helper threads: the batch path pays for them at a moment it chooses and can measure.
 
 One worker process serves every scoring core of the interpreter (a runtime has one core; tests
 have many). It is started with the first core, off the batch path, from a ``forkserver`` (a fresh
-interpreter that preloaded scikit-learn: safe beside librdkafka's and faust's threads, and it
+interpreter that preloaded the fitting code and scikit-learn: safe beside librdkafka's and faust's threads, and it
 never re-runs the caller's main script). It exits when the processor exits, however that ends (it
 watches the processor's pid, and the forkserver follows it), and is replaced if it ever dies: the
 fit that was running then fails, is logged, and the current model is kept.
@@ -29,6 +31,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from importlib import import_module
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,7 @@ def _shared_process_pool(replace_broken: bool = False) -> ProcessPoolExecutor:
             context = multiprocessing.get_context("forkserver")
             # Not "__main__": the worker needs only the fitting code, and a caller's script
             # without a main guard must not run again in it.
-            context.set_forkserver_preload(["stream_processor.model", "stream_processor.refit"])
+            context.set_forkserver_preload(["stream_processor.fitting", "stream_processor.refit"])
             _process_pool = ProcessPoolExecutor(
                 max_workers=1,
                 mp_context=context,
@@ -99,9 +102,22 @@ def _ready() -> int:
     return os.getpid()
 
 
+def resolve(fn: str | Callable) -> Callable:
+    """``"package.module:function"`` -> the function (imported where it runs)."""
+    if callable(fn):
+        return fn
+    module, _, name = fn.partition(":")
+    return getattr(import_module(module), name)
+
+
+def call(fn: str | Callable, /, *args, **kwargs):
+    """Call ``fn`` (a function or its name) here, in this thread."""
+    return resolve(fn)(*args, **kwargs)
+
+
 def _run_pickled(payload: bytes) -> bytes:  # in the worker: bytes in, bytes out
     fn, args, kwargs = pickle.loads(payload)
-    return pickle.dumps(fn(*args, **kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(resolve(fn)(*args, **kwargs), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class PickledFuture:
@@ -147,11 +163,12 @@ class RefitRunner:
         if mode == "process":  # start the worker now, off the batch path (it takes ~2 s)
             threading.Thread(target=_warm_up, name="refit-worker-start", daemon=True).start()
 
-    def submit(self, fn: Callable, /, *args, **kwargs) -> Future | PickledFuture:
+    def submit(self, fn: str | Callable, /, *args, **kwargs) -> Future | PickledFuture:
+        """Run ``fn`` (a function or its ``"module:function"`` name) in the worker."""
         if self.mode == "thread":
             if self._thread_pool is None:
                 self._thread_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refit")
-            future = self._thread_pool.submit(fn, *args, **kwargs)
+            future = self._thread_pool.submit(call, fn, *args, **kwargs)
         else:
             payload = pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
             try:
@@ -161,6 +178,10 @@ class RefitRunner:
         self._futures.add(future)
         future.add_done_callback(self._futures.discard)
         return future if self.mode == "thread" else PickledFuture(future)
+
+    def run(self, fn: str | Callable, /, *args, **kwargs):
+        """Run ``fn`` in the worker and wait for its result (the first fit, loading a model)."""
+        return self.submit(fn, *args, **kwargs).result()
 
     def wait_started(self, timeout_s: float = 120.0) -> bool:
         """Block until the worker process has started (benchmarks: time refits, not start-up)."""

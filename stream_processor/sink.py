@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from operator import itemgetter
 
 import numpy as np
@@ -30,7 +30,8 @@ from fraudstream.tables import (
 from stream_processor.core import BatchResult, HeldEvent, LabelledEvent, alert_payload
 from stream_processor.features import ANOMALY_FEATURE_NAMES, SUPERVISED_FEATURE_NAMES
 from stream_processor.labels import Label
-from stream_processor.model import FittedModel, SupervisedModel
+from stream_processor.model import LOAD_ANOMALY, LOAD_SUPERVISED, FittedModel, SupervisedModel
+from stream_processor.refit import call
 
 log = logging.getLogger(__name__)
 
@@ -214,13 +215,16 @@ class Sink:
             return None
         return row._mapping
 
-    def latest_supervised(self) -> SupervisedModel | None:
+    def latest_supervised(self, run: Callable = call) -> SupervisedModel | None:
+        """The newest saved supervised model; ``run(name, *args, **kwargs)`` runs the loader
+        where scikit-learn is (the refit worker's ``RefitRunner.run``)."""
         m = self._latest("supervised", SUPERVISED_FEATURE_NAMES)
         if m is None:
             return None
-        return SupervisedModel(
+        return run(
+            LOAD_SUPERVISED,
+            m["model"],
             version=m["version"],
-            estimator=FittedModel.load_forest(m["model"]),
             threshold=m["threshold"],
             fitted_at=m["fitted_at"],
             training_rows=m["training_rows"],
@@ -280,13 +284,15 @@ class Sink:
             ).all()
         return [Label(r.transaction_id, r.is_fraud, parse_timestamp(r.labelled_at)) for r in rows]
 
-    def latest_model(self) -> FittedModel | None:
+    def latest_model(self, run: Callable = call) -> FittedModel | None:
+        """The newest saved anomaly model, loaded by ``run`` as :meth:`latest_supervised`."""
         m = self._latest("isolation_forest", ANOMALY_FEATURE_NAMES)
         if m is None:
             return None
-        return FittedModel(
+        return run(
+            LOAD_ANOMALY,
+            m["model"],
             version=m["version"],
-            forest=FittedModel.load_forest(m["model"]),
             threshold=m["threshold"],
             flag_quantile=m["flag_quantile"],
             fitted_at=m["fitted_at"],

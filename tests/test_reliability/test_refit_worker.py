@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from stream_processor.model import fit_model
+from stream_processor.model import FIT_ANOMALY
 from stream_processor.refit import RefitRunner
 
 OWNER = textwrap.dedent(
@@ -42,7 +42,7 @@ def test_a_fit_runs_in_another_process_and_gives_the_same_model_as_in_a_thread()
     fits = {}
     for mode in ("process", "thread"):
         runner = RefitRunner(mode)
-        fits[mode] = runner.submit(fit_model, train, version=0, reason="events").result(60)
+        fits[mode] = runner.submit(FIT_ANOMALY, train, version=0, reason="events").result(60)
         runner.close()
     assert np.array_equal(fits["process"].score(batch), fits["thread"].score(batch))
     assert fits["process"].threshold == fits["thread"].threshold

@@ -1,18 +1,22 @@
 """The scoring core in memory: lists of raw values in, rows / alerts / dead letters out."""
 
+import io
 import json
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 
+import joblib
 import numpy as np
 import pytest
 from sklearn.ensemble import IsolationForest
 
 from fraudstream.schema import Transaction, format_timestamp
 from producer.csv_source import read_transactions
-from stream_processor.core import RawMessage, ScoringCore, db_timestamp
+from stream_processor.core import RawMessage, ScoreDrift, ScoringCore, db_timestamp
 from stream_processor.features import FEATURE_NAMES, SUPERVISED_FEATURE_NAMES
-from stream_processor.model import ForestScorer, fit_model
+from stream_processor.fitting import anomaly_model, fit_model, fit_supervised
 from stream_processor.pipeline import BatchPipeline
 
 
@@ -183,9 +187,62 @@ def test_fast_forest_scores_equal_scikit_learns(rows, max_features):
     ).fit(train if rows > 1 else np.repeat(train, 2, axis=0))  # fmt: skip
     batch = np.vstack([rng.normal(size=(300, 7)), rng.normal(scale=8, size=(20, 7))])
     expected = -forest.score_samples(batch)
-    assert np.array_equal(ForestScorer(forest).score(batch), expected)
+    flat = anomaly_model(
+        forest, b"", version=1, threshold=0.5, flag_quantile=0.99, fitted_at=0.0,
+        training_rows=rows, fit_seconds=0.0, reason="initial",
+    )  # fmt: skip
+    assert np.array_equal(flat.score(batch), expected)
     model = fit_model(train, version=1, reason="initial")
-    assert np.array_equal(model.score(batch), -model.forest.score_samples(batch))
+    saved = joblib.load(io.BytesIO(model.dumps()))  # what model_versions keeps
+    assert np.array_equal(model.score(batch), -saved.score_samples(batch))
+
+
+@pytest.mark.parametrize("missing", [0.0, 0.03])
+def test_flat_boosted_trees_give_scikit_learns_probabilities(missing):
+    """The supervised model scores without scikit-learn, also for inputs with NaN (which way a
+    NaN goes is learned per split)."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(6000, 6))
+    y = (x[:, 0] + x[:, 3] ** 2 + rng.normal(size=6000) > 2.5).astype(int)
+    x[rng.random(x.shape) < missing] = np.nan
+    model = fit_supervised(x, y, version=1)
+    estimator = joblib.load(io.BytesIO(model.dumps()))
+    batch = rng.normal(size=(500, 6))
+    batch[rng.random(batch.shape) < missing] = np.nan
+    expected = estimator.predict_proba(batch)[:, 1]
+    # The same leaves, summed in the same order; only the logistic function may differ in the
+    # last bit (NumPy's exp, SciPy's expit).
+    assert np.allclose(model.score(batch), expected, rtol=1e-12, atol=1e-15)
+    assert ((model.score(batch) >= 0.5) == (expected >= 0.5)).all()
+
+
+def test_the_processor_imports_no_scikit_learn():
+    """Scoring needs NumPy only; scikit-learn, SciPy and pandas (about 110 MB) stay in the
+    refit worker. river's drift detector is used without importing river.drift (which imports
+    all three)."""
+    code = (
+        "import sys, stream_processor.pipeline, stream_processor.kafka_runtime, "
+        "stream_processor.remote; "
+        "print(sorted(m for m in ('sklearn', 'scipy', 'pandas', 'joblib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_score_drift_detects_where_rivers_adwin_does():
+    from river.drift import ADWIN
+
+    rng = np.random.default_rng(5)
+    scores = np.concatenate([rng.normal(0.45, 0.02, 3000), rng.normal(0.55, 0.02, 3000)])
+    ours, rivers = ScoreDrift(0.002), ADWIN(delta=0.002)
+    detected = []
+    for i, value in enumerate(scores.tolist()):
+        rivers.update(value)
+        assert ours.update(value) == rivers.drift_detected, i
+        if rivers.drift_detected:
+            detected.append(i)
+            ours, rivers = ScoreDrift(0.002), ADWIN(delta=0.002)  # as the core does on a refit
+    assert detected and 3000 <= detected[0] < 3300
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,226 @@
+"""Fitting the models with scikit-learn, and turning a fitted estimator into flat arrays.
+
+This is the only module of the processor that imports scikit-learn. It runs in the refit worker
+process (``REFIT_WORKER=process``, the default) or in a thread of the processor
+(``REFIT_WORKER=thread``); the processor names its functions (``stream_processor.model.FIT_ANOMALY``, ...)
+rather than importing them, and gets back :class:`~stream_processor.model.FittedModel` /
+:class:`~stream_processor.model.SupervisedModel`, which hold NumPy arrays only.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+
+import joblib
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
+from sklearn.ensemble._iforest import _average_path_length
+
+from stream_processor.model import (
+    MAX_NEGATIVES,
+    MAX_SAMPLES,
+    FittedModel,
+    FlatTrees,
+    SupervisedModel,
+)
+
+
+def fit_model(
+    features: np.ndarray,
+    *,
+    version: int,
+    reason: str,
+    flag_quantile: float = 0.99,
+    n_estimators: int = 100,
+    seed: int = 42,
+) -> FittedModel:
+    """Fit on ``features`` (rows = events) and set the threshold at ``flag_quantile``."""
+    if len(features) == 0:
+        raise ValueError("cannot fit a model on no events")
+    if len(features) == 1:
+        features = np.repeat(features, 2, axis=0)  # a lone warm-up event still gets a model
+    started = time.perf_counter()
+    forest = IsolationForest(
+        n_estimators=n_estimators,
+        max_samples=min(MAX_SAMPLES, len(features)),
+        random_state=seed,
+        n_jobs=1,
+    )
+    forest.fit(features)
+    scores = -forest.score_samples(features)
+    threshold = float(np.quantile(scores, flag_quantile))
+    return anomaly_model(
+        forest,
+        _dump(forest),
+        version=version,
+        threshold=threshold,
+        flag_quantile=flag_quantile,
+        fitted_at=time.time(),
+        training_rows=len(features),
+        fit_seconds=time.perf_counter() - started,
+        reason=reason,
+    )
+
+
+def fit_supervised(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    version: int,
+    threshold: float = 0.5,
+    reason: str = "labels",
+    seed: int = 42,
+) -> SupervisedModel:
+    """Fit P(fraud | features) on labelled events (both classes must be present)."""
+    if len(np.unique(labels)) < 2:
+        raise ValueError("a supervised fit needs both fraud and legitimate labels")
+    started = time.perf_counter()
+    # Legitimate events dominate; a sample of them, weighted back up, fits several times faster
+    # with the same probabilities on average.
+    weights = None
+    negatives = np.flatnonzero(labels == 0)
+    if len(negatives) > MAX_NEGATIVES:
+        rng = np.random.default_rng(seed)
+        kept = rng.choice(negatives, MAX_NEGATIVES, replace=False)
+        rows = np.sort(np.concatenate([np.flatnonzero(labels != 0), kept]))
+        weights = np.where(labels[rows] == 0, len(negatives) / MAX_NEGATIVES, 1.0)
+        features, fit_labels = features[rows], labels[rows]
+    else:
+        fit_labels = labels
+    estimator = HistGradientBoostingClassifier(
+        max_iter=150, learning_rate=0.1, max_leaf_nodes=31, l2_regularization=1.0,
+        random_state=seed,
+    )  # fmt: skip
+    estimator.fit(features, fit_labels, sample_weight=weights)
+    return supervised_model(
+        estimator,
+        _dump(estimator),
+        version=version,
+        threshold=threshold,
+        fitted_at=time.time(),
+        training_rows=len(labels),
+        frauds=int(labels.sum()),
+        fit_seconds=time.perf_counter() - started,
+        reason=reason,
+    )
+
+
+def load_model(blob: bytes, **fields) -> FittedModel:
+    """A model saved in ``model_versions`` (its joblib dump and the row's other columns)."""
+    return anomaly_model(joblib.load(io.BytesIO(blob)), blob, **fields)
+
+
+def load_supervised(blob: bytes, **fields) -> SupervisedModel:
+    return supervised_model(joblib.load(io.BytesIO(blob)), blob, **fields)
+
+
+def anomaly_model(forest: IsolationForest, blob: bytes, **fields) -> FittedModel:
+    """The forest as flat arrays; a leaf's value is the depth scikit-learn scores it with
+    (path length + the average path length of the samples left in it - 1)."""
+    trees = []
+    for estimator, lengths, averages, columns in zip(
+        forest.estimators_,
+        forest._decision_path_lengths,
+        forest._average_path_length_per_tree,
+        forest.estimators_features_,
+        strict=True,
+    ):
+        tree = estimator.tree_
+        trees.append(
+            (
+                tree.children_left,
+                tree.children_right,
+                np.asarray(columns)[np.maximum(tree.feature, 0)],  # the forest's own columns
+                tree.threshold,
+                lengths + averages - 1.0,
+                None,
+                tree.max_depth,
+            )
+        )
+    flat = _flatten(trees)
+    # scikit-learn compares float32 inputs with float64 thresholds; comparing with each
+    # threshold rounded down to float32 gives the same answers at half the memory traffic.
+    thresholds = flat.threshold.astype(np.float32)
+    over = thresholds.astype(np.float64) > flat.threshold
+    thresholds[over] = np.nextafter(thresholds[over], np.float32(-np.inf))
+    normaliser = len(trees) * float(_average_path_length([forest._max_samples])[0])
+    return FittedModel(
+        trees=FlatTrees(
+            flat.roots, flat.feature, thresholds, flat.children, flat.value, flat.depth
+        ),
+        normaliser=normaliser,
+        blob=blob,
+        **fields,
+    )
+
+
+def supervised_model(estimator: HistGradientBoostingClassifier, blob: bytes, **fields):
+    """The boosted trees as flat arrays (numeric features only: this project has no
+    categorical ones), with the baseline log-odds."""
+    if estimator.n_trees_per_iteration_ != 1:
+        raise ValueError("only a binary classifier can be turned into flat trees")
+    trees = []
+    for (predictor,) in estimator._predictors:
+        nodes = predictor.nodes
+        if nodes["is_categorical"].any():
+            raise ValueError("categorical splits are not supported in flat trees")
+        leaf = nodes["is_leaf"].astype(bool)
+        trees.append(
+            (
+                np.where(leaf, -1, nodes["left"].astype(np.int64)),
+                np.where(leaf, -1, nodes["right"].astype(np.int64)),
+                nodes["feature_idx"],
+                nodes["num_threshold"],
+                nodes["value"],
+                ~nodes["missing_go_to_left"].astype(bool),
+                int(nodes["depth"][leaf].max()),
+            )
+        )
+    flat = _flatten(trees)
+    return SupervisedModel(
+        trees=flat,
+        baseline=float(np.asarray(estimator._baseline_prediction).ravel()[0]),
+        blob=blob,
+        **fields,
+    )
+
+
+def _flatten(trees) -> FlatTrees:
+    """One array per node attribute for all trees; a leaf (child -1) points to itself."""
+    roots, features, thresholds, children, values, nan_right = [], [], [], [], [], []
+    offset = depth = 0
+    for left, right, feature, threshold, value, nan, tree_depth in trees:
+        count = len(left)
+        own = np.arange(count)
+        left, right = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
+        leaf = left == -1
+        pairs = np.empty(2 * count, dtype=np.int64)
+        pairs[0::2] = np.where(leaf, own, left) + offset
+        pairs[1::2] = np.where(leaf, own, right) + offset
+        roots.append(offset)
+        features.append(np.where(leaf, 0, feature))
+        thresholds.append(np.where(leaf, np.inf, threshold))
+        children.append(pairs)
+        values.append(np.asarray(value, dtype=np.float64))
+        nan_right.append(np.zeros(count, dtype=bool) if nan is None else np.asarray(nan))
+        offset += count
+        depth = max(depth, tree_depth)
+    if offset >= np.iinfo(np.int32).max // 2:
+        raise ValueError("too many tree nodes for flat trees")
+    any_nan = any(t[5] is not None for t in trees)
+    return FlatTrees(
+        roots=np.asarray(roots, dtype=np.int32),
+        feature=np.concatenate(features).astype(np.int32),
+        threshold=np.concatenate(thresholds).astype(np.float64),
+        children=np.concatenate(children).astype(np.int32),
+        value=np.concatenate(values),
+        depth=int(depth),
+        nan_right=np.concatenate(nan_right).astype(np.uint8) if any_nan else None,
+    )
+
+
+def _dump(estimator) -> bytes:
+    buf = io.BytesIO()
+    joblib.dump(estimator, buf, compress=3)
+    return buf.getvalue()
