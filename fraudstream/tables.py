@@ -146,8 +146,12 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 BUSY_TIMEOUT_PRAGMA = f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}"
 
 
-def make_engine(database_url: str) -> Engine:
-    """An engine with the tables created; SQLite in WAL mode with a busy timeout."""
+def make_engine(database_url: str, *, auto_checkpoint: bool = True) -> Engine:
+    """An engine with the tables created; SQLite in WAL mode with a busy timeout.
+
+    ``auto_checkpoint=False``: this engine's commits never copy the write-ahead log back into
+    the database file; whoever asks for that runs the checkpoints (the processor's sink, in a
+    thread of its own)."""
     engine = create_engine(database_url)
     if engine.dialect.name == "sqlite":
 
@@ -157,6 +161,8 @@ def make_engine(database_url: str) -> Engine:
             cur.execute(BUSY_TIMEOUT_PRAGMA)  # PRAGMA takes no parameters; a module constant
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
+            if not auto_checkpoint:
+                cur.execute("PRAGMA wal_autocheckpoint=0")
             cur.close()
 
     _create_tables(engine)

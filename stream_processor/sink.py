@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from operator import itemgetter
 
 import numpy as np
@@ -19,6 +22,7 @@ from sqlalchemy.exc import OperationalError
 
 from fraudstream.schema import Transaction, decode, parse_timestamp
 from fraudstream.tables import (
+    SQLITE_BUSY_TIMEOUT_MS,
     OutdatedDatabase,
     dead_letters,
     labels,
@@ -57,10 +61,70 @@ class SinkError(RuntimeError):
     """The database cannot be written: the processor must stop rather than lose events."""
 
 
+class WalCheckpointer:
+    """SQLite's write-ahead-log checkpoints, off the batch path.
+
+    By default SQLite copies the log back into the database file inside the commit that takes
+    the log past 1,000 pages: about half of the processor's commit time (measured on a
+    60,000-row database: 6.0 -> 2.9 us per stored row without it). The sink's connections turn
+    that off and this thread runs the checkpoints on its own connection, after every
+    ``every_writes`` batches or ``every_s`` seconds with writes. Python's sqlite3 releases the
+    GIL while SQLite works, so the next batch is decoded and scored meanwhile; its write waits
+    for the checkpoint to end (:attr:`lock`). That wait keeps the log bounded: SQLite rewinds
+    the log only when a write begins after a checkpoint that copied all of it, and a writer
+    that never paused would keep it growing. A reader on an old snapshot (a dbt build) delays
+    only the part it still needs, as before. Safe at any moment: a checkpoint interrupted by a
+    crash is redone from the log when the database is next opened."""
+
+    def __init__(self, path: str, every_writes: int = 8, every_s: float = 1.0):
+        self.path = path
+        self.every_writes = every_writes
+        self.every_s = every_s
+        self.checkpoints = 0
+        self._writes = 0
+        self.lock = threading.Lock()  # held by a checkpoint; a write waits for it
+        self._due = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def wrote(self) -> None:
+        """A batch was committed (called from the batch thread)."""
+        self._writes += 1
+        if self._writes >= self.every_writes:
+            self._due.set()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+        try:
+            while not self._stop:
+                self._due.wait(self.every_s)
+                self._due.clear()
+                if self._writes:
+                    self._checkpoint(conn)
+            self._checkpoint(conn)
+        finally:
+            conn.close()
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        self._writes = 0
+        try:
+            with self.lock:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.checkpoints += 1
+        except sqlite3.Error:  # busy or locked: the next round catches up
+            log.warning("WAL checkpoint failed; retrying with the next batches", exc_info=True)
+
+    def close(self) -> None:
+        self._stop = True
+        self._due.set()
+        self._thread.join(timeout=60)
+
+
 class Sink:
     def __init__(self, database_url: str):
         try:
-            self.engine = make_engine(database_url)
+            self.engine = make_engine(database_url, auto_checkpoint=False)
         except OperationalError as exc:
             raise SinkError(f"cannot open the database {database_url}: {exc.orig}") from exc
         except OutdatedDatabase as exc:
@@ -84,6 +148,21 @@ class Sink:
                 dialect=sqlite.dialect(), column_keys=list(transactions.c.keys())
             )
             self._fast_rows = (str(compiled), itemgetter(*compiled.positiontup))
+        self.checkpointer = (
+            WalCheckpointer(self.engine.url.database)
+            if name == "sqlite" and self.engine.url.database not in (None, "", ":memory:")
+            else None
+        )
+
+    @contextmanager
+    def _writing(self):
+        """A write transaction, after any checkpoint in progress (:class:`WalCheckpointer`)."""
+        if self.checkpointer is None:
+            yield
+            return
+        with self.checkpointer.lock:
+            yield
+        self.checkpointer.wrote()
 
     def _insert_ignore(self, table, keys: Sequence[str]):
         return self._insert(table).on_conflict_do_nothing(index_elements=list(keys))
@@ -94,7 +173,8 @@ class Sink:
         """Everything in ``result``, in one transaction (retried while the database is locked)."""
         if not result:
             return
-        self._retrying(lambda: self._write(result))
+        with self._writing():
+            self._retrying(lambda: self._write(result))
 
     def _write(self, result: BatchResult) -> None:
         with self.engine.begin() as conn:
@@ -153,7 +233,8 @@ class Sink:
                     )
 
         if ids:
-            self._retrying(run)
+            with self._writing():
+                self._retrying(run)
 
     def _retrying(self, work, attempts: int = 10) -> None:
         # The busy timeout already waits 30 s per statement; this outlasts longer locks.
@@ -373,6 +454,8 @@ class Sink:
         return [_history_event(*r) for r in rows]
 
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         self.engine.dispose()
 
 
