@@ -19,6 +19,7 @@ import signal
 import ssl
 import sys
 import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import faust
 
@@ -88,6 +89,70 @@ def shorten_fetch_wait() -> None:
     thread._create_worker_consumer = create_worker_consumer
 
 
+async def store_while_reading(
+    batches: AsyncIterator[list],
+    store: Callable[[list], Awaitable[None]],
+    size: int,
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Store what ``batches`` yields, one batch at a time, in order, reading on meanwhile.
+
+    What was read while the previous batch was being stored (up to ``size`` events) becomes the
+    next batch: under load the batches grow to ``size`` (faust's ``noack_take`` alone yields
+    whatever ``BATCH_TIMEOUT_S`` gathered, a few hundred events, and every batch pays the
+    database commit and the hand-over to the scoring process); at a low rate each batch is
+    stored as soon as it is read. When ``size`` events wait, reading waits too. On the way out
+    (cancelled, or ``stop()``), the batch being stored is finished; events still waiting are
+    dropped unacknowledged, so they are consumed again after a restart."""
+    pending: list = []
+    ready = asyncio.Event()  # events are waiting
+    room = asyncio.Event()  # fewer than ``size`` are
+    room.set()
+    idle = asyncio.Event()  # nothing waits and nothing is being stored
+    idle.set()
+    storing: list[asyncio.Future] = []
+
+    async def send() -> None:
+        while not stop():
+            await ready.wait()
+            batch = pending[:size]
+            del pending[: len(batch)]
+            if not pending:
+                ready.clear()
+            room.set()
+            storing[:] = [asyncio.ensure_future(store(batch))]
+            await asyncio.shield(storing[0])
+            if not pending:
+                idle.set()
+
+    async def until(event: asyncio.Event) -> None:  # or until the sender stops
+        waiting = asyncio.ensure_future(event.wait())
+        await asyncio.wait([waiting, sender], return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+
+    sender = asyncio.ensure_future(send())
+    try:
+        async for events in batches:
+            if sender.done():  # stopped (a fatal error): take nothing more
+                break
+            pending.extend(events)
+            idle.clear()
+            ready.set()
+            if len(pending) >= size:
+                room.clear()
+                await until(room)
+        else:  # the reading ended: store what was read
+            await until(idle)
+    finally:
+        pending.clear()
+        ready.clear()
+        sender.cancel()
+        if storing and not storing[0].done():
+            await asyncio.wait(storing)
+        if sender.done() and not sender.cancelled() and sender.exception() is not None:
+            raise sender.exception()
+
+
 def create_app(settings: Settings) -> faust.App:
     if not settings.bootstrap_servers:
         raise FatalError(
@@ -144,13 +209,12 @@ def create_app(settings: Settings) -> faust.App:
             )
         if futures:
             await asyncio.gather(*futures)  # delivered, or this raises and nothing is acked
-        if out.alerts:
-            await asyncio.get_running_loop().run_in_executor(None, pipeline.published, out)
+        pipeline.published(out)  # recorded with the next call to the scoring process
 
-    async def run_locked(work, *args) -> None:
+    async def run_locked(method: str, *args) -> None:
         async with lock:
             try:
-                out = await asyncio.get_running_loop().run_in_executor(None, work, *args)
+                out = await pipeline.acall(method, *args)
                 await publish(out)
             except (SinkError, CoreProcessError) as exc:
                 # Stop before acking anything more: the unwritten batch is redelivered on restart.
@@ -166,27 +230,20 @@ def create_app(settings: Settings) -> faust.App:
         ]
 
     async def store_and_ack(stream, events) -> None:
-        await run_locked(pipeline.handle_fields, raw_batch(events))
+        await run_locked("handle_fields", raw_batch(events))
         if app.fatal is None:  # stored and its alerts delivered: now it may be committed
             for event in events:
                 await stream.ack(event)
 
     @app.agent(source, name="score_transactions")
     async def score_transactions(stream):
-        # The scoring process works on one batch while faust reads the next one into its
-        # buffer; batches are stored one at a time, in order, and a batch's events are
-        # acknowledged only after it is stored and its alerts delivered.
-        running: asyncio.Future | None = None
-        try:
-            async for events in stream.noack_take(
-                settings.batch_size, within=settings.batch_timeout_s
-            ):
-                if running is not None:
-                    await running
-                running = asyncio.ensure_future(store_and_ack(stream, events))
-        finally:
-            if running is not None and not running.done():
-                await asyncio.wait([running])
+        # Batches are stored one at a time, in order; a batch's events are acknowledged only
+        # after it is stored and its alerts delivered (store_and_ack).
+        batches = stream.noack_take(settings.batch_size, within=settings.batch_timeout_s)
+        await store_while_reading(
+            batches, lambda events: store_and_ack(stream, events), settings.batch_size,
+            stop=lambda: app.fatal is not None,
+        )  # fmt: skip
 
     @app.agent(label_source, name="learn_labels")
     async def learn_labels(stream):
@@ -194,17 +251,17 @@ def create_app(settings: Settings) -> faust.App:
         async for events in stream.take_events(
             settings.batch_size, within=settings.batch_timeout_s
         ):
-            await run_locked(pipeline.handle_fields, raw_batch(events))
+            await run_locked("handle_fields", raw_batch(events))
 
     @app.timer(interval=1.0)
     async def housekeeping():
         # The idle first fit and swapping in finished refits, also when no events arrive.
         if not lock.locked():  # a batch in progress does the same work
-            await run_locked(pipeline.tick)
+            await run_locked("tick")
 
     @app.page("/health")
     async def health(web, request):
-        status = await asyncio.get_running_loop().run_in_executor(None, pipeline.status)
+        status = await pipeline.acall("status")
         return web.json({"status": "ok", **status})
 
     app.pipeline = pipeline  # type: ignore[attr-defined]
