@@ -209,7 +209,8 @@ def create_app(settings: Settings) -> faust.App:
             )
         if futures:
             await asyncio.gather(*futures)  # delivered, or this raises and nothing is acked
-        pipeline.published(out)  # recorded with the next call to the scoring process
+        if out.alerts:  # recorded before the batch is acknowledged
+            await pipeline.acall("published", out)
 
     async def run_locked(method: str, *args) -> None:
         async with lock:

@@ -63,12 +63,10 @@ def _serve_pipeline(conn, settings: Settings) -> None:
     try:
         while True:
             try:
-                method, args, published = conn.recv()
+                method, args = conn.recv()
             except (EOFError, OSError):
                 return  # the parent is gone
             try:
-                if published:  # alerts delivered since the last call
-                    pipeline.sink.mark_published(published)
                 if method == "handle_fields":
                     value = pipeline.handle([RawMessage(*fields) for fields in args[0]])
                 else:
@@ -90,8 +88,7 @@ class PipelineProcess:
     The faust runtime calls it from its event loop (:meth:`acall`): the request is written
     there and the loop waits for the answer without blocking. (From an executor thread, each
     call paid for the GIL changing hands with the busy event loop thread: about 30 ms a batch of
-    900 events, measured.) Other callers use the blocking methods. Which alerts were delivered
-    (:meth:`published`) travels with the next call, and is recorded in the child before it."""
+    900 events, measured.) Other callers use the blocking methods."""
 
     def __init__(self, settings: Settings):
         # forkserver: a clean interpreter (faust's threads and event loop are not forked).
@@ -100,7 +97,6 @@ class PipelineProcess:
         context.set_forkserver_preload(["stream_processor.pipeline"])
         self._conn, child = context.Pipe()
         self._lock = threading.Lock()
-        self._published: list[str] = []  # delivered alerts not yet recorded in the child
         self._process = context.Process(
             target=_serve,
             args=(child, settings, logging.getLogger().getEffectiveLevel()),
@@ -131,9 +127,8 @@ class PipelineProcess:
     def _send(self, method: str, args: tuple) -> None:  # with the lock held
         if self._closed:
             raise CoreProcessError("the scoring process was closed")
-        published, self._published = self._published, []
         try:
-            self._conn.send((method, args, published))
+            self._conn.send((method, args))
         except (BrokenPipeError, OSError):
             raise CoreProcessError("the scoring process stopped") from None
 
@@ -169,9 +164,7 @@ class PipelineProcess:
         return self._call("tick")
 
     def published(self, outbound: Outbound) -> None:
-        """Record that ``outbound``'s alerts were delivered: with the next call (the faust
-        runtime makes one every second at least), or at :meth:`close`."""
-        self._published.extend(a["transaction_id"] for a in outbound.alerts)
+        self._call("published", outbound)
 
     def status(self) -> dict:
         return self._call("status")
@@ -185,7 +178,7 @@ class PipelineProcess:
                 return
             self._closed = True
             try:
-                self._conn.send(("close", (), self._published))
+                self._conn.send(("close", ()))
                 if self._conn.poll(timeout_s):
                     self._conn.recv()
             except (EOFError, OSError):
