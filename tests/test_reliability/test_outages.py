@@ -105,8 +105,8 @@ def test_a_full_disk_stops_the_processor_with_a_clear_message_and_no_offset(
 
     real = sink_module.make_engine
 
-    def tiny_disk(url):  # SQLite's own "database or disk is full", after a few pages
-        engine = real(url)
+    def tiny_disk(url, **options):  # SQLite's own "database or disk is full", after a few pages
+        engine = real(url, **options)
 
         @event.listens_for(engine, "connect")
         def _limit(dbapi_conn, _record):
