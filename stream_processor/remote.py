@@ -97,6 +97,7 @@ class PipelineProcess:
         context.set_forkserver_preload(["stream_processor.pipeline"])
         self._conn, child = context.Pipe()
         self._lock = threading.Lock()
+        self._unread = 0  # answers owed to cancelled calls, read and dropped by the next one
         self._process = context.Process(
             target=_serve,
             args=(child, settings, logging.getLogger().getEffectiveLevel()),
@@ -116,6 +117,9 @@ class PipelineProcess:
 
     def _answer(self):
         try:
+            while self._unread:  # answers to calls whose caller was cancelled
+                self._conn.recv()
+                self._unread -= 1
             ok, value = self._conn.recv()
         except (EOFError, OSError):
             code = self._process.exitcode
@@ -149,6 +153,9 @@ class PipelineProcess:
             loop.add_reader(fd, lambda: answered.done() or answered.set_result(None))
             try:
                 await answered  # readable: the answer (or the end of the pipe) has arrived
+            except asyncio.CancelledError:  # the answer still comes: the next call skips it
+                self._unread += 1
+                raise
             finally:
                 loop.remove_reader(fd)
             return self._answer()
@@ -179,7 +186,9 @@ class PipelineProcess:
             self._closed = True
             try:
                 self._conn.send(("close", ()))
-                if self._conn.poll(timeout_s):
+                for _ in range(self._unread + 1):  # answers of cancelled calls, then close's
+                    if not self._conn.poll(timeout_s):
+                        break
                     self._conn.recv()
             except (EOFError, OSError):
                 pass

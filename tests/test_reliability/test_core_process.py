@@ -1,5 +1,6 @@
 """The faust runtime's scoring process: it and its refit worker never outlive the processor."""
 
+import asyncio
 import signal
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 from fraudstream.broker import descendants, process_name
 from fraudstream.run import start_processor, stop_processor
 from stream_processor.refit import REFIT_PROCESS_NAME
-from stream_processor.remote import CORE_PROCESS_NAME
+from stream_processor.remote import CORE_PROCESS_NAME, PipelineProcess
 
 
 def alive(pid: int) -> bool:
@@ -52,3 +53,25 @@ def test_the_scoring_process_and_its_worker_exit_with_the_faust_processor(
         assert not any(left.values()), f"outlived the processor: {left}"
     finally:
         stop_processor(proc)
+
+
+def test_a_cancelled_call_does_not_hand_its_answer_to_the_next_one(settings):
+    """The faust runtime awaits the scoring process on its event loop; a call cancelled there
+    (a timer or a health request at shutdown) still gets its answer later, which the next call
+    must skip rather than take for its own."""
+    pipeline = PipelineProcess(settings)
+    try:
+
+        async def cancelled_then_status():
+            call = asyncio.ensure_future(pipeline.acall("tick"))
+            await asyncio.sleep(0)  # the request is written; its answer is not read yet
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            return await pipeline.acall("status")
+
+        status = asyncio.run(cancelled_then_status())
+        assert isinstance(status, dict) and status["accounts_in_memory"] == 0
+        assert isinstance(pipeline.status(), dict)  # the blocking path agrees
+    finally:
+        pipeline.close()
