@@ -20,11 +20,10 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Sequence
 
 from fraudstream.settings import Settings
 from stream_processor.core import RawMessage
-from stream_processor.pipeline import BatchPipeline, Outbound, tune_gc
+from stream_processor.pipeline import BatchPipeline, tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +84,11 @@ class PipelineProcess:
     """A :class:`~stream_processor.pipeline.BatchPipeline` in a child process. Exceptions raised
     in the child are raised again here.
 
-    The faust runtime calls it from its event loop (:meth:`acall`): the request is written
-    there and the loop waits for the answer without blocking. (From an executor thread, each
-    call paid for the GIL changing hands with the busy event loop thread: about 30 ms a batch of
-    900 events, measured.) Other callers use the blocking methods."""
+    The faust runtime calls it from its event loop (:meth:`acall`; ``"handle_fields"`` takes
+    ``RawMessage`` fields as plain tuples, a fraction of the pickling of the objects): the
+    request is written there and the loop waits for the answer without blocking. From an
+    executor thread, each call waited for the GIL to come back from the busy event loop thread
+    (docs/benchmarks.md). Shutdown uses the blocking methods."""
 
     def __init__(self, settings: Settings):
         # forkserver: a clean interpreter (faust's threads and event loop are not forked).
@@ -161,17 +161,6 @@ class PipelineProcess:
             return self._answer()
         finally:
             self._lock.release()
-
-    def handle_fields(self, fields: Sequence[tuple]) -> Outbound:
-        """``BatchPipeline.handle`` of ``RawMessage(*f) for f in fields``: plain tuples cross
-        the pipe (a fraction of the pickling of the objects)."""
-        return self._call("handle_fields", list(fields))
-
-    def tick(self) -> Outbound:
-        return self._call("tick")
-
-    def published(self, outbound: Outbound) -> None:
-        self._call("published", outbound)
 
     def status(self) -> dict:
         return self._call("status")
