@@ -209,14 +209,27 @@ def create_app(settings: Settings) -> faust.App:
             )
         if futures:
             await asyncio.gather(*futures)  # delivered, or this raises and nothing is acked
-        if out.alerts:  # recorded before the batch is acknowledged
-            await pipeline.acall("published", out)
 
-    async def run_locked(method: str, *args) -> None:
+    # Delivered alerts are recorded by the next call's write (pipeline.py), and the events of
+    # a batch with alerts are acknowledged only after that write.
+    app.delivered = []  # type: ignore[attr-defined]  # alerts whose delivery is not recorded
+    waiting: list = []  # (stream, event) acknowledged once it is
+
+    async def run_locked(method: str, *args, stream=None, events=()) -> None:
         async with lock:
             try:
-                out = await pipeline.acall(method, *args)
+                out = await pipeline.acall(method, *args, app.delivered)
+                for waiting_stream, event in waiting:  # their alerts' delivery is recorded
+                    await waiting_stream.ack(event)
+                waiting.clear()
+                app.delivered = []
                 await publish(out)
+                if out.alerts:
+                    app.delivered = out.alert_ids
+                    waiting.extend((stream, event) for event in events)
+                elif stream is not None:
+                    for event in events:
+                        await stream.ack(event)
             except (SinkError, CoreProcessError) as exc:
                 # Stop before acking anything more: the unwritten batch is redelivered on restart.
                 log.critical("FATAL: %s. Stopping; no offset past the last stored batch.", exc)
@@ -231,10 +244,8 @@ def create_app(settings: Settings) -> faust.App:
         ]
 
     async def store_and_ack(stream, events) -> None:
-        await run_locked("handle_fields", raw_batch(events))
-        if app.fatal is None:  # stored and its alerts delivered: now it may be committed
-            for event in events:
-                await stream.ack(event)
+        # Acknowledged once stored, its alerts delivered and their delivery recorded.
+        await run_locked("handle_fields", raw_batch(events), stream=stream, events=events)
 
     @app.agent(source, name="score_transactions")
     async def score_transactions(stream):
@@ -256,7 +267,8 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.timer(interval=1.0)
     async def housekeeping():
-        # The idle first fit and swapping in finished refits, also when no events arrive.
+        # The idle first fit, swapping in finished refits and recording deliveries, also when
+        # no events arrive.
         if not lock.locked():  # a batch in progress does the same work
             await run_locked("tick")
 
@@ -282,7 +294,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     finally:
         if app.fatal is None:
             try:
-                app.pipeline.finish()
+                app.pipeline.finish(published=app.delivered)
             except Exception:  # noqa: BLE001 - shutting down; the log says what was lost
                 log.exception("could not record the refit in progress at shutdown")
         app.pipeline.close()

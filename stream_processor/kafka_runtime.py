@@ -100,6 +100,8 @@ def commit(consumer: Consumer, batch: list) -> None:
     After a broker outage the group may have moved on (UNKNOWN_MEMBER_ID, a rebalance): the
     stored rows are then recognised by transaction_id when the batch comes back.
     """
+    if not batch:
+        return
     try:
         consumer.commit(offsets=next_offsets(batch), asynchronous=False)
     except KafkaException as exc:
@@ -131,6 +133,8 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
     )  # fmt: skip
     code = 0
     last_tick = time.monotonic()
+    delivered: list[str] = []  # alerts delivered, their delivery not recorded yet
+    waiting: list = []  # messages whose offsets wait for that record
     try:
         while not stop.is_set():
             msgs = consumer.consume(settings.batch_size, timeout=settings.batch_timeout_s)
@@ -153,22 +157,35 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
                             produced_at(m.headers()),
                         )
                         for m in batch
-                    ]  # fmt: skip
-                )
-                publish(producer, settings, out)
-                pipeline.published(out)
-                commit(consumer, batch)
-            if time.monotonic() - last_tick >= 1.0:
-                out = pipeline.tick()  # idle first fit, finished refits
-                publish(producer, settings, out)
-                pipeline.published(out)
+                    ],
+                    published=delivered,  # recorded in the same transaction as these rows
+                )  # fmt: skip
+            elif delivered or time.monotonic() - last_tick >= 1.0:
+                # No events: record deliveries, fit the first model when idle, swap in refits
+                # (under load every batch does the latter).
+                out = pipeline.tick(published=delivered)
                 last_tick = time.monotonic()
+            else:
+                continue
+            # The earlier batches' deliveries are recorded now: their offsets may be committed.
+            publish(producer, settings, out)
+            delivered = out.alert_ids
+            if delivered:  # this batch's offsets wait for the write that records them
+                commit(consumer, waiting)
+                waiting = batch
+            else:
+                commit(consumer, waiting + batch)
+                waiting = []
     except (SinkError, DeliveryError, KafkaException) as exc:
         log.critical("FATAL: %s. Stopping; no offset past the last stored batch.", exc)
         code = 1
     finally:
         if code == 0:
-            pipeline.finish()
+            try:
+                pipeline.published(delivered)
+                commit(consumer, waiting)
+            finally:
+                pipeline.finish()
         consumer.close()
         pipeline.close()
     return code

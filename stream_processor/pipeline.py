@@ -1,13 +1,20 @@
 """The core and the sink wired together: what every runtime does with a batch.
 
-A runtime calls :meth:`BatchPipeline.handle` with a batch (blocking: run it off the event loop),
-publishes the returned :class:`Outbound`, calls :meth:`BatchPipeline.published`, and only then
-lets its offsets be committed. Order of effects per batch::
+A runtime calls :meth:`BatchPipeline.handle` with a batch (blocking: run it off the event loop)
+and publishes the returned :class:`Outbound`. The delivery of those alerts is recorded with the
+next batch: its ``handle(..., published=ids)`` marks them in the same SQLite transaction as its
+rows (or :meth:`BatchPipeline.published` on its own, when no batch comes). A batch's offsets are
+committed once its rows are stored, its alerts and dead letters delivered, and their delivery
+recorded: when it had no alerts, right after it is published; else after the next write. Order
+of effects for batch N::
 
-    score -> SQLite commit -> alerts and dead letters delivered -> alerts marked -> offsets
+    score N -> SQLite commit (rows N, marks N-1) -> N's alerts delivered -> offsets up to N-1
+    (or N, if it had no alerts)
 
-A crash anywhere replays the batch: stored rows are recognised by ``transaction_id`` and not
-written again, and their alerts are published again if they had not been delivered yet.
+One transaction a batch instead of two (a transaction of their own for the marks mostly
+waited for the WAL checkpoint the batch's commit had just started: docs/benchmarks.md). A crash anywhere replays what was
+not committed: stored rows are recognised by ``transaction_id`` and not written again, and their
+alerts are published again if their delivery was not recorded (at least once).
 """
 
 from __future__ import annotations
@@ -52,6 +59,11 @@ class Outbound:
     dead_letters: list[dict] = field(default_factory=list)
     refit_s: float = 0.0  # of the batch's time, spent starting, swapping in, recording refits
 
+    @property
+    def alert_ids(self) -> list[str]:
+        """What to hand to the next write once the alerts are delivered."""
+        return [a["transaction_id"] for a in self.alerts]
+
 
 class BatchPipeline:
     def __init__(self, settings: Settings):
@@ -88,15 +100,17 @@ class BatchPipeline:
             len(history), len(held), self.core.label_memory.labels,
         )  # fmt: skip
 
-    def handle(self, messages: Sequence[RawMessage]) -> Outbound:
+    def handle(self, messages: Sequence[RawMessage], published: Sequence[str] = ()) -> Outbound:
+        """Score and store a batch; ``published``: earlier alerts delivered since the last write
+        (their transaction ids), recorded in the same transaction."""
         result = self.core.process(messages)
-        return self._commit(result)
+        return self._commit(result, published)
 
-    def tick(self) -> Outbound:
-        return self._commit(self.core.tick())
+    def tick(self, published: Sequence[str] = ()) -> Outbound:
+        return self._commit(self.core.tick(), published)
 
-    def _commit(self, result: BatchResult) -> Outbound:
-        self.sink.write(result)
+    def _commit(self, result: BatchResult, published: Sequence[str]) -> Outbound:
+        self.sink.write(result, published)
         for m in result.models:
             log.info(
                 "model v%d recorded (%s, %d training events, threshold %.4f; refit work in "
@@ -108,8 +122,9 @@ class BatchPipeline:
             alerts.extend(self.sink.unpublished_alerts(result.duplicate_ids))
         return Outbound(alerts=alerts, dead_letters=result.dead_letters, refit_s=result.refit_s)
 
-    def published(self, outbound: Outbound) -> None:
-        self.sink.mark_published(a["transaction_id"] for a in outbound.alerts)
+    def published(self, alert_ids: Sequence[str]) -> None:
+        """Record delivered alerts in a transaction of their own (no batch to carry them)."""
+        self.sink.mark_published(alert_ids)
 
     def status(self) -> dict:
         core = self.core
@@ -124,8 +139,10 @@ class BatchPipeline:
             **core.counts,
         }
 
-    def finish(self, timeout_s: float = 60.0) -> None:
-        """On shutdown: let a refit in progress finish and record it (it scores nothing)."""
+    def finish(self, timeout_s: float = 60.0, published: Sequence[str] = ()) -> None:
+        """On shutdown: record delivered alerts; let a refit in progress finish and record it
+        (it scores nothing)."""
+        self.published(published)
         result = self.core.wait_for_refit(timeout_s)
         if result.models:
             self.sink.write(result)

@@ -67,7 +67,7 @@ def _serve_pipeline(conn, settings: Settings) -> None:
                 return  # the parent is gone
             try:
                 if method == "handle_fields":
-                    value = pipeline.handle([RawMessage(*fields) for fields in args[0]])
+                    value = pipeline.handle([RawMessage(*f) for f in args[0]], *args[1:])
                 else:
                     value = getattr(pipeline, method)(*args)
             except BaseException as exc:  # noqa: BLE001 - the parent decides what is fatal
@@ -165,8 +165,8 @@ class PipelineProcess:
     def status(self) -> dict:
         return self._call("status")
 
-    def finish(self, timeout_s: float = 60.0) -> None:
-        self._call("finish", timeout_s)
+    def finish(self, timeout_s: float = 60.0, published: list[str] | tuple = ()) -> None:
+        self._call("finish", timeout_s, published)
 
     def close(self, timeout_s: float = 30.0) -> None:
         with self._lock:

@@ -172,15 +172,18 @@ class Sink:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def write(self, result: BatchResult) -> None:
-        """Everything in ``result``, in one transaction (retried while the database is locked)."""
-        if not result:
+    def write(self, result: BatchResult, published: Sequence[str] = ()) -> None:
+        """Everything in ``result``, in one transaction (retried while the database is locked),
+        with the delivery of earlier alerts (``published``: their transaction ids)."""
+        if not result and not published:
             return
         with self._writing():
-            self._retrying(lambda: self._write(result))
+            self._retrying(lambda: self._write(result, published))
 
-    def _write(self, result: BatchResult) -> None:
+    def _write(self, result: BatchResult, published: Sequence[str] = ()) -> None:
         with self.engine.begin() as conn:
+            if published:
+                self._mark_published(conn, published)
             if result.models:
                 started = time.perf_counter()
                 conn.execute(
@@ -222,22 +225,27 @@ class Sink:
                 )
 
     def mark_published(self, transaction_ids: Iterable[str]) -> None:
-        """Record that these alerts were delivered to the alerts topic."""
+        """Record that these alerts were delivered to the alerts topic, in a transaction of its
+        own (a runtime usually hands them to the next :meth:`write` instead)."""
         ids = list(transaction_ids)
-        now = time.time()
 
         def run():
             with self.engine.begin() as conn:
-                for chunk in _chunks(ids):
-                    conn.execute(
-                        update(transactions)
-                        .where(transactions.c.transaction_id.in_(chunk))
-                        .values(alert_published_at=now)
-                    )
+                self._mark_published(conn, ids)
 
         if ids:
             with self._writing():
                 self._retrying(run)
+
+    @staticmethod
+    def _mark_published(conn, ids: Sequence[str]) -> None:
+        now = time.time()
+        for chunk in _chunks(list(ids)):
+            conn.execute(
+                update(transactions)
+                .where(transactions.c.transaction_id.in_(chunk))
+                .values(alert_published_at=now)
+            )
 
     def _retrying(self, work, attempts: int = 10) -> None:
         # The busy timeout already waits 30 s per statement; this outlasts longer locks.

@@ -14,7 +14,13 @@ from sklearn.ensemble import IsolationForest
 
 from fraudstream.schema import Transaction, format_timestamp
 from producer.csv_source import read_transactions
-from stream_processor.core import RawMessage, ScoreDrift, ScoringCore, db_timestamp
+from stream_processor.core import (
+    RawMessage,
+    ScoreDrift,
+    ScoringCore,
+    db_timestamp,
+    features_json,
+)
 from stream_processor.features import FEATURE_NAMES, SUPERVISED_FEATURE_NAMES
 from stream_processor.fitting import anomaly_model, fit_model, fit_supervised
 from stream_processor.pipeline import BatchPipeline
@@ -69,10 +75,27 @@ def test_scores_are_higher_for_anomalies_and_flags_carry_reasons(settings, small
     legit = [r["score"] for r in rows if not r["is_fraud"]]
     assert sum(fraud) / len(fraud) > sum(legit) / len(legit)
     assert set(json.loads(rows[0]["features"])) == set(SUPERVISED_FEATURE_NAMES)
-    # The column is exactly what json.dumps writes for the name -> value object, in order.
     parsed = [json.loads(r["features"]) for r in rows]
     assert all(list(p) == list(SUPERVISED_FEATURE_NAMES) for p in parsed)
-    assert [r["features"] for r in rows] == [json.dumps(p) for p in parsed]
+
+
+def test_the_features_column_is_json_of_the_rounded_values_in_column_order():
+    rng = np.random.default_rng(7)
+    matrix = rng.normal(scale=5, size=(200, len(SUPERVISED_FEATURE_NAMES)))
+    matrix[:, 3] = rng.integers(0, 5, 200)  # whole numbers
+    matrix[:5, 4] = [1e-6, -4e-6, 0.0, -0.0, 123456789.1234567]  # exponents, signed zeros
+    matrix[5:10, 4] = [1e17, 3.0000004, 2.5e-7, 1 / 3, -2 / 3]
+    texts = features_json(matrix)
+    assert len(texts) == 200 and features_json(matrix[:0]) == []
+    assert features_json(matrix[:1]) == texts[:1]
+    for text, row in zip(texts, matrix.round(6).tolist(), strict=True):
+        parsed = json.loads(text)
+        assert list(parsed) == list(SUPERVISED_FEATURE_NAMES)
+        assert list(parsed.values()) == row  # the same floats, bit for bit
+        # laid out as json.dumps lays it out (numbers aside: 1e-06 there, 1e-6 here)
+        assert text.replace("e-0", "e-").replace("e+", "e") == json.dumps(parsed).replace(
+            "e-0", "e-"
+        ).replace("e+", "e")
 
 
 def test_labels_are_never_model_inputs(settings, small_csv):
