@@ -120,6 +120,15 @@ class LabelledEvent:
     features: np.ndarray  # SUPERVISED_FEATURE_NAMES, as computed when the event was scored
 
 
+def _json(value) -> str:
+    """A JSON text of a decoded event's extra fields: orjson (0.1 us for the shipped data's two
+    extras, json.dumps 3 us); json.dumps for what orjson refuses (integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False)
+
+
 def db_timestamp(ts: datetime) -> str:
     """UTC as 'YYYY-MM-DD HH:MM:SS[.ffffff]': sorts as text; SQLite date functions read it."""
     if ts.tzinfo is UTC:  # what validation gives: '...+00:00' dropped, in one call
@@ -353,7 +362,7 @@ class ScoringCore:
                 "timestamp": db_timestamp(txn.timestamp),
                 "location": txn.location,
                 "is_fraud": txn.is_fraud,
-                "extras": json.dumps(txn.extras, ensure_ascii=False) if txn.extras else None,
+                "extras": _json(txn.extras) if txn.extras else None,
                 "score": score,
                 "threshold": model.threshold,
                 "supervised_score": probability,
@@ -384,7 +393,7 @@ class ScoringCore:
                 result.labels_released.setdefault(txn.transaction_id, 1)
         self._remember(features)
         self._watch_drift(scores)
-        self.clock = max(self.clock, max(t.event_time for t in txns))
+        self.clock = max(self.clock, max(t.timestamp for t in txns).timestamp())
         self.counts["scored"] += len(events)
         self.counts["flagged"] += int(flags.sum())
 

@@ -163,15 +163,19 @@ class AccountStates:
         for i, txn in enumerate(txns):
             state = self._state(txn.account_id)
             merchant = self._merchant(txn.merchant)
-            out[i] = self._features(state, merchant, txn)
-            self._learn(state, merchant, txn)
+            t = txn.timestamp.timestamp()  # once per event: about 0.3 us a call
+            out[i] = self._features(state, merchant, txn, t)
+            self._learn_account(state, txn, t)
+            self._learn_merchant(merchant, txn, t)
         self.trim()
         return out
 
     def learn(self, txns: list[Transaction]) -> None:
         """Add events to the state without computing features (rebuilding after a restart)."""
         for txn in txns:
-            self._learn(self._state(txn.account_id), self._merchant(txn.merchant), txn)
+            t = txn.event_time
+            self._learn_account(self._state(txn.account_id), txn, t)
+            self._learn_merchant(self._merchant(txn.merchant), txn, t)
         self.trim()
 
     def trim(self) -> None:
@@ -207,7 +211,7 @@ class AccountStates:
                 if txn.account_id in self._accounts:
                     continue  # in memory already: its state is newer than the stored events
                 state = rebuilt[txn.account_id] = AccountState()
-            self._learn_account(state, txn)
+            self._learn_account(state, txn, txn.event_time)
         self._accounts.update(rebuilt)  # the most recently seen: about to be used
         return len(rebuilt)
 
@@ -229,8 +233,9 @@ class AccountStates:
             self._merchants.move_to_end(name)
         return state
 
-    def _features(self, s: AccountState, m: MerchantState, txn: Transaction) -> list[float]:
-        t = txn.event_time
+    def _features(
+        self, s: AccountState, m: MerchantState, txn: Transaction, t: float
+    ) -> list[float]:
         amount = txn.amount
         log_amount = math.log1p(amount)
         times, amounts = s.times, s.amounts
@@ -302,12 +307,8 @@ class AccountStates:
             math.log((1 + m_1h) / (1 + m_7d / 168)),
         ]
 
-    def _learn(self, s: AccountState, m: MerchantState, txn: Transaction) -> None:
-        self._learn_account(s, txn)
-        self._learn_merchant(m, txn)
-
-    def _learn_account(self, s: AccountState, txn: Transaction) -> None:
-        t = txn.event_time
+    def _learn_account(self, s: AccountState, txn: Transaction, t: float) -> None:
+        """Add one event (``t``: its event time) to the account's state."""
         amount = txn.amount
         times = s.times
         if not times or t >= times[-1]:
@@ -350,8 +351,7 @@ class AccountStates:
             s.sums[k] += txn.amount
 
     @staticmethod
-    def _learn_merchant(m: MerchantState, txn: Transaction) -> None:
-        t = txn.event_time
+    def _learn_merchant(m: MerchantState, txn: Transaction, t: float) -> None:
         age = t - m.decay_time
         if age > 0:
             m.count_1h *= math.exp(-age / 3600)

@@ -77,7 +77,9 @@ STORED = [
     ("SQL injection text", ev(merchant="x'); DROP TABLE transactions;--"), {"merchant": "x'); DROP TABLE transactions;--"}),
     ("numeric account_id", ev(account_id=12345), {"account_id": "12345"}),
     ("padded ids", ev(transaction_id="  T1 ", account_id=" AC1"), {"transaction_id": "T1", "account_id": "AC1"}),
-    ("extra columns", ev(channel="pos", mcc=5411), {"extras": '{"channel": "pos", "mcc": 5411}'}),
+    ("extra columns", ev(channel="pos", mcc=5411), {"extras": '{"channel":"pos","mcc":5411}'}),
+    ("extra text not ASCII", ev(branch="Zürich Süd"), {"extras": '{"branch":"Zürich Süd"}'}),
+    ("extra integer beyond 64 bits", ev(ref=2**70), {"extras": '{"ref": 1180591620717411303424}'}),
     ("label as boolean", ev(is_fraud=True), {"is_fraud": 1}),
     ("microsecond timestamp", ev(timestamp="2026-01-05T10:22:31.250000Z"), {"timestamp": "2026-01-05 10:22:31.250000"}),
 ]  # fmt: skip
