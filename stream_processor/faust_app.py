@@ -26,6 +26,7 @@ import faust
 from fraudstream.settings import Settings
 from stream_processor.pipeline import (
     FETCH_MAX_WAIT_MS,
+    DeliveryRecords,
     Outbound,
     alert_message,
     dead_letter_message,
@@ -210,26 +211,19 @@ def create_app(settings: Settings) -> faust.App:
         if futures:
             await asyncio.gather(*futures)  # delivered, or this raises and nothing is acked
 
-    # Delivered alerts are recorded by the next call's write (pipeline.py), and the events of
-    # a batch with alerts are acknowledged only after that write.
-    app.delivered = []  # type: ignore[attr-defined]  # alerts whose delivery is not recorded
-    waiting: list = []  # (stream, event) acknowledged once it is
+    # Delivered alerts are recorded by the next call's write, and the events of a batch with
+    # alerts are acknowledged after that write (DeliveryRecords).
+    records = app.records = DeliveryRecords()  # type: ignore[attr-defined]
 
     async def run_locked(method: str, *args, stream=None, events=()) -> None:
         async with lock:
             try:
-                out = await pipeline.acall(method, *args, app.delivered)
-                for waiting_stream, event in waiting:  # their alerts' delivery is recorded
+                out = await pipeline.acall(method, *args, records.delivered)
+                for waiting_stream, event in records.written():
                     await waiting_stream.ack(event)
-                waiting.clear()
-                app.delivered = []
                 await publish(out)
-                if out.alerts:
-                    app.delivered = out.alert_ids
-                    waiting.extend((stream, event) for event in events)
-                elif stream is not None:
-                    for event in events:
-                        await stream.ack(event)
+                for ready_stream, event in records.published(out, [(stream, e) for e in events]):
+                    await ready_stream.ack(event)
             except (SinkError, CoreProcessError) as exc:
                 # Stop before acking anything more: the unwritten batch is redelivered on restart.
                 log.critical("FATAL: %s. Stopping; no offset past the last stored batch.", exc)
@@ -294,7 +288,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     finally:
         if app.fatal is None:
             try:
-                app.pipeline.finish(published=app.delivered)
+                app.pipeline.finish(published=app.records.delivered)
             except Exception:  # noqa: BLE001 - shutting down; the log says what was lost
                 log.exception("could not record the refit in progress at shutdown")
         app.pipeline.close()

@@ -19,6 +19,7 @@ from stream_processor.core import RawMessage
 from stream_processor.pipeline import (
     FETCH_MAX_WAIT_MS,
     BatchPipeline,
+    DeliveryRecords,
     Outbound,
     alert_message,
     dead_letter_message,
@@ -137,8 +138,7 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
     )  # fmt: skip
     code = 0
     last_tick = time.monotonic()
-    delivered: list[str] = []  # alerts delivered, their delivery not recorded yet
-    waiting: list = []  # messages whose offsets wait for that record
+    records = DeliveryRecords()  # alerts delivered, and the offsets waiting for their record
     try:
         while not stop.is_set():
             msgs = consumer.consume(settings.batch_size, timeout=settings.batch_timeout_s)
@@ -162,32 +162,26 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
                         )
                         for m in batch
                     ],
-                    published=delivered,  # recorded in the same transaction as these rows
+                    published=records.delivered,  # recorded with these rows
                 )  # fmt: skip
-            elif delivered or time.monotonic() - last_tick >= 1.0:
+            elif records.delivered or time.monotonic() - last_tick >= 1.0:
                 # No events: record deliveries, fit the first model when idle, swap in refits
                 # (under load every batch does the latter).
-                out = pipeline.tick(published=delivered)
+                out = pipeline.tick(published=records.delivered)
                 last_tick = time.monotonic()
             else:
                 continue
-            # The earlier batches' deliveries are recorded now: their offsets may be committed.
+            ready = records.written()
             publish(producer, settings, out)
-            delivered = out.alert_ids
-            if delivered:  # this batch's offsets wait for the write that records them
-                commit(consumer, waiting)
-                waiting = batch
-            else:
-                commit(consumer, waiting + batch)
-                waiting = []
+            commit(consumer, ready + records.published(out, batch))
     except (SinkError, DeliveryError, KafkaException) as exc:
         log.critical("FATAL: %s. Stopping; no offset past the last stored batch.", exc)
         code = 1
     finally:
         if code == 0:
             try:
-                pipeline.published(delivered)
-                commit(consumer, waiting)
+                pipeline.published(records.delivered)
+                commit(consumer, records.written())
             finally:
                 pipeline.finish()
         consumer.close()

@@ -65,6 +65,41 @@ class Outbound:
         return [a["transaction_id"] for a in self.alerts]
 
 
+class DeliveryRecords:
+    """Alerts delivered but not recorded yet, and the events whose acknowledgement waits for it.
+
+    A batch's events may be acknowledged (offsets committed) once its rows are stored, its
+    alerts and dead letters delivered, and that delivery recorded. The record rides with the
+    next write (``handle(..., published=records.delivered)``), so a batch with alerts is
+    acknowledged after that write, one without right after it is published. Both runtimes::
+
+        out = pipeline.handle(batch, published=records.delivered)
+        acknowledge(records.written())
+        publish(out)
+        acknowledge(records.published(out, batch))
+    """
+
+    def __init__(self) -> None:
+        self.delivered: list[str] = []
+        self._waiting: list = []
+
+    def written(self) -> list:
+        """A write that carried :attr:`delivered` committed: the events that waited for it."""
+        ready, self._waiting, self.delivered = self._waiting, [], []
+        return ready
+
+    def published(self, out: Outbound, events: Sequence) -> list:
+        """``out``, the outcome of ``events``, was delivered: what may be acknowledged now."""
+        if out.alerts:
+            self.delivered.extend(out.alert_ids)
+            self._waiting.extend(events)
+            return []
+        if self._waiting:  # in order: never past events still waiting
+            self._waiting.extend(events)
+            return []
+        return list(events)
+
+
 class BatchPipeline:
     def __init__(self, settings: Settings):
         self.settings = settings
