@@ -33,4 +33,3 @@ def test_acknowledgements_never_overtake_a_waiting_batch():
     assert records.published(out(), ["b1"]) == []
     assert records.delivered == ["T1"]
     assert records.written() == ["a1", "b1"]
-
