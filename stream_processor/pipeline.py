@@ -2,8 +2,8 @@
 
 A runtime calls :meth:`BatchPipeline.handle` with a batch (blocking: run it off the event loop)
 and publishes the returned :class:`Outbound`. The delivery of those alerts is recorded with the
-next batch: its ``handle(..., published=ids)`` marks them in the same SQLite transaction as its
-rows (or :meth:`BatchPipeline.published` on its own, when no batch comes). A batch's offsets are
+next batch: its ``handle(..., published=...)`` marks them (transaction id -> delivery time) in
+the same SQLite transaction as its rows (or :meth:`BatchPipeline.published` on its own, when no batch comes). A batch's offsets are
 committed once its rows are stored, its alerts and dead letters delivered, and their delivery
 recorded: when it had no alerts, right after it is published; else after the next write. Order
 of effects for batch N::
@@ -12,8 +12,8 @@ of effects for batch N::
     (or N, if it had no alerts)
 
 One transaction a batch instead of two (a transaction of their own for the marks mostly
-waited for the WAL checkpoint the batch's commit had just started: docs/benchmarks.md). A crash anywhere replays what was
-not committed: stored rows are recognised by ``transaction_id`` and not written again, and their
+waited for the WAL checkpoint the batch's commit had just started: docs/benchmarks.md). A crash
+anywhere replays what was not committed: stored rows are recognised by ``transaction_id`` and not written again, and their
 alerts are published again if their delivery was not recorded (at least once).
 """
 
@@ -22,7 +22,8 @@ from __future__ import annotations
 import gc
 import json
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fraudstream.settings import Settings
@@ -80,18 +81,18 @@ class DeliveryRecords:
     """
 
     def __init__(self) -> None:
-        self.delivered: list[str] = []
+        self.delivered: dict[str, float] = {}  # transaction id -> epoch s of the delivery
         self._waiting: list = []
 
     def written(self) -> list:
         """A write that carried :attr:`delivered` committed: the events that waited for it."""
-        ready, self._waiting, self.delivered = self._waiting, [], []
+        ready, self._waiting, self.delivered = self._waiting, [], {}
         return ready
 
     def published(self, out: Outbound, events: Sequence) -> list:
         """``out``, the outcome of ``events``, was delivered: what may be acknowledged now."""
         if out.alerts:
-            self.delivered.extend(out.alert_ids)
+            self.delivered.update(dict.fromkeys(out.alert_ids, time.time()))
             self._waiting.extend(events)
             return []
         if self._waiting:  # in order: never past events still waiting
@@ -135,16 +136,18 @@ class BatchPipeline:
             len(history), len(held), self.core.label_memory.labels,
         )  # fmt: skip
 
-    def handle(self, messages: Sequence[RawMessage], published: Sequence[str] = ()) -> Outbound:
+    def handle(
+        self, messages: Sequence[RawMessage], published: Mapping[str, float] | None = None
+    ) -> Outbound:
         """Score and store a batch; ``published``: earlier alerts delivered since the last write
-        (their transaction ids), recorded in the same transaction."""
+        (transaction id -> epoch s of the delivery), recorded in the same transaction."""
         result = self.core.process(messages)
         return self._commit(result, published)
 
-    def tick(self, published: Sequence[str] = ()) -> Outbound:
+    def tick(self, published: Mapping[str, float] | None = None) -> Outbound:
         return self._commit(self.core.tick(), published)
 
-    def _commit(self, result: BatchResult, published: Sequence[str]) -> Outbound:
+    def _commit(self, result: BatchResult, published: Mapping[str, float] | None) -> Outbound:
         self.sink.write(result, published)
         for m in result.models:
             log.info(
@@ -157,9 +160,9 @@ class BatchPipeline:
             alerts.extend(self.sink.unpublished_alerts(result.duplicate_ids))
         return Outbound(alerts=alerts, dead_letters=result.dead_letters, refit_s=result.refit_s)
 
-    def published(self, alert_ids: Sequence[str]) -> None:
+    def published(self, published: Mapping[str, float]) -> None:
         """Record delivered alerts in a transaction of their own (no batch to carry them)."""
-        self.sink.mark_published(alert_ids)
+        self.sink.mark_published(published)
 
     def status(self) -> dict:
         core = self.core
@@ -174,10 +177,11 @@ class BatchPipeline:
             **core.counts,
         }
 
-    def finish(self, timeout_s: float = 60.0, published: Sequence[str] = ()) -> None:
+    def finish(self, timeout_s: float = 60.0, published: Mapping[str, float] | None = None) -> None:
         """On shutdown: record delivered alerts; let a refit in progress finish and record it
         (it scores nothing)."""
-        self.published(published)
+        if published:
+            self.published(published)
         result = self.core.wait_for_refit(timeout_s)
         if result.models:
             self.sink.write(result)

@@ -165,7 +165,7 @@ class PipelineProcess:
     def status(self) -> dict:
         return self._call("status")
 
-    def finish(self, timeout_s: float = 60.0, published: list[str] | tuple = ()) -> None:
+    def finish(self, timeout_s: float = 60.0, published: dict[str, float] | None = None) -> None:
         self._call("finish", timeout_s, published)
 
     def close(self, timeout_s: float = 30.0) -> None:

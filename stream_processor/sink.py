@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from operator import itemgetter
 
@@ -172,15 +172,15 @@ class Sink:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def write(self, result: BatchResult, published: Sequence[str] = ()) -> None:
+    def write(self, result: BatchResult, published: Mapping[str, float] | None = None) -> None:
         """Everything in ``result``, in one transaction (retried while the database is locked),
-        with the delivery of earlier alerts (``published``: their transaction ids)."""
+        with the delivery of earlier alerts (``published``: transaction id -> epoch s)."""
         if not result and not published:
             return
         with self._writing():
             self._retrying(lambda: self._write(result, published))
 
-    def _write(self, result: BatchResult, published: Sequence[str] = ()) -> None:
+    def _write(self, result: BatchResult, published: Mapping[str, float] | None) -> None:
         with self.engine.begin() as conn:
             if published:
                 self._mark_published(conn, published)
@@ -224,28 +224,29 @@ class Sink:
                     result.dead_letters,
                 )
 
-    def mark_published(self, transaction_ids: Iterable[str]) -> None:
-        """Record that these alerts were delivered to the alerts topic, in a transaction of its
-        own (a runtime usually hands them to the next :meth:`write` instead)."""
-        ids = list(transaction_ids)
+    def mark_published(self, published: Mapping[str, float] | Iterable[str]) -> None:
+        """Record that these alerts were delivered to the alerts topic (transaction id ->
+        epoch s of the delivery; ids alone: now), in a transaction of its own (a runtime
+        usually hands them to the next :meth:`write` instead)."""
+        if not isinstance(published, Mapping):
+            published = dict.fromkeys(published, time.time())
 
         def run():
             with self.engine.begin() as conn:
-                self._mark_published(conn, ids)
+                self._mark_published(conn, published)
 
-        if ids:
+        if published:
             with self._writing():
                 self._retrying(run)
 
     @staticmethod
-    def _mark_published(conn, ids: Sequence[str]) -> None:
-        now = time.time()
-        for chunk in _chunks(list(ids)):
-            conn.execute(
-                update(transactions)
-                .where(transactions.c.transaction_id.in_(chunk))
-                .values(alert_published_at=now)
-            )
+    def _mark_published(conn, published: Mapping[str, float]) -> None:
+        conn.execute(
+            update(transactions)
+            .where(transactions.c.transaction_id == bindparam("tid"))
+            .values(alert_published_at=bindparam("delivered_at")),
+            [{"tid": tid, "delivered_at": at} for tid, at in published.items()],
+        )
 
     def _retrying(self, work, attempts: int = 10) -> None:
         # The busy timeout already waits 30 s per statement; this outlasts longer locks.

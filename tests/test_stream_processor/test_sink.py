@@ -78,6 +78,18 @@ def test_unpublished_alerts_are_found_until_marked(settings, small_csv):
     assert {a["transaction_id"] for a in pending} == {a["transaction_id"] for a in result.alerts}
     sink.mark_published(a["transaction_id"] for a in pending[:3])
     assert len(sink.unpublished_alerts(ids)) == len(pending) - 3
+    # The next batch's write records two more, with the times they were delivered.
+    delivered = {pending[3]["transaction_id"]: 1000.5, pending[4]["transaction_id"]: 1001.25}
+    sink.write(core.process(msgs(small_csv, 200)[100:]), published=delivered)
+    assert len(sink.unpublished_alerts(ids)) == len(pending) - 5
+    with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as conn:
+        stored = dict(
+            conn.execute(
+                "select transaction_id, alert_published_at from transactions "
+                "where alert_published_at < 2000"
+            ).fetchall()
+        )
+    assert stored == delivered
 
 
 def test_an_unopenable_database_is_a_clear_error(tmp_path):
