@@ -14,7 +14,6 @@ database.
 from __future__ import annotations
 
 import argparse
-import functools
 import statistics
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.latency import raw_messages
+from benchmarks.timing import timed
 from fraudstream.settings import Settings
 
 STAGES = (
@@ -35,20 +35,6 @@ STAGES = (
     ("process", "the whole scoring core (ScoringCore.process)"),
     ("write", "the SQLite write (Sink.write: one transaction per batch)"),
 )
-
-
-def _timed(owner, name: str, key: str, totals: Counter) -> None:
-    original = getattr(owner, name)
-
-    @functools.wraps(original)
-    def wrapper(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            totals[key] += time.perf_counter() - started
-
-    setattr(owner, name, wrapper)
 
 
 def measure(values: list, work: Path, batch: int, totals: Counter) -> tuple[int, float]:
@@ -87,12 +73,12 @@ def main() -> None:
     from stream_processor import core, model, sink
 
     totals: Counter = Counter()
-    _timed(core, "decode", "decode", totals)
-    _timed(core.ScoringCore, "_features", "features", totals)
-    _timed(model.FittedModel, "score", "score", totals)
-    _timed(core.ScoringCore, "_emit", "emit", totals)
-    _timed(core.ScoringCore, "process", "process", totals)
-    _timed(sink.Sink, "write", "write", totals)
+    timed(core, "decode", "decode", totals)
+    timed(core.ScoringCore, "_features", "features", totals)
+    timed(model.FittedModel, "score", "score", totals)
+    timed(core.ScoringCore, "_emit", "emit", totals)
+    timed(core.ScoringCore, "process", "process", totals)
+    timed(sink.Sink, "write", "write", totals)
 
     values = raw_messages(pd.read_csv(args.csv))
     work = Path(tempfile.mkdtemp(prefix="fraudstream-stages-"))
