@@ -1,8 +1,9 @@
 """The throughput runtime: a confluent-kafka batch consumer feeding the same scoring core.
 
 Same outputs and guarantees as the faust runtime (at-least-once; offsets committed only after
-the SQLite commit and the delivery of the batch's alerts and dead letters), without faust's
-per-event overhead: ``consume(BATCH_SIZE)`` hands whole batches to the core.
+the SQLite commit, the delivery of the batch's alerts and dead letters, and the record of that
+delivery: :class:`~stream_processor.pipeline.DeliveryRecords`), without faust's per-event
+overhead: ``consume(BATCH_SIZE)`` hands whole batches to the core.
 """
 
 from __future__ import annotations
