@@ -9,9 +9,10 @@ The same events (generated, keyed by account) are produced once; then, per repea
 - "pipeline, <runtime>": the stream processor from the first to the last scored row committed
   in SQLite (alerts published, offsets committed), on a fresh database and consumer group.
 
-Baseline rates are events/s from the first to the last event; pipeline rates are events/s
-between the 10th and the 90th percentile of commit times (steady state: group join, start-up and
-the warm-up batch excluded; wall time including them is reported separately). The machine is noisy: read medians and ratios, not single runs.
+Baseline rates are events/s from the first to the last event; pipeline rates are events/s between
+the 10th and the 90th percentile of commit times (steady state: group join, start-up and the warm-up
+batch excluded; wall time including them is reported separately). The machine is noisy: read medians
+and ratios, not single runs.
 """
 
 from __future__ import annotations

@@ -163,7 +163,7 @@ class AccountStates:
         for i, txn in enumerate(txns):
             state = self._state(txn.account_id)
             merchant = self._merchant(txn.merchant)
-            t = txn.timestamp.timestamp()  # once per event: about 0.3 us a call
+            t = txn.event_time  # once per event: about 0.3 us a call
             out[i] = self._features(state, merchant, txn, t)
             self._learn_account(state, txn, t)
             self._learn_merchant(merchant, txn, t)

@@ -1,20 +1,21 @@
 """The core and the sink wired together: what every runtime does with a batch.
 
-A runtime calls :meth:`BatchPipeline.handle` with a batch (blocking: run it off the event loop)
-and publishes the returned :class:`Outbound`. The delivery of those alerts is recorded with the
-next batch: its ``handle(..., published=...)`` marks them (transaction id -> delivery time) in
-the same SQLite transaction as its rows (or :meth:`BatchPipeline.published` on its own, when no batch comes). A batch's offsets are
-committed once its rows are stored, its alerts and dead letters delivered, and their delivery
-recorded: when it had no alerts, right after it is published; else after the next write. Order
-of effects for batch N::
+A runtime calls :meth:`BatchPipeline.handle` with a batch (blocking: run it off the event loop) and
+publishes the returned :class:`Outbound`. The delivery of those alerts is recorded with the next
+batch: its ``handle(..., published=...)`` marks them (transaction id -> delivery time) in the same
+SQLite transaction as its rows (or :meth:`BatchPipeline.published` on its own, when no batch comes).
+A batch's offsets are committed once its rows are stored, its alerts and dead letters delivered, and
+their delivery recorded: when it had no alerts, right after it is published; else after the next
+write. Order of effects for batch N::
 
     score N -> SQLite commit (rows N, marks N-1) -> N's alerts delivered -> offsets up to N-1
     (or N, if it had no alerts)
 
 One transaction a batch instead of two (a transaction of their own for the marks mostly
 waited for the WAL checkpoint the batch's commit had just started: docs/benchmarks.md). A crash
-anywhere replays what was not committed: stored rows are recognised by ``transaction_id`` and not written again, and their
-alerts are published again if their delivery was not recorded (at least once).
+anywhere replays what was not committed: stored rows are recognised by ``transaction_id`` and not
+written again, and their alerts are published again if their delivery was not recorded (at least
+once).
 """
 
 from __future__ import annotations

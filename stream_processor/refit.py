@@ -11,12 +11,12 @@ model's joblib dump is made in the worker too. Callers name the function to run
 Both are pickled and unpickled in the caller's thread (a few milliseconds), not in the executor's
 helper threads: the batch path pays for them at a moment it chooses and can measure.
 
-One worker process serves every scoring core of the interpreter (a runtime has one core; tests
-have many). It is started with the first core, off the batch path, from a ``forkserver`` (a fresh
-interpreter that preloaded the fitting code and scikit-learn: safe beside librdkafka's and
-faust's threads, and it never re-runs the caller's main script). It exits when the processor exits, however that ends (it
-watches the processor's pid, and the forkserver follows it), and is replaced if it ever dies: the
-fit that was running then fails, is logged, and the current model is kept.
+One worker process serves every scoring core of the interpreter (a runtime has one core; tests have
+many). It is started with the first core, off the batch path, from a ``forkserver`` (a fresh
+interpreter that preloaded the fitting code and scikit-learn: safe beside librdkafka's and faust's
+threads, and it never re-runs the caller's main script). It exits when the processor exits, however
+that ends (it watches the processor's pid, and the forkserver follows it), and is replaced if it
+ever dies: the fit that was running then fails, is logged, and the current model is kept.
 """
 
 from __future__ import annotations

@@ -64,16 +64,16 @@ class SinkError(RuntimeError):
 class WalCheckpointer:
     """SQLite's write-ahead-log checkpoints, off the batch path.
 
-    By default SQLite copies the log back into the database file inside the commit that takes
-    the log past 1,000 pages (``python -m benchmarks.stages``: the SQLite write 18.7 -> 12.3 us
-    per event with this thread). The sink's connections turn that off and this thread runs the checkpoints on its own connection, after every
-    ``every_writes`` batches or ``every_s`` seconds with writes. Python's sqlite3 releases the
-    GIL while SQLite works, so the next batch is decoded and scored meanwhile; its write waits
-    for the checkpoint to end (:attr:`lock`). That wait keeps the log bounded: SQLite rewinds
-    the log only when a write begins after a checkpoint that copied all of it, and a writer
-    that never paused would keep it growing. A reader on an old snapshot (a dbt build) delays
-    only the part it still needs, as before. Safe at any moment: a checkpoint interrupted by a
-    crash is redone from the log when the database is next opened."""
+    By default SQLite copies the log back into the database file inside the commit that takes the
+    log past 1,000 pages (``python -m benchmarks.stages``: the SQLite write 18.7 -> 12.3 us per
+    event with this thread). The sink's connections turn that off and this thread runs the
+    checkpoints on its own connection, after every ``every_writes`` batches or ``every_s`` seconds
+    with writes. Python's sqlite3 releases the GIL while SQLite works, so the next batch is decoded
+    and scored meanwhile; its write waits for the checkpoint to end (:attr:`lock`). That wait keeps
+    the log bounded: SQLite rewinds the log only when a write begins after a checkpoint that copied
+    all of it, and a writer that never paused would keep it growing. A reader on an old snapshot (a
+    dbt build) delays only the part it still needs, as before. Safe at any moment: a checkpoint
+    interrupted by a crash is redone from the log when the database is next opened."""
 
     def __init__(self, path: str, every_writes: int = 8, every_s: float = 1.0):
         self.path = path
