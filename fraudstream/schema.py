@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 INPUT_COLUMNS = ("transaction_id", "account_id", "amount", "merchant", "timestamp", "location")
 """Required input columns, in CSV order. Other columns are carried through as ``extras``."""
 
@@ -28,6 +30,7 @@ EARLIEST = datetime(1990, 1, 1, tzinfo=UTC)  # event times outside [EARLIEST, LA
 LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 EPOCH_MS_ABOVE = 1e11  # a numeric time above this is epoch milliseconds (1e11 s is year 5138)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NOT_EXTRAS = frozenset((*INPUT_COLUMNS, LABEL_COLUMN, ""))  # every other key is an extra
 
 
 class InvalidRecord(ValueError):
@@ -114,7 +117,10 @@ def _parse_time(value: Any) -> datetime:
             "timestamp", f"not an ISO 8601 time (e.g. 2026-01-31T13:45:00Z): {value!r}"
         ) from None
     if ts.tzinfo is None:
-        return ts.replace(tzinfo=UTC)
+        # The same time with the offset written out: a fifth of the time of
+        # ts.replace(tzinfo=UTC) (a timeit). A date alone ignores the offset: replaced then.
+        aware = datetime.fromisoformat(text + "+00:00")
+        return aware if aware.tzinfo is UTC else ts.replace(tzinfo=UTC)
     return ts if ts.tzinfo is UTC else ts.astimezone(UTC)
 
 
@@ -171,9 +177,9 @@ def _label(record: Mapping[str, Any]) -> int | None:
 
 def validate(record: Mapping[str, Any]) -> Transaction:
     """A :class:`Transaction` from a CSV row or a decoded event, or :class:`InvalidRecord`."""
-    if not isinstance(record, Mapping):
+    if type(record) is not dict and not isinstance(record, Mapping):
         raise InvalidRecord(None, f"expected a JSON object, got {type(record).__name__}")
-    extras = {k: v for k, v in record.items() if k not in INPUT_COLUMNS and k != LABEL_COLUMN and k}
+    extras = {k: v for k, v in record.items() if k not in _NOT_EXTRAS}
     return Transaction(
         transaction_id=_text(record, "transaction_id", MAX_ID_LENGTH),
         account_id=_text(record, "account_id", MAX_ID_LENGTH),
@@ -199,6 +205,9 @@ def load_json(value: bytes | None) -> Any:
         raise InvalidRecord(
             None, f"message of {len(value):,} bytes is larger than {MAX_MESSAGE_BYTES:,}"
         )
+    record = _fast_json(value)
+    if record is not None:
+        return record
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -207,4 +216,30 @@ def load_json(value: bytes | None) -> Any:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidRecord(None, f"invalid JSON at char {exc.pos}: {exc.msg}") from None
+    return record
+
+
+_INT64 = 2.0**63
+
+
+def _fast_json(value: bytes) -> dict | None:
+    """``value`` parsed by orjson (a timeit of the shipped events: 0.9 us, ``json.loads`` with
+    the UTF-8 decode 3.7 us), or None where it could differ from the standard library, which
+    then parses it: anything orjson refuses (NaN, a lone surrogate, invalid UTF-8: the standard
+    library's own error or acceptance stands), anything but a flat object (nested values), and
+    a float beyond 64-bit integers, which orjson also gives for an integer literal that large
+    (``json.loads`` keeps it exact)."""
+    try:
+        record = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if type(record) is not dict:
+        return None
+    for v in record.values():
+        t = type(v)
+        if t is float:
+            if v >= _INT64 or v <= -_INT64:
+                return None
+        elif t is dict or t is list:
+            return None
     return record

@@ -81,3 +81,43 @@ def test_json_nan_amount_is_rejected():
     value = json.dumps({**GOOD, "amount": float("nan")}).encode()
     with pytest.raises(InvalidRecord, match="finite"):
         decode(value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-01-05T10:22:31", datetime(2026, 1, 5, 10, 22, 31, tzinfo=UTC)),
+        ("2026-01-05 10:22", datetime(2026, 1, 5, 10, 22, tzinfo=UTC)),
+        ("2026-01-05T10:22:31.250000", datetime(2026, 1, 5, 10, 22, 31, 250000, tzinfo=UTC)),
+        ("20260105T102231", datetime(2026, 1, 5, 10, 22, 31, tzinfo=UTC)),
+        ("2026-01-05", datetime(2026, 1, 5, tzinfo=UTC)),  # a date alone takes no offset
+        ("2026-W02-1", datetime(2026, 1, 5, tzinfo=UTC)),
+        (" 2026-01-05T10:22:31Z ", datetime(2026, 1, 5, 10, 22, 31, tzinfo=UTC)),
+    ],
+)
+def test_naive_times_of_every_iso_form_are_utc(text, expected):
+    ts = validate({**GOOD, "timestamp": text}).timestamp
+    assert ts == expected
+    assert ts.tzinfo is UTC
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # orjson reads an integer literal beyond 64 bits as a float: the standard library keeps it
+        (b'"ref": 123456789012345678901234', {"ref": 123456789012345678901234}),
+        (b'"ref": -9223372036854775809', {"ref": -9223372036854775809}),
+        (b'"ref": 18446744073709551615', {"ref": 18446744073709551615}),
+        (b'"ref": 1e300', {"ref": 1e300}),  # a float literal stays a float either way
+        (b'"ref": {"deep": 123456789012345678901234}', {"ref": {"deep": 123456789012345678901234}}),
+        (b'"ref": [123456789012345678901234]', {"ref": [123456789012345678901234]}),
+        (b'"ref": "\\ud800"', {"ref": "\ud800"}),  # a lone surrogate: orjson refuses it
+        (b'"ref": 1, "ref": 2', {"ref": 2}),  # a repeated key: the last one, as json.loads
+    ],
+)
+def test_values_decode_as_the_standard_library_reads_them(raw, expected):
+    good = json.dumps({**GOOD, "amount": 12.5}).encode()
+    value = good[:-1] + b", " + raw + b"}"
+    txn = decode(value)
+    assert txn.extras == expected
+    assert repr(txn.extras) == repr(expected)  # types too: an int stays an int
