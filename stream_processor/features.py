@@ -91,6 +91,10 @@ MIN_TRAVEL_H = 1 / 60  # two events a minute apart in different cities: at most 
 _I = {name: i for i, name in enumerate(SUPERVISED_FEATURE_NAMES)}
 _TAU = tuple(w for _, w in DECAY_WINDOWS)
 _ZEROS = (0.0,) * len(DECAY_WINDOWS)
+_WEEKDAYS = tuple(
+    (math.sin(2 * math.pi * weekday / 7), math.cos(2 * math.pi * weekday / 7))
+    for weekday in range(7)
+)  # sin, cos of each weekday (Monday = 0)
 
 
 class AccountState:
@@ -159,16 +163,22 @@ class AccountStates:
         Accounts beyond ``max_accounts`` are evicted after the batch, never during it: the
         batch is stored before the next one, so an evicted account can be rebuilt from its
         stored events (:meth:`restore`)."""
-        out = np.empty((len(txns), len(FEATURE_NAMES)), dtype=np.float64)
-        for i, txn in enumerate(txns):
+        values: list[float] = []  # row after row; one array at the end (a timeit: 0.9 us a
+        # row, 1.5 assigning each row to an array)
+        features, learn_account, learn_merchant = (
+            self._features,
+            self._learn_account,
+            self._learn_merchant,
+        )
+        for txn in txns:
             state = self._state(txn.account_id)
             merchant = self._merchant(txn.merchant)
             t = txn.event_time  # once per event: about 0.3 us a call
-            out[i] = self._features(state, merchant, txn, t)
-            self._learn_account(state, txn, t)
-            self._learn_merchant(merchant, txn, t)
+            values += features(state, merchant, txn, t)
+            learn_account(state, txn, t)
+            learn_merchant(merchant, txn, t)
         self.trim()
-        return out
+        return np.array(values, dtype=np.float64).reshape(len(txns), len(FEATURE_NAMES))
 
     def learn(self, txns: list[Transaction]) -> None:
         """Add events to the state without computing features (rebuilding after a restart)."""
@@ -259,11 +269,13 @@ class AccountStates:
             vs_median = 0.0
         has_history = s.seen > 0
         age = max(0.0, t - s.decay_time)
-        vs_window = [  # the decayed mean is sum / count, both decayed alike
-            log_amount - math.log1p(total / c) if c > 1e-9 else 0.0
-            for total, c in zip(s.sums, s.counts, strict=True)
-        ]
-        count_7d = s.counts[1] * math.exp(-age / _TAU[1])
+        # The decayed mean is sum / count, both decayed alike (one per DECAY_WINDOWS).
+        c1, c7, c30 = s.counts
+        sum1, sum7, sum30 = s.sums
+        vs_1d = log_amount - math.log1p(sum1 / c1) if c1 > 1e-9 else 0.0
+        vs_7d = log_amount - math.log1p(sum7 / c7) if c7 > 1e-9 else 0.0
+        vs_30d = log_amount - math.log1p(sum30 / c30) if c30 > 1e-9 else 0.0
+        count_7d = c7 * math.exp(-age / _TAU[1])
         if s.last_time is None:
             gap, speed = NO_GAP_S, 0.0
         else:
@@ -272,7 +284,7 @@ class AccountStates:
             speed = math.log1p(km / max(gap / 3600, MIN_TRAVEL_H)) if km else 0.0
         home_km = distance_km(s.home_location, txn.location) if s.home_location else None
         hour = (t % DAY) / 3600
-        weekday = (int(t // DAY) + 3) % 7  # 1970-01-01 was a Thursday
+        weekday_sin, weekday_cos = _WEEKDAYS[(int(t // DAY) + 3) % 7]  # 1970-01-01: a Thursday
         # Merchant profile, decayed to this event's time.
         m_age = max(0.0, t - m.decay_time)
         if m.count_30d > 1e-9:
@@ -285,7 +297,9 @@ class AccountStates:
         return [
             log_amount,
             vs_median,
-            *vs_window,
+            vs_1d,
+            vs_7d,
+            vs_30d,
             math.log1p(s.seen),
             c10,
             c1h,
@@ -300,8 +314,8 @@ class AccountStates:
             small,
             math.sin(2 * math.pi * hour / 24),
             math.cos(2 * math.pi * hour / 24),
-            math.sin(2 * math.pi * weekday / 7),
-            math.cos(2 * math.pi * weekday / 7),
+            weekday_sin,
+            weekday_cos,
             m_vs,
             math.log1p(m_1d),
             math.log((1 + m_1h) / (1 + m_7d / 168)),
@@ -340,15 +354,27 @@ class AccountStates:
             s.last_location = location
         # Decayed sums move forward in time only; a late event counts as if at decay_time.
         age = t - s.decay_time
+        counts, sums = s.counts, s.sums
         if age > 0:
-            for k, tau in enumerate(_TAU):
-                f = math.exp(-age / tau)
-                s.counts[k] *= f
-                s.sums[k] *= f
+            f1, f7, f30 = (
+                math.exp(-age / _TAU[0]),
+                math.exp(-age / _TAU[1]),
+                math.exp(-age / _TAU[2]),
+            )
+            counts[0] = counts[0] * f1 + 1.0
+            counts[1] = counts[1] * f7 + 1.0
+            counts[2] = counts[2] * f30 + 1.0
+            sums[0] = sums[0] * f1 + amount
+            sums[1] = sums[1] * f7 + amount
+            sums[2] = sums[2] * f30 + amount
             s.decay_time = t
-        for k in range(len(_TAU)):
-            s.counts[k] += 1.0
-            s.sums[k] += txn.amount
+        else:
+            counts[0] += 1.0
+            counts[1] += 1.0
+            counts[2] += 1.0
+            sums[0] += amount
+            sums[1] += amount
+            sums[2] += amount
 
     @staticmethod
     def _learn_merchant(m: MerchantState, txn: Transaction, t: float) -> None:
