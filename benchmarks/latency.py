@@ -43,13 +43,20 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def _data_path_names() -> tuple[str, ...]:
+    from stream_processor.remote import CORE_PROCESS_NAME
+    from stream_processor.writer import WRITER_PROCESS_NAME
+
+    return (CORE_PROCESS_NAME, WRITER_PROCESS_NAME)
+
+
 def processor_peak_rss_mb(pid: int) -> float | None:
     """Peak RSS of the processor: the runtime's process, plus its scoring process when the core
-    runs in one (the faust runtime), in MB."""
-    from stream_processor.remote import CORE_PROCESS_NAME
-
+    runs in one (the faust runtime) and its SQLite writer process (the confluent runtime), in
+    MB."""
+    names = _data_path_names()
     peaks = [peak_rss_mb(pid)] + [
-        peak_rss_mb(child) for child in descendants(pid) if process_name(child) == CORE_PROCESS_NAME
+        peak_rss_mb(child) for child in descendants(pid) if process_name(child) in names
     ]
     return None if peaks[0] is None else sum(p for p in peaks if p is not None)
 
@@ -57,9 +64,8 @@ def processor_peak_rss_mb(pid: int) -> float | None:
 def workers_peak_rss_mb(pid: int) -> float | None:
     """Sum of the peak RSS of the processor's other processes (the refit worker and the
     forkservers that start processes), in MB."""
-    from stream_processor.remote import CORE_PROCESS_NAME
-
-    peaks = [peak_rss_mb(c) for c in descendants(pid) if process_name(c) != CORE_PROCESS_NAME]
+    names = _data_path_names()
+    peaks = [peak_rss_mb(c) for c in descendants(pid) if process_name(c) not in names]
     return sum(p for p in peaks if p is not None) if peaks else None
 
 

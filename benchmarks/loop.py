@@ -1,15 +1,18 @@
 """Where the confluent runtime's loop spends its time, phase by phase, on the embedded broker.
 
-    python -m benchmarks.loop [--events 100000] [--repeat 3]
+    python -m benchmarks.loop [--events 100000] [--repeat 3] [--writers inline,process]
 
-Generated events (as in ``benchmarks.bench``) are produced once; then, per repeat, the confluent
-runtime (``kafka_runtime.run_consumer``) runs in this process on a new database and consumer
-group, with wall-time counters around each phase of its loop: ``consume()`` (waiting for and
-receiving events), the scoring core, the SQLite write, publishing the alerts, recording their
-delivery when it is a transaction of its own, and the offset commit. Counting starts at the first
-stored row (group join and the warm-up batch excluded) and ends when every event is stored.
-Medians of ``--repeat`` runs, in microseconds per event. What the phases leave over is the loop's
-own Python (building the messages for the core, the batch bookkeeping).
+Generated events (as in ``benchmarks.bench``) are produced once; then, per repeat and per
+``SQLITE_WRITER`` mode (``inline``, the baseline: the write in the batch thread; ``process``: in
+the writer process while the next batch is scored), the confluent runtime
+(``kafka_runtime.run_consumer``) runs in this process on a new database and consumer group, with
+wall-time counters around each phase of its loop: ``consume()`` (waiting for and receiving
+events), the scoring core, submitting the SQLite write (inline: all of it; with the writer
+process: compiling, pickling and sending it), waiting for the write to commit, publishing the
+alerts, and the offset commit. Counting starts at the first stored row (group join and the
+warm-up batch excluded) and ends when every event is stored. Medians of ``--repeat`` runs, in
+microseconds per event. What the phases leave over is the loop's own Python (building the
+messages for the core, the batch bookkeeping).
 """
 
 from __future__ import annotations
@@ -34,9 +37,9 @@ from producer.replay import ReplayOptions, replay
 PHASES = (
     ("consume", "consume(): waiting for and receiving events"),
     ("core", "the scoring core (ScoringCore.process)"),
-    ("write", "the SQLite write (Sink.write)"),
+    ("submit", "the SQLite write submitted (Sink.submit; inline: the whole write)"),
+    ("wait", "waiting for the write to commit (Sink.wait)"),
     ("publish", "alerts and dead letters produced and delivered"),
-    ("mark", "alert deliveries recorded in a transaction of their own"),
     ("commit", "offset commit"),
 )
 
@@ -51,8 +54,8 @@ def instrument(totals: Counter) -> None:
     timed(Consumer, "commit", "commit", totals)
     kafka_runtime.Consumer = Consumer
     timed(core.ScoringCore, "process", "core", totals)
-    timed(sink.Sink, "write", "write", totals)
-    timed(sink.Sink, "mark_published", "mark", totals)
+    timed(sink.Sink, "submit", "submit", totals)
+    timed(sink.Sink, "wait", "wait", totals)
     timed(kafka_runtime, "publish", "publish", totals)
 
 
@@ -64,11 +67,15 @@ def count(db: Path) -> int:
         return 0
 
 
-def measure(s: Settings, work: Path, events: int, totals: Counter) -> tuple[int, float]:
+def measure(
+    s: Settings, work: Path, events: int, totals: Counter, writer: str
+) -> tuple[int, float]:
     """(events counted, seconds) of one run of the runtime on a new database and group."""
     from stream_processor.kafka_runtime import run_consumer
 
-    ps = fresh(s, work, "loop", "confluent").replace(transactions_topic=s.transactions_topic)
+    ps = fresh(s, work, "loop", "confluent").replace(
+        transactions_topic=s.transactions_topic, sqlite_writer=writer
+    )
     db = Path(ps.sqlite_path)
     stop = threading.Event()
     runner = threading.Thread(target=run_consumer, args=(ps, stop))
@@ -91,14 +98,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--writers", default="inline,process", help="SQLITE_WRITER modes, in order")
     args = ap.parse_args()
+    writers = args.writers.split(",")
 
     totals: Counter = Counter()
     instrument(totals)
     work = Path(tempfile.mkdtemp(prefix="fraudstream-loop-"))
     csv = work / "events.csv"
     write_csv(csv, GeneratorConfig(rows=args.events, days=max(30, args.events // 700), seed=3))
-    runs: dict[str, list[float]] = {key: [] for key, _ in (*PHASES, ("rest", ""), ("total", ""))}
+    keys = [key for key, _ in (*PHASES, ("rest", ""), ("total", ""))]
+    runs = {w: {key: [] for key in keys} for w in writers}
     with EmbeddedBroker(log_path=work / "broker.log") as broker:
         s = Settings.from_env(
             {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"},
@@ -107,22 +117,29 @@ def main() -> None:
         s = fresh(s, work, "loop", "confluent")
         replay(csv, broker.bootstrap, s.transactions_topic, ReplayOptions(progress=False))
         for _ in range(args.repeat):
-            n, elapsed = measure(s, work, args.events, totals)
-            for key, _ in PHASES:
-                runs[key].append(1e6 * totals[key] / n)
-            runs["total"].append(1e6 * elapsed / n)
-            runs["rest"].append(runs["total"][-1] - sum(runs[k][-1] for k, _ in PHASES))
+            for writer in writers:  # alternated: the machine's noise falls on both alike
+                n, elapsed = measure(s, work, args.events, totals, writer)
+                r = runs[writer]
+                for key, _ in PHASES:
+                    r[key].append(1e6 * totals[key] / n)
+                r["total"].append(1e6 * elapsed / n)
+                r["rest"].append(r["total"][-1] - sum(r[k][-1] for k, _ in PHASES))
 
-    print(f"{args.events:,} generated events, confluent runtime, {args.repeat} runs")
+    print(f"{args.events:,} generated events, confluent runtime, {args.repeat} runs per writer")
     print()
-    print("| phase of the loop | us per event (runs) | median |")
-    print("| --- | --- | --- |")
+    print("| phase of the loop (us per event) | " + " | ".join(
+        f"{w} (runs) | {w} median" for w in writers) + " |")  # fmt: skip
+    print("| --- |" + " --- | --- |" * len(writers))
     rows = (*PHASES, ("rest", "the rest: the loop's own Python"), ("total", "wall time"))
     for key, label in rows:
-        cells = ", ".join(f"{v:.1f}" for v in runs[key])
-        print(f"| {label} | {cells} | {statistics.median(runs[key]):.1f} |")
+        cells = [
+            f"{', '.join(f'{v:.1f}' for v in runs[w][key])} | {statistics.median(runs[w][key]):.1f}"
+            for w in writers
+        ]
+        print(f"| {label} | {' | '.join(cells)} |")
     print()
-    print(f"events/s (median): {1e6 / statistics.median(runs['total']):,.0f}")
+    for w in writers:
+        print(f"events/s, {w} (median): {1e6 / statistics.median(runs[w]['total']):,.0f}")
 
 
 if __name__ == "__main__":

@@ -123,6 +123,12 @@ class Settings:
         "Where background refits run: process (a worker process, so scoring never waits on "
         "them) or thread.",
     )
+    sqlite_writer: str = _setting(
+        "SQLITE_WRITER",
+        "process",
+        "confluent runtime on SQLite: process (each batch's write runs in a child process while "
+        "the next batch is scored) or inline (in the batch thread).",
+    )
     drift_delta: float = _setting(
         "DRIFT_DELTA",
         0.002,

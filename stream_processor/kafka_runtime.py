@@ -3,7 +3,12 @@
 Same outputs and guarantees as the faust runtime (at-least-once; offsets committed only after
 the SQLite commit, the delivery of the batch's alerts and dead letters, and the record of that
 delivery: :class:`~stream_processor.pipeline.DeliveryRecords`), without faust's per-event
-overhead: ``consume(BATCH_SIZE)`` hands whole batches to the core.
+overhead: ``consume(BATCH_SIZE)`` hands whole batches to the core. Each batch is scored while
+the one before is written (``SQLITE_WRITER=process``: by the writer process,
+:mod:`stream_processor.writer`); that batch's alerts are published and its offsets committed
+once its write has committed::
+
+    score N (write N-1 runs) -> N-1 committed -> N-1's alerts delivered -> offsets -> submit N
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from stream_processor.pipeline import (
 from stream_processor.sink import SinkError
 
 log = logging.getLogger(__name__)
+
+WRITER_MODES = ("process", "inline")
 
 
 class DeliveryError(RuntimeError):
@@ -122,7 +129,11 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    pipeline = BatchPipeline(settings)
+    if settings.sqlite_writer not in WRITER_MODES:
+        raise ValueError(
+            f"SQLITE_WRITER must be one of {', '.join(WRITER_MODES)}, not {settings.sqlite_writer!r}"
+        )
+    pipeline = BatchPipeline(settings, writer_process=settings.sqlite_writer == "process")
     tune_gc()
     consumer = Consumer(consumer_config(settings))
     producer = Producer(
@@ -140,6 +151,15 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
     code = 0
     last_tick = time.monotonic()
     records = DeliveryRecords()  # alerts delivered, and the offsets waiting for their record
+    in_flight: list | None = None  # the events whose write was submitted, not collected yet
+
+    def written(events: list) -> None:
+        """The write of ``events`` is committed (waited for here): publish, acknowledge."""
+        out = pipeline.collect()
+        ready = records.written()
+        publish(producer, settings, out)
+        commit(consumer, ready + records.published(out, events))
+
     try:
         while not stop.is_set():
             msgs = consumer.consume(settings.batch_size, timeout=settings.batch_timeout_s)
@@ -150,8 +170,8 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
                     batch.append(m)
                 elif err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer: %s", err)
-            if batch:
-                out = pipeline.handle(
+            if batch:  # scored while the previous batch is written
+                result = pipeline.score(
                     [
                         RawMessage(
                             m.value(),
@@ -162,25 +182,31 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
                             produced_at(m.headers()),
                         )
                         for m in batch
-                    ],
-                    published=records.delivered,  # recorded with these rows
+                    ]
                 )  # fmt: skip
+            elif in_flight is not None:  # nothing new: finish the last batch now
+                written(in_flight)
+                in_flight = None
+                continue
             elif records.delivered or time.monotonic() - last_tick >= 1.0:
                 # No events: record deliveries, fit the first model when idle, swap in refits
                 # (under load every batch does the latter).
-                out = pipeline.tick(published=records.delivered)
+                result = pipeline.idle_work()
                 last_tick = time.monotonic()
             else:
                 continue
-            ready = records.written()
-            publish(producer, settings, out)
-            commit(consumer, ready + records.published(out, batch))
+            if in_flight is not None:
+                written(in_flight)
+            pipeline.submit(result, published=records.delivered)  # recorded with these rows
+            in_flight = batch
     except (SinkError, DeliveryError, KafkaException) as exc:
         log.critical("FATAL: %s. Stopping; no offset past the last stored batch.", exc)
         code = 1
     finally:
         if code == 0:
             try:
+                if in_flight is not None:
+                    written(in_flight)
                 pipeline.published(records.delivered)
                 commit(consumer, records.written())
             finally:

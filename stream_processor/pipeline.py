@@ -1,7 +1,8 @@
 """The core and the sink wired together: what every runtime does with a batch.
 
 A runtime calls :meth:`BatchPipeline.handle` with a batch (blocking: run it off the event loop) and
-publishes the returned :class:`Outbound`. The delivery of those alerts is recorded with the next
+publishes the returned :class:`Outbound` (the confluent runtime splits it, to score a batch while
+the one before is written: :meth:`BatchPipeline.score`, ``submit``, ``collect``). The delivery of those alerts is recorded with the next
 batch: its ``handle(..., published=...)`` marks them (transaction id -> delivery time) in the same
 SQLite transaction as its rows (or :meth:`BatchPipeline.published` on its own, when no batch comes).
 A batch's offsets are committed once its rows are stored, its alerts and dead letters delivered, and
@@ -103,9 +104,23 @@ class DeliveryRecords:
 
 
 class BatchPipeline:
-    def __init__(self, settings: Settings):
+    """The scoring core and the sink. :meth:`handle` scores and stores a batch; or, to score the
+    next batch while the last one is written (``writer_process=True``: the writes run in a child
+    process, :mod:`stream_processor.writer`), :meth:`score`, :meth:`submit`, :meth:`collect`::
+
+        result = pipeline.score(batch_n)      # while batch n-1's write runs
+        out = pipeline.collect()              # batch n-1 committed: its alerts to publish
+        pipeline.submit(result, published=...)
+
+    While a write is in flight the core's reads see the committed database plus, for duplicate
+    detection, the ids being written; a read of stored events (evicted accounts, labelled
+    events) waits for the write first."""
+
+    def __init__(self, settings: Settings, *, writer_process: bool = False):
         self.settings = settings
-        self.sink = Sink(settings.database_url)
+        self.sink = Sink(settings.database_url, writer_process=writer_process)
+        self._submitted: BatchResult | None = None  # written, not collected yet
+        self._in_flight_ids: frozenset[str] = frozenset()
         refits = RefitRunner(settings.refit_worker)  # saved models load where scikit-learn is
         model = self.sink.latest_model(refits.run)
         held = self.sink.held_events()
@@ -116,8 +131,8 @@ class BatchPipeline:
         supervised = self.sink.latest_supervised(refits.run)
         self.core = ScoringCore(
             settings,
-            self.sink.known_ids,
-            self.sink.lookup_events,
+            self._known_ids,
+            self._lookup_events,
             model=model,
             next_version=self.sink.next_version(),
             held=held,
@@ -125,7 +140,7 @@ class BatchPipeline:
             supervised=supervised,
             label_history=self.sink.label_history(settings.supervised_window),
             queued_labels=self.sink.queued_labels(settings.label_memory),
-            account_events=lambda ids: self.sink.account_history(ids, settings.account_history),
+            account_events=self._account_events,
             refits=refits,
         )
         self.core.states.not_loaded(self.sink.account_count() - len(self.core.states))
@@ -137,19 +152,77 @@ class BatchPipeline:
             len(history), len(held), self.core.label_memory.labels,
         )  # fmt: skip
 
+    # -- what the core reads while a write may be in flight -------------------------------------
+
+    def _known_ids(self, ids: list[str]) -> set[str]:
+        found = self.sink.known_ids(ids)
+        if self._in_flight_ids:
+            found |= self._in_flight_ids.intersection(ids)
+        return found
+
+    def _lookup_events(self, ids: list[str]):
+        self.sink.wait()
+        return self.sink.lookup_events(ids)
+
+    def _account_events(self, ids: list[str]):
+        self.sink.wait()
+        return self.sink.account_history(ids, self.settings.account_history)
+
+    # -- batches -------------------------------------------------------------------------------
+
     def handle(
         self, messages: Sequence[RawMessage], published: Mapping[str, float] | None = None
     ) -> Outbound:
         """Score and store a batch; ``published``: earlier alerts delivered since the last write
         (transaction id -> epoch s of the delivery), recorded in the same transaction."""
-        result = self.core.process(messages)
+        result = self.score(messages)
         return self._commit(result, published)
 
     def tick(self, published: Mapping[str, float] | None = None) -> Outbound:
-        return self._commit(self.core.tick(), published)
+        return self._commit(self.idle_work(), published)
+
+    def score(self, messages: Sequence[RawMessage]) -> BatchResult:
+        """Score a batch (no write): :meth:`submit` the result next."""
+        return self.core.process(messages)
+
+    def idle_work(self) -> BatchResult:
+        """What is due without new events (the idle first fit, a finished refit)."""
+        return self.core.tick()
+
+    def submit(self, result: BatchResult, published: Mapping[str, float] | None = None) -> None:
+        """Start storing ``result`` (and recording ``published``) in one transaction; committed
+        when :meth:`collect` returns. The write submitted before must be collected first."""
+        if self._submitted is not None:
+            raise RuntimeError("collect() the write in flight before submitting another")
+        self.sink.submit(result, published)
+        self._submitted = result
+        if self.sink.in_flight:
+            ids = [r["transaction_id"] for r in result.rows]
+            ids += [p["transaction_id"] for p in result.pending_add]
+            self._in_flight_ids = frozenset(ids)
+
+    def collect(self) -> Outbound:
+        """Wait until the submitted write is committed (:class:`SinkError` if it failed): what
+        to publish for it. An empty :class:`Outbound` when nothing was submitted."""
+        result, self._submitted = self._submitted, None
+        try:
+            self.sink.wait()
+        finally:
+            self._in_flight_ids = frozenset()
+        if result is None:
+            return Outbound()
+        return self._outbound(result)
+
+    @property
+    def in_flight(self) -> bool:
+        """A write was submitted and not collected yet."""
+        return self._submitted is not None
 
     def _commit(self, result: BatchResult, published: Mapping[str, float] | None) -> Outbound:
-        self.sink.write(result, published)
+        self.submit(result, published)
+        return self.collect()
+
+    def _outbound(self, result: BatchResult) -> Outbound:
         for m in result.models:
             log.info(
                 "model v%d recorded (%s, %d training events, threshold %.4f; refit work in "
@@ -163,6 +236,8 @@ class BatchPipeline:
 
     def published(self, published: Mapping[str, float]) -> None:
         """Record delivered alerts in a transaction of their own (no batch to carry them)."""
+        if self._submitted is not None:
+            raise RuntimeError("collect() the write in flight first")
         self.sink.mark_published(published)
 
     def status(self) -> dict:
@@ -181,6 +256,8 @@ class BatchPipeline:
     def finish(self, timeout_s: float = 60.0, published: Mapping[str, float] | None = None) -> None:
         """On shutdown: record delivered alerts; let a refit in progress finish and record it
         (it scores nothing)."""
+        if self._submitted is not None:
+            raise RuntimeError("collect() the write in flight first")
         if published:
             self.published(published)
         result = self.core.wait_for_refit(timeout_s)

@@ -4,6 +4,7 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fraudstream.schema import Transaction
 from producer.csv_source import read_transactions
@@ -101,14 +102,17 @@ def test_an_unopenable_database_is_a_clear_error(tmp_path):
         Sink(f"sqlite:///{tmp_path}/missing/dir/finance.db")
 
 
-def test_wal_checkpoints_run_in_their_own_thread_and_keep_the_log_bounded(settings, tmp_path):
+@pytest.mark.parametrize("writer_process", [False, True], ids=["thread", "writer-process"])
+def test_wal_checkpoints_run_in_their_own_thread_and_keep_the_log_bounded(
+    settings, tmp_path, writer_process
+):
     """The sink's commits never checkpoint (SQLite's default would, inside the batch's commit);
-    its checkpoint thread does, so the write-ahead log does not grow with the stream, and
-    nothing is left uncopied when the sink closes."""
+    its checkpoint thread (or the writer process, between writes) does, so the write-ahead log
+    does not grow with the stream, and nothing is left uncopied when the sink closes."""
     csv = tmp_path / "events.csv"
     write_csv(csv, GeneratorConfig(rows=6000, days=20, seed=4))
     events = msgs(csv, 6000)
-    sink = Sink(settings.database_url)
+    sink = Sink(settings.database_url, writer_process=writer_process)
     with sink.engine.connect() as conn:
         assert conn.exec_driver_sql("pragma wal_autocheckpoint").scalar() == 0
     core = ScoringCore(settings.replace(warmup_events=1, refit_every_events=0))
@@ -128,4 +132,4 @@ def test_wal_checkpoints_run_in_their_own_thread_and_keep_the_log_bounded(settin
         busy, frames, copied = reader.execute("pragma wal_checkpoint(passive)").fetchone()
         assert busy == 0 and frames == copied  # the checkpoint at close copied everything
         assert reader.execute("select count(*) from transactions").fetchone()[0] == 6000
-    assert sink.checkpointer.checkpoints >= 5
+    assert (sink.writer if writer_process else sink.checkpointer).checkpoints >= 5
