@@ -59,6 +59,7 @@ class WriterProcess:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0,
         )  # fmt: skip
         self.pid = self._proc.pid
+        _grow_pipe(self._proc.stdin.fileno())
         self._in_flight = False
         self.writes = 0
         self.checkpoints = 0
@@ -141,6 +142,19 @@ def _send(out, message: tuple) -> None:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     out.write(_HEADER.pack(len(data)) + data)
     out.flush()
+
+
+def _grow_pipe(fd: int) -> None:
+    """Make the pipe hold a whole batch (about 1 KB a row): sending it then costs a copy, not a
+    wait for the child at every 64 KB (Linux's default pipe size) while both share 2 cores."""
+    try:
+        import fcntl
+
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            limit = int(f.read())
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(limit, 4 << 20))
+    except (ImportError, AttributeError, OSError, ValueError):
+        pass  # another platform, or a smaller limit: the default size works, more slowly
 
 
 def _write_all(fd: int, data: bytes) -> None:
