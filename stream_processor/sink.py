@@ -153,9 +153,12 @@ class Sink:
         self.writer = None
         self.checkpointer = None
         if writer_process and on_disk:
-            from stream_processor.writer import WriterProcess
+            from stream_processor.writer import WriterError, WriterProcess
 
-            self.writer = WriterProcess(self.engine.url.database, SQLITE_BUSY_TIMEOUT_MS)
+            try:
+                self.writer = WriterProcess(self.engine.url.database, SQLITE_BUSY_TIMEOUT_MS)
+            except (WriterError, OSError) as exc:
+                raise SinkError(f"cannot start the SQLite writer process: {exc}") from exc
         elif on_disk:
             self.checkpointer = WalCheckpointer(self.engine.url.database)
 
