@@ -97,11 +97,36 @@ def test_sink_waits_out_a_10_second_lock(settings, small_csv):
     assert count(db) == 100
 
 
+def _stops_with(s, csv, caplog, words: str) -> int:
+    """Replay ``csv``, run the confluent runtime until it stops on a failed write: exit code 1,
+    a FATAL line with ``words``, no offset past what is stored. Returns the rows stored."""
+    from stream_processor.kafka_runtime import run_consumer
+
+    replay(csv, s.bootstrap_servers, s.transactions_topic, ReplayOptions(progress=False))
+    caplog.set_level(logging.CRITICAL)
+    done = threading.Event()
+    code = []
+    worker = threading.Thread(target=lambda: (code.append(run_consumer(s, done)), done.set()))
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive()
+    assert code == [1]
+    fatal = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert fatal and "FATAL" in fatal[0] and words in fatal[0]
+
+    c = Consumer({**s.kafka_config(), "group.id": s.consumer_group, "enable.auto.commit": False})
+    parts = [TopicPartition(s.transactions_topic, p) for p in range(s.topic_partitions)]
+    committed = [tp.offset for tp in c.committed(parts, timeout=10)]
+    c.close()
+    stored = count(s.database_url.removeprefix("sqlite:///"))
+    assert sum(max(o, 0) for o in committed) <= stored  # no offset ran ahead of the database
+    return stored
+
+
 def test_a_full_disk_stops_the_processor_with_a_clear_message_and_no_offset(
     kafka_settings, small_csv, monkeypatch, caplog
 ):
     from stream_processor import sink as sink_module
-    from stream_processor.kafka_runtime import run_consumer
 
     real = sink_module.make_engine
 
@@ -118,24 +143,7 @@ def test_a_full_disk_stops_the_processor_with_a_clear_message_and_no_offset(
     monkeypatch.setattr(sink_module, "make_engine", tiny_disk)
     # The processor's own connections have the tiny disk: the writes too (no writer process).
     s = kafka_settings.replace(runtime="confluent", warmup_events=100, sqlite_writer="inline")
-    replay(small_csv, s.bootstrap_servers, s.transactions_topic, ReplayOptions(progress=False))
-    caplog.set_level(logging.CRITICAL)
-    done = threading.Event()
-    code = []
-    worker = threading.Thread(target=lambda: (code.append(run_consumer(s, done)), done.set()))
-    worker.start()
-    worker.join(120)
-    assert not worker.is_alive()
-    assert code == [1]
-    fatal = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
-    assert fatal and "FATAL" in fatal[0] and "database or disk is full" in fatal[0]
-
-    c = Consumer({**s.kafka_config(), "group.id": s.consumer_group, "enable.auto.commit": False})
-    parts = [TopicPartition(s.transactions_topic, p) for p in range(s.topic_partitions)]
-    committed = [tp.offset for tp in c.committed(parts, timeout=10)]
-    c.close()
-    stored = count(s.database_url.removeprefix("sqlite:///"))
-    assert sum(max(o, 0) for o in committed) <= stored  # no offset ran ahead of the database
+    _stops_with(s, small_csv, caplog, "database or disk is full")
 
 
 def test_a_write_refused_in_the_writer_process_stops_the_processor_with_no_offset_past_it(
@@ -144,33 +152,12 @@ def test_a_write_refused_in_the_writer_process_stops_the_processor_with_no_offse
     """The confluent runtime's writes run in the writer process: one that fails there (here a
     trigger refuses the 300th row) is fatal in the processor, with the database's own message,
     and no offset is committed past what is stored."""
-    from stream_processor.kafka_runtime import run_consumer
-
     s = kafka_settings.replace(runtime="confluent", warmup_events=100, batch_size=100)
-    db = s.database_url.removeprefix("sqlite:///")
     make_engine(s.database_url).dispose()
-    with sqlite3.connect(db) as conn:
+    with sqlite3.connect(s.database_url.removeprefix("sqlite:///")) as conn:
         conn.execute(
             "create trigger refuse before insert on transactions "
             "when (select count(*) from transactions) >= 299 "
             "begin select raise(abort, 'refused by the test trigger'); end"
         )
-    replay(small_csv, s.bootstrap_servers, s.transactions_topic, ReplayOptions(progress=False))
-    caplog.set_level(logging.CRITICAL)
-    done = threading.Event()
-    code = []
-    worker = threading.Thread(target=lambda: (code.append(run_consumer(s, done)), done.set()))
-    worker.start()
-    worker.join(120)
-    assert not worker.is_alive()
-    assert code == [1]
-    fatal = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
-    assert fatal and "FATAL" in fatal[0] and "refused by the test trigger" in fatal[0]
-
-    c = Consumer({**s.kafka_config(), "group.id": s.consumer_group, "enable.auto.commit": False})
-    parts = [TopicPartition(s.transactions_topic, p) for p in range(s.topic_partitions)]
-    committed = [tp.offset for tp in c.committed(parts, timeout=10)]
-    c.close()
-    stored = count(db)
-    assert 0 < stored < 1500
-    assert sum(max(o, 0) for o in committed) <= stored  # no offset ran ahead of the database
+    assert 0 < _stops_with(s, small_csv, caplog, "refused by the test trigger") < 1500
