@@ -125,14 +125,13 @@ def commit(consumer: Consumer, batch: list) -> None:
 
 def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int:
     """Consume until SIGTERM/SIGINT (or ``stop``); non-zero exit code after a fatal error."""
+    if settings.sqlite_writer not in WRITER_MODES:
+        modes = ", ".join(WRITER_MODES)
+        raise ValueError(f"SQLITE_WRITER must be one of {modes}, not {settings.sqlite_writer!r}")
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    if settings.sqlite_writer not in WRITER_MODES:
-        raise ValueError(
-            f"SQLITE_WRITER must be one of {', '.join(WRITER_MODES)}, not {settings.sqlite_writer!r}"
-        )
     pipeline = BatchPipeline(settings, writer_process=settings.sqlite_writer == "process")
     tune_gc()
     consumer = Consumer(consumer_config(settings))

@@ -1,10 +1,11 @@
 """The core and the sink wired together: what every runtime does with a batch.
 
 A runtime calls :meth:`BatchPipeline.handle` with a batch (blocking: run it off the event loop) and
-publishes the returned :class:`Outbound` (the confluent runtime splits it, to score a batch while
-the one before is written: :meth:`BatchPipeline.score`, ``submit``, ``collect``). The delivery of those alerts is recorded with the next
-batch: its ``handle(..., published=...)`` marks them (transaction id -> delivery time) in the same
-SQLite transaction as its rows (or :meth:`BatchPipeline.published` on its own, when no batch comes).
+publishes the returned :class:`Outbound` (the confluent runtime splits the call, to score a batch
+while the one before is written: :meth:`BatchPipeline.score`, ``submit``, ``collect``). The
+delivery of those alerts is recorded with the next batch: its ``handle(..., published=...)`` marks
+them (transaction id -> delivery time) in the same SQLite transaction as its rows (or
+:meth:`BatchPipeline.published` on its own, when no batch comes).
 A batch's offsets are committed once its rows are stored, its alerts and dead letters delivered, and
 their delivery recorded: when it had no alerts, right after it is published; else after the next
 write. Order of effects for batch N::

@@ -114,7 +114,8 @@ def test_a_failed_write_is_an_error_that_says_why_and_stores_nothing_of_the_batc
         with sqlite3.connect(db_file(settings)) as conn:
             conn.execute(
                 "create trigger refuse before insert on transactions "
-                "when new.transaction_id = 'T00000040' begin select raise(abort, 'refused here'); end"
+                "when new.transaction_id = 'T00000040' "
+                "begin select raise(abort, 'refused here'); end"
             )
         sink.submit(result)
         with pytest.raises(SinkError, match="refused here"):
@@ -160,3 +161,10 @@ def _running(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+def test_an_unknown_writer_mode_is_refused_by_name(settings):
+    from stream_processor.kafka_runtime import run_consumer
+
+    with pytest.raises(ValueError, match="SQLITE_WRITER must be one of process, inline, not 'gpu'"):
+        run_consumer(settings.replace(sqlite_writer="gpu"))
