@@ -212,8 +212,8 @@ def serve(path: str, busy_timeout_ms: int, every_writes: int, every_s: float) ->
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stdin, stdout = sys.stdin.fileno(), sys.stdout.buffer
     try:
+        # timeout: sqlite3_busy_timeout, what the processor's "PRAGMA busy_timeout" sets
         conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None)
-        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints below, between writes

@@ -168,3 +168,25 @@ def test_an_unknown_writer_mode_is_refused_by_name(settings):
 
     with pytest.raises(ValueError, match="SQLITE_WRITER must be one of process, inline, not 'gpu'"):
         run_consumer(settings.replace(sqlite_writer="gpu"))
+
+
+def test_a_write_beside_another_writers_lock_waits_and_commits(settings, small_csv):
+    """Another connection holds the write lock for 2 s: the writer waits it out (busy timeout,
+    then retries) and commits; the write does not fail."""
+    sink = Sink(settings.database_url, writer_process=True)
+    pipeline = BatchPipeline(settings.replace(warmup_events=1))
+    try:
+        result = pipeline.score(msgs(small_csv, 50))
+        holder = sqlite3.connect(db_file(settings), isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(2, lambda: holder.execute("ROLLBACK"))
+        release.start()
+        started = time.monotonic()
+        sink.write(result)
+        assert time.monotonic() - started >= 1.5
+        release.join()
+        holder.close()
+        assert count(settings) == 50
+    finally:
+        sink.close()
+        pipeline.close()
