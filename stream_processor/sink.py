@@ -209,44 +209,30 @@ class Sink:
     def in_flight(self) -> bool:
         return self.writer is not None and self.writer.in_flight
 
-    def statements(
-        self, result: BatchResult, published: Mapping[str, float] | None = None
-    ) -> list[tuple[str, list[tuple]]]:
-        """SQLite: the write of ``result`` and ``published`` as (SQL, parameter tuples) pairs,
-        in the order one transaction runs them."""
-        out: list[tuple[str, list[tuple]]] = []
+    def _plan(self, result: BatchResult, published: Mapping[str, float] | None) -> list:
+        """The write of ``result`` and ``published``, in the order one transaction runs it:
+        (key, statement builder, parameter dicts, or None for a statement without any)."""
+        plan: list = []
         if published:
-            sql, values = self._statement("published", self._published_statement)
-            out.append(
-                (sql, [values({"tid": t, "delivered_at": at}) for t, at in published.items()])
-            )
+            rows = [{"tid": t, "delivered_at": at} for t, at in published.items()]
+            plan.append(("published", self._published_statement, rows))
         for key, rows in (
             ("models", [_model_row(m) for m in result.models]),
             ("pending_add", result.pending_add),
+            ("rows", result.rows),
         ):
             if rows:
-                out.append(self._insert_rows(key, rows))
-        if result.rows:
-            out.append(self._insert_rows("rows", result.rows))
+                plan.append(self._insert_step(key, rows))
         if result.pending_clear:
-            sql, _ = self._statement("pending_clear", lambda: delete(pending_events))
-            out.append((sql, [()]))
+            plan.append(("pending_clear", lambda: delete(pending_events), None))
         if result.labels:
-            out.append(self._insert_rows("labels", result.labels))
+            plan.append(self._insert_step("labels", result.labels))
         if result.labels_released:
-            sql, values = self._statement("labels_released", self._released_statement)
-            out.append(
-                (
-                    sql,
-                    [
-                        values({"tid": tid, "learned_value": learned})
-                        for tid, learned in result.labels_released.items()
-                    ],
-                )
-            )
+            rows = [{"tid": t, "learned_value": v} for t, v in result.labels_released.items()]
+            plan.append(("labels_released", self._released_statement, rows))
         if result.dead_letters:
-            out.append(self._insert_rows("dead_letters", result.dead_letters))
-        return out
+            plan.append(self._insert_step("dead_letters", result.dead_letters))
+        return plan
 
     _INSERTS = {
         "models": (model_versions, ["version"]),
@@ -256,15 +242,25 @@ class Sink:
         "dead_letters": (dead_letters, ["source_topic", "source_partition", "source_offset"]),
     }
 
-    def _insert_rows(self, key: str, rows: list[dict]) -> tuple[str, list[tuple]]:
+    def _insert_step(self, key: str, rows: list[dict]):
         table, conflict = self._INSERTS[key]
-        columns = tuple(rows[0])  # every row of a list has the same keys
-        sql, values = self._statement(
-            (key, columns),
-            lambda: self._insert_ignore(table, conflict),
-            list(columns),
-        )
-        return sql, list(map(values, rows))
+        # Keyed by the columns too: every row of a list has the same keys.
+        return (key, tuple(rows[0])), lambda: self._insert_ignore(table, conflict), rows
+
+    def statements(
+        self, result: BatchResult, published: Mapping[str, float] | None = None
+    ) -> list[tuple[str, list[tuple]]]:
+        """SQLite: the write of ``result`` and ``published`` as (SQL, parameter tuples) pairs,
+        in the order one transaction runs them."""
+        return self._compile(self._plan(result, published))
+
+    def _compile(self, plan: list) -> list[tuple[str, list[tuple]]]:
+        out = []
+        for key, build, rows in plan:
+            columns = list(key[1]) if isinstance(key, tuple) else None
+            sql, values = self._statement(key, build, columns)
+            out.append((sql, [()] if rows is None else list(map(values, rows))))
+        return out
 
     def _statement(self, key, build, column_keys: list[str] | None = None):
         """(SQL, dict -> parameter tuple) of a statement, compiled once."""
@@ -299,49 +295,20 @@ class Sink:
         )
 
     def _write(self, result: BatchResult, published: Mapping[str, float] | None) -> None:
-        if self._sqlite:
-            with self.engine.begin() as conn:
-                for sql, params in self.statements(result, published):
-                    started = time.perf_counter()
-                    conn.exec_driver_sql(sql, params)
-                    if result.models and sql.startswith("INSERT INTO model_versions"):
-                        result.refit_s += time.perf_counter() - started  # recording a refit
-            return
+        plan = self._plan(result, published)
+        # SQLite: compiled once, tuples through the driver's executemany
+        compiled = self._compile(plan) if self._sqlite else [None] * len(plan)
         with self.engine.begin() as conn:
-            if published:
-                self._mark_published(conn, published)
-            if result.models:
+            for (key, build, rows), compiled_step in zip(plan, compiled, strict=True):
                 started = time.perf_counter()
-                conn.execute(
-                    self._insert_ignore(model_versions, ["version"]),
-                    [_model_row(m) for m in result.models],
-                )
-                result.refit_s += time.perf_counter() - started
-            if result.pending_add:
-                conn.execute(
-                    self._insert_ignore(pending_events, ["transaction_id"]), result.pending_add
-                )
-            if result.rows:
-                conn.execute(self._insert_ignore(transactions, ["transaction_id"]), result.rows)
-            if result.pending_clear:
-                conn.execute(delete(pending_events))
-            if result.labels:
-                conn.execute(self._insert_ignore(labels, ["transaction_id"]), result.labels)
-            if result.labels_released:
-                conn.execute(
-                    self._released_statement(),
-                    [
-                        {"tid": tid, "learned_value": learned}
-                        for tid, learned in result.labels_released.items()
-                    ],
-                )
-            if result.dead_letters:
-                conn.execute(
-                    self._insert_ignore(
-                        dead_letters, ["source_topic", "source_partition", "source_offset"]
-                    ),
-                    result.dead_letters,
-                )
+                if compiled_step is not None:
+                    conn.exec_driver_sql(*compiled_step)
+                elif rows is None:
+                    conn.execute(build())
+                else:
+                    conn.execute(build(), rows)
+                if (key[0] if isinstance(key, tuple) else key) == "models":
+                    result.refit_s += time.perf_counter() - started  # recording a refit
 
     def mark_published(self, published: Mapping[str, float] | Iterable[str]) -> None:
         """Record that these alerts were delivered to the alerts topic (transaction id ->
@@ -351,12 +318,6 @@ class Sink:
             published = dict.fromkeys(published, time.time())
 
         self.write(BatchResult(), published)
-
-    def _mark_published(self, conn, published: Mapping[str, float]) -> None:
-        conn.execute(
-            self._published_statement(),
-            [{"tid": tid, "delivered_at": at} for tid, at in published.items()],
-        )
 
     def _retrying(self, work, attempts: int = 10) -> None:
         # The busy timeout already waits 30 s per statement; this outlasts longer locks.
