@@ -8,13 +8,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first (cached while only the code changes), pinned by requirements.lock.
-COPY pyproject.toml requirements.lock README.md ./
+COPY pyproject.toml setup.py requirements.lock README.md ./
 COPY fraudstream ./fraudstream
 COPY producer ./producer
 COPY stream_processor ./stream_processor
 COPY batch ./batch
-# Editable: the dbt project and the dashboard are found beside the packages, in /app.
-RUN pip install --no-cache-dir -c requirements.lock -e .
+# Editable: the dbt project and the dashboard are found beside the packages, in /app. A C
+# compiler for the install only: Cython compiles the feature code (setup.py), then it goes.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install --no-cache-dir -c requirements.lock -e . \
+    && python -c "from stream_processor.features import COMPILED; assert COMPILED" \
+    && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/*
 
 COPY dbt_project ./dbt_project
 COPY dashboard ./dashboard
