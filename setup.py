@@ -1,16 +1,22 @@
-"""Compiles the per-event feature code (stream_processor/features.py) with Cython.
+"""Compiles the per-event code with Cython: the features (stream_processor/features.py, typed
+by features.pxd) and decoding (fraudstream/schema.py, as it is).
 
-Everything else about the package is in pyproject.toml. The extension is optional: without a C
-compiler the build goes on and features.py runs as plain Python, with the same results, slower
+Everything else about the package is in pyproject.toml. The extensions are optional: without a
+C compiler the build goes on and the modules run as plain Python, with the same results, slower
 (docs/benchmarks.md).
 """
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
+COMPILED_MODULES = ("stream_processor.features", "fraudstream.schema")
+
 setup(
     ext_modules=cythonize(
-        [Extension("stream_processor.features", ["stream_processor/features.py"], optional=True)],
+        [
+            Extension(name, [name.replace(".", "/") + ".py"], optional=True)
+            for name in COMPILED_MODULES
+        ],
         build_dir="build/cython",
         compiler_directives={"language_level": 3, "annotation_typing": False},
     )

@@ -1,17 +1,13 @@
-import json
 import math
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-import stream_processor.features as features_module
-from fraudstream.schema import Transaction, decode
+from fraudstream.schema import Transaction
 from stream_processor.features import FEATURE_NAMES, AccountStates, feature
 
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
@@ -159,70 +155,3 @@ def test_exact_windows_median_and_home_match_a_brute_force_over_the_kept_history
         kept = sorted([*kept, (t, amount)], key=lambda e: e[0])[-history:]
         places[place] = places.pop(place, 0) + 1  # least recently used first, like the state
         assert states.get("A1").home_location == max(places, key=places.__getitem__)
-
-
-def _plain_python_features():
-    """features.py run as plain Python, beside the compiled module the package imports."""
-    import importlib.util
-
-    source = Path(features_module.__file__).with_name("features.py")
-    spec = importlib.util.spec_from_file_location("plain_features", source)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert not module.COMPILED
-    return module
-
-
-def test_the_feature_code_runs_compiled_from_the_current_source():
-    # setup.py compiles features.py at install; a build that failed (no C compiler) or that is
-    # older than the source (edited since `make install`) would run other code than the tests
-    # read.
-    assert features_module.COMPILED, "stream_processor.features is not compiled: make install"
-    built = Path(features_module.__file__)
-    for source in ("features.py", "features.pxd"):
-        assert built.stat().st_mtime >= built.with_name(source).stat().st_mtime, (
-            f"{built.name} is older than {source}: run make install"
-        )
-
-
-@hypothesis_settings(max_examples=40, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.sampled_from(["A1", "A2", "A3", "A4"]),
-            st.floats(-600, 40 * 24 * 60),  # minutes: late events, equal times, long gaps
-            st.sampled_from([0.01, 1.0, 4.99, 5.0, 37.5, 800.0, 1e9]),
-            st.sampled_from(["Shop", "Grocer", "Fuel"]),
-            st.sampled_from(["Paris", "Oslo", "48.85,2.35", "Atlantis"]),
-        ),
-        min_size=1,
-        max_size=60,
-    ),
-    st.integers(1, 60),
-)
-def test_compiled_and_plain_python_features_are_the_same_bit_for_bit(events, batch):
-    plain = _plain_python_features()
-    txns = [
-        txn(i, account, amount, minutes, merchant, location)
-        for i, (account, minutes, amount, merchant, location) in enumerate(events)
-    ]
-    # max_accounts=2: accounts are evicted; rebuilt from their events as after a restart
-    compiled_states, plain_states = AccountStates(2, history=5), plain.AccountStates(2, history=5)
-    for start in range(0, len(txns), batch):
-        chunk = txns[start : start + batch]
-        for states in (compiled_states, plain_states):
-            missing = set(states.missing({t.account_id for t in chunk}))
-            states.restore([t for t in txns[:start] if t.account_id in missing])
-        a, b = compiled_states.transform(chunk), plain_states.transform(chunk)
-        assert a.tobytes() == b.tobytes()  # NaN-safe, and -0.0 differs from 0.0
-    assert compiled_states.evicted == plain_states.evicted
-
-
-def test_compiled_and_plain_python_features_agree_on_the_shipped_events():
-    plain = _plain_python_features()
-    frame = pd.read_csv(Path(__file__).parents[2] / "data" / "transactions.csv")
-    txns = [decode(json.dumps(record).encode()) for record in frame.to_dict("records")]
-    compiled_states, plain_states = AccountStates(), plain.AccountStates()
-    for start in range(0, len(txns), 1000):
-        chunk = txns[start : start + 1000]
-        assert compiled_states.transform(chunk).tobytes() == plain_states.transform(chunk).tobytes()

@@ -1,0 +1,163 @@
+"""The modules setup.py compiles with Cython: compiled in this install, from the current source,
+and the same in what they give as the plain-Python run of that source."""
+
+import ast
+import functools
+import importlib
+import importlib.machinery
+import importlib.util
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from fraudstream.schema import Transaction, decode
+from stream_processor.features import AccountStates
+
+ROOT = Path(__file__).parents[1]
+T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+
+
+def compiled_modules() -> tuple[str, ...]:
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and node.targets[0].id == "COMPILED_MODULES":
+            return ast.literal_eval(node.value)
+    raise AssertionError("setup.py names no COMPILED_MODULES")
+
+
+@functools.cache
+def plain_python(name: str):
+    """The module's source run as plain Python, beside the compiled module."""
+    source = ROOT / (name.replace(".", "/") + ".py")
+    spec = importlib.util.spec_from_file_location(f"plain_{name.replace('.', '_')}", source)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    assert not module.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+    return module
+
+
+@pytest.mark.parametrize("name", compiled_modules())
+def test_the_module_runs_compiled_from_the_current_source(name):
+    # A build that failed (no C compiler: the extension is optional) or one older than the
+    # source (edited since `make install`) would run other code than the tests read.
+    module = importlib.import_module(name)
+    built = Path(module.__file__)
+    assert built.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), (
+        f"{name} runs as plain Python ({built.name}): make install compiles it"
+    )
+    stem = built.name.split(".")[0]
+    for source in built.parent.glob(f"{stem}.p*"):  # .py, and .pxd where types are declared
+        if source.suffix in (".py", ".pxd"):
+            assert built.stat().st_mtime >= source.stat().st_mtime, (
+                f"{built.name} is older than {source.name}: run make install"
+            )
+
+
+def _outcome(decode, value: bytes):
+    try:
+        txn = decode(value)
+    except Exception as exc:  # noqa: BLE001 - the kind and the message are what is compared
+        return type(exc).__name__, str(exc)
+    return (
+        txn.transaction_id, txn.account_id, txn.amount, txn.merchant, txn.timestamp,
+        txn.location, txn.is_fraud, txn.extras,
+    )  # fmt: skip
+
+
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+    st.sampled_from(["2026-01-05T12:00:00Z", "2026-01-05 12:00:00", "2026-01-05", "1999-01-01T00:00:00+02:00", " 12.5 ", "", "1", "0"]),
+    st.lists(st.integers(), max_size=2),
+)  # fmt: skip
+_VALID = {
+    "transaction_id": st.sampled_from(["T1", "tx-2", " T3 "]),
+    "account_id": st.sampled_from(["A1", "acct-9"]),
+    "amount": st.sampled_from([12.5, 1, "7.25", 1e9]),
+    "merchant": st.sampled_from(["Shop", "Café"]),
+    "timestamp": st.sampled_from(["2026-01-05T12:00:00Z", "2026-01-05 12:00:00.123", 1767614400]),
+    "location": st.sampled_from(["Paris", "48.85,2.35"]),
+}
+# Mostly valid records with some fields replaced by anything, and extra fields.
+_records = st.fixed_dictionaries(
+    {
+        k: st.tuples(st.integers(0, 3), valid, _values).map(lambda d: d[2] if d[0] == 0 else d[1])
+        for k, valid in _VALID.items()
+    },
+    optional={"is_fraud": _values, "merchant_category": _values},
+)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(st.one_of(_records, st.binary(max_size=40)))
+def test_compiled_and_plain_python_decoding_give_the_same_outcome(record):
+    from fraudstream import schema
+
+    plain = plain_python("fraudstream.schema")
+    if isinstance(record, dict):
+        value = json.dumps(record, allow_nan=True).encode()
+    else:
+        value = record
+    compiled, reference = _outcome(schema.decode, value), _outcome(plain.decode, value)
+    if compiled != reference:  # a NaN among the extras is unequal to itself: compare the text
+        assert repr(compiled) == repr(reference)
+
+
+def txn(i, account, amount, minutes, merchant, location):
+    return Transaction(
+        f"T{i}", account, amount, merchant, T0 + timedelta(minutes=minutes), location
+    )
+
+
+@hypothesis_settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["A1", "A2", "A3", "A4"]),
+            st.floats(-600, 40 * 24 * 60),  # minutes: late events, equal times, long gaps
+            st.sampled_from([0.01, 1.0, 4.99, 5.0, 37.5, 800.0, 1e9]),
+            st.sampled_from(["Shop", "Grocer", "Fuel"]),
+            st.sampled_from(["Paris", "Oslo", "48.85,2.35", "Atlantis"]),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    st.integers(1, 60),
+)
+def test_compiled_and_plain_python_features_are_the_same_bit_for_bit(events, batch):
+    plain = plain_python("stream_processor.features")
+    txns = [
+        txn(i, account, amount, minutes, merchant, location)
+        for i, (account, minutes, amount, merchant, location) in enumerate(events)
+    ]
+    # max_accounts=2: accounts are evicted; rebuilt from their events as after a restart
+    compiled_states, plain_states = AccountStates(2, history=5), plain.AccountStates(2, history=5)
+    for start in range(0, len(txns), batch):
+        chunk = txns[start : start + batch]
+        for states in (compiled_states, plain_states):
+            missing = set(states.missing({t.account_id for t in chunk}))
+            states.restore([t for t in txns[:start] if t.account_id in missing])
+        a, b = compiled_states.transform(chunk), plain_states.transform(chunk)
+        assert a.tobytes() == b.tobytes()  # NaN-safe, and -0.0 differs from 0.0
+    assert compiled_states.evicted == plain_states.evicted
+
+
+def test_compiled_and_plain_python_features_agree_on_the_shipped_events():
+    plain = plain_python("stream_processor.features")
+    frame = pd.read_csv(ROOT / "data" / "transactions.csv")
+    txns = [decode(json.dumps(record).encode()) for record in frame.to_dict("records")]
+    compiled_states, plain_states = AccountStates(), plain.AccountStates()
+    for start in range(0, len(txns), 1000):
+        chunk = txns[start : start + 1000]
+        assert compiled_states.transform(chunk).tobytes() == plain_states.transform(chunk).tobytes()
