@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import time
+from dataclasses import replace
 
 import joblib
 import numpy as np
@@ -49,19 +50,21 @@ def fit_model(
         n_jobs=1,
     )
     forest.fit(features)
-    scores = -forest.score_samples(features)
-    threshold = float(np.quantile(scores, flag_quantile))
-    return anomaly_model(
+    model = anomaly_model(
         forest,
         _dump(forest),
         version=version,
-        threshold=threshold,
+        threshold=0.0,
         flag_quantile=flag_quantile,
         fitted_at=time.time(),
         training_rows=len(features),
-        fit_seconds=time.perf_counter() - started,
+        fit_seconds=0.0,
         reason=reason,
     )
+    # The training window's scores by the flat trees: equal to -forest.score_samples (tested),
+    # in a third of the time (a 50,000-row window: 0.06 s against 0.15; docs/benchmarks.md).
+    threshold = float(np.quantile(model.score(features), flag_quantile))
+    return replace(model, threshold=threshold, fit_seconds=time.perf_counter() - started)
 
 
 def fit_supervised(

@@ -16,6 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+try:  # the tree walk in C (treewalk.pyx, compiled at install); the NumPy walk below without it
+    from stream_processor.treewalk import totals as _compiled_totals
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _compiled_totals = None
+
+_NO_NAN_RULE = np.zeros(0, dtype=np.uint8)
+
 # What the refit worker runs, by name (``RefitRunner.submit``): importing them would import
 # scikit-learn.
 FIT_ANOMALY = "stream_processor.fitting:fit_model"
@@ -64,7 +71,24 @@ class FlatTrees:
 
     def totals(self, x: np.ndarray, start: float = 0.0) -> np.ndarray:
         """``start`` plus the trees' leaf values, added tree by tree in order (as scikit-learn
-        adds them, so the sums are bit for bit the same)."""
+        adds them, so the sums are bit for bit the same). In C where compiled, for inputs of the
+        thresholds' type (float32 for the forest, float64 for the boosted trees)."""
+        if _compiled_totals is not None and x.dtype == self.threshold.dtype and len(x):
+            return _compiled_totals(
+                np.ascontiguousarray(x),
+                self.roots,
+                self.feature,
+                self.threshold,
+                self.children,
+                self.value,
+                self.depth,
+                _NO_NAN_RULE if self.nan_right is None else self.nan_right,
+                start,
+            )
+        return self.walked_totals(x, start)
+
+    def walked_totals(self, x: np.ndarray, start: float = 0.0) -> np.ndarray:
+        """:meth:`totals` by the NumPy walk (:meth:`leaves`)."""
         values = self.value.take(self.leaves(x))
         if start:
             values = np.hstack([np.full((len(values), 1), start), values])

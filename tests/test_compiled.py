@@ -6,11 +6,13 @@ import functools
 import importlib
 import importlib.machinery
 import importlib.util
+import io
 import json
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given
@@ -24,12 +26,12 @@ ROOT = Path(__file__).parents[1]
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
 
-def compiled_modules() -> tuple[str, ...]:
+def compiled_modules(kind: str = "COMPILED_MODULES") -> tuple[str, ...]:
     tree = ast.parse((ROOT / "setup.py").read_text())
     for node in tree.body:
-        if isinstance(node, ast.Assign) and node.targets[0].id == "COMPILED_MODULES":
+        if isinstance(node, ast.Assign) and node.targets[0].id == kind:
             return ast.literal_eval(node.value)
-    raise AssertionError("setup.py names no COMPILED_MODULES")
+    raise AssertionError(f"setup.py names no {kind}")
 
 
 @functools.cache
@@ -44,7 +46,7 @@ def plain_python(name: str):
     return module
 
 
-@pytest.mark.parametrize("name", compiled_modules())
+@pytest.mark.parametrize("name", compiled_modules() + compiled_modules("CYTHON_MODULES"))
 def test_the_module_runs_compiled_from_the_current_source(name):
     # A build that failed (no C compiler: the extension is optional) or one older than the
     # source (edited since `make install`) would run other code than the tests read.
@@ -54,8 +56,8 @@ def test_the_module_runs_compiled_from_the_current_source(name):
         f"{name} runs as plain Python ({built.name}): make install compiles it"
     )
     stem = built.name.split(".")[0]
-    for source in built.parent.glob(f"{stem}.p*"):  # .py, and .pxd where types are declared
-        if source.suffix in (".py", ".pxd"):
+    for source in built.parent.glob(f"{stem}.p*"):  # .py or .pyx, and .pxd: its types
+        if source.suffix in (".py", ".pyx", ".pxd"):
             assert built.stat().st_mtime >= source.stat().st_mtime, (
                 f"{built.name} is older than {source.name}: run make install"
             )
@@ -161,3 +163,40 @@ def test_compiled_and_plain_python_features_agree_on_the_shipped_events():
     for start in range(0, len(txns), 1000):
         chunk = txns[start : start + 1000]
         assert compiled_states.transform(chunk).tobytes() == plain_states.transform(chunk).tobytes()
+
+
+@hypothesis_settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 300), st.booleans())
+def test_the_compiled_tree_walk_gives_the_numpy_walks_totals_bit_for_bit(seed, rows, nans):
+    from stream_processor.fitting import fit_model, fit_supervised
+    from stream_processor.model import _compiled_totals
+
+    assert _compiled_totals is not None  # treewalk is compiled (see the test above)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(400, 6)) * rng.choice([1e-3, 1.0, 1e4])
+    forest = fit_model(x, version=1, reason="test", n_estimators=20, seed=seed % 1000)
+    batch = np.ascontiguousarray(rng.normal(size=(rows, 6)), dtype=np.float32)
+    batch[0] = x[0]  # a row on the thresholds' side of a training point
+    assert forest.trees.totals(batch).tobytes() == forest.trees.walked_totals(batch).tobytes()
+    y = (rng.random(400) < 0.2).astype(int)
+    y[:2] = [0, 1]
+    if nans:  # the boosted trees learn where a missing value goes
+        x[rng.random(x.shape) < 0.1] = np.nan
+    boosted = fit_supervised(x, y, version=1).trees
+    batch = rng.normal(size=(rows, 6))
+    batch[rng.random(batch.shape) < 0.2] = np.nan
+    for start in (0.0, -1.25):
+        assert (
+            boosted.totals(batch, start).tobytes() == boosted.walked_totals(batch, start).tobytes()
+        )
+
+
+def test_the_threshold_is_the_quantile_of_scikit_learns_own_scores():
+    import joblib
+
+    from stream_processor.fitting import fit_model
+
+    x = np.random.default_rng(7).normal(size=(5000, 7))
+    model = fit_model(x, version=1, reason="test", flag_quantile=0.99)
+    forest = joblib.load(io.BytesIO(model.blob))
+    assert model.threshold == float(np.quantile(-forest.score_samples(x), 0.99))
