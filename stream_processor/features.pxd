@@ -3,6 +3,7 @@
 # per-event arithmetic runs without Python floats. Without a compiler, features.py runs as it is.
 cimport cython
 
+cdef Py_ssize_t WIDTH
 cdef double _DAY, _PI, _TAU_1D, _TAU_7D, _TAU_30D, _NO_GAP_S, _MIN_TRAVEL_H, _SMALL_AMOUNT
 
 
@@ -23,7 +24,10 @@ cdef class AccountStates:
     cdef public Py_ssize_t max_accounts, history, max_places, max_merchants, evicted
     cdef public object _accounts, _merchants
 
-    @cython.locals(state=AccountState, merchant=MerchantState, t=double, amount=double)
+    @cython.locals(
+        state=AccountState, merchant=MerchantState, t=double, amount=double, n=Py_ssize_t,
+        base=Py_ssize_t, out="double[::1]",
+    )
     cpdef object transform(self, object txns)
 
     @cython.locals(state=AccountState)
@@ -41,7 +45,10 @@ cdef class AccountStates:
         day=Py_ssize_t, weekday_sin=double, weekday_cos=double, m_age=double, m_vs=double,
         m_1h=double, m_1d=double, m_7d=double,
     )
-    cdef list _features(self, AccountState s, MerchantState m, object txn, double amount, double t)
+    cdef _features(
+        self, AccountState s, MerchantState m, object txn, double amount, double t,
+        double[::1] out, Py_ssize_t base,
+    )
 
     @cython.locals(age=double, f1=double, f7=double, f30=double, at=Py_ssize_t)
     cpdef _learn_account(self, AccountState s, object txn, double amount, double t)

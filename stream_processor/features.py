@@ -78,6 +78,7 @@ LABEL_FEATURES: tuple[tuple[str, str], ...] = (
 """Extra inputs of the supervised model only: what delayed labels taught, and the anomaly score."""
 
 FEATURE_NAMES = tuple(name for name, _ in FEATURES)
+WIDTH = len(FEATURE_NAMES)
 ANOMALY_FEATURE_NAMES = (
     "amount_vs_median", "amount_vs_30d", "merchant_amount_vs_30d", "small_10m", "count_1h",
     "log_speed_kmh", "log_home_km",
@@ -176,18 +177,23 @@ class AccountStates:
         Accounts beyond ``max_accounts`` are evicted after the batch, never during it: the
         batch is stored before the next one, so an evicted account can be rebuilt from its
         stored events (:meth:`restore`)."""
-        values: list[float] = []  # row after row; one array at the end (a timeit: 0.9 us a
-        # row, 1.5 assigning each row to an array)
+        n = len(txns)
+        # Row after row into one buffer of doubles, seen by NumPy without a copy (compiled: a C
+        # store a value; the list of floats this replaced cost ~1 us a row to build and convert).
+        values = array("d", bytes(8 * n * WIDTH))
+        out = values  # compiled: a typed view of its memory (features.pxd)
+        base = 0
         for txn in txns:
             state = self._state(txn.account_id)
             merchant = self._merchant(txn.merchant)
             t = txn.event_time  # once per event: about 0.3 us a call
             amount = txn.amount
-            values += self._features(state, merchant, txn, amount, t)
+            self._features(state, merchant, txn, amount, t, out, base)
             self._learn_account(state, txn, amount, t)
             _learn_merchant(merchant, amount, t)
+            base += WIDTH
         self.trim()
-        return np.array(values, dtype=np.float64).reshape(len(txns), len(FEATURE_NAMES))
+        return np.frombuffer(values, dtype=np.float64).reshape(n, WIDTH)
 
     def learn(self, txns: list[Transaction]) -> None:
         """Add events to the state without computing features (rebuilding after a restart)."""
@@ -254,8 +260,16 @@ class AccountStates:
         return state
 
     def _features(
-        self, s: AccountState, m: MerchantState, txn: Transaction, amount: float, t: float
-    ) -> list[float]:
+        self,
+        s: AccountState,
+        m: MerchantState,
+        txn: Transaction,
+        amount: float,
+        t: float,
+        out: array,
+        base: int,
+    ) -> None:
+        """The event's features (FEATURE_NAMES, in order) into ``out[base:base + WIDTH]``."""
         log_amount = log1p(amount)
         times, amounts = s.times, s.amounts
         # Exact windows by bisection on the time-ordered history (events at or before t).
@@ -310,32 +324,30 @@ class AccountStates:
         m_1h = m.count_1h * exp(-m_age / 3600)
         m_1d = m.count_1d * exp(-m_age / _DAY)
         m_7d = m.count_7d * exp(-m_age / _TAU_7D)
-        return [
-            log_amount,
-            vs_median,
-            vs_1d,
-            vs_7d,
-            vs_30d,
-            log1p(s.seen),
-            c10,
-            c1h,
-            c24,
-            log1p(sum24),
-            count_7d,
-            log1p(gap),
-            float(has_history and txn.merchant not in s.merchants),
-            float(has_history and location not in s.locations),
-            speed,
-            log1p(home_km) if home_km else 0.0,
-            small,
-            sin(2 * _PI * hour / 24),
-            cos(2 * _PI * hour / 24),
-            weekday_sin,
-            weekday_cos,
-            m_vs,
-            log1p(m_1d),
-            log((1 + m_1h) / (1 + m_7d / 168)),
-        ]
+        out[base] = log_amount
+        out[base + 1] = vs_median  # amount_vs_median
+        out[base + 2] = vs_1d  # amount_vs_1d
+        out[base + 3] = vs_7d  # amount_vs_7d
+        out[base + 4] = vs_30d  # amount_vs_30d
+        out[base + 5] = log1p(s.seen)  # log_history
+        out[base + 6] = c10  # count_10m
+        out[base + 7] = c1h  # count_1h
+        out[base + 8] = c24  # count_24h
+        out[base + 9] = log1p(sum24)  # log_sum_24h
+        out[base + 10] = count_7d
+        out[base + 11] = log1p(gap)  # log_gap_s
+        out[base + 12] = float(has_history and txn.merchant not in s.merchants)  # new_merchant
+        out[base + 13] = float(has_history and location not in s.locations)  # new_location
+        out[base + 14] = speed  # log_speed_kmh
+        out[base + 15] = log1p(home_km) if home_km else 0.0  # log_home_km
+        out[base + 16] = small  # small_10m
+        out[base + 17] = sin(2 * _PI * hour / 24)  # hour_sin
+        out[base + 18] = cos(2 * _PI * hour / 24)  # hour_cos
+        out[base + 19] = weekday_sin
+        out[base + 20] = weekday_cos
+        out[base + 21] = m_vs  # merchant_amount_vs_30d
+        out[base + 22] = log1p(m_1d)  # merchant_log_count_1d
+        out[base + 23] = log((1 + m_1h) / (1 + m_7d / 168))  # merchant_volume_1h_vs_7d
 
     def _learn_account(self, s: AccountState, txn: Transaction, amount: float, t: float) -> None:
         """Add one event (``t``: its event time) to the account's state."""
