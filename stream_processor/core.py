@@ -74,7 +74,10 @@ def features_json(matrix: np.ndarray) -> list[str]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
+# RawMessage and HeldEvent: one of each per event, not frozen (a frozen dataclass sets each
+# field through object.__setattr__: 0.48 us to make a RawMessage, 0.13 as a plain one; a
+# timeit). Nothing changes them after they are made.
+@dataclass(slots=True)
 class RawMessage:
     """One consumed Kafka record, as any runtime sees it."""
 
@@ -86,7 +89,7 @@ class RawMessage:
     produced_at: float | None = None  # epoch s, from the producer's header
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HeldEvent:
     txn: Transaction
     partition: int | None
