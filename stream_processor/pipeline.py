@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fraudstream.settings import Settings
+from stream_processor import features
 from stream_processor.core import BatchResult, RawMessage, ScoringCore
 from stream_processor.refit import RefitRunner
 from stream_processor.sink import Sink
@@ -152,6 +153,11 @@ class BatchPipeline:
             f"v{supervised.version}" if supervised else "none yet", len(self.core.states),
             len(history), len(held), self.core.label_memory.labels,
         )  # fmt: skip
+        if not features.COMPILED:
+            log.warning(
+                "the feature code runs as plain Python (it was not compiled at install: no C "
+                "compiler?): the same results, about half the speed; see README, Compiled parts"
+            )
 
     # -- what the core reads while a write may be in flight -------------------------------------
 

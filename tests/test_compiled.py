@@ -200,3 +200,14 @@ def test_the_threshold_is_the_quantile_of_scikit_learns_own_scores():
     model = fit_model(x, version=1, reason="test", flag_quantile=0.99)
     forest = joblib.load(io.BytesIO(model.blob))
     assert model.threshold == float(np.quantile(-forest.score_samples(x), 0.99))
+
+
+def test_a_processor_running_plain_python_features_says_so_at_start(settings, monkeypatch, caplog):
+    import stream_processor.features as features_module
+    from stream_processor.pipeline import BatchPipeline
+
+    BatchPipeline(settings).close()
+    assert "runs as plain Python" not in caplog.text
+    monkeypatch.setattr(features_module, "COMPILED", False)
+    BatchPipeline(settings).close()
+    assert "the feature code runs as plain Python" in caplog.text
