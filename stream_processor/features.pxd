@@ -3,7 +3,7 @@
 # per-event arithmetic runs without Python floats. Without a compiler, features.py runs as it is.
 cimport cython
 
-cdef Py_ssize_t WIDTH
+cdef Py_ssize_t _WIDTH
 cdef double _DAY, _PI, _TAU_1D, _TAU_7D, _TAU_30D, _NO_GAP_S, _MIN_TRAVEL_H, _SMALL_AMOUNT
 
 

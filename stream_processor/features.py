@@ -100,6 +100,7 @@ _TAU = tuple(w for _, w in DECAY_WINDOWS)
 _DAY, _PI = DAY, math.pi
 _TAU_1D, _TAU_7D, _TAU_30D = _TAU
 _NO_GAP_S, _MIN_TRAVEL_H, _SMALL_AMOUNT = NO_GAP_S, MIN_TRAVEL_H, SMALL_AMOUNT
+_WIDTH = WIDTH
 _WEEKDAYS = tuple(
     (math.sin(2 * math.pi * weekday / 7), math.cos(2 * math.pi * weekday / 7))
     for weekday in range(7)
@@ -180,7 +181,7 @@ class AccountStates:
         n = len(txns)
         # Row after row into one buffer of doubles, seen by NumPy without a copy (compiled: a C
         # store a value; the list of floats this replaced cost ~1 us a row to build and convert).
-        values = array("d", bytes(8 * n * WIDTH))
+        values = array("d", bytes(8 * n * _WIDTH))
         out = values  # compiled: a typed view of its memory (features.pxd)
         base = 0
         for txn in txns:
@@ -191,9 +192,9 @@ class AccountStates:
             self._features(state, merchant, txn, amount, t, out, base)
             self._learn_account(state, txn, amount, t)
             _learn_merchant(merchant, amount, t)
-            base += WIDTH
+            base += _WIDTH
         self.trim()
-        return np.frombuffer(values, dtype=np.float64).reshape(n, WIDTH)
+        return np.frombuffer(values, dtype=np.float64).reshape(n, _WIDTH)
 
     def learn(self, txns: list[Transaction]) -> None:
         """Add events to the state without computing features (rebuilding after a restart)."""
