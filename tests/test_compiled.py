@@ -8,6 +8,7 @@ import importlib.machinery
 import importlib.util
 import io
 import json
+import os
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -211,3 +212,30 @@ def test_a_processor_running_plain_python_features_says_so_at_start(settings, mo
     monkeypatch.setattr(features_module, "COMPILED", False)
     BatchPipeline(settings).close()
     assert "the feature code runs as plain Python" in caplog.text
+
+
+def test_without_a_c_compiler_the_install_goes_on_uncompiled(tmp_path):
+    # The editable install `make install` runs, with a compiler that always fails.
+    import shutil
+    import subprocess
+    import venv
+
+    source = tmp_path / "src"
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for path in tracked:
+        if (ROOT / path).is_file():
+            (source / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / path, source / path)
+    venv.create(tmp_path / "venv", with_pip=True)
+    pip = [str(tmp_path / "venv" / "bin" / "python"), "-m", "pip"]
+    env = {**os.environ, "CC": "/bin/false", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    done = subprocess.run(
+        [*pip, "install", "--no-deps", "-v", "-e", str(source)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for name in compiled_modules() + compiled_modules("CYTHON_MODULES"):
+        assert f"{name} not compiled" in done.stdout + done.stderr
+    assert not list(source.rglob("*.so"))
