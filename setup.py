@@ -7,8 +7,6 @@ C compiler the build goes on and the modules run as plain Python, with the same 
 (docs/benchmarks.md).
 """
 
-import os
-
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -19,23 +17,23 @@ CYTHON_MODULES = ("stream_processor.treewalk",)  # Cython only (.pyx), with a Nu
 
 class OptionalBuildExt(build_ext):
     """A module that does not compile (no C compiler) stays plain Python: a warning, no error.
-    (``Extension(optional=True)`` alone still fails an editable install.)"""
+    (``Extension(optional=True)`` alone still fails an editable install: it copies every
+    module's build into the source tree, built or not.)"""
+
+    failed: set[str] = set()
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as exc:  # noqa: BLE001 - whatever the compiler's failure, go on
+            self.failed.add(ext.name)
             self.warn(
                 f"{ext.name} not compiled; its plain-Python code runs instead (slower): {exc}"
             )
 
     def copy_extensions_to_source(self):
-        for ext in self.extensions:  # only what was built
-            if os.path.exists(self.get_ext_fullpath(ext.name)):
-                self._copy_one(ext)
-
-    def _copy_one(self, ext):
-        extensions, self.extensions = self.extensions, [ext]
+        extensions = self.extensions
+        self.extensions = [ext for ext in extensions if ext.name not in self.failed]
         try:
             super().copy_extensions_to_source()
         finally:
