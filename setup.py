@@ -20,7 +20,9 @@ class OptionalBuildExt(build_ext):
     (``Extension(optional=True)`` alone still fails an editable install: it copies every
     module's build into the source tree, built or not.)"""
 
-    failed: set[str] = set()
+    def initialize_options(self):
+        super().initialize_options()
+        self.failed: set[str] = set()  # modules that did not compile
 
     def build_extension(self, ext):
         try:

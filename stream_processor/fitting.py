@@ -62,7 +62,7 @@ def fit_model(
         reason=reason,
     )
     # The training window's scores by the flat trees: equal to -forest.score_samples (tested),
-    # in a third of the time (a 50,000-row window: 0.06 s against 0.15; docs/benchmarks.md).
+    # in less than half the time (a 50,000-row window: 0.06 s against 0.15; docs/benchmarks.md).
     threshold = float(np.quantile(model.score(features), flag_quantile))
     return replace(model, threshold=threshold, fit_seconds=time.perf_counter() - started)
 
