@@ -239,6 +239,7 @@ def refit_pause(
     settings = Settings().replace(
         database_url=f"sqlite:///{work / f'refit-{uuid.uuid4().hex[:6]}.db'}",
         refit_every_events=10_000,
+        refit_min_interval_s=0.0,  # a refit every 10,000 events, however fast they come
         batch_size=batch,
         refit_worker=worker,
     )

@@ -108,6 +108,12 @@ class Settings:
     refit_interval_s: float = _setting(
         "REFIT_INTERVAL_S", 600.0, "Refit after this many seconds with new events (0 = never)."
     )
+    refit_min_interval_s: float = _setting(
+        "REFIT_MIN_INTERVAL_S",
+        5.0,
+        "At least this many seconds from one refit's start to the next one's for "
+        "REFIT_EVERY_EVENTS (a fast feed would otherwise keep refitting back to back; 0 = none).",
+    )
     training_window: int = _setting(
         "TRAINING_WINDOW", 50000, "Most recent feature vectors a refit trains on."
     )

@@ -524,7 +524,11 @@ class ScoringCore:
         s = self.settings
         if self._drift and self._since_fit >= MIN_EVENTS_BEFORE_DRIFT_REFIT:
             reason = "drift"
-        elif s.refit_every_events and self._since_fit >= s.refit_every_events:
+        elif (
+            s.refit_every_events
+            and self._since_fit >= s.refit_every_events
+            and time.monotonic() - self._last_fit >= s.refit_min_interval_s
+        ):
             reason = "events"
         elif s.refit_interval_s and time.monotonic() - self._last_fit >= s.refit_interval_s:
             reason = "interval"

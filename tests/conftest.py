@@ -38,6 +38,7 @@ def settings(tmp_path: Path) -> Settings:
         warmup_events=200,
         warmup_idle_s=1.0,
         refit_every_events=300,
+        refit_min_interval_s=0.0,
         training_window=2000,
         n_estimators=50,
     )

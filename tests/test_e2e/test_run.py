@@ -19,6 +19,7 @@ def run_cli(args, tmp_path, **env):
         {
             "WARMUP_EVENTS": "300",
             "REFIT_EVERY_EVENTS": "400",
+            "REFIT_MIN_INTERVAL_S": "0",
             "N_ESTIMATORS": "50",
             "BATCH_SIZE": "200",
             **env,

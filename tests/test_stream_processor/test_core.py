@@ -123,6 +123,21 @@ def test_periodic_refit_swaps_in_new_versions(settings, small_csv):
     assert len(used) >= 3
 
 
+def test_refits_due_by_event_count_wait_for_the_minimum_interval(settings, small_csv):
+    """REFIT_MIN_INTERVAL_S: a refit every 300 events, but not sooner than 60 s after the last
+    one started; once that much time has passed, the next batch starts it."""
+    core = ScoringCore(settings.replace(refit_min_interval_s=60.0, drift_delta=0.0))
+    msgs = messages(small_csv)
+    results = run_all(core, msgs[:1200])  # the first fit at 200, then 1,000 more events
+    results.append(core.wait_for_refit())
+    assert [m.reason for res in results for m in res.models] == ["initial"]
+    assert core._refit is None
+    core._last_fit -= 61  # a minute later
+    results = run_all(core, msgs[1200:1300])
+    results.append(core.wait_for_refit())
+    assert [(m.version, m.reason) for res in results for m in res.models] == [(2, "events")]
+
+
 @pytest.mark.parametrize("worker", ["process", "thread"])
 def test_refit_work_on_the_batch_path_is_timed_per_batch(settings, small_csv, worker):
     """Starting, swapping in and recording a refit is timed (the benchmark's pause), and only
