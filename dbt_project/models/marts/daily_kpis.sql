@@ -1,7 +1,9 @@
-{{ config(materialized='view') }}
+{{ config(unique_key='day') }}
 
 -- One row per day: volume, amount, anomalies, flagged amount, rule hits, dead letters.
--- A view over fraud_flags: always current, and cheap (one row per day).
+-- Every day recomputed by each build (one pass over fraud_flags: 0.5 s at a million rows) and
+-- stored by delete + insert, so a reader never finds it missing. As a view, every read (the
+-- dashboard's, each of its tests) paid that pass.
 
 with days as (
     select

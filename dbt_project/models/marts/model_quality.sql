@@ -1,7 +1,9 @@
-{{ config(materialized='view') }}
+{{ config(unique_key='transaction_date') }}
 
 -- One row per day and detector (the ML flag, each rule, any rule), where is_fraud is known:
--- true/false positives, misses, precision and recall. One pass over fraud_flags per query.
+-- true/false positives, misses, precision and recall. Every day recomputed by each build (one
+-- pass over fraud_flags: 1 s at a million rows) and stored by delete + insert of its days' rows;
+-- as a view, every read paid that pass.
 
 {% set detectors = [
     ('ml_flagged', 'ml_flagged'),

@@ -2,35 +2,24 @@
 
 -- One row per period (month or year) and scope (one account, or all accounts).
 
-with transactions as (
-    select * from {{ ref('stg_transactions') }}
-),
-
+with
 {% if is_incremental() %}
 new_since as (
     select min(transaction_date) as since_date
-    from transactions
+    from {{ ref('stg_transactions') }}
     where scored_at > (select coalesce(max(last_scored_at), 0) from {{ this }})
-),
-
-touched as (
-    -- whole years from the oldest new transaction on: their month and year totals change
-    select *
-    from transactions
-    where transaction_date >= (select date(since_date, 'start of year') from new_since)
-),
-{% else %}
-touched as (
-    select * from transactions
 ),
 {% endif %}
 
 monthly as materialized (
     -- one pass over the transactions: each account's months; years and the totals over all
     -- accounts are sums of these (a quarter of the rows to sort of grouping every
-    -- transaction four times)
+    -- transaction four times). It reads stg_transactions itself: through CTEs of
+    -- 'select *', SQLite copied every row and column twice (3 of 6 s at a million rows).
     select
-        date(transacted_at, 'start of month') as period_start,
+        -- transacted_at is 'YYYY-MM-DD HH:MM:SS[.ffffff]' (the processor writes it so): the
+        -- month's first day by text (date(..., 'start of month'): 0.35 s more a million rows)
+        substr(transacted_at, 1, 7) || '-01' as period_start,
         account_id,
         count(*) as transactions,
         sum(amount) as total_amount,
@@ -38,7 +27,11 @@ monthly as materialized (
         sum(ml_flagged) as ml_flagged,
         sum(case when ml_flagged = 1 then amount else 0 end) as ml_flagged_amount,
         max(scored_at) as last_scored_at
-    from touched
+    from {{ ref('stg_transactions') }}
+    {% if is_incremental() %}
+    -- whole years from the oldest new transaction on: their month and year totals change
+    where transaction_date >= (select date(since_date, 'start of year') from new_since)
+    {% endif %}
     group by 1, 2
 ),
 
@@ -46,9 +39,9 @@ aggregated as (
     select 'month' as period_grain, * from monthly
     union all
     {% for grain, period, scope in [
-        ('year', "date(period_start, 'start of year')", 'account_id'),
+        ('year', "substr(period_start, 1, 4) || '-01-01'", 'account_id'),
         ('month', 'period_start', 'null'),
-        ('year', "date(period_start, 'start of year')", 'null'),
+        ('year', "substr(period_start, 1, 4) || '-01-01'", 'null'),
     ] %}
     select
         '{{ grain }}',
