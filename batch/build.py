@@ -55,13 +55,30 @@ def dbt_build(
     target_dir: Path | None = None,
     full_refresh: bool = False,
 ) -> BuildOutcome:
-    """Build every model and run every test against ``db_path``; never raises for dbt failures."""
-    from dbt.cli.main import dbtRunner
+    """Build every model and run every test against ``db_path``; never raises for dbt failures.
 
+    dbt's target and log folders go to ``target_dir``, or to a temporary folder removed after
+    the build (each build used to leave one behind, 2.7 MB: a scheduled build filled the disk).
+    """
     db_path = Path(db_path).resolve()
     if not db_path.is_file():
         raise BuildError(f"{db_path}: no such database (run the stream processor first)")
-    work = Path(target_dir or tempfile.mkdtemp(prefix="fraudstream-dbt-"))
+    if target_dir is not None:
+        return _build(db_path, Path(target_dir), select, dbt_vars, retries, full_refresh)
+    with tempfile.TemporaryDirectory(prefix="fraudstream-dbt-") as work:
+        return _build(db_path, Path(work), select, dbt_vars, retries, full_refresh)
+
+
+def _build(
+    db_path: Path,
+    work: Path,
+    select: str | None,
+    dbt_vars: dict | None,
+    retries: int,
+    full_refresh: bool,
+) -> BuildOutcome:
+    from dbt.cli.main import dbtRunner
+
     schemas = work / "schemas"  # dbt-sqlite attaches every *.db here: keep it empty
     schemas.mkdir(parents=True, exist_ok=True)
     os.environ["FRAUDSTREAM_DB"] = str(db_path)

@@ -97,6 +97,18 @@ def test_a_stale_source_warns_without_failing_the_build(settings, small_csv, tmp
     assert [w.split(":")[0] for w in stale.warnings] == ["test source_freshness_transactions"]
 
 
+def test_a_build_leaves_no_folder_behind(settings, small_csv, tmp_path, monkeypatch):
+    """Without target_dir, dbt's target and logs go to a temporary folder removed afterwards."""
+    import tempfile
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    write(settings.replace(warmup_idle_s=0), messages(small_csv)[:300])
+    assert dbt_build(db_path(settings)).ok
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("fraudstream-dbt-")] == []
+
+
 def test_missing_database_is_a_clear_error(tmp_path):
     with pytest.raises(BuildError, match="no such database"):
         dbt_build(tmp_path / "nope.db")
