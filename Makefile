@@ -23,7 +23,7 @@ help:
 install: $(VENV)/.installed
 
 # The per-event code is compiled at install (setup.py): an edit to it means installing again.
-$(VENV)/.installed: pyproject.toml setup.py requirements.lock stream_processor/features.py stream_processor/features.pxd fraudstream/schema.py stream_processor/treewalk.pyx
+$(VENV)/.installed: pyproject.toml setup.py requirements.lock stream_processor/features.py stream_processor/features.pxd fraudstream/schema.py stream_processor/treewalk.pyx stream_processor/rowtext.pyx
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'

@@ -1,6 +1,7 @@
 """Compiles the per-event code with Cython: the features (stream_processor/features.py, typed
-by features.pxd), decoding (fraudstream/schema.py, as it is) and the walk of the model's trees
-(stream_processor/treewalk.pyx; model.py has the same walk in NumPy).
+by features.pxd), decoding (fraudstream/schema.py, as it is), the walk of the model's trees
+(stream_processor/treewalk.pyx; model.py has the same walk in NumPy) and the stored rows' text
+(stream_processor/rowtext.pyx; core.py has the same in Python).
 
 Everything else about the package is in pyproject.toml. The extensions are optional: without a
 C compiler the build goes on and the modules run as plain Python, with the same results, slower
@@ -12,7 +13,9 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 COMPILED_MODULES = ("stream_processor.features", "fraudstream.schema")  # plain Python too
-CYTHON_MODULES = ("stream_processor.treewalk",)  # Cython only (.pyx), with a NumPy fallback
+# Cython only (.pyx); the tree walk has a NumPy fallback in model.py, the rows' text a Python
+# one in core.py
+CYTHON_MODULES = ("stream_processor.treewalk", "stream_processor.rowtext")
 
 
 class OptionalBuildExt(build_ext):

@@ -43,10 +43,17 @@ from stream_processor.refit import PickledFuture, RefitRunner
 log = logging.getLogger(__name__)
 
 
+try:  # the rows' text in C (rowtext.pyx, compiled at install); the Python below without it
+    from stream_processor.rowtext import features_rows as _features_rows
+    from stream_processor.rowtext import utc_text as _utc_text
+except ImportError:  # pragma: no cover - exercised by the plain-Python install test
+    _features_rows = _utc_text = None
+
 # The text around each value of a features object: '{"name": ', then ', "name": ', ..., '}'.
 _FEATURES_KEYS = [f'{{"{SUPERVISED_FEATURE_NAMES[0]}": '] + [
     f', "{name}": ' for name in SUPERVISED_FEATURE_NAMES[1:]
 ]
+_FEATURES_KEY_BYTES = [key.encode() for key in _FEATURES_KEYS] + [b"}"]
 
 
 def features_json(matrix: np.ndarray) -> list[str]:
@@ -61,9 +68,12 @@ def features_json(matrix: np.ndarray) -> list[str]:
     """
     if not len(matrix):
         return []
-    text = orjson.dumps(
+    numbers = orjson.dumps(
         np.ascontiguousarray(matrix.round(6), dtype=np.float64), option=orjson.OPT_SERIALIZE_NUMPY
-    ).decode()
+    )
+    if _features_rows is not None:
+        return _features_rows(numbers, _FEATURES_KEY_BYTES)
+    text = numbers.decode()
     parts = [None] * (2 * len(_FEATURES_KEYS)) + ["}"]
     parts[0:-1:2] = _FEATURES_KEYS
     join = "".join
@@ -146,6 +156,8 @@ def _json(value) -> str:
 def db_timestamp(ts: datetime) -> str:
     """UTC as 'YYYY-MM-DD HH:MM:SS[.ffffff]': sorts as text; SQLite date functions read it."""
     if ts.tzinfo is UTC:  # what validation gives: '...+00:00' dropped, in one call
+        if _utc_text is not None:
+            return _utc_text(ts, UTC)
         return ts.isoformat(" ")[:-6]
     return format_timestamp(ts)[:-1].replace("T", " ")
 

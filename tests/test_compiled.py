@@ -10,7 +10,7 @@ import io
 import json
 import os
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +190,59 @@ def test_the_compiled_tree_walk_gives_the_numpy_walks_totals_bit_for_bit(seed, r
         assert (
             boosted.totals(batch, start).tobytes() == boosted.walked_totals(batch, start).tobytes()
         )
+
+
+_numbers = st.one_of(
+    st.floats(),  # NaN and infinities included: orjson writes null
+    st.floats(-1e3, 1e3),
+    st.sampled_from([0.0, -0.0, 1e-7, 5e-7, -4.9999995e-7, 123456789.1234567, 1e300]),
+)
+
+
+@hypothesis_settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_the_compiled_rows_text_is_the_pythons_character_for_character(data):
+    import stream_processor.core as core
+
+    assert core._features_rows is not None and core._utc_text is not None  # rowtext compiled
+    width = len(core._FEATURES_KEYS)
+    rows = data.draw(st.lists(st.lists(_numbers, min_size=width, max_size=width), max_size=12))
+    matrix = np.array(rows, dtype=np.float64).reshape(len(rows), width)
+    times = data.draw(
+        st.lists(
+            st.datetimes(
+                min_value=datetime(2, 1, 1),
+                max_value=datetime(9998, 12, 31),
+                timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))]),
+            ),
+            max_size=12,
+        )
+    )
+    compiled = (core.features_json(matrix), [core.db_timestamp(t) for t in times])
+    saved = core._features_rows, core._utc_text
+    core._features_rows = core._utc_text = None  # the Python code
+    try:
+        plain = (core.features_json(matrix), [core.db_timestamp(t) for t in times])
+    finally:
+        core._features_rows, core._utc_text = saved
+    assert compiled == plain
+    for text, row in zip(compiled[0], rows, strict=True):  # and it is JSON of those numbers
+        values = list(json.loads(text).values())
+        assert values == [v if np.isfinite(v) else None for v in np.round(row, 6).tolist()]
+
+
+def test_the_compiled_rows_text_refuses_what_orjson_would_never_write():
+    from stream_processor.rowtext import features_rows
+
+    keys = [b'{"a": ', b', "b": ', b"}"]
+    assert features_rows(b"[[1.0,2.5],[3.0,-4.0]]", keys) == [
+        '{"a": 1.0, "b": 2.5}',
+        '{"a": 3.0, "b": -4.0}',
+    ]
+    assert features_rows(b"[]", keys) == []
+    for bad in (b"[[1.0,2.0,3.0]]", b"[[1.0]]", b"[[1.0,2.0"):
+        with pytest.raises(ValueError):
+            features_rows(bad, keys)
 
 
 def test_the_threshold_is_the_quantile_of_scikit_learns_own_scores():
