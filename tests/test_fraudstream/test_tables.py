@@ -32,3 +32,27 @@ def test_many_openers_of_a_new_database_all_get_the_schema(tmp_path):
                 r[0] for r in conn.execute("select name from sqlite_master where type='table'")
             }
         assert set(metadata.tables) <= tables
+
+
+def test_a_new_database_gets_16_kb_pages_and_an_existing_one_keeps_its_own(tmp_path):
+    from sqlalchemy import text
+
+    make_engine(f"sqlite:///{tmp_path / 'new.db'}").dispose()
+    with sqlite3.connect(tmp_path / "new.db") as conn:
+        assert conn.execute("pragma page_size").fetchone() == (16384,)
+        assert conn.execute("pragma journal_mode").fetchone() == ("wal",)
+    with sqlite3.connect(tmp_path / "old.db") as conn:  # made by an earlier version
+        conn.execute("pragma page_size=4096")
+        conn.execute("create table kept (x)")
+        conn.execute("insert into kept values (1)")
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as conn:
+        assert conn.execute(text("pragma page_size")).scalar() == 4096
+        assert conn.execute(text("select x from kept")).scalar() == 1
+        conn.execute(text("insert into kept values (2)"))
+    engine.dispose()
+    with sqlite3.connect(tmp_path / "old.db") as conn:
+        assert conn.execute("select count(*) from kept").fetchone() == (2,)
+        assert set(metadata.tables) <= {
+            r[0] for r in conn.execute("select name from sqlite_master where type='table'")
+        }
