@@ -99,17 +99,39 @@ def _produce(producer, topic, key, value, headers, on_delivery) -> None:
             producer.poll(0.05)
 
 
-def next_offsets(batch: list) -> list[TopicPartition]:
-    """The offsets to commit after ``batch``: one past the last message of each partition."""
+def next_offsets(positions: list[tuple[str, int, int]]) -> list[TopicPartition]:
+    """The offsets to commit after ``positions`` ((topic, partition, offset) of the last
+    message of each partition in each batch): one past the last of each partition."""
     last: dict[tuple[str, int], int] = {}
-    for m in batch:
-        key = (m.topic(), m.partition())
-        last[key] = max(last.get(key, -1), m.offset())
+    for topic, partition, offset in positions:
+        key = (topic, partition)
+        last[key] = max(last.get(key, -1), offset)
     return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
 
+def raw_messages(msgs: list) -> tuple[list[RawMessage], list[tuple[str, int, int]]]:
+    """A ``consume()`` result as the core's messages, and the position of its last message in
+    each partition (what :func:`commit` takes); errors other than a partition's end logged."""
+    raws: list[RawMessage] = []
+    last: dict[tuple[str, int], int] = {}
+    for m in msgs:
+        err = m.error()
+        if err is None:
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            raws.append(
+                RawMessage(m.value(), m.key(), topic, partition, offset, produced_at(m.headers()))
+            )
+            key = (topic, partition)
+            if offset > last.get(key, -1):
+                last[key] = offset
+        elif err.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer: %s", err)
+    return raws, [(t, p, o) for (t, p), o in last.items()]
+
+
 def commit(consumer: Consumer, batch: list, *, asynchronous: bool = True) -> None:
-    """Commit past ``batch``; a failed commit only means the batch is consumed again later.
+    """Commit past ``batch`` (positions, see :func:`next_offsets`); a failed commit only means
+    the batch is consumed again later.
 
     After a broker outage the group may have moved on (UNKNOWN_MEMBER_ID, a rebalance): the
     stored rows are then recognised by transaction_id when the batch comes back. The loop does
@@ -163,7 +185,7 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
     code = 0
     last_tick = time.monotonic()
     records = DeliveryRecords()  # alerts delivered, and the offsets waiting for their record
-    in_flight: list | None = None  # the events whose write was submitted, not collected yet
+    in_flight: list | None = None  # positions of the batch whose write is not collected yet
 
     def written(events: list) -> None:
         """The write of ``events`` is committed (waited for here): publish, acknowledge."""
@@ -174,28 +196,11 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
 
     try:
         while not stop.is_set():
-            msgs = consumer.consume(settings.batch_size, timeout=settings.batch_timeout_s)
-            batch = []
-            for m in msgs:
-                err = m.error()
-                if err is None:
-                    batch.append(m)
-                elif err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer: %s", err)
-            if batch:  # scored while the previous batch is written
-                result = pipeline.score(
-                    [
-                        RawMessage(
-                            m.value(),
-                            m.key(),
-                            m.topic(),
-                            m.partition(),
-                            m.offset(),
-                            produced_at(m.headers()),
-                        )
-                        for m in batch
-                    ]
-                )  # fmt: skip
+            raws, batch = raw_messages(
+                consumer.consume(settings.batch_size, timeout=settings.batch_timeout_s)
+            )
+            if raws:  # scored while the previous batch is written
+                result = pipeline.score(raws)
             elif in_flight is not None:  # nothing new: finish the last batch now
                 written(in_flight)
                 in_flight = None
