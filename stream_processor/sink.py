@@ -31,7 +31,13 @@ from fraudstream.tables import (
     pending_events,
     transactions,
 )
-from stream_processor.core import BatchResult, HeldEvent, LabelledEvent, alert_payload
+from stream_processor.core import (
+    ROW_COLUMNS,
+    BatchResult,
+    HeldEvent,
+    LabelledEvent,
+    alert_payload,
+)
 from stream_processor.features import ANOMALY_FEATURE_NAMES, SUPERVISED_FEATURE_NAMES
 from stream_processor.labels import Label
 from stream_processor.model import LOAD_ANOMALY, LOAD_SUPERVISED, FittedModel, SupervisedModel
@@ -219,10 +225,19 @@ class Sink:
         for key, rows in (
             ("models", [_model_row(m) for m in result.models]),
             ("pending_add", result.pending_add),
-            ("rows", result.rows),
         ):
             if rows:
                 plan.append(self._insert_step(key, rows))
+        if result.row_values:
+            # SQLite: the row tuples as they are (_compile); SQLAlchemy's executemany: dicts
+            rows = result.row_values if self._sqlite else result.rows
+            plan.append(
+                (
+                    ("rows", ROW_COLUMNS),
+                    lambda: self._insert_ignore(transactions, ["transaction_id"]),
+                    rows,
+                )
+            )
         if result.pending_clear:
             plan.append(("pending_clear", lambda: delete(pending_events), None))
         if result.labels:
@@ -259,6 +274,9 @@ class Sink:
         for key, build, rows in plan:
             columns = list(key[1]) if isinstance(key, tuple) else None
             sql, values = self._statement(key, build, columns)
+            if key == ("rows", ROW_COLUMNS):
+                out.append((sql, rows))  # tuples in the statement's order (_statement checks)
+                continue
             out.append((sql, [()] if rows is None else list(map(values, rows))))
         return out
 
@@ -270,6 +288,8 @@ class Sink:
 
             compiled = build().compile(dialect=sqlite.dialect(), column_keys=column_keys)
             names = compiled.positiontup or ()
+            if key == ("rows", ROW_COLUMNS) and tuple(names) != ROW_COLUMNS:
+                raise SinkError(f"the insert's parameters {names} are not ROW_COLUMNS' order")
             if len(names) > 1:
                 values = itemgetter(*names)
             else:

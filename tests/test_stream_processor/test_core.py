@@ -98,6 +98,13 @@ def test_the_features_column_is_json_of_the_rounded_values_in_column_order():
         ).replace("e+", "e")
 
 
+def test_row_columns_are_the_transactions_tables_columns_in_order():
+    from fraudstream.tables import transactions
+    from stream_processor.core import ROW_COLUMNS
+
+    assert ROW_COLUMNS == tuple(c.name for c in transactions.columns)
+
+
 def test_labels_are_never_model_inputs(settings, small_csv):
     assert (
         "is_fraud" not in SUPERVISED_FEATURE_NAMES
