@@ -231,13 +231,9 @@ class Sink:
         if result.row_values:
             # SQLite: the row tuples as they are (_compile); SQLAlchemy's executemany: dicts
             rows = result.row_values if self._sqlite else result.rows
-            plan.append(
-                (
-                    ("rows", ROW_COLUMNS),
-                    lambda: self._insert_ignore(transactions, ["transaction_id"]),
-                    rows,
-                )
-            )
+            table, conflict = self._INSERTS["rows"]
+            build = lambda: self._insert_ignore(table, conflict)  # noqa: E731
+            plan.append((("rows", ROW_COLUMNS), build, rows))
         if result.pending_clear:
             plan.append(("pending_clear", lambda: delete(pending_events), None))
         if result.labels:
