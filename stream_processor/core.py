@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 try:  # the rows' text in C (rowtext.pyx, compiled at install); the Python below without it
     from stream_processor.rowtext import features_rows as _features_rows
     from stream_processor.rowtext import utc_text as _utc_text
-except ImportError:  # pragma: no cover - exercised by the plain-Python install test
+except ImportError:  # not compiled (no C compiler at install): test_compiled.py runs both
     _features_rows = _utc_text = None
 
 # The text around each value of a features object: '{"name": ', then ', "name": ', ..., '}'.
