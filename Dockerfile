@@ -14,11 +14,12 @@ COPY producer ./producer
 COPY stream_processor ./stream_processor
 COPY batch ./batch
 # Editable: the dbt project and the dashboard are found beside the packages, in /app. A C
-# compiler for the install only: Cython compiles the feature code (setup.py), then it goes.
+# compiler for the install only: Cython compiles the per-event code (setup.py), then it goes;
+# the build fails if a module did not compile.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && pip install --no-cache-dir -c requirements.lock -e . \
-    && python -c "from stream_processor.features import COMPILED; assert COMPILED" \
+    && python -c "import stream_processor.rowtext, stream_processor.treewalk, fraudstream.schema as s; from stream_processor.features import COMPILED; assert COMPILED and s.__file__.endswith('.so')" \
     && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/*
 
 COPY dbt_project ./dbt_project
