@@ -109,7 +109,7 @@ def next_offsets(positions: list[tuple[str, int, int]]) -> list[TopicPartition]:
     return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
 
-def raw_messages(msgs: list) -> tuple[list[RawMessage], list[tuple[str, int, int]]]:
+def core_messages(msgs: list) -> tuple[list[RawMessage], list[tuple[str, int, int]]]:
     """A ``consume()`` result as the core's messages, and the position of its last message in
     each partition (what :func:`commit` takes); errors other than a partition's end logged."""
     raws: list[RawMessage] = []
@@ -129,9 +129,9 @@ def raw_messages(msgs: list) -> tuple[list[RawMessage], list[tuple[str, int, int
     return raws, [(t, p, o) for (t, p), o in last.items()]
 
 
-def commit(consumer: Consumer, batch: list, *, asynchronous: bool = True) -> None:
-    """Commit past ``batch`` (positions, see :func:`next_offsets`); a failed commit only means
-    the batch is consumed again later.
+def commit(consumer: Consumer, positions: list, *, asynchronous: bool = True) -> None:
+    """Commit past ``positions`` (see :func:`next_offsets`); a failed commit only means the
+    batch is consumed again later.
 
     After a broker outage the group may have moved on (UNKNOWN_MEMBER_ID, a rebalance): the
     stored rows are then recognised by transaction_id when the batch comes back. The loop does
@@ -139,10 +139,10 @@ def commit(consumer: Consumer, batch: list, *, asynchronous: bool = True) -> Non
     failure is logged by :func:`committed` when it arrives; the last commit, at shutdown,
     waits.
     """
-    if not batch:
+    if not positions:
         return
     try:
-        consumer.commit(offsets=next_offsets(batch), asynchronous=asynchronous)
+        consumer.commit(offsets=next_offsets(positions), asynchronous=asynchronous)
     except KafkaException as exc:
         _commit_failed(exc)
 
@@ -187,16 +187,17 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
     records = DeliveryRecords()  # alerts delivered, and the offsets waiting for their record
     in_flight: list | None = None  # positions of the batch whose write is not collected yet
 
-    def written(events: list) -> None:
-        """The write of ``events`` is committed (waited for here): publish, acknowledge."""
+    def written(positions: list) -> None:
+        """The write of the batch at ``positions`` is committed (waited for here): publish,
+        acknowledge."""
         out = pipeline.collect()
         ready = records.written()
         publish(producer, settings, out)
-        commit(consumer, ready + records.published(out, events))
+        commit(consumer, ready + records.published(out, positions))
 
     try:
         while not stop.is_set():
-            raws, batch = raw_messages(
+            raws, positions = core_messages(
                 consumer.consume(settings.batch_size, timeout=settings.batch_timeout_s)
             )
             if raws:  # scored while the previous batch is written
@@ -215,7 +216,7 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
             if in_flight is not None:
                 written(in_flight)
             pipeline.submit(result, published=records.delivered)  # recorded with these rows
-            in_flight = batch
+            in_flight = positions
     except (SinkError, DeliveryError, KafkaException) as exc:
         log.critical("FATAL: %s. Stopping; no offset past the last stored batch.", exc)
         code = 1

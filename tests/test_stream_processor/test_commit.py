@@ -8,7 +8,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from stream_processor.kafka_runtime import commit, committed, consumer_config, raw_messages
+from stream_processor.kafka_runtime import commit, committed, consumer_config, core_messages
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ def test_an_asynchronous_commit_lands_without_the_loop_waiting(kafka_settings):
         while len(got) < 5 and time.monotonic() < deadline:
             got += [m for m in consumer.consume(10, timeout=1.0) if m.error() is None]
         assert len(got) == 5
-        _raws, positions = raw_messages(got)
+        _raws, positions = core_messages(got)
         assert positions == [(s.transactions_topic, 0, got[-1].offset())]
         commit(consumer, positions)  # returns at once; the answer comes with a later poll
         part = [TopicPartition(s.transactions_topic, 0)]
