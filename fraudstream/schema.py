@@ -42,7 +42,10 @@ class InvalidRecord(ValueError):
         super().__init__(f"{field}: {reason}" if field else reason)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__ (a
+# timeit: 1.5 us to make one, 0.3 not frozen; one is made per event). Nothing changes a
+# Transaction once it is made.
+@dataclass(slots=True)
 class Transaction:
     transaction_id: str
     account_id: str
@@ -177,10 +180,15 @@ def _label(record: Mapping[str, Any]) -> int | None:
 
 def validate(record: Mapping[str, Any]) -> Transaction:
     """A :class:`Transaction` from a CSV row or a decoded event, or :class:`InvalidRecord`."""
+    return _validate(record, owned=False)
+
+
+def _validate(record: Mapping[str, Any], owned: bool) -> Transaction:
+    """:func:`validate`; ``owned``: ``record`` is a dict of the caller's own making (a decoded
+    value), which becomes the extras once the fields are taken out of it."""
     if type(record) is not dict and not isinstance(record, Mapping):
         raise InvalidRecord(None, f"expected a JSON object, got {type(record).__name__}")
-    extras = {k: v for k, v in record.items() if k not in _NOT_EXTRAS}
-    return Transaction(
+    txn = Transaction(
         transaction_id=_text(record, "transaction_id", MAX_ID_LENGTH),
         account_id=_text(record, "account_id", MAX_ID_LENGTH),
         amount=_amount(record),
@@ -188,13 +196,22 @@ def validate(record: Mapping[str, Any]) -> Transaction:
         timestamp=parse_timestamp(record.get("timestamp")),
         location=_text(record, "location", MAX_TEXT_LENGTH),
         is_fraud=_label(record),
-        extras=extras,
     )
+    if owned and type(record) is dict:
+        # What is left once the fields are taken out: a timeit of the shipped events, 0.3 us,
+        # a new dict of the other keys 1.3 (one per event)
+        for name in _NOT_EXTRAS:
+            if name in record:
+                del record[name]
+        txn.extras = record
+    else:
+        txn.extras = {k: v for k, v in record.items() if k not in _NOT_EXTRAS}
+    return txn
 
 
 def decode(value: bytes | None) -> Transaction:
     """A Kafka value (UTF-8 JSON object) as a :class:`Transaction`, or :class:`InvalidRecord`."""
-    return validate(load_json(value))
+    return _validate(load_json(value), owned=True)
 
 
 def load_json(value: bytes | None) -> Any:

@@ -121,3 +121,15 @@ def test_values_decode_as_the_standard_library_reads_them(raw, expected):
     txn = decode(value)
     assert txn.extras == expected
     assert repr(txn.extras) == repr(expected)  # types too: an int stays an int
+
+
+def test_decoded_extras_are_the_other_keys_and_a_row_is_left_as_it_was():
+    value = json.dumps({"channel": "pos", **GOOD, "is_fraud": 1, "": "x", "ref": [1]}).encode()
+    assert decode(value).extras == {"channel": "pos", "ref": [1]}
+    assert list(decode(value).extras) == ["channel", "ref"]  # in the event's order
+    row = {**GOOD, "channel": "pos"}
+    txn = validate(row)
+    assert txn.extras == {"channel": "pos"}
+    assert row == {**GOOD, "channel": "pos"}  # the caller's row: nothing taken out of it
+    txn.extras["more"] = 1
+    assert "more" not in row
