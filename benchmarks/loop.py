@@ -39,7 +39,7 @@ PHASES = (
     ("core", "the scoring core (ScoringCore.process)"),
     ("submit", "the SQLite write submitted (Sink.submit; inline: the whole write)"),
     ("wait", "waiting for the write to commit (Sink.wait)"),
-    ("publish", "alerts and dead letters produced and delivered"),
+    ("publish", "alerts and dead letters produced, and waited for"),
     ("commit", "offset commit"),
 )
 
@@ -56,7 +56,8 @@ def instrument(totals: Counter) -> None:
     timed(core.ScoringCore, "process", "core", totals)
     timed(sink.Sink, "submit", "submit", totals)
     timed(sink.Sink, "wait", "wait", totals)
-    timed(kafka_runtime, "publish", "publish", totals)
+    timed(kafka_runtime, "produce_outbound", "publish", totals)
+    timed(kafka_runtime, "await_delivery", "publish", totals)
 
 
 def count(db: Path) -> int:

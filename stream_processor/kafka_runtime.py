@@ -5,10 +5,14 @@ the SQLite commit, the delivery of the batch's alerts and dead letters, and the 
 delivery: :class:`~stream_processor.pipeline.DeliveryRecords`), without faust's per-event
 overhead: ``consume(BATCH_SIZE)`` hands whole batches to the core. Each batch is scored while
 the one before is written (``SQLITE_WRITER=process``: by the writer process,
-:mod:`stream_processor.writer`); that batch's alerts are published and its offsets committed
-once its write has committed::
+:mod:`stream_processor.writer`); once that write has committed, its alerts and dead letters are
+produced, and their delivery is waited for after the next batch is scored (the broker's answer
+comes meanwhile: a round trip a batch, 1 us an event, off the loop). Offsets are committed only
+past batches whose rows are stored, whose alerts and dead letters are delivered, and whose
+alerts' delivery is recorded::
 
-    score N (write N-1 runs) -> N-1 committed -> N-1's alerts delivered -> offsets -> submit N
+    score N (write N-1 runs; N-2's alerts travel) -> N-1 committed -> N-2's alerts delivered
+    -> N-1's produced -> offsets -> submit N (with N-2's delivery record)
 """
 
 from __future__ import annotations
@@ -66,10 +70,9 @@ def consumer_config(settings: Settings) -> dict:
     }
 
 
-def publish(producer: Producer, settings: Settings, out: Outbound, timeout_s: float = 60) -> None:
-    """Produce the batch's alerts and dead letters and wait until every one is delivered."""
-    if not out.alerts and not out.dead_letters:
-        return
+def produce_outbound(producer: Producer, settings: Settings, out: Outbound) -> list[str]:
+    """Hand the batch's alerts and dead letters to the producer, without waiting: the list
+    their failed deliveries are added to (see :func:`await_delivery`)."""
     failures: list[str] = []
 
     def on_delivery(err, msg):
@@ -82,6 +85,12 @@ def publish(producer: Producer, settings: Settings, out: Outbound, timeout_s: fl
     for dl in out.dead_letters:
         key, value, headers = dead_letter_message(dl)
         _produce(producer, settings.dlq_topic, key, value, headers, on_delivery)
+    return failures
+
+
+def await_delivery(producer: Producer, failures: list[str], timeout_s: float = 60) -> None:
+    """Wait until everything produced is delivered; :class:`DeliveryError` if a delivery
+    failed (``failures``, from :func:`produce_outbound`) or did not end within ``timeout_s``."""
     remaining = producer.flush(timeout_s)
     if remaining or failures:
         raise DeliveryError(
@@ -186,14 +195,33 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
     last_tick = time.monotonic()
     records = DeliveryRecords()  # alerts delivered, and the offsets waiting for their record
     in_flight: list | None = None  # positions of the batch whose write is not collected yet
+    # The last written batch's outcome, its alerts and dead letters produced and their delivery
+    # not waited for yet: (Outbound, positions, failed deliveries)
+    producing: tuple[Outbound, list, list[str]] | None = None
 
-    def written(positions: list) -> None:
-        """The write of the batch at ``positions`` is committed (waited for here): publish,
-        acknowledge."""
+    def delivered() -> list:
+        """Wait for the delivery of what ``producing`` holds (under load the broker answered
+        while the next batch was scored): the positions that may be acknowledged now."""
+        nonlocal producing
+        if producing is None:
+            return []
+        out, positions, failures = producing
+        producing = None
+        if out.alerts or out.dead_letters:
+            await_delivery(producer, failures)
+        return records.published(out, positions)
+
+    def written(positions: list, *, wait: bool = False) -> None:
+        """The write of the batch at ``positions`` is committed (waited for here): produce its
+        alerts; the batch before's are delivered by now (``wait``: this one's too, when no
+        next batch is scored meanwhile). Acknowledge what may be."""
+        nonlocal producing
         out = pipeline.collect()
-        ready = records.written()
-        publish(producer, settings, out)
-        commit(consumer, ready + records.published(out, positions))
+        ready = records.written() + delivered()
+        producing = (out, positions, produce_outbound(producer, settings, out))
+        if wait:
+            ready += delivered()
+        commit(consumer, ready)
 
     try:
         while not stop.is_set():
@@ -203,7 +231,7 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
             if raws:  # scored while the previous batch is written
                 result = pipeline.score(raws)
             elif in_flight is not None:  # nothing new: finish the last batch now
-                written(in_flight)
+                written(in_flight, wait=True)
                 in_flight = None
                 continue
             elif records.delivered or time.monotonic() - last_tick >= 1.0:
@@ -225,8 +253,9 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
             try:
                 if in_flight is not None:
                     written(in_flight)
+                ready = delivered()
                 pipeline.published(records.delivered)
-                commit(consumer, records.written(), asynchronous=False)
+                commit(consumer, ready + records.written(), asynchronous=False)
             finally:
                 pipeline.finish()
         consumer.close()
