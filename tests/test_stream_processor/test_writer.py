@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+from http import HTTPStatus
 
 import pytest
 
@@ -17,7 +18,7 @@ from producer.csv_source import read_transactions
 from stream_processor.core import RawMessage
 from stream_processor.pipeline import BatchPipeline
 from stream_processor.sink import Sink, SinkError
-from stream_processor.writer import WRITER_PROCESS_NAME
+from stream_processor.writer import WRITER_PROCESS_NAME, WriterProcess
 
 
 def msgs(csv_path, n, start=0):
@@ -190,3 +191,24 @@ def test_a_write_beside_another_writers_lock_waits_and_commits(settings, small_c
     finally:
         sink.close()
         pipeline.close()
+
+
+def test_values_marshal_refuses_travel_pickled_and_are_stored_the_same(tmp_path):
+    path = tmp_path / "w.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("create table t (a, b, c)")
+    writer = WriterProcess(str(path), busy_timeout_ms=1000)
+    try:
+        rows = [(1.5, "x", b"\x00\x01"), (2**40, None, True)]
+        writer.write([("insert into t values (?, ?, ?)", rows)])  # marshalled
+        # an int of a subclass (the child can import it): marshal refuses it, SQLite takes it
+        writer.write([("insert into t values (?, ?, ?)", [(HTTPStatus.OK, "z", 3)])])  # pickled
+    finally:
+        writer.close()
+    with sqlite3.connect(path) as conn:
+        stored = conn.execute("select a, b, c, typeof(a) from t order by rowid").fetchall()
+    assert stored == [
+        (1.5, "x", b"\x00\x01", "real"),
+        (2**40, None, 1, "integer"),
+        (200, "z", 3, "integer"),
+    ]
