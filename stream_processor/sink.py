@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from operator import itemgetter
 
 import numpy as np
+import orjson
 from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.exc import OperationalError
 
@@ -46,11 +47,18 @@ from stream_processor.refit import call
 log = logging.getLogger(__name__)
 
 CHUNK = 500  # ids per IN (...) list, far below every dialect's parameter limit
+# One statement for a whole batch (about 10x faster than SQLAlchemy IN lists of 500): each id
+# of the JSON array looked up in the two tables' keys. A join, not ``in (select value from
+# json_each(?1))``, which sorts the ids into a temporary index first (a timeit of 1,000 ids on
+# a database of 60,000 rows: 0.24 ms, the ``in`` lists 0.78); CROSS JOIN keeps the ids the
+# outer loop whatever SQLite's statistics say.
 KNOWN_IDS_SQLITE = (
-    "select transaction_id from transactions where transaction_id in (select value from json_each(?1)) "
-    "union all "
-    "select transaction_id from pending_events where transaction_id in (select value from json_each(?1))"
-)  # one statement for a whole batch: about 10x faster than SQLAlchemy IN lists of 500
+    "select t.transaction_id from json_each(?1) j cross join transactions t"
+    " on t.transaction_id = j.value"
+    " union all "
+    "select p.transaction_id from json_each(?1) j cross join pending_events p"
+    " on p.transaction_id = j.value"
+)
 
 
 ACCOUNT_HISTORY_SQLITE = (
@@ -356,7 +364,7 @@ class Sink:
         found: set[str] = set()
         with self.engine.connect() as conn:
             if self.engine.dialect.name == "sqlite":  # the ids as one JSON array parameter
-                rows = conn.exec_driver_sql(KNOWN_IDS_SQLITE, (json.dumps(ids),))
+                rows = conn.exec_driver_sql(KNOWN_IDS_SQLITE, (orjson.dumps(ids).decode(),))
                 return {tid for (tid,) in rows}
             for chunk in _chunks(ids):
                 for table in (transactions, pending_events):

@@ -11,7 +11,7 @@ from producer.csv_source import read_transactions
 from producer.generate import GeneratorConfig, write_csv
 from stream_processor.core import RawMessage, ScoringCore
 from stream_processor.features import ANOMALY_FEATURE_NAMES
-from stream_processor.sink import Sink
+from stream_processor.sink import KNOWN_IDS_SQLITE, Sink
 
 
 def msgs(csv_path, n):
@@ -51,6 +51,25 @@ def test_held_events_survive_a_restart_and_are_recognised_as_known(settings, sma
     held = Sink(settings.database_url).held_events()
     assert [h.txn.transaction_id for h in held] == [f"T{i:08d}" for i in range(1, 121)]
     assert sink.known_ids(["T00000001", "nope"]) == {"T00000001"}
+
+
+def test_known_ids_finds_stored_and_held_ids_by_their_keys(settings, small_csv):
+    sink = Sink(settings.database_url)
+    core = ScoringCore(settings.replace(warmup_events=1), known_ids=sink.known_ids)
+    sink.write(core.process(msgs(small_csv, 300)))  # stored rows
+    held = ScoringCore(settings.replace(warmup_events=10_000))
+    sink.write(held.process(msgs(small_csv, 320)[-5:]))  # held for a first fit
+    stored_ids = ["T00000001", "T00000300"]
+    held_ids = [f"T{i:08d}" for i in range(316, 321)]
+    odd = ['T"1', "Tä\\n", "T00000001 "]  # quoting, non-ASCII, near misses: never stored
+    ids = stored_ids + held_ids + odd + [f"N{i}" for i in range(2000)]
+    assert sink.known_ids(ids) == set(stored_ids + held_ids)
+    assert sink.known_ids([]) == set()
+    with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as conn:
+        conn.execute("analyze")  # whatever the statistics say: the ids stay the outer loop
+        plan = [row[3] for row in conn.execute("explain query plan " + KNOWN_IDS_SQLITE, ("[]",))]
+    assert not [step for step in plan if step.startswith("SCAN") and "VIRTUAL" not in step], plan
+    assert sum("USING COVERING INDEX" in step for step in plan) == 2, plan
 
 
 def test_restart_reloads_the_latest_model_and_the_account_history(settings, small_csv):
