@@ -31,8 +31,6 @@ import sys
 import time
 
 WRITER_PROCESS_NAME = "fraud-writer"  # what ps shows
-WRITER_CACHE_KIB = 16384  # the writer's SQLite page cache (serve)
-CACHE_PRAGMA = f"PRAGMA cache_size=-{WRITER_CACHE_KIB}"  # PRAGMA takes no parameters
 _HEADER = struct.Struct("<Qc")  # the length of a message, and how it is encoded: _dumps
 LOCK_WORDS = ("locked", "busy")
 
@@ -236,11 +234,6 @@ def serve(path: str, busy_timeout_ms: int, every_writes: int, every_s: float) ->
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints below, between writes
-        # 16 MiB of pages instead of SQLite's 2 MiB: each row lands on a random leaf of the
-        # account and id indexes, which soon outgrow 2 MiB (a scratch script writing the
-        # shipped events' batches four times over, 232,000 rows: 31.7 / 34.8 us a row with
-        # 2 MiB, 28.8 / 29.3 with 16, 32.2 / 28.5 with 64, on a slow day)
-        conn.execute(CACHE_PRAGMA)
     except sqlite3.Error as exc:
         _send(stdout, ("error", f"{type(exc).__name__}: {exc}"))
         return
