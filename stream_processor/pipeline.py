@@ -82,6 +82,9 @@ class DeliveryRecords:
         acknowledge(records.written())
         publish(out)
         acknowledge(records.published(out, batch))
+
+    (the confluent runtime calls ``published`` for a batch once the next batch is scored and
+    its deliveries were waited for: :mod:`stream_processor.kafka_runtime`).
     """
 
     def __init__(self) -> None:
