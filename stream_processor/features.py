@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from sys import intern
 
@@ -101,6 +101,20 @@ _DAY, _PI = DAY, math.pi
 _TAU_1D, _TAU_7D, _TAU_30D = _TAU
 _NO_GAP_S, _MIN_TRAVEL_H, _SMALL_AMOUNT = NO_GAP_S, MIN_TRAVEL_H, SMALL_AMOUNT
 _WIDTH = WIDTH
+if not cython.compiled:  # compiled: features.pxd's inline C, on the arrays' doubles in place
+    # (Python's bisect on an array('d') makes a float object of every value it compares:
+    # about 36 a event)
+
+    def _at(values: array, i: int) -> float:
+        return values[i]
+
+    def _bisect_left(values: array, x: float, lo: int, hi: int) -> int:
+        return bisect_left(values, x, lo, hi)
+
+    def _bisect_right(values: array, x: float, lo: int, hi: int) -> int:
+        return bisect_right(values, x, lo, hi)
+
+
 _WEEKDAYS = tuple(
     (math.sin(2 * math.pi * weekday / 7), math.cos(2 * math.pi * weekday / 7))
     for weekday in range(7)
@@ -274,26 +288,26 @@ class AccountStates:
         log_amount = log1p(amount)
         times, amounts = s.times, s.amounts
         # Exact windows by bisection on the time-ordered history (events at or before t).
-        hi = bisect_right(times, t)
-        lo24 = bisect_left(times, t - _DAY, 0, hi)
-        lo1h = bisect_left(times, t - 3600, lo24, hi)
-        lo10 = bisect_left(times, t - 600, lo1h, hi)
+        hi = _bisect_right(times, t, 0, len(times))
+        lo24 = _bisect_left(times, t - _DAY, 0, hi)
+        lo1h = _bisect_left(times, t - 3600, lo24, hi)
+        lo10 = _bisect_left(times, t - 600, lo1h, hi)
         c10, c1h, c24 = hi - lo10, hi - lo1h, hi - lo24
         sum24 = 0.0
         for k in range(lo24, hi):  # in order, as sum() adds them (before Python 3.12)
-            sum24 += amounts[k]
+            sum24 += _at(amounts, k)
         small = 0
         for k in range(lo10, hi):
-            if amounts[k] < _SMALL_AMOUNT:
+            if _at(amounts, k) < _SMALL_AMOUNT:
                 small += 1
         by_amount = s.by_amount
         n = len(by_amount)
         if n:
             mid = n // 2
             if n % 2:
-                median = by_amount[mid]
+                median = _at(by_amount, mid)
             else:
-                median = (by_amount[mid - 1] + by_amount[mid]) / 2
+                median = (_at(by_amount, mid - 1) + _at(by_amount, mid)) / 2
             vs_median = log_amount - log1p(median)
         else:
             vs_median = 0.0
@@ -352,19 +366,20 @@ class AccountStates:
 
     def _learn_account(self, s: AccountState, txn: Transaction, amount: float, t: float) -> None:
         """Add one event (``t``: its event time) to the account's state."""
-        times = s.times
-        if not len(times) or t >= times[len(times) - 1]:
+        times, amounts, by_amount = s.times, s.amounts, s.by_amount
+        n = len(times)
+        if not n or t >= _at(times, n - 1):
             times.append(t)
-            s.amounts.append(amount)
+            amounts.append(amount)
         else:  # a late event: keep the history in event-time order
-            at = bisect_right(times, t)
+            at = _bisect_right(times, t, 0, n)
             times.insert(at, t)
-            s.amounts.insert(at, amount)
-        insort(s.by_amount, amount)
+            amounts.insert(at, amount)
+        by_amount.insert(_bisect_right(by_amount, amount, 0, len(by_amount)), amount)  # insort
         if len(times) > self.history:  # forget the earliest event
             del times[0]
-            gone = s.amounts.pop(0)
-            del s.by_amount[bisect_left(s.by_amount, gone)]
+            gone = amounts.pop(0)
+            del by_amount[_bisect_left(by_amount, gone, 0, len(by_amount))]
         s.seen += 1
         # Interned: a million accounts share one copy of each name instead of one each.
         _bump(s.merchants, intern(txn.merchant), self.max_places)
