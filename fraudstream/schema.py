@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import cython
 import orjson
 
 INPUT_COLUMNS = ("transaction_id", "account_id", "amount", "merchant", "timestamp", "location")
@@ -127,8 +128,12 @@ def _parse_time(value: Any) -> datetime:
     return ts if ts.tzinfo is UTC else ts.astimezone(UTC)
 
 
-def _text(record: Mapping[str, Any], name: str, limit: int) -> str:
-    value = record.get(name)
+# The checks below take the value, not the record, and are C functions in the compiled module
+# (a Python-level call and a method lookup for each field cost about 0.5 us an event: timeit).
+
+
+@cython.cfunc
+def _text(value: Any, name: str, limit: int) -> str:
     if type(value) is str and value.isprintable() and 0 < len(value) <= limit:
         if value.strip() is value:  # the common case, in one pass: nothing below applies
             return value
@@ -146,8 +151,10 @@ def _text(record: Mapping[str, Any], name: str, limit: int) -> str:
     return text
 
 
-def _amount(record: Mapping[str, Any]) -> float:
-    value = record.get("amount")
+@cython.cfunc
+def _amount(value: Any) -> float:
+    if type(value) is float and 0 < value <= MAX_AMOUNT:  # the common case (NaN fails it)
+        return value
     if value is None:
         raise InvalidRecord("amount", "missing")
     if isinstance(value, bool):
@@ -169,8 +176,8 @@ def _amount(record: Mapping[str, Any]) -> float:
     return amount
 
 
-def _label(record: Mapping[str, Any]) -> int | None:
-    value = record.get(LABEL_COLUMN)
+@cython.cfunc
+def _label(value: Any) -> int | None:
     if value is None or value == "":
         return None
     if value in (0, 1, "0", "1", True, False) and not isinstance(value, float):
@@ -178,34 +185,50 @@ def _label(record: Mapping[str, Any]) -> int | None:
     raise InvalidRecord(LABEL_COLUMN, f"expected 0 or 1, got {value!r}")
 
 
+def text_value(value: Any, name: str, limit: int) -> str:
+    """``value`` as the text of field ``name`` (stripped, at most ``limit`` characters, no
+    control characters), or :class:`InvalidRecord`."""
+    return _text(value, name, limit)
+
+
+def label_value(value: Any) -> int | None:
+    """``value`` as a 0 / 1 label, None when absent or empty, or :class:`InvalidRecord`."""
+    return _label(value)
+
+
 def validate(record: Mapping[str, Any]) -> Transaction:
     """A :class:`Transaction` from a CSV row or a decoded event, or :class:`InvalidRecord`."""
     return _validate(record, owned=False)
 
 
+@cython.locals(d=dict)
 def _validate(record: Mapping[str, Any], owned: bool) -> Transaction:
     """:func:`validate`; ``owned``: ``record`` is a dict of the caller's own making (a decoded
     value), which becomes the extras once the fields are taken out of it."""
-    if type(record) is not dict and not isinstance(record, Mapping):
+    if type(record) is dict:
+        d = record  # compiled: the dict's lookups in C
+    elif isinstance(record, Mapping):
+        d, owned = dict(record), True  # a copy: ours to take the extras from
+    else:
         raise InvalidRecord(None, f"expected a JSON object, got {type(record).__name__}")
     txn = Transaction(
-        transaction_id=_text(record, "transaction_id", MAX_ID_LENGTH),
-        account_id=_text(record, "account_id", MAX_ID_LENGTH),
-        amount=_amount(record),
-        merchant=_text(record, "merchant", MAX_TEXT_LENGTH),
-        timestamp=parse_timestamp(record.get("timestamp")),
-        location=_text(record, "location", MAX_TEXT_LENGTH),
-        is_fraud=_label(record),
+        _text(d.get("transaction_id"), "transaction_id", MAX_ID_LENGTH),
+        _text(d.get("account_id"), "account_id", MAX_ID_LENGTH),
+        _amount(d.get("amount")),
+        _text(d.get("merchant"), "merchant", MAX_TEXT_LENGTH),
+        parse_timestamp(d.get("timestamp")),
+        _text(d.get("location"), "location", MAX_TEXT_LENGTH),
+        _label(d.get(LABEL_COLUMN)),
     )
-    if owned and type(record) is dict:
+    if owned:
         # What is left once the fields are taken out: a timeit of the shipped events, 0.3 us,
         # a new dict of the other keys 1.3 (one per event)
         for name in _NOT_EXTRAS:
-            if name in record:
-                del record[name]
-        txn.extras = record
+            if name in d:
+                del d[name]
+        txn.extras = d
     else:
-        txn.extras = {k: v for k, v in record.items() if k not in _NOT_EXTRAS}
+        txn.extras = {k: v for k, v in d.items() if k not in _NOT_EXTRAS}
     return txn
 
 

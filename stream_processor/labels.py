@@ -13,10 +13,10 @@ from fraudstream.schema import (
     LABEL_COLUMN,
     MAX_ID_LENGTH,
     InvalidRecord,
-    _label,
-    _text,
+    label_value,
     load_json,
     parse_timestamp,
+    text_value,
 )
 
 
@@ -32,11 +32,15 @@ def decode_label(value: bytes | None) -> Label:
     record = load_json(value)
     if not isinstance(record, dict):
         raise InvalidRecord(None, f"label: expected a JSON object, got {type(record).__name__}")
-    is_fraud = _label(record)
+    is_fraud = label_value(record.get(LABEL_COLUMN))
     if is_fraud is None:
         raise InvalidRecord(LABEL_COLUMN, "missing")
     try:
         labelled_at = parse_timestamp(record.get("labelled_at"))
     except InvalidRecord as exc:
         raise InvalidRecord("labelled_at", exc.reason) from None
-    return Label(_text(record, "transaction_id", MAX_ID_LENGTH), is_fraud, labelled_at)
+    return Label(
+        text_value(record.get("transaction_id"), "transaction_id", MAX_ID_LENGTH),
+        is_fraud,
+        labelled_at,
+    )
