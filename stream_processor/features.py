@@ -103,7 +103,7 @@ _NO_GAP_S, _MIN_TRAVEL_H, _SMALL_AMOUNT = NO_GAP_S, MIN_TRAVEL_H, SMALL_AMOUNT
 _WIDTH = WIDTH
 if not cython.compiled:  # compiled: features.pxd's inline C, on the arrays' doubles in place
     # (Python's bisect on an array('d') makes a float object of every value it compares:
-    # about 36 a event)
+    # about 36 an event)
 
     def _at(values: array, i: int) -> float:
         return values[i]

@@ -11,9 +11,9 @@ The processor compiles the statements (:meth:`stream_processor.sink.Sink.stateme
 with ``?`` placeholders, and a list of parameter tuples for each) and sends them over a pipe
 (marshalled: both ends run the same interpreter; pickled if marshal refuses a value); the child
 answers once the transaction is committed, or with the error that stopped it.
-The child also runs the write-ahead log's checkpoints, between writes (the processor's own
-connections never checkpoint: see :class:`stream_processor.sink.WalCheckpointer`, which it
-replaces). It exits when the processor's end of the pipe closes, however the processor ended; a
+The child also runs the write-ahead log's checkpoints, in a thread beside the writes
+(:class:`_Checkpoints`; the processor's own connections never checkpoint: see
+:class:`stream_processor.sink.WalCheckpointer`, which it replaces). It exits when the processor's end of the pipe closes, however the processor ended; a
 write in progress then still commits or rolls back as a whole.
 """
 
@@ -28,6 +28,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 WRITER_PROCESS_NAME = "fraud-writer"  # what ps shows
@@ -222,6 +223,108 @@ def _transaction(conn: sqlite3.Connection, statements, attempts: int = 10) -> No
             raise
 
 
+class _Checkpoints:
+    """The write-ahead log copied back into the database by a thread of the writer, on a
+    connection of its own, while the next batch is written.
+
+    A checkpoint in the serving loop held up the next write (a batch in eight waited 35-80 ms,
+    more as the database grew, and the processor with it: docs/benchmarks.md); Python's sqlite3
+    releases the GIL while SQLite works, so here it runs beside the writes. SQLite rewinds the
+    log only when a write begins after a checkpoint that copied all of it, and one that a write
+    overlapped did not: when none did for ``every_writes`` writes, the next write waits for the
+    one running and copies what is left first (little: the ones in the background copied the
+    rest). The log stays as bounded as it was."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str, timeout_s: float, every_writes: int):
+        self.conn = conn  # the writer's own: the catch-up, between writes
+        self.every_writes = max(1, every_writes)
+        self.count = 0  # checkpoints run
+        self._cv = threading.Condition()
+        self._writes = 0  # writes begun
+        self._writing = False
+        self._since_complete = 0  # writes begun since a checkpoint copied the whole log
+        self._complete = False  # the last checkpoint copied all of the log, no write overlapped
+        self._due = self._running = self._stop = False
+        self._own = sqlite3.connect(
+            path, timeout=timeout_s, isolation_level=None, check_same_thread=False
+        )
+        self._own.execute("PRAGMA synchronous=NORMAL")
+        self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def before_write(self) -> None:
+        """Before each write: copy back what is left first when no checkpoint copied the whole
+        log for ``every_writes`` writes."""
+        with self._cv:
+            if self._complete:  # this write rewinds the log
+                self._complete, self._since_complete = False, 0
+            due = self._since_complete >= self.every_writes
+        if due:
+            self.catch_up()
+        with self._cv:
+            self._writes += 1
+            self._since_complete += 1
+            self._writing = True
+
+    def after_write(self) -> None:
+        """After each write (committed or not): a checkpoint in the background, unless one
+        runs already (it is run again once it ends)."""
+        with self._cv:
+            self._writing = False
+            self._due = True
+            self._cv.notify_all()
+
+    def catch_up(self) -> None:
+        """Wait for the checkpoint in progress, then copy what is left (between writes)."""
+        with self._cv:
+            while self._running or self._due:
+                self._cv.wait()
+        complete = self._checkpoint(self.conn)
+        with self._cv:
+            self._complete = complete
+            if complete:
+                self._since_complete = 0
+
+    def close(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        self._thread.join(timeout=60)
+        self._own.close()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._due and not self._stop:
+                    self._cv.wait()
+                self._due = False
+                if self._stop:
+                    self._cv.notify_all()
+                    return
+                self._running = True
+                writes, overlapped = self._writes, self._writing
+            complete = False
+            try:
+                complete = self._checkpoint(self._own)
+            finally:  # whatever happened, the writes go on (and catch up themselves)
+                with self._cv:
+                    self._running = False
+                    overlapped = overlapped or self._writing or self._writes != writes
+                    self._complete = complete and not overlapped
+                    self._cv.notify_all()
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> bool:
+        """One PASSIVE checkpoint; True when it copied the whole log."""
+        try:
+            # fetchall: the statement ends here (an open one keeps a read mark on the log,
+            # which then cannot be rewound)
+            ((busy, frames, copied),) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:  # busy or locked: the next round catches up
+            return False
+        self.count += 1
+        return busy == 0 and frames == copied
+
+
 def serve(path: str, busy_timeout_ms: int, every_writes: int, every_s: float) -> None:
     _name_process(WRITER_PROCESS_NAME)
     # The processor decides when to stop (it closes the pipe): not a Ctrl-C sent to the group.
@@ -233,45 +336,40 @@ def serve(path: str, busy_timeout_ms: int, every_writes: int, every_s: float) ->
         conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints below, between writes
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints: _Checkpoints
+        checkpoints = _Checkpoints(conn, path, busy_timeout_ms / 1000, every_writes)
     except sqlite3.Error as exc:
         _send(stdout, ("error", f"{type(exc).__name__}: {exc}"))
         return
     _send(stdout, ("ready", None))
-    writes_since, last_checkpoint, checkpoints = 0, time.monotonic(), 0
-
-    def checkpoint() -> None:
-        nonlocal writes_since, last_checkpoint, checkpoints
-        writes_since, last_checkpoint = 0, time.monotonic()
-        try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            checkpoints += 1
-        except sqlite3.Error:  # busy or locked: the next round catches up
-            pass
+    idle_since_write = False  # writes since the log was last copied back while idle
 
     try:
         while True:
             if not select.select([stdin], [], [], every_s)[0]:
-                if writes_since:  # idle: copy back what the last writes left in the log
-                    checkpoint()
+                if idle_since_write:  # idle: copy back what the last writes left in the log
+                    checkpoints.catch_up()
+                    idle_since_write = False
                 continue
             message = _read_message(stdin)
             if message is None:  # the processor closed the pipe, or is gone
                 break
+            checkpoints.before_write()
             try:
                 _transaction(conn, message)
             except Exception as exc:  # noqa: BLE001 - reported; the processor decides
                 _send(stdout, ("error", f"cannot write to the database: {exc}"))
                 continue
-            writes_since += 1
-            _send(stdout, ("ok", checkpoints))
-            if writes_since >= every_writes or time.monotonic() - last_checkpoint >= every_s:
-                checkpoint()  # the next write waits for it: the log stays bounded
-        if writes_since:
-            checkpoint()
+            finally:
+                checkpoints.after_write()
+            idle_since_write = True
+            _send(stdout, ("ok", checkpoints.count))
+        if idle_since_write:
+            checkpoints.catch_up()
     except BrokenPipeError:
         pass  # the processor is gone: nobody to answer
     finally:
+        checkpoints.close()
         conn.close()
 
 

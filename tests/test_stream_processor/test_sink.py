@@ -141,10 +141,11 @@ def test_wal_checkpoints_run_in_their_own_thread_and_keep_the_log_bounded(
     for i in range(0, len(events), 100):
         sink.write(core.process(events[i : i + 100]))
         sizes.append(wal.stat().st_size)
-    # Without checkpoints the log holds every page written: three times as much (or more)
-    # after 60 batches as after 20. Checkpointed, it is rewound and reused: it holds about the
-    # pages of the batches between two checkpoints.
-    assert sizes[-1] < 2 * sizes[19], sizes
+    # Without checkpoints the log holds every page written: the file grows with every batch.
+    # Checkpointed, it is rewound and reused: it grows only until it holds the pages of the most
+    # batches written between two checkpoints that copied all of it (at most 8 here).
+    grew = sum(after > before for before, after in zip(sizes[:-1], sizes[1:], strict=True))
+    assert grew <= len(sizes) // 3, sizes
     with sqlite3.connect(path) as reader:  # open across the close, so the log file stays
         sink.close()
         core.close()
