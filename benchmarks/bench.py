@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -131,11 +132,25 @@ def main() -> None:
         "--parts", default="throughput,refit,eviction,million",
         help="what to run: throughput (with the latency feeds and memory), refit, eviction, million",
     )  # fmt: skip
+    ap.add_argument(
+        "--keep-work", action="store_true",
+        help="keep the work folder (databases, logs: a few GB); removed at the end otherwise",
+    )  # fmt: skip
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     if not args.million:
         parts.discard("million")
     work = Path(tempfile.mkdtemp(prefix="fraudstream-bench-"))
+    try:
+        run(args, parts, work)
+    finally:
+        if args.keep_work:
+            print(f"work folder kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, parts: set[str], work: Path) -> None:
     csv = work / "events.csv"
     write_csv(csv, GeneratorConfig(rows=args.events, days=max(30, args.events // 700), seed=3))
     results: dict[str, list[float]] = {}
