@@ -277,8 +277,8 @@ class _Checkpoints:
     def catch_up(self) -> None:
         """Wait for the checkpoint in progress, then copy what is left (between writes)."""
         with self._cv:
-            while self._running or self._due:
-                self._cv.wait()
+            while (self._running or self._due) and self._thread.is_alive():
+                self._cv.wait(1.0)
         complete = self._checkpoint(self.conn)
         with self._cv:
             self._complete = complete
@@ -319,7 +319,7 @@ class _Checkpoints:
             # fetchall: the statement ends here (an open one keeps a read mark on the log,
             # which then cannot be rewound)
             ((busy, frames, copied),) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error:  # busy or locked: the next round catches up
+        except Exception:  # noqa: BLE001 - busy, locked, anything: the next round catches up
             return False
         self.count += 1
         return busy == 0 and frames == copied

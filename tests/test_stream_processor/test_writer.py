@@ -212,3 +212,35 @@ def test_values_marshal_refuses_travel_pickled_and_are_stored_the_same(tmp_path)
         (2**40, None, 1, "integer"),
         (200, "z", 3, "integer"),
     ]
+
+
+def test_with_every_background_checkpoint_failing_the_writes_go_on_and_the_log_stays_bounded(
+    tmp_path,
+):
+    """The writer's checkpoints run in a thread beside the writes; when none of them copies the
+    whole log (here: each fails), a write every few catches up first, so the log is still
+    rewound and the writes never wait on a broken thread."""
+    from stream_processor.writer import _Checkpoints, _transaction
+
+    path = tmp_path / "log.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("create table t (x blob)")
+    checkpoints = _Checkpoints(conn, str(path), 5.0, every_writes=4)
+    checkpoints._own.close()  # every checkpoint of the thread now fails
+    sizes = []
+    for _ in range(40):
+        checkpoints.before_write()
+        try:
+            _transaction(conn, [("insert into t values (?)", [(os.urandom(3000),)] * 20)])
+        finally:
+            checkpoints.after_write()
+        sizes.append(os.path.getsize(f"{path}-wal"))
+    checkpoints.close()
+    assert conn.execute("select count(*) from t").fetchone()[0] == 800
+    # Never rewound, the log would grow at every write; caught up every 4 writes, it stops.
+    grew = sum(after > before for before, after in zip(sizes[:-1], sizes[1:], strict=True))
+    assert grew <= 8, sizes
+    assert checkpoints.count >= 40 // 5  # the catch-ups
+    conn.close()
