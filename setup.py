@@ -1,7 +1,7 @@
 """Compiles the per-event code with Cython: the features (stream_processor/features.py, typed
-by features.pxd), decoding (fraudstream/schema.py, as it is), the walk of the model's trees
-(stream_processor/treewalk.pyx; model.py has the same walk in NumPy) and the stored rows' text
-(stream_processor/rowtext.pyx; core.py has the same in Python).
+by features.pxd), decoding (fraudstream/schema.py, with a few Cython decorators), the walk of
+the model's trees (stream_processor/treewalk.pyx; model.py has the same walk in NumPy) and the
+stored rows' text (stream_processor/rowtext.pyx; core.py has the same in Python).
 
 Everything else about the package is in pyproject.toml. The extensions are optional: without a
 C compiler the build goes on and the modules run as plain Python, with the same results, slower
