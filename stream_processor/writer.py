@@ -13,8 +13,9 @@ with ``?`` placeholders, and a list of parameter tuples for each) and sends them
 answers once the transaction is committed, or with the error that stopped it.
 The child also runs the write-ahead log's checkpoints, in a thread beside the writes
 (:class:`_Checkpoints`; the processor's own connections never checkpoint: see
-:class:`stream_processor.sink.WalCheckpointer`, which it replaces). It exits when the processor's end of the pipe closes, however the processor ended; a
-write in progress then still commits or rolls back as a whole.
+:class:`stream_processor.sink.WalCheckpointer`, which it replaces). It exits when the
+processor's end of the pipe closes, however the processor ended; a write in progress then still
+commits or rolls back as a whole.
 """
 
 from __future__ import annotations
