@@ -51,8 +51,8 @@ class WriterProcess:
         self,
         path: str,
         busy_timeout_ms: int,
-        checkpoint_every_writes: int = 8,
-        checkpoint_every_s: float = 1.0,
+        checkpoint_every_writes: int = 8,  # the log copied back whole at least this often
+        checkpoint_every_s: float = 1.0,  # ... and once the writes pause this long
         start_timeout_s: float = 30.0,
     ):
         env = dict(os.environ)
