@@ -310,7 +310,9 @@ class _Checkpoints:
             finally:  # whatever happened, the writes go on (and catch up themselves)
                 with self._cv:
                     self._running = False
-                    overlapped = overlapped or self._writing or self._writes != writes
+                    # a write in progress at the start, or begun since (one in progress now
+                    # is one of the two)
+                    overlapped = overlapped or self._writes != writes
                     self._complete = complete and not overlapped
                     self._cv.notify_all()
 
