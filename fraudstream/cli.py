@@ -388,22 +388,29 @@ def batch(db, every, select, full_refresh) -> None:
 
 @main.command()
 @DB_OPTION
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Any other than loopback needs a login (DASHBOARD_PASSWORD_HASH).",
+)
 @click.option("--port", type=int, default=8001, show_default=True)
 def dashboard(db, host, port) -> None:
     """Serve the dashboard (Datasette, read-only) on the database until Ctrl-C."""
     import os
 
-    from fraudstream.dashboard import DASHBOARD_PATH, datasette_command
+    from fraudstream.dashboard import DASHBOARD_PATH, DashboardError, Login, datasette_command
 
     settings = _settings(database_url=f"sqlite:///{db}" if db else None)
     if not settings.sqlite_path:
         raise click.UsageError("the dashboard reads SQLite: DATABASE_URL must be sqlite:///")
     try:
-        cmd = datasette_command(Path(settings.sqlite_path), host, port)
-    except FileNotFoundError as exc:
+        login = Login.from_settings(settings)
+        cmd = datasette_command(Path(settings.sqlite_path), host, port, login)
+    except (DashboardError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"dashboard: http://{host}:{port}{DASHBOARD_PATH}  (Ctrl-C to stop)")
+    behind = f", login as {login.user}" if login else ""
+    click.echo(f"dashboard: http://{host}:{port}{DASHBOARD_PATH}  (Ctrl-C to stop{behind})")
     os.execv(cmd[0], cmd)
 
 

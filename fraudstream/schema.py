@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,6 +15,8 @@ from typing import Any
 
 import cython
 import orjson
+
+from fraudstream.text_safety import hidden_character, hidden_in
 
 INPUT_COLUMNS = ("transaction_id", "account_id", "amount", "merchant", "timestamp", "location")
 """Required input columns, in CSV order. Other columns are carried through as ``extras``."""
@@ -30,7 +31,6 @@ MAX_MESSAGE_BYTES = 64 * 1024
 EARLIEST = datetime(1990, 1, 1, tzinfo=UTC)  # event times outside [EARLIEST, LATEST) are refused
 LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 EPOCH_MS_ABOVE = 1e11  # a numeric time above this is epoch milliseconds (1e11 s is year 5138)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_EXTRAS = frozenset((*INPUT_COLUMNS, LABEL_COLUMN, ""))  # every other key is an extra
 
 
@@ -146,8 +146,9 @@ def _text(value: Any, name: str, limit: int) -> str:
         raise InvalidRecord(name, "empty")
     if len(text) > limit:
         raise InvalidRecord(name, f"longer than {limit} characters")
-    if _CONTROL.search(text):
-        raise InvalidRecord(name, "contains control characters")
+    hidden = hidden_character(text)
+    if hidden:
+        raise InvalidRecord(name, f"contains a control or invisible character: {hidden}")
     return text
 
 
@@ -187,7 +188,7 @@ def _label(value: Any) -> int | None:
 
 def text_value(value: Any, name: str, limit: int) -> str:
     """``value`` as the text of field ``name`` (stripped, at most ``limit`` characters, no
-    control characters), or :class:`InvalidRecord`."""
+    control, invisible or bidirectional-override characters), or :class:`InvalidRecord`."""
     return _text(value, name, limit)
 
 
@@ -229,7 +230,26 @@ def _validate(record: Mapping[str, Any], owned: bool) -> Transaction:
         txn.extras = d
     else:
         txn.extras = {k: v for k, v in d.items() if k not in _NOT_EXTRAS}
+    _check_extras(txn.extras)
     return txn
+
+
+@cython.cfunc
+@cython.locals(extras=dict)
+def _check_extras(extras: dict) -> cython.void:
+    """Extra columns are shown too (the dashboard's table pages): their names and text, nested
+    ones included, follow the fields' rule (no control, invisible or bidirectional-override
+    characters)."""
+    for name, value in extras.items():
+        if type(value) is str and value.isprintable() and name.isprintable():
+            continue  # the common case
+        hidden = hidden_character(name)
+        field = name.encode("unicode_escape").decode() if hidden else name
+        hidden = hidden or hidden_in(value)
+        if hidden:
+            raise InvalidRecord(
+                field[:64], f"contains a control or invisible character: {hidden}"
+            )
 
 
 def decode(value: bytes | None) -> Transaction:

@@ -177,6 +177,21 @@ class Settings:
         "Port of the processor's health page (0 = disabled; faust runtime).",
     )
     web_host: str = _setting("PROCESSOR_WEB_HOST", "127.0.0.1", "Address of the health page.")
+    dashboard_user: str = _setting(
+        "DASHBOARD_USER", "analyst", "User name of the dashboard's login."
+    )
+    dashboard_password_hash: str | None = _setting(
+        "DASHBOARD_PASSWORD_HASH",
+        None,
+        "Password hash of the dashboard's login, from `datasette hash-password` (never printed). "
+        "Set, the dashboard asks for a login; needed to serve it beyond 127.0.0.1.",
+        secret=True,
+    )
+    dashboard_password_hash_file: str | None = _setting(
+        "DASHBOARD_PASSWORD_HASH_FILE",
+        None,
+        "A file holding that hash instead (a Docker secret, say).",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fraudstream.schema import INPUT_COLUMNS, InvalidRecord, Transaction, validate
+from fraudstream.text_safety import spreadsheet_safe
 
 
 class CsvFormatError(ValueError):
@@ -79,7 +80,8 @@ def read_transactions(path: Path | str) -> Iterator[tuple[int, Transaction | Rej
 
 
 class RejectsWriter:
-    """Appends rejected rows, with their line, field and reason, to a CSV beside the input."""
+    """Appends rejected rows, with their line, field and reason, to a CSV beside the input
+    (cells that could run as a spreadsheet formula are neutralised: text_safety)."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -95,9 +97,9 @@ class RejectsWriter:
             if new:
                 self._writer.writerow(["source", "line", "field", "reason", "raw_fields_json"])
         raw = json.dumps(rejected.raw, ensure_ascii=False)
-        self._writer.writerow(
-            [rejected.path, rejected.line, rejected.field or "", rejected.reason, raw]
-        )
+        cells = [rejected.path, rejected.line, rejected.field or "", rejected.reason, raw]
+        # An analyst opens this file in a spreadsheet: no cell of it may run as a formula.
+        self._writer.writerow([spreadsheet_safe(cell) for cell in cells])
         self.count += 1
 
     def close(self) -> None:

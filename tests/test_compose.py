@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from fraudstream.cli import main
-from fraudstream.settings import describe
+from fraudstream.dashboard import Login, metadata_for
+from fraudstream.settings import Settings, describe
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -78,7 +80,48 @@ def test_published_ports_match_what_the_services_listen_on():
     port = dash["command"][dash["command"].index("--port") + 1]
     assert f"{port}:{port}" in dash["ports"]
     proc = SERVICES["stream-processor"]
-    assert f"{proc['environment']['PROCESSOR_WEB_PORT']}:6066" in proc["ports"]
+    assert f"127.0.0.1:{proc['environment']['PROCESSOR_WEB_PORT']}:6066" in proc["ports"]
+
+
+def test_only_the_dashboard_is_published_beyond_loopback():
+    # Kafka takes no authentication here and the health page no login: this machine only.
+    for name, svc in SERVICES.items():
+        for mapping in svc.get("ports", []):
+            if name != "dashboard":
+                assert mapping.startswith("127.0.0.1:"), f"{name}: {mapping}"
+
+
+def test_the_dashboard_requires_the_login_from_an_env_file_the_user_creates(tmp_path):
+    dash = SERVICES["dashboard"]
+    assert dash["env_file"] == [{"path": "dashboard.env", "required": False}]
+    assert not [k for k in dash["environment"] if k.startswith("DASHBOARD_")]  # no secret here
+    assert "/dashboard.env" in (ROOT / ".gitignore").read_text().split()
+    assert "dashboard.env" in (ROOT / ".dockerignore").read_text().split()
+    example = dict(
+        line.split("=", 1)
+        for line in (ROOT / "dashboard.env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert set(example) == {"DASHBOARD_USER", "DASHBOARD_PASSWORD_HASH"} <= ENV_READ_BY_CODE
+
+    db = tmp_path / "finance.db"
+    db.touch()
+    env = {**dash["environment"], "DATABASE_URL": f"sqlite:///{db}"}
+    no_login = {**env, "DASHBOARD_PASSWORD_HASH": None, "DASHBOARD_PASSWORD_HASH_FILE": None}
+    command = dash["command"]
+    refused = CliRunner().invoke(main, command[1:], env=no_login)
+    assert refused.exit_code == 1, refused.output
+    assert "refusing to serve the dashboard on 0.0.0.0:8001 without a login" in refused.output
+    # The example's placeholder is no hash: copied as it is, it is refused too.
+    placeholder = example["DASHBOARD_PASSWORD_HASH"].strip("'")
+    refused = CliRunner().invoke(
+        main, command[1:], env={**no_login, "DASHBOARD_PASSWORD_HASH": placeholder}
+    )
+    assert refused.exit_code == 1 and "is not a password hash" in refused.output
+    # With a real hash in dashboard.env, only its user sees anything.
+    hashed = "pbkdf2_sha256$480000$0123abcd$" + "A" * 43 + "="
+    settings = Settings.from_env({**env, "DASHBOARD_PASSWORD_HASH": hashed})
+    assert metadata_for(db, Login.from_settings(settings))["allow"] == {"id": "analyst"}
 
 
 def test_dockerfile_copies_files_that_exist():

@@ -24,6 +24,7 @@ SECURE = {
     "KAFKA_SASL_USERNAME": "fraud-bot",
     "KAFKA_SASL_PASSWORD": "s3cret-Pa55",
     "PSEUDONYM_KEY": "another-long-secret-key",
+    "DASHBOARD_PASSWORD_HASH": "pbkdf2_sha256$480000$5a1t$HASHED",
 }
 
 
@@ -68,9 +69,11 @@ def test_every_kafka_client_starts_from_the_shared_config():
 def test_secrets_are_never_printed():
     settings = Settings.from_env(SECURE)
     assert "s3cret-Pa55" not in repr(settings) and "another-long-secret" not in repr(settings)
+    assert "HASHED" not in repr(settings)
     out = CliRunner().invoke(main, ["settings"], env=SECURE).output
-    assert "s3cret-Pa55" not in out and "another-long-secret" not in out
+    assert "s3cret-Pa55" not in out and "another-long-secret" not in out and "HASHED" not in out
     assert "KAFKA_SASL_PASSWORD        ********" in out
+    assert "DASHBOARD_PASSWORD_HASH    ********" in out
 
 
 def test_sql_is_parameterised():

@@ -54,3 +54,18 @@ def test_rejects_file_keeps_each_bad_row_for_inspection(tmp_path):
         rows = list(csv.DictReader(fh))
     assert rows[0]["line"] == "2" and rows[0]["field"] == "amount"
     assert json.loads(rows[0]["raw_fields_json"])[2] == "ten"
+
+
+def test_rejects_file_cells_cannot_run_as_spreadsheet_formulas(tmp_path):
+    # An extra column's name comes from the file: a hidden character in its value names it as
+    # the field, which must not reach a spreadsheet as a formula.
+    path = tmp_path / "in.csv"
+    path.write_text(HEADER.rstrip("\n") + ",@SUM(1+1)\nT2,A1,10,Shop,2026-01-01T10:01:00,Paris,a\u202eb\n")
+    writer = RejectsWriter(tmp_path / "rejects.csv")
+    for _line, item in read_transactions(path):
+        writer.add(item)
+    writer.close()
+    with open(tmp_path / "rejects.csv", newline="") as fh:
+        [row] = list(csv.DictReader(fh))
+    assert row["field"] == "'@SUM(1+1)"
+    assert "U+202E RIGHT-TO-LEFT OVERRIDE" in row["reason"]
