@@ -1,15 +1,13 @@
 """Where the confluent runtime's loop spends its time, phase by phase, on the embedded broker.
 
-    python -m benchmarks.loop [--events 100000] [--repeat 3] [--writers inline,process]
+    python -m benchmarks.loop [--events 100000] [--repeat 3]
 
-Generated events (as in ``benchmarks.bench``) are produced once; then, per repeat and per
-``SQLITE_WRITER`` mode (``inline``, the baseline: the write in the batch thread; ``process``: in
-the writer process while the next batch is scored), the confluent runtime
-(``kafka_runtime.run_consumer``) runs in this process on a new database and consumer group, with
-wall-time counters around each phase of its loop: ``consume()`` (waiting for and receiving
-events), the scoring core, submitting the SQLite write (inline: all of it; with the writer
-process: compiling, pickling and sending it), waiting for the write to commit, publishing the
-alerts, and the offset commit. Counting starts at the first stored row (group join and the
+Generated events (as in ``benchmarks.bench``) are produced once; then, per repeat, the confluent
+runtime (``kafka_runtime.run_consumer``) runs in this process on a new SQLite database and
+consumer group, with wall-time counters around each phase of its loop: ``consume()`` (waiting
+for and receiving events), the scoring core, submitting the write (compiling it and sending it
+to the writer process), waiting for the write to commit, publishing the alerts, and the offset
+commit. Counting starts at the first stored row (group join and the
 warm-up batch excluded) and ends when every event is stored. Medians of ``--repeat`` runs, in
 microseconds per event. What the phases leave over is the loop's own Python (building the
 messages for the core, the batch bookkeeping).
@@ -37,7 +35,7 @@ from producer.replay import ReplayOptions, replay
 PHASES = (
     ("consume", "consume(): waiting for and receiving events"),
     ("core", "the scoring core (ScoringCore.process)"),
-    ("submit", "the SQLite write submitted (Sink.submit; inline: the whole write)"),
+    ("submit", "the SQLite write submitted (SqliteSink.submit)"),
     ("wait", "waiting for the write to commit (Sink.wait)"),
     ("publish", "alerts and dead letters produced, and waited for"),
     ("commit", "offset commit"),
@@ -45,7 +43,7 @@ PHASES = (
 
 
 def instrument(totals: Counter) -> None:
-    from stream_processor import core, kafka_runtime, sink
+    from stream_processor import core, kafka_runtime, sqlite_sink
 
     class Consumer(kafka_runtime.Consumer):  # a C type: its methods are timed on a subclass
         pass
@@ -54,8 +52,8 @@ def instrument(totals: Counter) -> None:
     timed(Consumer, "commit", "commit", totals)
     kafka_runtime.Consumer = Consumer
     timed(core.ScoringCore, "process", "core", totals)
-    timed(sink.Sink, "submit", "submit", totals)
-    timed(sink.Sink, "wait", "wait", totals)
+    timed(sqlite_sink.SqliteSink, "submit", "submit", totals)
+    timed(sqlite_sink.SqliteSink, "wait", "wait", totals)
     timed(kafka_runtime, "produce_outbound", "publish", totals)
     timed(kafka_runtime, "await_delivery", "publish", totals)
 
@@ -68,15 +66,11 @@ def count(db: Path) -> int:
         return 0
 
 
-def measure(
-    s: Settings, work: Path, events: int, totals: Counter, writer: str
-) -> tuple[int, float]:
+def measure(s: Settings, work: Path, events: int, totals: Counter) -> tuple[int, float]:
     """(events counted, seconds) of one run of the runtime on a new database and group."""
     from stream_processor.kafka_runtime import run_consumer
 
-    ps = fresh(s, work, "loop", "confluent").replace(
-        transactions_topic=s.transactions_topic, sqlite_writer=writer
-    )
+    ps = fresh(s, work, "loop", "confluent").replace(transactions_topic=s.transactions_topic)
     db = Path(ps.sqlite_path)
     stop = threading.Event()
     runner = threading.Thread(target=run_consumer, args=(ps, stop))
@@ -99,9 +93,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--writers", default="inline,process", help="SQLITE_WRITER modes, in order")
     args = ap.parse_args()
-    writers = args.writers.split(",")
+    writers = ["sqlite"]
 
     totals: Counter = Counter()
     instrument(totals)
@@ -118,8 +111,8 @@ def main() -> None:
         s = fresh(s, work, "loop", "confluent")
         replay(csv, broker.bootstrap, s.transactions_topic, ReplayOptions(progress=False))
         for _ in range(args.repeat):
-            for writer in writers:  # alternated: the machine's noise falls on both alike
-                n, elapsed = measure(s, work, args.events, totals, writer)
+            for writer in writers:
+                n, elapsed = measure(s, work, args.events, totals)
                 r = runs[writer]
                 for key, _ in PHASES:
                     r[key].append(1e6 * totals[key] / n)

@@ -84,7 +84,7 @@ class Settings:
         "Stream processor runtime: faust (faust-streaming agent) or confluent (batch consumer).",
     )
     database_url: str = _setting(
-        "DATABASE_URL", "sqlite:///finance.db", "SQLAlchemy URL of the sink (SQLite file)."
+        "DATABASE_URL", "sqlite:///finance.db", "The database: a SQLite file (sqlite:///path, one machine) or PostgreSQL (postgresql://user@host/name)."
     )
     batch_size: int = _setting("BATCH_SIZE", 1000, "Most events scored together in one batch.")
     batch_timeout_s: float = _setting(
@@ -128,12 +128,6 @@ class Settings:
         "process",
         "Where background refits run: process (a worker process, so scoring never waits on "
         "them) or thread.",
-    )
-    sqlite_writer: str = _setting(
-        "SQLITE_WRITER",
-        "process",
-        "confluent runtime on SQLite: process (each batch's write runs in a child process while "
-        "the next batch is scored) or inline (in the batch thread).",
     )
     drift_delta: float = _setting(
         "DRIFT_DELTA",

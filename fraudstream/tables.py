@@ -1,14 +1,17 @@
 """The tables the stream processor writes, and how to open the database.
 
-SQLAlchemy Core, so ``DATABASE_URL`` can point at PostgreSQL later; nothing here is SQLite-only
-except the connection pragmas, which are applied only to SQLite.
+SQLAlchemy Core: ``DATABASE_URL`` is a SQLite file (``sqlite:///finance.db``, the one-machine
+default) or a PostgreSQL database (``postgresql://user@host/name``, through psycopg 3). Nothing
+here is specific to one of them but the SQLite connection pragmas.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Engine,
     Float,
@@ -61,7 +64,7 @@ transactions = Table(
     Column("supervised_version", Integer, nullable=True),
     Column("features", Text, nullable=False, comment="JSON object of the models' inputs"),
     Column("kafka_partition", Integer, nullable=True),
-    Column("kafka_offset", Integer, nullable=True),
+    Column("kafka_offset", BigInteger, nullable=True),
     Column("produced_at", Float, nullable=True, comment="epoch s, from the producer's header"),
     Column("scored_at", Float, nullable=False, comment="epoch s"),
     Column("alert_published_at", Float, nullable=True, comment="epoch s; null until delivered"),
@@ -96,7 +99,7 @@ dead_letters = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("source_topic", String(256), nullable=False),
     Column("source_partition", Integer, nullable=False),
-    Column("source_offset", Integer, nullable=False),
+    Column("source_offset", BigInteger, nullable=False),
     Column("message_key", LargeBinary, nullable=True),
     Column("message_value", LargeBinary, nullable=True, comment="the original bytes"),
     Column("error_field", String(64), nullable=True),
@@ -118,7 +121,7 @@ pending_events = Table(
     Column("seq", Integer, nullable=False, comment="arrival order"),
     Column("event", Text, nullable=False, comment="the validated event, JSON"),
     Column("kafka_partition", Integer, nullable=True),
-    Column("kafka_offset", Integer, nullable=True),
+    Column("kafka_offset", BigInteger, nullable=True),
     Column("produced_at", Float, nullable=True),
     comment="events held before the first model exists; scored and moved on the first fit",
 )
@@ -146,13 +149,30 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 BUSY_TIMEOUT_PRAGMA = f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}"
 
 
+DIALECTS = ("sqlite", "postgresql")
+
+
+def engine_url(database_url: str) -> str:
+    """``database_url`` as SQLAlchemy opens it: PostgreSQL through psycopg 3, whatever driver
+    the URL names or omits (``postgresql://``, ``postgres://``, ``postgresql+psycopg://``)."""
+    scheme, sep, rest = database_url.partition("://")
+    if sep and scheme.split("+")[0] in ("postgresql", "postgres"):
+        return f"postgresql+psycopg://{rest}"
+    return database_url
+
+
 def make_engine(database_url: str, *, auto_checkpoint: bool = True) -> Engine:
     """An engine with the tables created; SQLite in WAL mode with a busy timeout.
 
-    ``auto_checkpoint=False``: this engine's commits never copy the write-ahead log back into
-    the database file; whoever asks for that runs the checkpoints (the processor's sink, in a
-    thread of its own)."""
-    engine = create_engine(database_url)
+    ``auto_checkpoint=False`` (SQLite): this engine's commits never copy the write-ahead log back
+    into the database file; whoever asks for that runs the checkpoints (the processor's SQLite
+    writer process)."""
+    engine = create_engine(engine_url(database_url))
+    if engine.dialect.name not in DIALECTS:
+        raise UnsupportedDatabase(
+            f"DATABASE_URL={database_url!r}: {engine.dialect.name} is not supported; use "
+            "sqlite:///path/to/finance.db or postgresql://user@host/database"
+        )
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
@@ -171,6 +191,27 @@ def make_engine(database_url: str, *, auto_checkpoint: bool = True) -> Engine:
 
     _create_tables(engine)
     return engine
+
+
+def drop_tables(database_url: str) -> None:
+    """Remove what the processor stored (``run --fresh``): the SQLite file, or the tables in
+    PostgreSQL (with the dbt views over them; dbt's own tables are rebuilt by a full refresh)."""
+    url = engine_url(database_url)
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        return
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for table in reversed(metadata.sorted_tables):
+                # CASCADE: dbt's staging views select from these tables. The names are the
+                # tables' own, quoted by the dialect.
+                name = engine.dialect.identifier_preparer.format_table(table)
+                conn.exec_driver_sql(f"drop table if exists {name} cascade")
+    finally:
+        engine.dispose()
 
 
 def _create_tables(engine: Engine, attempts: int = 10) -> None:
@@ -195,6 +236,10 @@ def _create_tables(engine: Engine, attempts: int = 10) -> None:
 
 
 class OutdatedDatabase(RuntimeError):
+    pass
+
+
+class UnsupportedDatabase(ValueError):
     pass
 
 

@@ -4,8 +4,8 @@ Same outputs and guarantees as the faust runtime (at-least-once; offsets committ
 the SQLite commit, the delivery of the batch's alerts and dead letters, and the record of that
 delivery: :class:`~stream_processor.pipeline.DeliveryRecords`), without faust's per-event
 overhead: ``consume(BATCH_SIZE)`` hands whole batches to the core. Each batch is scored while
-the one before is written (``SQLITE_WRITER=process``: by the writer process,
-:mod:`stream_processor.writer`); once that write has committed, its alerts and dead letters are
+the one before is written (by the sink's writer: a child process for SQLite, a thread for
+PostgreSQL); once that write has committed, its alerts and dead letters are
 produced, and their delivery is waited for after the next batch is scored (the broker's answer
 comes meanwhile: a round trip a batch, 1 us an event, off the loop). Offsets are committed only
 past batches whose rows are stored, whose alerts and dead letters are delivered, and whose
@@ -39,9 +39,6 @@ from stream_processor.pipeline import (
 from stream_processor.sink import SinkError
 
 log = logging.getLogger(__name__)
-
-WRITER_MODES = ("process", "inline")
-
 
 class DeliveryError(RuntimeError):
     pass
@@ -169,14 +166,11 @@ def _commit_failed(exc) -> None:
 
 def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int:
     """Consume until SIGTERM/SIGINT (or ``stop``); non-zero exit code after a fatal error."""
-    if settings.sqlite_writer not in WRITER_MODES:
-        modes = ", ".join(WRITER_MODES)
-        raise ValueError(f"SQLITE_WRITER must be one of {modes}, not {settings.sqlite_writer!r}")
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    pipeline = BatchPipeline(settings, writer_process=settings.sqlite_writer == "process")
+    pipeline = BatchPipeline(settings)
     tune_gc()
     consumer = Consumer(consumer_config(settings))
     producer = Producer(

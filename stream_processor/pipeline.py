@@ -33,7 +33,7 @@ from fraudstream.settings import Settings
 from stream_processor import features
 from stream_processor.core import BatchResult, RawMessage, ScoringCore
 from stream_processor.refit import RefitRunner
-from stream_processor.sink import Sink
+from stream_processor.sink import open_sink
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,9 @@ class DeliveryRecords:
 
 class BatchPipeline:
     """The scoring core and the sink. :meth:`handle` scores and stores a batch; or, to score the
-    next batch while the last one is written (``writer_process=True``: the writes run in a child
-    process, :mod:`stream_processor.writer`), :meth:`score`, :meth:`submit`, :meth:`collect`::
+    next batch while the last one is written (the sink writes beside the batch path: a child
+    process for SQLite, a thread for PostgreSQL), :meth:`score`, :meth:`submit`,
+    :meth:`collect`::
 
         result = pipeline.score(batch_n)      # while batch n-1's write runs
         out = pipeline.collect()              # batch n-1 committed: its alerts to publish
@@ -121,9 +122,9 @@ class BatchPipeline:
     detection, the ids being written; a read of stored events (evicted accounts, labelled
     events) waits for the write first."""
 
-    def __init__(self, settings: Settings, *, writer_process: bool = False):
+    def __init__(self, settings: Settings):
         self.settings = settings
-        self.sink = Sink(settings.database_url, writer_process=writer_process)
+        self.sink = open_sink(settings.database_url)
         self._submitted: BatchResult | None = None  # written, not collected yet
         self._in_flight_ids: frozenset[str] = frozenset()
         refits = RefitRunner(settings.refit_worker)  # saved models load where scikit-learn is

@@ -1,30 +1,31 @@
-"""Writing batch results to the database, and reading back what a restart needs.
+"""The processor's database: one interface, two implementations.
 
-Every :class:`BatchResult` is written in one transaction. Inserts ignore rows whose key already
-exists, so a replayed event never makes a second row. Only SQLAlchemy Core and parameterised
-statements; the dialect's own "insert ... on conflict do nothing" is chosen at start-up.
+:func:`open_sink` opens ``DATABASE_URL``: a SQLite file
+(:class:`~stream_processor.sqlite_sink.SqliteSink`, written by a child process) or PostgreSQL
+(:class:`~stream_processor.postgres_sink.PostgresSink`, written by a thread, rows by COPY).
+Both take a :class:`BatchResult` with :meth:`Sink.submit` and have it committed, in one
+transaction, when :meth:`Sink.wait` returns, so the next batch is scored meanwhile; both read
+back what a restart needs through the queries here.
+
+Inserts ignore rows whose key already exists, so a replayed event never makes a second row.
+Only SQLAlchemy Core and parameterised statements.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import contextmanager
-from operator import itemgetter
 
 import numpy as np
-import orjson
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import Engine, bindparam, delete, func, select, update
 from sqlalchemy.exc import OperationalError
 
 from fraudstream.schema import Transaction, decode, parse_timestamp
 from fraudstream.tables import (
-    SQLITE_BUSY_TIMEOUT_MS,
     OutdatedDatabase,
+    UnsupportedDatabase,
     dead_letters,
     labels,
     make_engine,
@@ -47,292 +48,69 @@ from stream_processor.refit import call
 log = logging.getLogger(__name__)
 
 CHUNK = 500  # ids per IN (...) list, far below every dialect's parameter limit
-# One statement for a whole batch (about 10x faster than SQLAlchemy IN lists of 500): each id
-# of the JSON array looked up in the two tables' keys. A join, not ``in (select value from
-# json_each(?1))``, which sorts the ids into a temporary index first (a timeit of 1,000 ids on
-# a database of 60,000 rows: 0.24 ms, the ``in`` lists 0.78); CROSS JOIN keeps the ids the
-# outer loop whatever SQLite's statistics say.
-KNOWN_IDS_SQLITE = (
-    "select t.transaction_id from json_each(?1) j cross join transactions t"
-    " on t.transaction_id = j.value"
-    " union all "
-    "select p.transaction_id from json_each(?1) j cross join pending_events p"
-    " on p.transaction_id = j.value"
-)
-
-
-ACCOUNT_HISTORY_SQLITE = (
-    "select transaction_id, account_id, amount, merchant, location, timestamp from ("
-    " select transaction_id, account_id, amount, merchant, location, timestamp,"
-    " row_number() over (partition by account_id order by timestamp desc, rowid desc) as rn,"
-    " rowid as stored"
-    " from transactions where account_id in (select value from json_each(?1))"
-    ") where rn <= ?2 order by timestamp, stored"
-)  # the accounts' newest events through ix_transactions_account_time, one statement a batch
 
 
 class SinkError(RuntimeError):
     """The database cannot be written: the processor must stop rather than lose events."""
 
 
-class WalCheckpointer:
-    """SQLite's write-ahead-log checkpoints, off the batch path.
+def open_sink(database_url: str) -> Sink:
+    """The sink of ``database_url`` (SQLite or PostgreSQL), its tables created;
+    :class:`SinkError` when it cannot be opened."""
+    try:
+        engine = make_engine(database_url, auto_checkpoint=False)
+    except OperationalError as exc:
+        raise SinkError(f"cannot open the database {_shown(database_url)}: {exc.orig}") from exc
+    except (OutdatedDatabase, UnsupportedDatabase) as exc:
+        raise SinkError(str(exc)) from exc
+    if engine.dialect.name == "sqlite":
+        from stream_processor.sqlite_sink import SqliteSink
 
-    By default SQLite copies the log back into the database file inside the commit that takes the
-    log past 1,000 pages (``python -m benchmarks.stages``: the SQLite write 18.7 -> 12.3 us per
-    event with this thread). The sink's connections turn that off and this thread runs the
-    checkpoints on its own connection, after every ``every_writes`` batches or ``every_s`` seconds
-    with writes. Python's sqlite3 releases the GIL while SQLite works, so the next batch is decoded
-    and scored meanwhile; its write waits for the checkpoint to end (:attr:`lock`). That wait keeps
-    the log bounded: SQLite rewinds the log only when a write begins after a checkpoint that copied
-    all of it, and a writer that never paused would keep it growing. A reader on an old snapshot (a
-    dbt build) delays only the part it still needs, as before. Safe at any moment: a checkpoint
-    interrupted by a crash is redone from the log when the database is next opened."""
+        return SqliteSink(engine)
+    from stream_processor.postgres_sink import PostgresSink
 
-    def __init__(self, path: str, every_writes: int = 8, every_s: float = 1.0):
-        self.path = path
-        self.every_writes = every_writes
-        self.every_s = every_s
-        self.checkpoints = 0
-        self._writes = 0
-        self.lock = threading.Lock()  # held by a checkpoint; a write waits for it
-        self._due = threading.Event()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
-        self._thread.start()
+    return PostgresSink(engine)
 
-    def wrote(self) -> None:
-        """A batch was committed (called from the batch thread)."""
-        self._writes += 1
-        if self._writes >= self.every_writes:
-            self._due.set()
 
-    def _run(self) -> None:
-        try:
-            conn = sqlite3.connect(self.path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
-        except sqlite3.Error:  # the writes go on; only the log grows until a restart
-            log.error("cannot open %s for WAL checkpoints", self.path, exc_info=True)
-            return
-        try:
-            while not self._stop:
-                self._due.wait(self.every_s)
-                self._due.clear()
-                if self._writes:
-                    self._checkpoint(conn)
-            self._checkpoint(conn)
-        finally:
-            conn.close()
+def _shown(database_url: str) -> str:
+    """The URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
 
-    def _checkpoint(self, conn: sqlite3.Connection) -> None:
-        self._writes = 0
-        try:
-            with self.lock:
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            self.checkpoints += 1
-        except sqlite3.Error:  # busy or locked: the next round catches up
-            log.warning("WAL checkpoint failed; retrying with the next batches", exc_info=True)
-
-    def close(self) -> None:
-        self._stop = True
-        self._due.set()
-        self._thread.join(timeout=60)
+    try:
+        return make_url(database_url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL: say it as given
+        return database_url
 
 
 class Sink:
-    """The processor's database. ``writer_process=True`` (SQLite only): the writes run in a
-    child process (:mod:`stream_processor.writer`) and :meth:`submit` returns before they are
-    committed; :meth:`wait` for them."""
+    """What every sink does; :func:`open_sink` makes one. Writes: :meth:`submit` a batch's
+    result, then :meth:`wait` until it is committed (one write in flight at a time; a failed
+    one raises :class:`SinkError` there). Reads: the queries below."""
 
-    def __init__(self, database_url: str, *, writer_process: bool = False):
-        try:
-            self.engine = make_engine(database_url, auto_checkpoint=False)
-        except OperationalError as exc:
-            raise SinkError(f"cannot open the database {database_url}: {exc.orig}") from exc
-        except OutdatedDatabase as exc:
-            raise SinkError(str(exc)) from exc
-        name = self.engine.dialect.name
-        if name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        elif name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            raise SinkError(f"unsupported database {name!r}: use SQLite or PostgreSQL")
-        self._insert = insert
-        # SQLite: every statement compiled once and run through the driver's executemany with
-        # tuples (a third of the write time of the same statement from dicts): here, or in the
-        # writer process.
-        self._sqlite = name == "sqlite"
-        self._compiled: dict = {}
-        on_disk = self._sqlite and self.engine.url.database not in (None, "", ":memory:")
-        self.writer = None
-        self.checkpointer = None
-        if writer_process and on_disk:
-            from stream_processor.writer import WriterError, WriterProcess
-
-            try:
-                self.writer = WriterProcess(self.engine.url.database, SQLITE_BUSY_TIMEOUT_MS)
-            except (WriterError, OSError) as exc:
-                raise SinkError(f"cannot start the SQLite writer process: {exc}") from exc
-        elif on_disk:
-            self.checkpointer = WalCheckpointer(self.engine.url.database)
-
-    @contextmanager
-    def _writing(self):
-        """A write transaction, after any checkpoint in progress (:class:`WalCheckpointer`)."""
-        if self.checkpointer is None:
-            yield
-            return
-        with self.checkpointer.lock:
-            yield
-        self.checkpointer.wrote()
-
-    def _insert_ignore(self, table, keys: Sequence[str]):
-        return self._insert(table).on_conflict_do_nothing(index_elements=list(keys))
+    def __init__(self, engine: Engine):
+        self.engine = engine
 
     # -- writing -------------------------------------------------------------------------------
 
-    def write(self, result: BatchResult, published: Mapping[str, float] | None = None) -> None:
-        """Everything in ``result``, in one transaction (retried while the database is locked),
-        with the delivery of earlier alerts (``published``: transaction id -> epoch s)."""
-        self.submit(result, published)
-        self.wait()
-
     def submit(self, result: BatchResult, published: Mapping[str, float] | None = None) -> None:
-        """Start :meth:`write`: committed when :meth:`wait` returns (at once without a writer
-        process). One write at a time: a write still in flight is waited for first."""
-        if not result and not published:
-            return
-        if self.writer is not None:
-            self.wait()
-            self.writer.submit(self.statements(result, published))
-            return
-        with self._writing():
-            self._retrying(lambda: self._write(result, published))
+        """Start writing ``result`` and recording ``published`` (earlier alerts delivered:
+        transaction id -> epoch s) in one transaction; a write still in flight is waited for
+        first."""
+        raise NotImplementedError
 
     def wait(self) -> None:
         """Until the write submitted last is committed; :class:`SinkError` if it failed."""
-        if self.writer is not None and self.writer.in_flight:
-            from stream_processor.writer import WriterError
-
-            try:
-                self.writer.wait()
-            except WriterError as exc:
-                raise SinkError(str(exc)) from exc
+        raise NotImplementedError
 
     @property
     def in_flight(self) -> bool:
-        return self.writer is not None and self.writer.in_flight
+        """A write was submitted and not waited for."""
+        raise NotImplementedError
 
-    def _plan(self, result: BatchResult, published: Mapping[str, float] | None) -> list:
-        """The write of ``result`` and ``published``, in the order one transaction runs it:
-        (key, statement builder, parameter dicts, or None for a statement without any)."""
-        plan: list = []
-        if published:
-            rows = [{"tid": t, "delivered_at": at} for t, at in published.items()]
-            plan.append(("published", self._published_statement, rows))
-        for key, rows in (
-            ("models", [_model_row(m) for m in result.models]),
-            ("pending_add", result.pending_add),
-        ):
-            if rows:
-                plan.append(self._insert_step(key, rows))
-        if result.row_values:
-            # SQLite: the row tuples as they are (_compile); SQLAlchemy's executemany: dicts
-            rows = result.row_values if self._sqlite else result.rows
-            table, conflict = self._INSERTS["rows"]
-            build = lambda: self._insert_ignore(table, conflict)  # noqa: E731
-            plan.append((("rows", ROW_COLUMNS), build, rows))
-        if result.pending_clear:
-            plan.append(("pending_clear", lambda: delete(pending_events), None))
-        if result.labels:
-            plan.append(self._insert_step("labels", result.labels))
-        if result.labels_released:
-            rows = [{"tid": t, "learned_value": v} for t, v in result.labels_released.items()]
-            plan.append(("labels_released", self._released_statement, rows))
-        if result.dead_letters:
-            plan.append(self._insert_step("dead_letters", result.dead_letters))
-        return plan
-
-    _INSERTS = {
-        "models": (model_versions, ["version"]),
-        "pending_add": (pending_events, ["transaction_id"]),
-        "rows": (transactions, ["transaction_id"]),
-        "labels": (labels, ["transaction_id"]),
-        "dead_letters": (dead_letters, ["source_topic", "source_partition", "source_offset"]),
-    }
-
-    def _insert_step(self, key: str, rows: list[dict]):
-        table, conflict = self._INSERTS[key]
-        # Keyed by the columns too: every row of a list has the same keys.
-        return (key, tuple(rows[0])), lambda: self._insert_ignore(table, conflict), rows
-
-    def statements(
-        self, result: BatchResult, published: Mapping[str, float] | None = None
-    ) -> list[tuple[str, list[tuple]]]:
-        """SQLite: the write of ``result`` and ``published`` as (SQL, parameter tuples) pairs,
-        in the order one transaction runs them."""
-        return self._compile(self._plan(result, published))
-
-    def _compile(self, plan: list) -> list[tuple[str, list[tuple]]]:
-        out = []
-        for key, build, rows in plan:
-            columns = list(key[1]) if isinstance(key, tuple) else None
-            sql, values = self._statement(key, build, columns)
-            if key == ("rows", ROW_COLUMNS):
-                out.append((sql, rows))  # tuples in the statement's order (_statement checks)
-                continue
-            out.append((sql, [()] if rows is None else list(map(values, rows))))
-        return out
-
-    def _statement(self, key, build, column_keys: list[str] | None = None):
-        """(SQL, dict -> parameter tuple) of a statement, compiled once."""
-        found = self._compiled.get(key)
-        if found is None:
-            from sqlalchemy.dialects import sqlite
-
-            compiled = build().compile(dialect=sqlite.dialect(), column_keys=column_keys)
-            names = compiled.positiontup or ()
-            if key == ("rows", ROW_COLUMNS) and tuple(names) != ROW_COLUMNS:
-                raise SinkError(f"the insert's parameters {names} are not ROW_COLUMNS' order")
-            if len(names) > 1:
-                values = itemgetter(*names)
-            else:
-                values = lambda row: tuple(row[n] for n in names)  # noqa: E731
-            found = self._compiled[key] = (str(compiled), values)
-        return found
-
-    @staticmethod
-    def _published_statement():
-        return (
-            update(transactions)
-            .where(transactions.c.transaction_id == bindparam("tid"))
-            .values(alert_published_at=bindparam("delivered_at"))
-        )
-
-    @staticmethod
-    def _released_statement():
-        # Only the first label of an id is stored; a later duplicate updates nothing new.
-        return (
-            update(labels)
-            .where(labels.c.transaction_id == bindparam("tid"), labels.c.learned.is_(None))
-            .values(learned=bindparam("learned_value"))
-        )
-
-    def _write(self, result: BatchResult, published: Mapping[str, float] | None) -> None:
-        plan = self._plan(result, published)
-        # SQLite: compiled once, tuples through the driver's executemany
-        compiled = self._compile(plan) if self._sqlite else [None] * len(plan)
-        with self.engine.begin() as conn:
-            for (key, build, rows), compiled_step in zip(plan, compiled, strict=True):
-                started = time.perf_counter()
-                if compiled_step is not None:
-                    conn.exec_driver_sql(*compiled_step)
-                elif rows is None:
-                    conn.execute(build())
-                else:
-                    conn.execute(build(), rows)
-                if (key[0] if isinstance(key, tuple) else key) == "models":
-                    result.refit_s += time.perf_counter() - started  # recording a refit
+    def write(self, result: BatchResult, published: Mapping[str, float] | None = None) -> None:
+        """:meth:`submit`, then :meth:`wait`."""
+        self.submit(result, published)
+        self.wait()
 
     def mark_published(self, published: Mapping[str, float] | Iterable[str]) -> None:
         """Record that these alerts were delivered to the alerts topic (transaction id ->
@@ -340,37 +118,13 @@ class Sink:
         usually hands them to the next :meth:`write` instead)."""
         if not isinstance(published, Mapping):
             published = dict.fromkeys(published, time.time())
-
         self.write(BatchResult(), published)
-
-    def _retrying(self, work, attempts: int = 10) -> None:
-        # The busy timeout already waits 30 s per statement; this outlasts longer locks.
-        for attempt in range(1, attempts + 1):
-            try:
-                return work()
-            except OperationalError as exc:
-                text = str(exc.orig).lower()
-                if "locked" in text or "busy" in text:
-                    log.warning("database locked (attempt %d/%d); retrying", attempt, attempts)
-                    time.sleep(min(2.0, 0.1 * 2**attempt))
-                    continue
-                raise SinkError(f"cannot write to the database: {exc.orig}") from exc
-        raise SinkError(f"database still locked after {attempts} attempts")
 
     # -- reading -------------------------------------------------------------------------------
 
     def known_ids(self, ids: list[str]) -> set[str]:
         """Which of ``ids`` are already stored or held for the first fit."""
-        found: set[str] = set()
-        with self.engine.connect() as conn:
-            if self.engine.dialect.name == "sqlite":  # the ids as one JSON array parameter
-                rows = conn.exec_driver_sql(KNOWN_IDS_SQLITE, (orjson.dumps(ids).decode(),))
-                return {tid for (tid,) in rows}
-            for chunk in _chunks(ids):
-                for table in (transactions, pending_events):
-                    q = select(table.c.transaction_id).where(table.c.transaction_id.in_(chunk))
-                    found.update(conn.execute(q).scalars())
-        return found
+        raise NotImplementedError
 
     def unpublished_alerts(self, ids: list[str]) -> list[dict]:
         """Alerts of stored flagged rows among ``ids`` that never reached the alerts topic."""
@@ -546,26 +300,91 @@ class Sink:
     def account_history(self, account_ids: list[str], per_account: int) -> list[Transaction]:
         """The newest ``per_account`` stored transactions of each of ``account_ids``, oldest
         first: what rebuilds an account evicted from memory when it comes back."""
-        if not account_ids:
-            return []
-        if self.engine.dialect.name != "sqlite":
-            return [
-                txn
-                for chunk in _chunks(account_ids)
-                for txn in self.recent_history(per_account, chunk)
-            ]
-        with self.engine.connect() as conn:
-            rows = conn.exec_driver_sql(
-                ACCOUNT_HISTORY_SQLITE, (json.dumps(account_ids), per_account)
-            ).all()
-        return [_history_event(*r) for r in rows]
+        return [
+            txn
+            for chunk in _chunks(account_ids)
+            for txn in self.recent_history(per_account, chunk)
+        ]
 
     def close(self) -> None:
-        if self.checkpointer is not None:
-            self.checkpointer.close()
-        if self.writer is not None:
-            self.writer.close()  # a write in flight is finished first
         self.engine.dispose()
+
+
+# -- the write of a batch, as steps both sinks run ---------------------------------------------
+
+
+class Step:
+    """One statement of a batch's write: its ``name``, how to ``build`` it (SQLAlchemy Core,
+    from the dialect's ``insert``), and its ``rows`` (parameter dicts; tuples in ROW_COLUMNS
+    order for ``"rows"``; None for a statement without parameters). ``key`` names the
+    statement for the sinks' caches of compiled SQL: the same name and columns, the same SQL."""
+
+    __slots__ = ("name", "build", "rows", "key")
+
+    def __init__(self, name: str, build: Callable, rows, columns: Sequence[str] = ()):
+        self.name, self.build, self.rows = name, build, rows
+        self.key = (name, tuple(columns))
+
+
+# Inserts that skip rows whose key is stored already: the table, and its key.
+_INSERTS = {
+    "models": (model_versions, ["version"]),
+    "pending_add": (pending_events, ["transaction_id"]),
+    "rows": (transactions, ["transaction_id"]),
+    "labels": (labels, ["transaction_id"]),
+    "dead_letters": (dead_letters, ["source_topic", "source_partition", "source_offset"]),
+}
+
+
+def _insert(name: str, rows, columns: Sequence[str]) -> Step:
+    table, keys = _INSERTS[name]
+
+    def build(insert):
+        return insert(table).on_conflict_do_nothing(index_elements=keys)
+
+    return Step(name, build, rows, columns)
+
+
+def write_plan(result: BatchResult, published: Mapping[str, float] | None) -> list[Step]:
+    """The write of ``result`` and ``published``, in the order one transaction runs it."""
+    steps: list[Step] = []
+    if published:
+        rows = [{"tid": t, "delivered_at": at} for t, at in published.items()]
+        steps.append(Step("published", _published_statement, rows, ("tid", "delivered_at")))
+    if result.models:
+        rows = [_model_row(m) for m in result.models]
+        steps.append(_insert("models", rows, rows[0].keys()))
+    if result.pending_add:
+        steps.append(_insert("pending_add", result.pending_add, result.pending_add[0].keys()))
+    if result.row_values:
+        steps.append(_insert("rows", result.row_values, ROW_COLUMNS))
+    if result.pending_clear:
+        steps.append(Step("pending_clear", lambda _insert: delete(pending_events), None))
+    if result.labels:
+        steps.append(_insert("labels", result.labels, result.labels[0].keys()))
+    if result.labels_released:
+        rows = [{"tid": t, "learned_value": v} for t, v in result.labels_released.items()]
+        steps.append(Step("labels_released", _released_statement, rows, ("tid", "learned_value")))
+    if result.dead_letters:
+        steps.append(_insert("dead_letters", result.dead_letters, result.dead_letters[0].keys()))
+    return steps
+
+
+def _published_statement(_insert):
+    return (
+        update(transactions)
+        .where(transactions.c.transaction_id == bindparam("tid"))
+        .values(alert_published_at=bindparam("delivered_at"))
+    )
+
+
+def _released_statement(_insert):
+    # Only the first label of an id is stored; a later duplicate updates nothing new.
+    return (
+        update(labels)
+        .where(labels.c.transaction_id == bindparam("tid"), labels.c.learned.is_(None))
+        .values(learned=bindparam("learned_value"))
+    )
 
 
 def _history_event(transaction_id, account_id, amount, merchant, location, timestamp):

@@ -12,7 +12,7 @@ from batch.build import BuildError, dbt_build
 from fraudstream.schema import Transaction
 from producer.csv_source import read_transactions
 from stream_processor.core import RawMessage, ScoringCore
-from stream_processor.sink import Sink
+from stream_processor.sink import open_sink
 
 
 def messages(csv_path):
@@ -21,7 +21,7 @@ def messages(csv_path):
 
 
 def write(settings, msgs, core=None, size=100):
-    sink = Sink(settings.database_url)
+    sink = open_sink(settings.database_url)
     core = core or ScoringCore(settings, known_ids=sink.known_ids)
     for i in range(0, len(msgs), size):
         sink.write(core.process(msgs[i : i + size]))
@@ -124,7 +124,7 @@ def test_writer_dbt_and_reader_at_once_lose_nothing_and_never_lock(settings, sma
 
     def writer():
         try:
-            sink = Sink(s.database_url)
+            sink = open_sink(s.database_url)
             for i in range(300, len(msgs), 20):
                 sink.write(core.process(msgs[i : i + 20]))
                 time.sleep(0.02)

@@ -10,7 +10,6 @@ import time
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from sqlalchemy import event
 
 from fraudstream.broker import EmbeddedBroker, ensure_topics
 from fraudstream.run import start_processor, stop_processor, wait_until_processed
@@ -77,10 +76,10 @@ def test_sink_waits_out_a_10_second_lock(settings, small_csv):
     from fraudstream.schema import Transaction
     from producer.csv_source import read_transactions
     from stream_processor.core import RawMessage, ScoringCore
-    from stream_processor.sink import Sink
+    from stream_processor.sink import open_sink
 
     db = settings.database_url.removeprefix("sqlite:///")
-    sink = Sink(settings.database_url)
+    sink = open_sink(settings.database_url)
     core = ScoringCore(settings.replace(warmup_events=1), known_ids=sink.known_ids)
     txns = [t for _l, t in read_transactions(small_csv) if isinstance(t, Transaction)][:100]
     result = core.process([RawMessage(t.encode(), offset=i) for i, t in enumerate(txns)])
@@ -121,29 +120,6 @@ def _stops_with(s, csv, caplog, words: str) -> int:
     stored = count(s.database_url.removeprefix("sqlite:///"))
     assert sum(max(o, 0) for o in committed) <= stored  # no offset ran ahead of the database
     return stored
-
-
-def test_a_full_disk_stops_the_processor_with_a_clear_message_and_no_offset(
-    kafka_settings, small_csv, monkeypatch, caplog
-):
-    from stream_processor import sink as sink_module
-
-    real = sink_module.make_engine
-
-    def tiny_disk(url, **options):  # SQLite's own "database or disk is full", after a few pages
-        engine = real(url, **options)
-
-        @event.listens_for(engine, "connect")
-        def _limit(dbapi_conn, _record):
-            dbapi_conn.execute("pragma max_page_count = 30")
-
-        engine.dispose()
-        return engine
-
-    monkeypatch.setattr(sink_module, "make_engine", tiny_disk)
-    # The processor's own connections have the tiny disk: the writes too (no writer process).
-    s = kafka_settings.replace(runtime="confluent", warmup_events=100, sqlite_writer="inline")
-    _stops_with(s, small_csv, caplog, "database or disk is full")
 
 
 def test_a_write_refused_in_the_writer_process_stops_the_processor_with_no_offset_past_it(

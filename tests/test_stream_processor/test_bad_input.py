@@ -21,7 +21,7 @@ from fraudstream.schema import InvalidRecord, Transaction, decode, validate
 from producer.csv_source import CsvFormatError, read_transactions
 from stream_processor.core import RawMessage, ScoringCore
 from stream_processor.features import AccountStates
-from stream_processor.sink import Sink
+from stream_processor.sink import open_sink
 
 BASE = {
     "transaction_id": "T1", "account_id": "AC1", "amount": 12.5, "merchant": "Acme Market",
@@ -92,7 +92,7 @@ STORED = [
 
 
 def core_and_sink(settings):
-    sink = Sink(settings.database_url)
+    sink = open_sink(settings.database_url)
     return ScoringCore(settings.replace(warmup_events=1), known_ids=sink.known_ids), sink
 
 

@@ -11,7 +11,7 @@ from fraudstream.schema import InvalidRecord, Transaction
 from stream_processor.core import RawMessage, ScoringCore
 from stream_processor.labels import decode_label
 from stream_processor.pipeline import BatchPipeline
-from stream_processor.sink import Sink
+from stream_processor.sink import open_sink
 
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
 LABELS = "labels-test"
@@ -52,7 +52,7 @@ def scoring_core(settings, name=None):
         settings = settings.replace(
             database_url=settings.database_url.replace(".db", f"-{name}.db")
         )
-    sink = Sink(settings.database_url)
+    sink = open_sink(settings.database_url)
     core = ScoringCore(settings, sink.known_ids, sink.lookup_events)
     core.sink = sink
     return core
@@ -232,7 +232,7 @@ def test_sink_refuses_a_database_from_an_older_version(tmp_path):
     from stream_processor.sink import SinkError
 
     with pytest.raises(SinkError, match=r"table transactions lacks columns .*older fraudstream"):
-        Sink(f"sqlite:///{db}")
+        open_sink(f"sqlite:///{db}")
 
 
 def test_a_label_whose_event_comes_late_is_learned_right_after_the_event_is_scored(lsettings):

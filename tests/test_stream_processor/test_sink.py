@@ -11,7 +11,8 @@ from producer.csv_source import read_transactions
 from producer.generate import GeneratorConfig, write_csv
 from stream_processor.core import RawMessage, ScoringCore
 from stream_processor.features import ANOMALY_FEATURE_NAMES
-from stream_processor.sink import KNOWN_IDS_SQLITE, Sink
+from stream_processor.sink import open_sink
+from stream_processor.sqlite_sink import KNOWN_IDS_SQLITE
 
 
 def msgs(csv_path, n):
@@ -24,13 +25,13 @@ def db_file(settings):
 
 
 def test_database_is_in_wal_mode(settings):
-    Sink(settings.database_url)
+    open_sink(settings.database_url)
     with sqlite3.connect(db_file(settings)) as conn:
         assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
 
 
 def test_writing_the_same_result_twice_adds_no_rows(settings, small_csv):
-    sink = Sink(settings.database_url)
+    sink = open_sink(settings.database_url)
     core = ScoringCore(settings.replace(warmup_events=1))
     result = core.process(msgs(small_csv, 50) + [RawMessage(b"nope", offset=999)])
     sink.write(result)
@@ -45,16 +46,16 @@ def test_writing_the_same_result_twice_adds_no_rows(settings, small_csv):
 
 
 def test_held_events_survive_a_restart_and_are_recognised_as_known(settings, small_csv):
-    sink = Sink(settings.database_url)
+    sink = open_sink(settings.database_url)
     core = ScoringCore(settings, known_ids=sink.known_ids)
     sink.write(core.process(msgs(small_csv, 120)))  # below warm-up: all held
-    held = Sink(settings.database_url).held_events()
+    held = open_sink(settings.database_url).held_events()
     assert [h.txn.transaction_id for h in held] == [f"T{i:08d}" for i in range(1, 121)]
     assert sink.known_ids(["T00000001", "nope"]) == {"T00000001"}
 
 
 def test_known_ids_finds_stored_and_held_ids_by_their_keys(settings, small_csv):
-    sink = Sink(settings.database_url)
+    sink = open_sink(settings.database_url)
     core = ScoringCore(settings.replace(warmup_events=1), known_ids=sink.known_ids)
     sink.write(core.process(msgs(small_csv, 300)))  # stored rows
     held = ScoringCore(settings.replace(warmup_events=10_000))
@@ -73,11 +74,11 @@ def test_known_ids_finds_stored_and_held_ids_by_their_keys(settings, small_csv):
 
 
 def test_restart_reloads_the_latest_model_and_the_account_history(settings, small_csv):
-    sink = Sink(settings.database_url)
+    sink = open_sink(settings.database_url)
     core = ScoringCore(settings.replace(refit_every_events=0), known_ids=sink.known_ids)
     for i in range(0, 600, 200):
         sink.write(core.process(msgs(small_csv, 600)[i : i + 200]))
-    again = Sink(settings.database_url)
+    again = open_sink(settings.database_url)
     model = again.latest_model()
     assert model.version == core.model.version == 1
     probe = np.zeros((3, len(ANOMALY_FEATURE_NAMES)))
@@ -89,7 +90,7 @@ def test_restart_reloads_the_latest_model_and_the_account_history(settings, smal
 
 
 def test_unpublished_alerts_are_found_until_marked(settings, small_csv):
-    sink = Sink(settings.database_url)
+    sink = open_sink(settings.database_url)
     core = ScoringCore(settings.replace(warmup_events=1, flag_quantile=0.5))
     result = core.process(msgs(small_csv, 100))
     sink.write(result)
@@ -113,25 +114,21 @@ def test_unpublished_alerts_are_found_until_marked(settings, small_csv):
 
 
 def test_an_unopenable_database_is_a_clear_error(tmp_path):
-    import pytest
 
     from stream_processor.sink import SinkError
 
     with pytest.raises(SinkError, match="cannot open the database .*missing/dir/finance.db"):
-        Sink(f"sqlite:///{tmp_path}/missing/dir/finance.db")
+        open_sink(f"sqlite:///{tmp_path}/missing/dir/finance.db")
 
 
-@pytest.mark.parametrize("writer_process", [False, True], ids=["thread", "writer-process"])
-def test_wal_checkpoints_run_in_their_own_thread_and_keep_the_log_bounded(
-    settings, tmp_path, writer_process
-):
+def test_wal_checkpoints_run_beside_the_writes_and_keep_the_log_bounded(settings, tmp_path):
     """The sink's commits never checkpoint (SQLite's default would, inside the batch's commit);
-    its checkpoint thread (or the writer process, between writes) does, so the write-ahead log
-    does not grow with the stream, and nothing is left uncopied when the sink closes."""
+    the writer process does, beside its writes, so the write-ahead log does not grow with the
+    stream, and nothing is left uncopied when the sink closes."""
     csv = tmp_path / "events.csv"
     write_csv(csv, GeneratorConfig(rows=6000, days=20, seed=4))
     events = msgs(csv, 6000)
-    sink = Sink(settings.database_url, writer_process=writer_process)
+    sink = open_sink(settings.database_url)
     with sink.engine.connect() as conn:
         assert conn.exec_driver_sql("pragma wal_autocheckpoint").scalar() == 0
     core = ScoringCore(settings.replace(warmup_events=1, refit_every_events=0))
@@ -152,4 +149,4 @@ def test_wal_checkpoints_run_in_their_own_thread_and_keep_the_log_bounded(
         busy, frames, copied = reader.execute("pragma wal_checkpoint(passive)").fetchone()
         assert busy == 0 and frames == copied  # the checkpoint at close copied everything
         assert reader.execute("select count(*) from transactions").fetchone()[0] == 6000
-    assert (sink.writer if writer_process else sink.checkpointer).checkpoints >= 5
+    assert sink.writer.checkpoints >= 5

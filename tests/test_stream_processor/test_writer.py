@@ -17,7 +17,7 @@ from fraudstream.schema import Transaction
 from producer.csv_source import read_transactions
 from stream_processor.core import RawMessage
 from stream_processor.pipeline import BatchPipeline
-from stream_processor.sink import Sink, SinkError
+from stream_processor.sink import SinkError, open_sink
 from stream_processor.writer import WRITER_PROCESS_NAME, WriterProcess
 
 
@@ -54,7 +54,7 @@ def test_a_batch_is_scored_while_the_last_one_is_written(settings, small_csv):
     """With the database locked, the write stays in flight and the next batch is scored anyway:
     its repeats of the batch being written are duplicates (the ids in flight count as stored),
     and once the lock goes both writes commit, each row once."""
-    pipeline = BatchPipeline(settings.replace(warmup_events=1), writer_process=True)
+    pipeline = BatchPipeline(settings.replace(warmup_events=1))
     try:
         events = msgs(small_csv, 300)
         pipeline.collect()
@@ -82,7 +82,7 @@ def test_a_batch_is_scored_while_the_last_one_is_written(settings, small_csv):
 def test_a_read_of_stored_events_waits_for_the_write_in_flight(settings, small_csv):
     """Rebuilding an evicted account reads its stored events: never before the write that
     stores its newest ones is committed."""
-    pipeline = BatchPipeline(settings.replace(warmup_events=1), writer_process=True)
+    pipeline = BatchPipeline(settings.replace(warmup_events=1))
     try:
         events = msgs(small_csv, 200)
         pipeline.submit(pipeline.score(events[:100]))
@@ -108,7 +108,7 @@ def test_a_read_of_stored_events_waits_for_the_write_in_flight(settings, small_c
 def test_a_failed_write_is_an_error_that_says_why_and_stores_nothing_of_the_batch(
     settings, small_csv
 ):
-    sink = Sink(settings.database_url, writer_process=True)
+    sink = open_sink(settings.database_url)
     pipeline = BatchPipeline(settings.replace(warmup_events=1))
     try:
         result = pipeline.score(msgs(small_csv, 50) + [RawMessage(b"nope", offset=999)])
@@ -138,8 +138,8 @@ def test_the_writer_exits_when_the_processor_is_killed(settings, tmp_path):
     script = textwrap.dedent(
         f"""
         import time
-        from stream_processor.sink import Sink
-        sink = Sink({settings.database_url!r}, writer_process=True)
+        from stream_processor.sink import open_sink
+        sink = open_sink({settings.database_url!r})
         print(sink.writer.pid, flush=True)
         time.sleep(600)
         """
@@ -164,17 +164,10 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_an_unknown_writer_mode_is_refused_by_name(settings):
-    from stream_processor.kafka_runtime import run_consumer
-
-    with pytest.raises(ValueError, match="SQLITE_WRITER must be one of process, inline, not 'gpu'"):
-        run_consumer(settings.replace(sqlite_writer="gpu"))
-
-
 def test_a_write_beside_another_writers_lock_waits_and_commits(settings, small_csv):
     """Another connection holds the write lock for 2 s: the writer waits it out (busy timeout,
     then retries) and commits; the write does not fail."""
-    sink = Sink(settings.database_url, writer_process=True)
+    sink = open_sink(settings.database_url)
     pipeline = BatchPipeline(settings.replace(warmup_events=1))
     try:
         result = pipeline.score(msgs(small_csv, 50))

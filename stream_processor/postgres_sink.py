@@ -1,0 +1,161 @@
+"""The PostgreSQL sink: a batch's rows by COPY, written by a thread beside the batch path.
+
+The transactions of a batch go into a temporary table by COPY (PostgreSQL's bulk path, a
+fraction of the time of row-by-row inserts), then into ``transactions`` by one ``insert ...
+select ... on conflict do nothing``; the other tables' few rows by ``executemany``; all in one
+transaction. The write runs in a thread of its own on a connection of its own: psycopg waits
+for the server without holding the GIL, so the next batch is scored meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import psycopg
+from sqlalchemy import Engine
+from sqlalchemy.dialects.postgresql import insert
+
+from fraudstream.schema import Transaction
+from stream_processor.core import ROW_COLUMNS, BatchResult
+from stream_processor.sink import Sink, SinkError, Step, _history_event, write_plan
+
+log = logging.getLogger(__name__)
+
+KNOWN_IDS_POSTGRES = (
+    "select transaction_id from transactions where transaction_id = any(%(ids)s)"
+    " union all "
+    "select transaction_id from pending_events where transaction_id = any(%(ids)s)"
+)
+ACCOUNT_HISTORY_POSTGRES = (
+    "select transaction_id, account_id, amount, merchant, location, timestamp from ("
+    " select transaction_id, account_id, amount, merchant, location, timestamp, ctid as stored,"
+    " row_number() over (partition by account_id order by timestamp desc, ctid desc) as rn"
+    " from transactions where account_id = any(%(ids)s)"
+    ") newest where rn <= %(n)s order by timestamp, stored"
+)  # the accounts' newest events through ix_transactions_account_time, one statement a batch
+INCOMING = "incoming_transactions"  # the batch's rows, before the insert that skips duplicates
+CREATE_INCOMING = (
+    f"create temporary table if not exists {INCOMING}"
+    " (like transactions including defaults) on commit delete rows"
+)
+COPY_INCOMING = f"copy {INCOMING} ({', '.join(ROW_COLUMNS)}) from stdin"
+INSERT_INCOMING = (
+    f"insert into transactions ({', '.join(ROW_COLUMNS)})"
+    f" select {', '.join(ROW_COLUMNS)} from {INCOMING}"
+    " on conflict (transaction_id) do nothing"
+)
+TRANSIENT = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
+             psycopg.OperationalError)  # fmt: skip
+
+
+class PostgresSink(Sink):
+    def __init__(self, engine: Engine, attempts: int = 5):
+        super().__init__(engine)
+        self.attempts = attempts
+        self._compiled: dict = {}  # Step.key -> SQL
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="postgres-writer")
+        self._pending: Future | None = None
+        self._conn: psycopg.Connection | None = None  # the writer thread's own
+
+    def submit(self, result: BatchResult, published: Mapping[str, float] | None = None) -> None:
+        if not result and not published:
+            return
+        self.wait()
+        self._pending = self._executor.submit(self._write, write_plan(result, published))
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                pending.result()
+            except psycopg.Error as exc:
+                raise SinkError(f"cannot write to the database: {exc}") from exc
+
+    @property
+    def in_flight(self) -> bool:
+        return self._pending is not None
+
+    # -- in the writer thread ------------------------------------------------------------------
+
+    def _write(self, steps: list[Step]) -> None:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return self._transaction(steps)
+            except TRANSIENT as exc:
+                if attempt == self.attempts:
+                    raise
+                log.warning("write failed (%s; attempt %d/%d); retrying", exc, attempt,
+                            self.attempts)  # fmt: skip
+                if isinstance(exc, psycopg.OperationalError):
+                    self._disconnect()
+                time.sleep(min(2.0, 0.1 * 2**attempt))
+
+    def _transaction(self, steps: list[Step]) -> None:
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                for step in steps:
+                    if step.name == "rows":
+                        with cur.copy(COPY_INCOMING) as copy:
+                            for row in step.rows:
+                                copy.write_row(row)
+                        cur.execute(INSERT_INCOMING)
+                    elif step.rows is None:
+                        cur.execute(self._sql(step))
+                    else:
+                        cur.executemany(self._sql(step), step.rows)
+            conn.commit()
+        except BaseException:
+            if not conn.closed:
+                try:
+                    conn.rollback()
+                except psycopg.Error:  # the connection broke: the retry opens another
+                    self._disconnect()
+            raise
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            url = self.engine.url.set(drivername="postgresql")
+            self._conn = psycopg.connect(url.render_as_string(hide_password=False))
+            self._conn.execute(CREATE_INCOMING)
+            self._conn.commit()
+        return self._conn
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _sql(self, step: Step) -> str:
+        sql = self._compiled.get(step.key)
+        if sql is None:
+            columns = list(step.key[1]) or None
+            compiled = step.build(insert).compile(dialect=self.engine.dialect, column_keys=columns)
+            sql = self._compiled[step.key] = str(compiled)
+        return sql
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def known_ids(self, ids: list[str]) -> set[str]:
+        with self.engine.connect() as conn:
+            return {tid for (tid,) in conn.exec_driver_sql(KNOWN_IDS_POSTGRES, {"ids": ids})}
+
+    def account_history(self, account_ids: list[str], per_account: int) -> list[Transaction]:
+        if not account_ids:
+            return []
+        with self.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                ACCOUNT_HISTORY_POSTGRES, {"ids": account_ids, "n": per_account}
+            ).all()
+        return [_history_event(*r) for r in rows]
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._executor.submit(self._disconnect).result()
+            self._executor.shutdown()
+            super().close()

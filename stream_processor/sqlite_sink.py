@@ -1,0 +1,123 @@
+"""The SQLite sink: a file in WAL mode, written by a child process beside the batch path.
+
+The batch's statements are compiled here (SQL text with ``?`` placeholders, parameter tuples)
+and run in one transaction by the writer process (:mod:`stream_processor.writer`), which also
+runs the write-ahead log's checkpoints; this process's own connections only read (they never
+checkpoint: ``make_engine(auto_checkpoint=False)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from operator import itemgetter
+
+import orjson
+from sqlalchemy import Engine
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.sqlite import insert
+
+from fraudstream.schema import Transaction
+from fraudstream.tables import SQLITE_BUSY_TIMEOUT_MS
+from stream_processor.core import ROW_COLUMNS, BatchResult
+from stream_processor.sink import Sink, SinkError, _history_event, write_plan
+from stream_processor.writer import WriterError, WriterProcess
+
+# One statement for a whole batch (about 10x faster than SQLAlchemy IN lists of 500): each id
+# of the JSON array looked up in the two tables' keys. A join, not ``in (select value from
+# json_each(?1))``, which sorts the ids into a temporary index first; CROSS JOIN keeps the ids
+# the outer loop whatever SQLite's statistics say.
+KNOWN_IDS_SQLITE = (
+    "select t.transaction_id from json_each(?1) j cross join transactions t"
+    " on t.transaction_id = j.value"
+    " union all "
+    "select p.transaction_id from json_each(?1) j cross join pending_events p"
+    " on p.transaction_id = j.value"
+)
+
+ACCOUNT_HISTORY_SQLITE = (
+    "select transaction_id, account_id, amount, merchant, location, timestamp from ("
+    " select transaction_id, account_id, amount, merchant, location, timestamp,"
+    " row_number() over (partition by account_id order by timestamp desc, rowid desc) as rn,"
+    " rowid as stored"
+    " from transactions where account_id in (select value from json_each(?1))"
+    ") where rn <= ?2 order by timestamp, stored"
+)  # the accounts' newest events through ix_transactions_account_time, one statement a batch
+
+
+class SqliteSink(Sink):
+    def __init__(self, engine: Engine):
+        super().__init__(engine)
+        path = engine.url.database
+        if path in (None, "", ":memory:"):
+            raise SinkError("the SQLite sink needs a file: DATABASE_URL=sqlite:///path/to/file.db")
+        self._compiled: dict = {}  # Step.key -> (SQL, row -> parameter tuple)
+        try:
+            self.writer = WriterProcess(path, SQLITE_BUSY_TIMEOUT_MS)
+        except (WriterError, OSError) as exc:
+            engine.dispose()
+            raise SinkError(f"cannot start the SQLite writer process: {exc}") from exc
+
+    def submit(self, result: BatchResult, published: Mapping[str, float] | None = None) -> None:
+        if not result and not published:
+            return
+        self.wait()
+        self.writer.submit(self.statements(result, published))
+
+    def wait(self) -> None:
+        if self.writer.in_flight:
+            try:
+                self.writer.wait()
+            except WriterError as exc:
+                raise SinkError(str(exc)) from exc
+
+    @property
+    def in_flight(self) -> bool:
+        return self.writer.in_flight
+
+    def statements(
+        self, result: BatchResult, published: Mapping[str, float] | None = None
+    ) -> list[tuple[str, list[tuple]]]:
+        """The write as (SQL, parameter tuples) pairs, in the order one transaction runs them:
+        what the writer process takes."""
+        out = []
+        for step in write_plan(result, published):
+            sql, values = self._statement(step)
+            if step.name == "rows":
+                out.append((sql, step.rows))  # tuples in the statement's order (checked)
+            else:
+                out.append((sql, [()] if step.rows is None else list(map(values, step.rows))))
+        return out
+
+    def _statement(self, step):
+        """(SQL, dict -> parameter tuple) of a step, compiled once."""
+        found = self._compiled.get(step.key)
+        if found is None:
+            columns = list(step.key[1]) or None
+            compiled = step.build(insert).compile(dialect=sqlite.dialect(), column_keys=columns)
+            names = compiled.positiontup or ()
+            if step.name == "rows" and tuple(names) != ROW_COLUMNS:
+                raise SinkError(f"the insert's parameters {names} are not ROW_COLUMNS' order")
+            if len(names) > 1:
+                values = itemgetter(*names)
+            else:
+                values = lambda row: tuple(row[n] for n in names)  # noqa: E731
+            found = self._compiled[step.key] = (str(compiled), values)
+        return found
+
+    def known_ids(self, ids: list[str]) -> set[str]:
+        with self.engine.connect() as conn:  # the ids as one JSON array parameter
+            rows = conn.exec_driver_sql(KNOWN_IDS_SQLITE, (orjson.dumps(ids).decode(),))
+            return {tid for (tid,) in rows}
+
+    def account_history(self, account_ids: list[str], per_account: int) -> list[Transaction]:
+        if not account_ids:
+            return []
+        with self.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                ACCOUNT_HISTORY_SQLITE, (orjson.dumps(account_ids).decode(), per_account)
+            ).all()
+        return [_history_event(*r) for r in rows]
+
+    def close(self) -> None:
+        self.writer.close()  # a write in flight is finished first; the log copied back
+        super().close()
