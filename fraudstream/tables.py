@@ -25,6 +25,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 metadata = MetaData()
@@ -167,12 +168,14 @@ def make_engine(database_url: str, *, auto_checkpoint: bool = True) -> Engine:
     ``auto_checkpoint=False`` (SQLite): this engine's commits never copy the write-ahead log back
     into the database file; whoever asks for that runs the checkpoints (the processor's SQLite
     writer process)."""
-    engine = create_engine(engine_url(database_url))
-    if engine.dialect.name not in DIALECTS:
+    url = make_url(engine_url(database_url))
+    if url.get_backend_name() not in DIALECTS:
+        shown = url.render_as_string(hide_password=True)
         raise UnsupportedDatabase(
-            f"DATABASE_URL={database_url!r}: {engine.dialect.name} is not supported; use "
+            f"DATABASE_URL={shown}: {url.get_backend_name()} is not supported; use "
             "sqlite:///path/to/finance.db or postgresql://user@host/database"
         )
+    engine = create_engine(url)
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
@@ -191,6 +194,42 @@ def make_engine(database_url: str, *, auto_checkpoint: bool = True) -> Engine:
 
     _create_tables(engine)
     return engine
+
+
+def ensure_database(database_url: str) -> bool:
+    """Create the PostgreSQL database that ``database_url`` names if it does not exist yet
+    (SQLite creates its file itself): True when it was created."""
+    from psycopg import sql
+
+    url = make_url(engine_url(database_url))
+    if url.get_backend_name() != "postgresql":
+        return False
+    with _maintenance(url) as conn:
+        found = conn.execute("select 1 from pg_database where datname = %s", (url.database,))
+        if found.fetchone():
+            return False
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(url.database)))
+    return True
+
+
+def drop_database(database_url: str) -> None:
+    """Drop the PostgreSQL database that ``database_url`` names, connections and all (tests and
+    benchmarks make databases of their own)."""
+    from psycopg import sql
+
+    url = make_url(engine_url(database_url))
+    with _maintenance(url) as conn:
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(url.database))
+        )
+
+
+def _maintenance(url: URL):
+    """An autocommit connection to the server's ``postgres`` database, as ``url``'s user."""
+    import psycopg
+
+    admin = url.set(drivername="postgresql", database="postgres")
+    return psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True)
 
 
 def drop_tables(database_url: str) -> None:

@@ -69,3 +69,40 @@ def small_csv(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "small.csv"
     write_csv(path, GeneratorConfig(rows=1500, days=20, seed=11))
     return path
+
+
+# PostgreSQL: a real server (127.0.0.1:5432, user postgres, trust authentication, as .ci/run
+# starts it; TEST_POSTGRES_URL points elsewhere). Each test gets a database of its own.
+POSTGRES_SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """A new PostgreSQL database for this test, dropped after it."""
+    from fraudstream.tables import drop_database, ensure_database
+
+    url = f"{POSTGRES_SERVER.rstrip('/')}/fraudstream_test_{uuid.uuid4().hex[:10]}"
+    try:
+        ensure_database(url)
+    except Exception as exc:  # noqa: BLE001 - say what to start, whatever the driver said
+        pytest.fail(
+            f"PostgreSQL is not reachable at {POSTGRES_SERVER} ({exc}); start it with "
+            "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start, "
+            "or set TEST_POSTGRES_URL"
+        )
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """Each test that takes it runs on both sinks: a SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'finance.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def db_settings(settings: Settings, database_url: str) -> Settings:
+    """``settings`` on each database in turn (see ``database_url``)."""
+    return settings.replace(database_url=database_url)

@@ -1,7 +1,7 @@
 """Kill the stream processor with SIGKILL, again and again, mid-replay: nothing lost, nothing twice.
 
 100,000 generated events plus undecodable ones are replayed while the processor is killed at
-random moments five times and restarted each time (a sixth of the events produced as each
+random moments five times and restarted each time, for each runtime on each database (a sixth of the events produced as each
 incarnation starts). At the end every valid event is
 exactly one row, every flagged row reached the alerts topic (at least once), and every bad event
 is in the dead-letter topic and table.
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import random
 import signal
-import sqlite3
 import threading
 import time
 
 import numpy as np
 import pytest
 from confluent_kafka import Producer
+from sqlalchemy import text
 
 from fraudstream.run import (
     alert_ids_on_topic,
@@ -34,18 +34,24 @@ KILLS = 5
 BAD_EVENTS = 25
 
 
-def count(db, sql):
-    with sqlite3.connect(db, timeout=30) as conn:
-        return conn.execute(sql).fetchone()[0]
+def rows(engine, sql) -> list[tuple]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(sql))]
 
 
 @pytest.mark.parametrize("runtime", ["confluent", "faust"])
-def test_sigkill_mid_replay_loses_and_duplicates_nothing(kafka_settings, tmp_path, runtime):
+def test_sigkill_mid_replay_loses_and_duplicates_nothing(
+    kafka_settings, database_url, tmp_path, runtime
+):
     rng = random.Random(20261126)
     s = kafka_settings.replace(runtime=runtime, warmup_events=2000, refit_every_events=20000,
-                               training_window=20000, n_estimators=50, batch_size=1000)  # fmt: skip
-    db = s.database_url.removeprefix("sqlite:///")
-    make_engine(s.database_url).dispose()  # the tables exist before the first count
+                               training_window=20000, n_estimators=50, batch_size=1000,
+                               database_url=database_url)  # fmt: skip
+    db = make_engine(s.database_url)  # the tables exist before the first count
+
+    def count(_db, sql):
+        return rows(db, sql)[0][0]
+
     csv = tmp_path / "big.csv"
     frame = write_csv(csv, GeneratorConfig(rows=100_000, days=60, seed=5))
 
@@ -110,9 +116,7 @@ def test_sigkill_mid_replay_loses_and_duplicates_nothing(kafka_settings, tmp_pat
             proc = start_processor(s, logs[-1])
         feed(parts[KILLS])
         produce_bad(range(BAD_EVENTS // 2, BAD_EVENTS))
-        engine = make_engine(s.database_url)
-        wait_until_processed(s, engine, proc, logs[-1], offsets, timeout_s=600)
-        engine.dispose()
+        wait_until_processed(s, db, proc, logs[-1], offsets, timeout_s=600)
     finally:
         stop_processor(proc)
 
@@ -132,15 +136,9 @@ def test_sigkill_mid_replay_loses_and_duplicates_nothing(kafka_settings, tmp_pat
         )
         == 0
     )
-    with sqlite3.connect(db) as conn:
-        flagged_ids = {
-            r[0]
-            for r in conn.execute("select transaction_id from transactions where is_flagged = 1")
-        }
-        dl = {
-            (r[0], r[1])
-            for r in conn.execute("select source_partition, source_offset from dead_letters")
-        }
+    flagged_ids = {r[0] for r in rows(db, "select transaction_id from transactions where is_flagged = 1")}
+    dl = set(rows(db, "select source_partition, source_offset from dead_letters"))
+    db.dispose()
     assert len(flagged_ids) == flagged > 0
     assert flagged_ids <= alert_ids_on_topic(s)  # every alert delivered at least once
     assert dl == bad_offsets

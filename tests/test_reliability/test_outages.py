@@ -10,6 +10,7 @@ import time
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from sqlalchemy import text
 
 from fraudstream.broker import EmbeddedBroker, ensure_topics
 from fraudstream.run import start_processor, stop_processor, wait_until_processed
@@ -72,28 +73,55 @@ def test_broker_pause_and_database_lock_lose_nothing(settings, small_csv, tmp_pa
     assert "FATAL" not in log.read_text()
 
 
-def test_sink_waits_out_a_10_second_lock(settings, small_csv):
+def test_sink_waits_out_a_10_second_lock(db_settings, small_csv):
     from fraudstream.schema import Transaction
     from producer.csv_source import read_transactions
     from stream_processor.core import RawMessage, ScoringCore
     from stream_processor.sink import open_sink
 
-    db = settings.database_url.removeprefix("sqlite:///")
+    settings = db_settings
     sink = open_sink(settings.database_url)
     core = ScoringCore(settings.replace(warmup_events=1), known_ids=sink.known_ids)
     txns = [t for _l, t in read_transactions(small_csv) if isinstance(t, Transaction)][:100]
     result = core.process([RawMessage(t.encode(), offset=i) for i, t in enumerate(txns)])
-    holder = sqlite3.connect(db, check_same_thread=False)  # released from the timer thread
-    holder.execute("begin exclusive")
-    release = threading.Timer(10, holder.rollback)
-    release.start()
+    release = hold_write_lock(settings.database_url)  # another writer, for 10 s
+    timer = threading.Timer(10, release)
+    timer.start()
     started = time.monotonic()
     sink.write(result)
     waited = time.monotonic() - started
-    release.join()
-    holder.close()
+    timer.join()
+    sink.close()
     assert waited >= 9
-    assert count(db) == 100
+    assert stored(settings.database_url) == 100
+
+
+def hold_write_lock(database_url: str):
+    """Take the database's write lock (SQLite) or the transactions table's (PostgreSQL) in
+    another connection; returns what releases it."""
+    if database_url.startswith("sqlite:///"):
+        holder = sqlite3.connect(database_url.removeprefix("sqlite:///"), check_same_thread=False)
+        holder.execute("begin exclusive")
+    else:
+        import psycopg
+
+        holder = psycopg.connect(database_url)
+        holder.execute("lock table transactions in exclusive mode")
+
+    def release():
+        holder.rollback()
+        holder.close()
+
+    return release
+
+
+def stored(database_url: str, sql: str = "select count(*) from transactions") -> int:
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text(sql)).scalar()
+    finally:
+        engine.dispose()
 
 
 def _stops_with(s, csv, caplog, words: str) -> int:
@@ -117,23 +145,39 @@ def _stops_with(s, csv, caplog, words: str) -> int:
     parts = [TopicPartition(s.transactions_topic, p) for p in range(s.topic_partitions)]
     committed = [tp.offset for tp in c.committed(parts, timeout=10)]
     c.close()
-    stored = count(s.database_url.removeprefix("sqlite:///"))
-    assert sum(max(o, 0) for o in committed) <= stored  # no offset ran ahead of the database
-    return stored
+    rows = stored(s.database_url)
+    assert sum(max(o, 0) for o in committed) <= rows  # no offset ran ahead of the database
+    return rows
 
 
-def test_a_write_refused_in_the_writer_process_stops_the_processor_with_no_offset_past_it(
-    kafka_settings, small_csv, caplog
+def test_a_refused_write_stops_the_processor_with_no_offset_past_it(
+    kafka_settings, database_url, small_csv, caplog
 ):
-    """The confluent runtime's writes run in the writer process: one that fails there (here a
-    trigger refuses the 300th row) is fatal in the processor, with the database's own message,
-    and no offset is committed past what is stored."""
-    s = kafka_settings.replace(runtime="confluent", warmup_events=100, batch_size=100)
+    """A write that the database refuses (here a trigger refuses the 300th row; a full disk
+    takes the same path) is fatal in the processor, with the database's own message, and no
+    offset is committed past what is stored. SQLite's writes run in the writer process,
+    PostgreSQL's in the writer thread."""
+    s = kafka_settings.replace(runtime="confluent", warmup_events=100, batch_size=100,
+                               database_url=database_url)  # fmt: skip
     make_engine(s.database_url).dispose()
-    with sqlite3.connect(s.database_url.removeprefix("sqlite:///")) as conn:
-        conn.execute(
-            "create trigger refuse before insert on transactions "
-            "when (select count(*) from transactions) >= 299 "
-            "begin select raise(abort, 'refused by the test trigger'); end"
-        )
+    if database_url.startswith("sqlite:///"):
+        with sqlite3.connect(s.database_url.removeprefix("sqlite:///")) as conn:
+            conn.execute(
+                "create trigger refuse before insert on transactions "
+                "when (select count(*) from transactions) >= 299 "
+                "begin select raise(abort, 'refused by the test trigger'); end"
+            )
+    else:
+        import psycopg
+
+        with psycopg.connect(database_url) as conn:
+            conn.execute(
+                "create function refuse() returns trigger language plpgsql as $$ begin "
+                "if (select count(*) from transactions) >= 299 then "
+                "raise exception 'refused by the test trigger'; end if; return new; end $$"
+            )
+            conn.execute(
+                "create trigger refuse before insert on transactions "
+                "for each row execute function refuse()"
+            )
     assert 0 < _stops_with(s, small_csv, caplog, "refused by the test trigger") < 1500

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import string
 
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from sqlalchemy import text
 
 from fraudstream.schema import InvalidRecord, Transaction, decode, validate
+from fraudstream.tables import make_engine
 from producer.csv_source import CsvFormatError, read_transactions
 from stream_processor.core import RawMessage, ScoringCore
 from stream_processor.features import AccountStates
@@ -96,12 +97,19 @@ def core_and_sink(settings):
     return ScoringCore(settings.replace(warmup_events=1), known_ids=sink.known_ids), sink
 
 
+def stored(settings, sql: str, **params) -> list:
+    """The rows of ``sql`` as mappings (column -> value), on either database."""
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            return [r._mapping for r in conn.execute(text(sql), params)]
+    finally:
+        engine.dispose()
+
+
 def stored_row(settings, transaction_id="T1"):
-    with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as conn:
-        conn.row_factory = sqlite3.Row
-        return conn.execute(
-            "select * from transactions where transaction_id = ?", (transaction_id,)
-        ).fetchone()
+    rows = stored(settings, "select * from transactions where transaction_id = :t", t=transaction_id)
+    return rows[0] if rows else None
 
 
 def test_the_corpus_has_at_least_30_kinds():
@@ -109,7 +117,8 @@ def test_the_corpus_has_at_least_30_kinds():
 
 
 @pytest.mark.parametrize(("kind", "raw", "field", "words"), DEAD, ids=[d[0] for d in DEAD])
-def test_bad_events_are_dead_lettered_with_field_and_reason(settings, kind, raw, field, words):
+def test_bad_events_are_dead_lettered_with_field_and_reason(db_settings, kind, raw, field, words):
+    settings = db_settings
     core, sink = core_and_sink(settings)
     result = core.process([RawMessage(raw, b"AC1", offset=7)])
     sink.write(result)
@@ -117,14 +126,14 @@ def test_bad_events_are_dead_lettered_with_field_and_reason(settings, kind, raw,
     [dl] = result.dead_letters
     assert (dl["error_field"], dl["source_offset"], dl["message_value"]) == (field, 7, raw)
     assert words in dl["error"], dl["error"]
-    with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as conn:
-        assert conn.execute("select error_field, message_value from dead_letters").fetchall() == [
-            (field, raw)
-        ]
+    rows = stored(settings, "select error_field, message_value from dead_letters")
+    assert [(r["error_field"], r["message_value"]) for r in rows] == [(field, raw)]
+    sink.close()
 
 
 @pytest.mark.parametrize(("kind", "raw", "expected"), STORED, ids=[s[0] for s in STORED])
-def test_odd_but_valid_events_are_stored_normalised(settings, kind, raw, expected):
+def test_odd_but_valid_events_are_stored_normalised(db_settings, kind, raw, expected):
+    settings = db_settings
     core, sink = core_and_sink(settings)
     result = core.process([RawMessage(raw, offset=1)])
     sink.write(result)

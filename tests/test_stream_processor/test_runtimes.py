@@ -8,13 +8,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import sqlite3
 import time
 import urllib.request
 
 import pandas as pd
 import pytest
 from confluent_kafka import Producer
+from sqlalchemy import text
 
 from fraudstream.broker import free_port
 from fraudstream.run import (
@@ -31,8 +31,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(params=["faust", "confluent"])
-def runtime_settings(request, kafka_settings):
-    return kafka_settings.replace(runtime=request.param)
+def runtime_settings(request, kafka_settings, database_url):
+    """Each runtime on each database (a SQLite file, a PostgreSQL database)."""
+    return kafka_settings.replace(runtime=request.param, database_url=database_url)
 
 
 @contextlib.contextmanager
@@ -61,8 +62,12 @@ def drain(settings, proc, log, last_offsets, timeout_s=180, label_offsets=None):
 
 
 def query(settings, sql):
-    with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as conn:
-        return conn.execute(sql).fetchall()
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql))]
+    finally:
+        engine.dispose()
 
 
 def test_events_are_scored_stored_alerted_and_bad_ones_dead_lettered(
@@ -189,8 +194,9 @@ def test_delayed_labels_train_a_supervised_model_that_scores_later_events(
                     time.sleep(0.5)
 
     [(n, frauds, learned, queued)] = query(
-        s, "select count(*), sum(is_fraud), sum(learned = 1), sum(learned is null) from labels"
-    )
+        s, "select count(*), sum(is_fraud), count(case when learned = 1 then 1 end), "
+        "count(case when learned is null then 1 end) from labels",
+    )  # fmt: skip
     assert n == len(truth) and frauds == truth["is_fraud"].sum()
     # The labels of the last two days are due after the last event: still queued, not learned.
     last = pd.Timestamp(truth["timestamp"].max())

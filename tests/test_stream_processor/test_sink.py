@@ -1,4 +1,5 @@
-"""The SQLite sink: a real file, idempotent writes, and what a restart reads back."""
+"""Both sinks (a SQLite file, a PostgreSQL database): idempotent writes, and what a restart reads
+back; then what is SQLite's own (WAL mode, checkpoints, the id lookup's plan)."""
 
 import sqlite3
 from pathlib import Path
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from fraudstream.schema import Transaction
+from fraudstream.tables import make_engine
 from producer.csv_source import read_transactions
 from producer.generate import GeneratorConfig, write_csv
 from stream_processor.core import RawMessage, ScoringCore
@@ -24,37 +26,53 @@ def db_file(settings):
     return settings.database_url.removeprefix("sqlite:///")
 
 
+def query(settings, sql: str) -> list[tuple]:
+    """``sql``'s rows, read through SQLAlchemy whatever the database."""
+    from sqlalchemy import text
+
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql))]
+    finally:
+        engine.dispose()
+
+
 def test_database_is_in_wal_mode(settings):
     open_sink(settings.database_url)
     with sqlite3.connect(db_file(settings)) as conn:
         assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
 
 
-def test_writing_the_same_result_twice_adds_no_rows(settings, small_csv):
+def test_writing_the_same_result_twice_adds_no_rows(db_settings, small_csv):
+    settings = db_settings
     sink = open_sink(settings.database_url)
     core = ScoringCore(settings.replace(warmup_events=1))
     result = core.process(msgs(small_csv, 50) + [RawMessage(b"nope", offset=999)])
     sink.write(result)
     sink.write(result)
-    with sqlite3.connect(db_file(settings)) as conn:
-        assert conn.execute("select count(*) from transactions").fetchone()[0] == 50
-        assert conn.execute("select count(*) from dead_letters").fetchone()[0] == 1
-        assert conn.execute("select count(*) from model_versions").fetchone()[0] == 1
-        assert (
-            conn.execute("select count(*) from transactions where score is null").fetchone()[0] == 0
-        )
+    assert query(settings, "select count(*) from transactions") == [(50,)]
+    assert query(settings, "select count(*) from dead_letters") == [(1,)]
+    assert query(settings, "select count(*) from model_versions") == [(1,)]
+    assert query(settings, "select count(*) from transactions where score is null") == [(0,)]
+    sink.close()
 
 
-def test_held_events_survive_a_restart_and_are_recognised_as_known(settings, small_csv):
+def test_held_events_survive_a_restart_and_are_recognised_as_known(db_settings, small_csv):
+    settings = db_settings
     sink = open_sink(settings.database_url)
     core = ScoringCore(settings, known_ids=sink.known_ids)
     sink.write(core.process(msgs(small_csv, 120)))  # below warm-up: all held
-    held = open_sink(settings.database_url).held_events()
+    again = open_sink(settings.database_url)
+    held = again.held_events()
     assert [h.txn.transaction_id for h in held] == [f"T{i:08d}" for i in range(1, 121)]
     assert sink.known_ids(["T00000001", "nope"]) == {"T00000001"}
+    again.close()
+    sink.close()
 
 
-def test_known_ids_finds_stored_and_held_ids_by_their_keys(settings, small_csv):
+def test_known_ids_finds_stored_and_held_ids_on_both_databases(db_settings, small_csv):
+    settings = db_settings
     sink = open_sink(settings.database_url)
     core = ScoringCore(settings.replace(warmup_events=1), known_ids=sink.known_ids)
     sink.write(core.process(msgs(small_csv, 300)))  # stored rows
@@ -62,18 +80,27 @@ def test_known_ids_finds_stored_and_held_ids_by_their_keys(settings, small_csv):
     sink.write(held.process(msgs(small_csv, 320)[-5:]))  # held for a first fit
     stored_ids = ["T00000001", "T00000300"]
     held_ids = [f"T{i:08d}" for i in range(316, 321)]
-    odd = ['T"1', "Tä\\n", "T00000001 "]  # quoting, non-ASCII, near misses: never stored
+    odd = ['T"1', "Tä\\n", "T00000001 ", "T0000000%", "T0000000_"]  # never stored
     ids = stored_ids + held_ids + odd + [f"N{i}" for i in range(2000)]
     assert sink.known_ids(ids) == set(stored_ids + held_ids)
     assert sink.known_ids([]) == set()
-    with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as conn:
+    sink.close()
+
+
+def test_the_sqlite_id_lookup_keeps_the_ids_as_its_outer_loop(settings, small_csv):
+    sink = open_sink(settings.database_url)
+    core = ScoringCore(settings.replace(warmup_events=1), known_ids=sink.known_ids)
+    sink.write(core.process(msgs(small_csv, 300)))
+    sink.close()
+    with sqlite3.connect(db_file(settings)) as conn:
         conn.execute("analyze")  # whatever the statistics say: the ids stay the outer loop
         plan = [row[3] for row in conn.execute("explain query plan " + KNOWN_IDS_SQLITE, ("[]",))]
     assert not [step for step in plan if step.startswith("SCAN") and "VIRTUAL" not in step], plan
     assert sum("USING COVERING INDEX" in step for step in plan) == 2, plan
 
 
-def test_restart_reloads_the_latest_model_and_the_account_history(settings, small_csv):
+def test_restart_reloads_the_latest_model_and_the_account_history(db_settings, small_csv):
+    settings = db_settings
     sink = open_sink(settings.database_url)
     core = ScoringCore(settings.replace(refit_every_events=0), known_ids=sink.known_ids)
     for i in range(0, 600, 200):
@@ -87,9 +114,15 @@ def test_restart_reloads_the_latest_model_and_the_account_history(settings, smal
     history = list(again.recent_history(per_account=50))
     assert len(history) == 600
     assert [h.event_time for h in history] == sorted(h.event_time for h in history)
+    account = history[0].account_id
+    mine = [h for h in history if h.account_id == account]
+    assert again.account_history([account, "nobody"], 3) == mine[-3:]
+    again.close()
+    sink.close()
 
 
-def test_unpublished_alerts_are_found_until_marked(settings, small_csv):
+def test_unpublished_alerts_are_found_until_marked(db_settings, small_csv):
+    settings = db_settings
     sink = open_sink(settings.database_url)
     core = ScoringCore(settings.replace(warmup_events=1, flag_quantile=0.5))
     result = core.process(msgs(small_csv, 100))
@@ -103,22 +136,21 @@ def test_unpublished_alerts_are_found_until_marked(settings, small_csv):
     delivered = {pending[3]["transaction_id"]: 1000.5, pending[4]["transaction_id"]: 1001.25}
     sink.write(core.process(msgs(small_csv, 200)[100:]), published=delivered)
     assert len(sink.unpublished_alerts(ids)) == len(pending) - 5
-    with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as conn:
-        stored = dict(
-            conn.execute(
-                "select transaction_id, alert_published_at from transactions "
-                "where alert_published_at < 2000"
-            ).fetchall()
-        )
-    assert stored == delivered
+    stored = query(settings, "select transaction_id, alert_published_at from transactions "
+                             "where alert_published_at < 2000")  # fmt: skip
+    assert dict(stored) == delivered
+    sink.close()
 
 
 def test_an_unopenable_database_is_a_clear_error(tmp_path):
-
     from stream_processor.sink import SinkError
 
     with pytest.raises(SinkError, match="cannot open the database .*missing/dir/finance.db"):
         open_sink(f"sqlite:///{tmp_path}/missing/dir/finance.db")
+    with pytest.raises(SinkError, match="cannot open the database postgresql.*nobody:\\*\\*\\*@"):
+        open_sink("postgresql://nobody:s3cret@127.0.0.1:5432/nothing")  # never the password
+    with pytest.raises(SinkError, match="mysql is not supported; use sqlite"):
+        open_sink("mysql://root@127.0.0.1/finance")
 
 
 def test_wal_checkpoints_run_beside_the_writes_and_keep_the_log_bounded(settings, tmp_path):
