@@ -1,8 +1,11 @@
-"""Running ``dbt build`` (models, unit tests and data tests) on ``finance.db``, once or on a schedule.
+"""Running ``dbt build`` (models, unit tests and data tests) on the processor's database, once or
+on a schedule: a SQLite file (dbt-sqlite) or a PostgreSQL database (dbt-postgres), one dbt
+project for both (``dbt_project/macros/portable.sql`` holds what differs).
 
-Through dbt's programmatic runner, in this process. Safe beside the live writer: the database is
-in WAL mode (readers never block the processor, the processor never blocks readers), writers
-wait for each other, and a build that still meets "database is locked" is retried.
+Through dbt's programmatic runner, in this process. Safe beside the live writer: SQLite is in WAL
+mode (readers never block the processor, the processor never blocks readers), writers wait for
+each other, and a build that still meets "database is locked" is retried; PostgreSQL's MVCC
+needs none of that.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class BuildOutcome:
 
 
 def dbt_build(
-    db_path: Path | str,
+    database: Path | str,
     *,
     select: str | None = None,
     dbt_vars: dict | None = None,
@@ -55,22 +58,43 @@ def dbt_build(
     target_dir: Path | None = None,
     full_refresh: bool = False,
 ) -> BuildOutcome:
-    """Build every model and run every test against ``db_path``; never raises for dbt failures.
+    """Build every model and run every test against ``database`` (a SQLite file's path, or a
+    ``DATABASE_URL``); never raises for dbt failures.
 
     dbt's target and log folders go to ``target_dir``, or to a temporary folder removed after
     the build (each build used to leave one behind, 2.7 MB: a scheduled build filled the disk).
     """
-    db_path = Path(db_path).resolve()
-    if not db_path.is_file():
-        raise BuildError(f"{db_path}: no such database (run the stream processor first)")
+    target = dbt_target(database)
     if target_dir is not None:
-        return _build(db_path, Path(target_dir), select, dbt_vars, retries, full_refresh)
+        return _build(target, Path(target_dir), select, dbt_vars, retries, full_refresh)
     with tempfile.TemporaryDirectory(prefix="fraudstream-dbt-") as work:
-        return _build(db_path, Path(work), select, dbt_vars, retries, full_refresh)
+        return _build(target, Path(work), select, dbt_vars, retries, full_refresh)
+
+
+def dbt_target(database: Path | str) -> tuple[str, dict[str, str]]:
+    """(profile target, the environment it reads) for a SQLite path or a ``DATABASE_URL``."""
+    text = str(database)
+    if "://" in text and not text.startswith("sqlite:///"):
+        from sqlalchemy.engine import make_url
+
+        url = make_url(text)
+        if url.get_backend_name() != "postgresql":
+            raise BuildError(f"dbt builds on SQLite or PostgreSQL, not {url.get_backend_name()}")
+        return "postgres", {
+            "FRAUDSTREAM_PG_HOST": url.host or "127.0.0.1",
+            "FRAUDSTREAM_PG_PORT": str(url.port or 5432),
+            "FRAUDSTREAM_PG_USER": url.username or "postgres",
+            "FRAUDSTREAM_PG_PASSWORD": url.password or "",
+            "FRAUDSTREAM_PG_DATABASE": url.database or "",
+        }
+    path = Path(text.removeprefix("sqlite:///")).resolve()
+    if not path.is_file():
+        raise BuildError(f"{path}: no such database (run the stream processor first)")
+    return "sqlite", {"FRAUDSTREAM_DB": str(path)}
 
 
 def _build(
-    db_path: Path,
+    target: tuple[str, dict[str, str]],
     work: Path,
     select: str | None,
     dbt_vars: dict | None,
@@ -79,12 +103,13 @@ def _build(
 ) -> BuildOutcome:
     from dbt.cli.main import dbtRunner
 
+    name, env = target
     schemas = work / "schemas"  # dbt-sqlite attaches every *.db here: keep it empty
     schemas.mkdir(parents=True, exist_ok=True)
-    os.environ["FRAUDSTREAM_DB"] = str(db_path)
-    os.environ["FRAUDSTREAM_DBT_SCHEMAS"] = str(schemas)
+    os.environ.update(env, FRAUDSTREAM_DBT_SCHEMAS=str(schemas))  # what profiles.yml reads
     args = [
         "build",
+        "--target", name,
         "--project-dir", str(PROJECT_DIR),
         "--profiles-dir", str(PROJECT_DIR),
         "--target-path", str(work / "target"),
@@ -137,14 +162,14 @@ def _invoke(runner, args: list[str]) -> BuildOutcome:
 
 
 def run_every(
-    db_path: Path | str, seconds: float, stop: threading.Event | None = None, **kwargs
+    database: Path | str, seconds: float, stop: threading.Event | None = None, **kwargs
 ) -> None:
     """Build every ``seconds`` until ``stop`` is set; a failed build is logged and retried next time."""
     stop = stop or threading.Event()
     while not stop.is_set():
         started = time.monotonic()
         try:
-            outcome = dbt_build(db_path, **kwargs)
+            outcome = dbt_build(database, **kwargs)
             (log.info if outcome.ok else log.error)("%s", outcome.describe())
         except BuildError as exc:
             log.error("%s", exc)

@@ -369,16 +369,14 @@ def batch(db, every, select, full_refresh) -> None:
     from batch.build import BuildError, dbt_build, run_every
 
     settings = _settings(database_url=f"sqlite:///{db}" if db else None)
-    if not settings.sqlite_path:
-        raise click.UsageError("the dbt project builds on SQLite: DATABASE_URL must be sqlite:///")
     if every:
         try:
-            run_every(settings.sqlite_path, every, select=select, full_refresh=full_refresh)
+            run_every(settings.database_url, every, select=select, full_refresh=full_refresh)
         except KeyboardInterrupt:
             pass
         return
     try:
-        outcome = dbt_build(settings.sqlite_path, select=select, full_refresh=full_refresh)
+        outcome = dbt_build(settings.database_url, select=select, full_refresh=full_refresh)
     except BuildError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(outcome.describe())

@@ -19,16 +19,22 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 from sqlalchemy import func, select
 from sqlalchemy import table as sa_table
+from sqlalchemy.exc import SQLAlchemyError
 
 from fraudstream.broker import die_with_parent, ensure_topics, kafka_cluster
 from fraudstream.settings import Settings
 from fraudstream.tables import (
     OutdatedDatabase,
+    UnreachableDatabase,
+    UnsupportedDatabase,
     dead_letters,
+    drop_tables,
+    ensure_database,
     labels_table,
     make_engine,
     model_versions,
     pending_events,
+    shown_url,
     transactions,
 )
 from fraudstream.topics import read_topic
@@ -41,7 +47,8 @@ class RunError(RuntimeError):
 @dataclass
 class RunSummary:
     csv: Path
-    database: Path | None
+    database: Path | None  # the SQLite file
+    database_url: str = ""  # as shown: without a password
     produced: int = 0
     rejected_rows: int = 0
     rejects_path: Path | None = None
@@ -89,21 +96,23 @@ def run_pipeline(
     if db is not None:
         db = db.resolve()
         settings = settings.replace(database_url=f"sqlite:///{db}")
-        if fresh:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{db}{suffix}").unlink(missing_ok=True)
         db.parent.mkdir(parents=True, exist_ok=True)
     log_dir = (db.parent if db else Path.cwd()) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     try:
+        if ensure_database(settings.database_url):
+            print(f"created the database {shown_url(settings.database_url)}", file=sys.stderr)
+        if fresh:
+            drop_tables(settings.database_url)
         engine = make_engine(settings.database_url)  # creates the tables before anyone reads it
-    except OutdatedDatabase as exc:
-        raise RunError(str(exc)) from exc
+    except (OutdatedDatabase, UnsupportedDatabase, UnreachableDatabase, SQLAlchemyError) as exc:
+        raise RunError(f"{shown_url(settings.database_url)}: {exc}") from exc
     with engine.connect() as conn:
         rows_before = conn.execute(select(func.count()).select_from(transactions)).scalar()
     summary = RunSummary(
         csv=csv_path, database=db, processor_log=log_dir / "processor.log", runtime=settings.runtime
     )
+    summary.database_url = shown_url(settings.database_url)
 
     with kafka_cluster(settings, log_path=log_dir / "broker.log") as bootstrap:
         settings = settings.replace(bootstrap_servers=bootstrap)
@@ -142,10 +151,11 @@ def run_pipeline(
         finally:
             stop_processor(proc)
         read_back(summary, engine, settings, rows_before)
-    if dbt and db is not None:
+    if dbt:
         from batch.build import dbt_build
 
-        summary.dbt = dbt_build(db)
+        # After --fresh the incremental marts start over too (PostgreSQL keeps dbt's tables).
+        summary.dbt = dbt_build(settings.database_url, full_refresh=fresh)
         with engine.connect() as conn:
             for mart in ("fraud_flags", "spending_aggregations", "daily_kpis", "model_quality"):
                 try:
@@ -369,6 +379,8 @@ def format_summary(s: RunSummary) -> str:
         out.append(f"database             {s.database}")
         out.append(f"  query it:          sqlite3 {s.database} 'select * from transactions "
                    "where is_flagged = 1 order by score desc limit 20'")  # fmt: skip
+    else:
+        out.append(f"database             {s.database_url}")
     out.append(f"processor log        {s.processor_log}")
     if s.database:
         out.append(

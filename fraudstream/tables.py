@@ -162,6 +162,14 @@ def engine_url(database_url: str) -> str:
     return database_url
 
 
+def shown_url(database_url: str) -> str:
+    """``database_url`` without its password, for messages and logs."""
+    try:
+        return make_url(database_url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL: say it as given
+        return database_url
+
+
 def make_engine(database_url: str, *, auto_checkpoint: bool = True) -> Engine:
     """An engine with the tables created; SQLite in WAL mode with a busy timeout.
 
@@ -229,7 +237,11 @@ def _maintenance(url: URL):
     import psycopg
 
     admin = url.set(drivername="postgresql", database="postgres")
-    return psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True)
+    try:
+        return psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True)
+    except psycopg.Error as exc:
+        shown = url.render_as_string(hide_password=True)
+        raise UnreachableDatabase(f"cannot reach the PostgreSQL server of {shown}: {exc}") from None
 
 
 def drop_tables(database_url: str) -> None:
@@ -279,6 +291,10 @@ class OutdatedDatabase(RuntimeError):
 
 
 class UnsupportedDatabase(ValueError):
+    pass
+
+
+class UnreachableDatabase(RuntimeError):
     pass
 
 

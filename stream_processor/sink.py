@@ -31,6 +31,7 @@ from fraudstream.tables import (
     make_engine,
     model_versions,
     pending_events,
+    shown_url,
     transactions,
 )
 from stream_processor.core import (
@@ -60,7 +61,7 @@ def open_sink(database_url: str) -> Sink:
     try:
         engine = make_engine(database_url, auto_checkpoint=False)
     except OperationalError as exc:
-        raise SinkError(f"cannot open the database {_shown(database_url)}: {exc.orig}") from exc
+        raise SinkError(f"cannot open the database {shown_url(database_url)}: {exc.orig}") from exc
     except (OutdatedDatabase, UnsupportedDatabase) as exc:
         raise SinkError(str(exc)) from exc
     if engine.dialect.name == "sqlite":
@@ -70,16 +71,6 @@ def open_sink(database_url: str) -> Sink:
     from stream_processor.postgres_sink import PostgresSink
 
     return PostgresSink(engine)
-
-
-def _shown(database_url: str) -> str:
-    """The URL without its password, for messages."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(database_url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL: say it as given
-        return database_url
 
 
 class Sink:

@@ -62,6 +62,37 @@ def test_run_replays_a_csv_through_the_whole_pipeline(small_csv, tmp_path):
     assert f"flagged              {flagged:,}   alerts on topic: {flagged:,}" in out
 
 
+def test_run_on_postgresql_creates_the_database_and_builds_the_marts_with_dbt_postgres(
+    small_csv, tmp_path, postgres_url
+):
+    from sqlalchemy import create_engine, text
+
+    from fraudstream.tables import drop_database, engine_url
+
+    drop_database(postgres_url)  # run makes it: a database that does not exist yet
+    done = run_cli(["--csv", str(small_csv), "--fresh"], tmp_path, DATABASE_URL=postgres_url)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "created the database" in done.stderr
+    out = done.stdout
+    assert "events produced      1,500" in out and "dbt build passed" in out
+    assert f"database             {postgres_url}" in out
+    engine = create_engine(engine_url(postgres_url))
+    with engine.connect() as conn:
+        n, scored, flagged = conn.execute(
+            text("select count(*), count(score), sum(is_flagged) from transactions")
+        ).one()
+        marts = {m: conn.execute(text(f"select count(*) from {m}")).scalar()
+                 for m in ("fraud_flags", "spending_aggregations", "daily_kpis", "model_quality")}  # fmt: skip
+    engine.dispose()
+    assert n == scored == 1500
+    assert marts["fraud_flags"] == 1500 and min(marts.values()) > 0
+    assert f"flagged              {flagged:,}   alerts on topic: {flagged:,}" in out
+    # --fresh again: the same rows, not twice as many; the marts rebuilt from scratch
+    done = run_cli(["--csv", str(small_csv), "--fresh"], tmp_path, DATABASE_URL=postgres_url)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rows stored          1,500 new, 1,500 in total" in done.stdout, done.stdout
+
+
 def test_run_explains_a_missing_csv(tmp_path):
     done = run_cli(["--csv", "nope.csv"], tmp_path)
     assert done.returncode != 0

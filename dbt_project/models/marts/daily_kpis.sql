@@ -9,12 +9,12 @@ with days as (
     select
         transaction_date as day,
         count(*) as transactions,
-        round(sum(amount), 2) as total_amount,
+        {{ round_to('sum(amount)', 2) }} as total_amount,
         sum(ml_flagged) as anomalies,
-        round(sum(case when ml_flagged = 1 then amount else 0 end), 2) as flagged_amount,
+        {{ round_to('sum(case when ml_flagged = 1 then amount else 0 end)', 2) }} as flagged_amount,
         sum(case when rules_hit > 0 then 1 else 0 end) as rule_flagged,
         sum(case when risk_level = 'high' then 1 else 0 end) as high_risk,
-        round(avg(ml_score), 4) as avg_ml_score
+        {{ round_to('avg(ml_score)', 4) }} as avg_ml_score
     from {{ ref('fraud_flags') }}
     group by 1
 ),

@@ -38,8 +38,8 @@ select
     {{ name }}_tp as true_positives,
     {{ name }}_fp as false_positives,
     {{ name }}_missed as missed,
-    case when {{ name }}_hits > 0 then round(1.0 * {{ name }}_tp / {{ name }}_hits, 4) end as precision,
-    case when frauds > 0 then round(1.0 * {{ name }}_tp / frauds, 4) end as recall
+    case when {{ name }}_hits > 0 then {{ round_to('1.0 * ' ~ name ~ '_tp / ' ~ name ~ '_hits', 4) }} end as precision,
+    case when frauds > 0 then {{ round_to('1.0 * ' ~ name ~ '_tp / frauds', 4) }} end as recall
 from daily
 {% if not loop.last %}union all{% endif %}
 {% endfor %}

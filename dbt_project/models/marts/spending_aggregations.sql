@@ -31,7 +31,7 @@ monthly as materialized (
     from {{ ref('stg_transactions') }}
     {% if is_incremental() %}
     -- whole years from the oldest new transaction on: their month and year totals change
-    where transaction_date >= (select date(since_date, 'start of year') from new_since)
+    where transaction_date >= (select {{ start_of_year('since_date') }} from new_since)
     {% endif %}
     group by 1, 2
 ),
@@ -67,10 +67,10 @@ select
     account_id,
     case when account_id is null then 1 else 0 end as is_overall,
     transactions,
-    round(total_amount, 2) as total_amount,
-    round(total_amount / transactions, 2) as avg_amount,
+    {{ round_to('total_amount', 2) }} as total_amount,
+    {{ round_to('total_amount / transactions', 2) }} as avg_amount,
     max_amount,
     ml_flagged,
-    round(ml_flagged_amount, 2) as ml_flagged_amount,
+    {{ round_to('ml_flagged_amount', 2) }} as ml_flagged_amount,
     last_scored_at
 from aggregated

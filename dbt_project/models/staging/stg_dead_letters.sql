@@ -5,6 +5,6 @@ select
     source_offset,
     error_field,
     error,
-    datetime(received_at, 'unixepoch') as received_at,
-    date(received_at, 'unixepoch') as received_date
+    {{ epoch_to_timestamp('received_at') }} as received_at,
+    {{ epoch_to_date('received_at') }} as received_date
 from {{ source('processor', 'dead_letters') }}

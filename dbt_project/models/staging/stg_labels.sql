@@ -2,6 +2,6 @@ select
     transaction_id,
     is_fraud,
     labelled_at,
-    datetime(received_at, 'unixepoch') as received_at,
+    {{ epoch_to_timestamp('received_at') }} as received_at,
     learned
 from {{ source('processor', 'labels') }}

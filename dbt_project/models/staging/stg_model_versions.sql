@@ -1,7 +1,7 @@
 select
     version as model_version,
     kind,
-    datetime(fitted_at, 'unixepoch') as fitted_at,
+    {{ epoch_to_timestamp('fitted_at') }} as fitted_at,
     reason,
     training_rows,
     training_frauds,
