@@ -43,7 +43,7 @@ PHASES = (
 
 
 def instrument(totals: Counter) -> None:
-    from stream_processor import core, kafka_runtime, sqlite_sink
+    from stream_processor import core, kafka_runtime, outbox, sqlite_sink
 
     class Consumer(kafka_runtime.Consumer):  # a C type: its methods are timed on a subclass
         pass
@@ -54,8 +54,8 @@ def instrument(totals: Counter) -> None:
     timed(core.ScoringCore, "process", "core", totals)
     timed(sqlite_sink.SqliteSink, "submit", "submit", totals)
     timed(sqlite_sink.SqliteSink, "wait", "wait", totals)
-    timed(kafka_runtime, "produce_outbound", "publish", totals)
-    timed(kafka_runtime, "await_delivery", "publish", totals)
+    timed(outbox.KafkaOutbox, "produce", "publish", totals)
+    timed(outbox.KafkaDelivery, "wait", "publish", totals)
 
 
 def count(db: Path) -> int:

@@ -24,9 +24,11 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
+    select,
 )
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import OperationalError
 
 metadata = MetaData()
 
@@ -265,19 +267,29 @@ def drop_tables(database_url: str) -> None:
         engine.dispose()
 
 
+CREATE_LOCK = 0x66726175  # PostgreSQL advisory lock held while the tables are created
+
+
 def _create_tables(engine: Engine, attempts: int = 10) -> None:
     """create_all, safe when several processes open a new database at once.
 
     create_all checks which tables exist, then creates the rest: two processes (the processor
-    and a reader, say) can both see a table missing, and the slower one's CREATE fails with
-    "already exists" (the other created it), or find the new file locked: look again.
+    and a reader, say) could both see a table missing. PostgreSQL: the creators take turns
+    under an advisory lock. SQLite: the slower one's CREATE fails with "already exists" (the
+    other created it), or finds the new file locked: look again.
     """
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(select(func.pg_advisory_xact_lock(CREATE_LOCK)))
+            metadata.create_all(conn)
+        _check_columns(engine)
+        return
     for attempt in range(1, attempts + 1):
         try:
             metadata.create_all(engine)
             _check_columns(engine)
             return
-        except (OperationalError, ProgrammingError) as exc:  # SQLite / PostgreSQL
+        except OperationalError as exc:
             text = str(exc.orig)
             # A new SQLite file: switching it to WAL takes an exclusive lock that another opener
             # may hold for a moment, and SQLite can refuse that without waiting.

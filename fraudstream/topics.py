@@ -1,13 +1,32 @@
-"""Reading a whole topic back, from its first offset until it goes quiet."""
+"""Producing to a topic whatever the local queue holds, and reading a whole topic back."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 
 from fraudstream.settings import Settings
+
+
+def produce(
+    producer: Producer,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]],
+    on_delivery: Callable,
+) -> None:
+    """Hand one message to ``producer``; while librdkafka's local queue is full, serve
+    delivery reports until it has room (every producer of this project goes through here)."""
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.05)
 
 
 def read_topic(settings: Settings, topic: str, idle_s: float = 3.0) -> list[Message]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException, Producer
 
 from fraudstream.schema import Transaction
+from fraudstream.topics import produce
 from producer.checkpoint import Checkpoint
 from producer.csv_source import RejectedRow, RejectsWriter, read_transactions
 from producer.pseudonymize import pseudonymize
@@ -210,20 +211,10 @@ def _for_loop(txn: Transaction, loop: int, span: timedelta) -> Transaction:
 
 def _produce(producer: Producer, topic: str, txn: Transaction, on_delivery) -> None:
     headers = [("produced_at", repr(time.time()).encode())]
-    while True:
-        try:
-            producer.produce(
-                topic,
-                key=txn.account_id.encode(),
-                value=txn.encode(),
-                headers=headers,
-                on_delivery=on_delivery,
-            )
-            break
-        except BufferError:
-            producer.poll(0.05)  # local queue full: let deliveries drain
-        except KafkaException as exc:
-            raise RuntimeError(f"cannot produce {txn.transaction_id} to {topic}: {exc}") from exc
+    try:
+        produce(producer, topic, txn.account_id.encode(), txn.encode(), headers, on_delivery)
+    except KafkaException as exc:
+        raise RuntimeError(f"cannot produce {txn.transaction_id} to {topic}: {exc}") from exc
     producer.poll(0)
 
 
@@ -237,18 +228,9 @@ def _produce_label(producer: Producer, topic: str, txn: Transaction, due: float,
         "is_fraud": txn.is_fraud,
         "labelled_at": format_timestamp(datetime.fromtimestamp(due, UTC)),
     }
-    while True:
-        try:
-            producer.produce(
-                topic,
-                key=txn.transaction_id.encode(),
-                value=json.dumps(value, separators=(",", ":")).encode(),
-                headers=[("produced_at", repr(time.time()).encode())],
-                on_delivery=cb,
-            )
-            break
-        except BufferError:
-            producer.poll(0.05)
+    headers = [("produced_at", repr(time.time()).encode())]
+    value_bytes = json.dumps(value, separators=(",", ":")).encode()
+    produce(producer, topic, txn.transaction_id.encode(), value_bytes, headers, cb)
     producer.poll(0)
 
 

@@ -1,12 +1,11 @@
-"""The default runtime: a faust-streaming app feeding the scoring core with ``stream.noack_take``.
+"""The faust runtime: a faust-streaming app feeding the commit protocol with ``stream.noack_take``.
 
-Guarantee: at-least-once. The agent takes batches without acknowledging them and acknowledges a
-batch's events only after its SQLite commit and the delivery of its alerts, so committed offsets
-never run ahead of stored rows. (Faust's ``exactly_once`` needs aiokafka transactions, which the
-embedded broker does not support; the idempotent sink makes at-least-once effectively-once.)
-
-The scoring core runs in a child process (:mod:`stream_processor.remote`): faust's own per-event
-Python and the core's no longer take turns on one interpreter's GIL.
+Guarantee: at-least-once. The agent takes batches without acknowledging them; the commit protocol
+(:mod:`stream_processor.commit`, in a child process: :mod:`stream_processor.remote`) scores,
+stores and delivers them and answers with the positions it releases, and only the events up to
+those are acknowledged, so committed offsets never run ahead of stored rows. (Faust's
+``exactly_once`` needs aiokafka transactions, which the embedded broker does not support; the
+idempotent sink makes at-least-once effectively-once.)
 """
 
 from __future__ import annotations
@@ -19,20 +18,15 @@ import signal
 import ssl
 import sys
 import tempfile
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import faust
 
 from fraudstream.settings import Settings
-from stream_processor.pipeline import (
-    FETCH_MAX_WAIT_MS,
-    DeliveryRecords,
-    Outbound,
-    alert_message,
-    dead_letter_message,
-    produced_at,
-    tune_gc,
-)
+from stream_processor.commit import Position
+from stream_processor.outbox import DeliveryError
+from stream_processor.pipeline import FETCH_MAX_WAIT_MS, produced_at, tune_gc
 from stream_processor.remote import CoreProcessError, PipelineProcess
 from stream_processor.sink import SinkError
 
@@ -154,6 +148,29 @@ async def store_while_reading(
             raise sender.exception()
 
 
+IDLE_CHECK_S = 0.2  # how soon a last batch is finished when no other follows
+
+
+class Acks:
+    """Events taken and not acknowledged yet, by partition, in order: acknowledged when the
+    commit protocol releases a position at or past them."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[tuple[str, int], deque] = {}
+
+    def add(self, stream, events) -> None:
+        for event in events:
+            m = event.message
+            self._waiting.setdefault((m.topic, m.partition), deque()).append((m.offset, stream, event))
+
+    async def release(self, positions: list[Position]) -> None:
+        for topic, partition, offset in positions:
+            waiting = self._waiting.get((topic, partition))
+            while waiting and waiting[0][0] <= offset:
+                _offset, stream, event = waiting.popleft()
+                await stream.ack(event)
+
+
 def create_app(settings: Settings) -> faust.App:
     if not settings.bootstrap_servers:
         raise FatalError(
@@ -196,35 +213,14 @@ def create_app(settings: Settings) -> faust.App:
     lock = asyncio.Lock()  # the agent and the timer share the core and the sink
     app.fatal = None  # type: ignore[attr-defined]
 
-    async def publish(out: Outbound) -> None:
-        futures = []
-        for alert in out.alerts:
-            key, value, headers = alert_message(alert)
-            futures.append(
-                await app.producer.send(settings.alerts_topic, key, value, None, None, headers)
-            )
-        for dl in out.dead_letters:
-            key, value, headers = dead_letter_message(dl)
-            futures.append(
-                await app.producer.send(settings.dlq_topic, key, value, None, None, headers)
-            )
-        if futures:
-            await asyncio.gather(*futures)  # delivered, or this raises and nothing is acked
+    acks = app.acks = Acks()  # type: ignore[attr-defined]
 
-    # Delivered alerts are recorded by the next call's write, and the events of a batch with
-    # alerts are acknowledged after that write (DeliveryRecords).
-    records = app.records = DeliveryRecords()  # type: ignore[attr-defined]
-
-    async def run_locked(method: str, *args, stream=None, events=()) -> None:
+    async def run_locked(method: str, *args) -> None:
         async with lock:
             try:
-                out = await pipeline.acall(method, *args, records.delivered)
-                for waiting_stream, event in records.written():
-                    await waiting_stream.ack(event)
-                await publish(out)
-                for ready_stream, event in records.published(out, [(stream, e) for e in events]):
-                    await ready_stream.ack(event)
-            except (SinkError, CoreProcessError) as exc:
+                released = await pipeline.acall(method, *args)
+                await acks.release(released)
+            except (SinkError, DeliveryError, CoreProcessError) as exc:
                 # Stop before acking anything more: the unwritten batch is redelivered on restart.
                 log.critical("FATAL: %s. Stopping; no offset past the last stored batch.", exc)
                 app.fatal = exc  # type: ignore[attr-defined]
@@ -238,8 +234,9 @@ def create_app(settings: Settings) -> faust.App:
         ]
 
     async def store_and_ack(stream, events) -> None:
-        # Acknowledged once stored, its alerts delivered and their delivery recorded.
-        await run_locked("handle_fields", raw_batch(events), stream=stream, events=events)
+        # Acknowledged once the commit protocol releases them (stored, delivered, recorded).
+        acks.add(stream, events)
+        await run_locked("batch", raw_batch(events))
 
     @app.agent(source, name="score_transactions")
     async def score_transactions(stream):
@@ -253,18 +250,16 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(label_source, name="learn_labels")
     async def learn_labels(stream):
-        # Same path: the core tells labels from transactions by topic; acked after the commit.
-        async for events in stream.take_events(
-            settings.batch_size, within=settings.batch_timeout_s
-        ):
-            await run_locked("handle_fields", raw_batch(events))
+        # Same path: the core tells labels from transactions by topic; acked once released.
+        async for events in stream.noack_take(settings.batch_size, within=settings.batch_timeout_s):
+            await store_and_ack(stream, events)
 
-    @app.timer(interval=1.0)
+    @app.timer(interval=IDLE_CHECK_S)
     async def housekeeping():
-        # The idle first fit, swapping in finished refits and recording deliveries, also when
-        # no events arrive.
+        # When no batch comes: finish the one in flight, record deliveries, the idle first fit,
+        # finished refits (the protocol does the latter once a second at most).
         if not lock.locked():  # a batch in progress does the same work
-            await run_locked("tick")
+            await run_locked("idle")
 
     @app.page("/health")
     async def health(web, request):
@@ -288,9 +283,9 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     finally:
         if app.fatal is None:
             try:
-                app.pipeline.finish(published=app.records.delivered)
+                app.pipeline.finish()  # what it releases now is consumed again after a restart
             except Exception:  # noqa: BLE001 - shutting down; the log says what was lost
-                log.exception("could not record the refit in progress at shutdown")
+                log.exception("could not finish the batch in flight at shutdown")
         app.pipeline.close()
         shutil.rmtree(app.conf.datadir, ignore_errors=True)
     if app.fatal is not None:

@@ -1,18 +1,9 @@
-"""The throughput runtime: a confluent-kafka batch consumer feeding the same scoring core.
+"""The throughput runtime: a confluent-kafka batch consumer feeding the scoring core.
 
-Same outputs and guarantees as the faust runtime (at-least-once; offsets committed only after
-the SQLite commit, the delivery of the batch's alerts and dead letters, and the record of that
-delivery: :class:`~stream_processor.pipeline.DeliveryRecords`), without faust's per-event
-overhead: ``consume(BATCH_SIZE)`` hands whole batches to the core. Each batch is scored while
-the one before is written (by the sink's writer: a child process for SQLite, a thread for
-PostgreSQL); once that write has committed, its alerts and dead letters are
-produced, and their delivery is waited for after the next batch is scored (the broker's answer
-comes meanwhile: a round trip a batch, 1 us an event, off the loop). Offsets are committed only
-past batches whose rows are stored, whose alerts and dead letters are delivered, and whose
-alerts' delivery is recorded::
-
-    score N (write N-1 runs; N-2's alerts travel) -> N-1 committed -> N-2's alerts delivered
-    -> N-1's produced -> offsets -> submit N (with N-2's delivery record)
+A thin adapter: ``consume(BATCH_SIZE)`` hands whole batches to the commit protocol
+(:mod:`stream_processor.commit`), which scores, stores, delivers and decides what may be
+committed; this module turns consumed records into the core's messages and the protocol's
+released positions into offset commits.
 """
 
 from __future__ import annotations
@@ -20,29 +11,17 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from fraudstream.settings import Settings
+from stream_processor.commit import CommitProtocol, Position, last_positions
 from stream_processor.core import RawMessage
-from stream_processor.pipeline import (
-    FETCH_MAX_WAIT_MS,
-    BatchPipeline,
-    DeliveryRecords,
-    Outbound,
-    alert_message,
-    dead_letter_message,
-    produced_at,
-    tune_gc,
-)
+from stream_processor.outbox import DeliveryError, KafkaOutbox
+from stream_processor.pipeline import FETCH_MAX_WAIT_MS, BatchPipeline, produced_at, tune_gc
 from stream_processor.sink import SinkError
 
 log = logging.getLogger(__name__)
-
-class DeliveryError(RuntimeError):
-    pass
-
 
 def consumer_config(settings: Settings) -> dict:
     return {
@@ -67,44 +46,6 @@ def consumer_config(settings: Settings) -> dict:
     }
 
 
-def produce_outbound(producer: Producer, settings: Settings, out: Outbound) -> list[str]:
-    """Hand the batch's alerts and dead letters to the producer, without waiting: the list
-    their failed deliveries are added to (see :func:`await_delivery`)."""
-    failures: list[str] = []
-
-    def on_delivery(err, msg):
-        if err is not None:
-            failures.append(f"{msg.topic()}: {err}")
-
-    for alert in out.alerts:
-        key, value, headers = alert_message(alert)
-        _produce(producer, settings.alerts_topic, key, value, headers, on_delivery)
-    for dl in out.dead_letters:
-        key, value, headers = dead_letter_message(dl)
-        _produce(producer, settings.dlq_topic, key, value, headers, on_delivery)
-    return failures
-
-
-def await_delivery(producer: Producer, failures: list[str], timeout_s: float = 60) -> None:
-    """Wait until everything produced is delivered; :class:`DeliveryError` if a delivery
-    failed (``failures``, from :func:`produce_outbound`) or did not end within ``timeout_s``."""
-    remaining = producer.flush(timeout_s)
-    if remaining or failures:
-        raise DeliveryError(
-            f"{remaining} undelivered, {len(failures)} failed: {failures[:3]}; the batch will be "
-            "consumed again"
-        )
-
-
-def _produce(producer, topic, key, value, headers, on_delivery) -> None:
-    while True:
-        try:
-            producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
-            return
-        except BufferError:
-            producer.poll(0.05)
-
-
 def next_offsets(positions: list[tuple[str, int, int]]) -> list[TopicPartition]:
     """The offsets to commit after ``positions`` ((topic, partition, offset) of the last
     message of each partition in each batch): one past the last of each partition."""
@@ -115,24 +56,18 @@ def next_offsets(positions: list[tuple[str, int, int]]) -> list[TopicPartition]:
     return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
 
-def core_messages(msgs: list) -> tuple[list[RawMessage], list[tuple[str, int, int]]]:
+def core_messages(msgs: list) -> tuple[list[RawMessage], list[Position]]:
     """A ``consume()`` result as the core's messages, and the position of its last message in
     each partition (what :func:`commit` takes); errors other than a partition's end logged."""
     raws: list[RawMessage] = []
-    last: dict[tuple[str, int], int] = {}
     for m in msgs:
         err = m.error()
         if err is None:
-            topic, partition, offset = m.topic(), m.partition(), m.offset()
-            raws.append(
-                RawMessage(m.value(), m.key(), topic, partition, offset, produced_at(m.headers()))
-            )
-            key = (topic, partition)
-            if offset > last.get(key, -1):
-                last[key] = offset
+            raws.append(RawMessage(m.value(), m.key(), m.topic(), m.partition(), m.offset(),
+                                   produced_at(m.headers())))  # fmt: skip
         elif err.code() != KafkaError._PARTITION_EOF:
             log.warning("consumer: %s", err)
-    return raws, [(t, p, o) for (t, p), o in last.items()]
+    return raws, last_positions(raws)
 
 
 def commit(consumer: Consumer, positions: list, *, asynchronous: bool = True) -> None:
@@ -164,6 +99,17 @@ def _commit_failed(exc) -> None:
     log.warning("offset commit failed (%s); the batch will be redelivered and deduplicated", exc)
 
 
+class ConsumerOffsets:
+    """The protocol's released positions, committed by the consumer (asynchronously, but the
+    last one at shutdown)."""
+
+    def __init__(self, consumer: Consumer):
+        self.consumer = consumer
+
+    def commit(self, positions: list, *, final: bool) -> None:
+        commit(self.consumer, positions, asynchronous=not final)
+
+
 def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int:
     """Consume until SIGTERM/SIGINT (or ``stop``); non-zero exit code after a fatal error."""
     stop = stop or threading.Event()
@@ -173,85 +119,29 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
     pipeline = BatchPipeline(settings)
     tune_gc()
     consumer = Consumer(consumer_config(settings))
-    producer = Producer(
-        {
-            **settings.kafka_config(),
-            "linger.ms": 5,
-            "enable.idempotence": True,
-        }
-    )
+    outbox = KafkaOutbox(settings)
+    protocol = CommitProtocol(pipeline, outbox, ConsumerOffsets(consumer))
     consumer.subscribe([settings.transactions_topic, settings.labels_topic])
     log.info(
         "consuming %s and %s as group %s",
         settings.transactions_topic, settings.labels_topic, settings.consumer_group,
     )  # fmt: skip
     code = 0
-    last_tick = time.monotonic()
-    records = DeliveryRecords()  # alerts delivered, and the offsets waiting for their record
-    in_flight: list | None = None  # positions of the batch whose write is not collected yet
-    # The last written batch's outcome, its alerts and dead letters produced and their delivery
-    # not waited for yet: (Outbound, positions, failed deliveries)
-    producing: tuple[Outbound, list, list[str]] | None = None
-
-    def delivered() -> list:
-        """Wait for the delivery of what ``producing`` holds (under load the broker answered
-        while the next batch was scored): the positions that may be acknowledged now."""
-        nonlocal producing
-        if producing is None:
-            return []
-        out, positions, failures = producing
-        producing = None
-        if out.alerts or out.dead_letters:
-            await_delivery(producer, failures)
-        return records.published(out, positions)
-
-    def written(positions: list, *, wait: bool = False) -> None:
-        """The write of the batch at ``positions`` is committed (waited for here): produce its
-        alerts; the batch before's are delivered by now (``wait``: this one's too, when no
-        next batch is scored meanwhile). Acknowledge what may be."""
-        nonlocal producing
-        out = pipeline.collect()
-        ready = records.written() + delivered()
-        producing = (out, positions, produce_outbound(producer, settings, out))
-        if wait:
-            ready += delivered()
-        commit(consumer, ready)
-
     try:
         while not stop.is_set():
             raws, positions = core_messages(
                 consumer.consume(settings.batch_size, timeout=settings.batch_timeout_s)
             )
-            if raws:  # scored while the previous batch is written
-                result = pipeline.score(raws)
-            elif in_flight is not None:  # nothing new: finish the last batch now
-                written(in_flight, wait=True)
-                in_flight = None
-                continue
-            elif records.delivered or time.monotonic() - last_tick >= 1.0:
-                # No events: record deliveries, fit the first model when idle, swap in refits
-                # (under load every batch does the latter).
-                result = pipeline.idle_work()
-                last_tick = time.monotonic()
+            if raws:
+                protocol.on_batch(raws, positions)
             else:
-                continue
-            if in_flight is not None:
-                written(in_flight)
-            pipeline.submit(result, published=records.delivered)  # recorded with these rows
-            in_flight = positions
+                protocol.on_idle()
+        protocol.close()
     except (SinkError, DeliveryError, KafkaException) as exc:
         log.critical("FATAL: %s. Stopping; no offset past the last stored batch.", exc)
         code = 1
     finally:
-        if code == 0:
-            try:
-                if in_flight is not None:
-                    written(in_flight)
-                ready = delivered()
-                pipeline.published(records.delivered)
-                commit(consumer, ready + records.written(), asynchronous=False)
-            finally:
-                pipeline.finish()
         consumer.close()
+        outbox.close()
         pipeline.close()
     return code

@@ -1,37 +1,22 @@
-"""The core and the sink wired together: what every runtime does with a batch.
+"""The scoring core and the sink wired together: what every runtime does with a batch.
 
-A runtime calls :meth:`BatchPipeline.handle` with a batch (blocking: run it off the event loop) and
-publishes the returned :class:`Outbound` (the confluent runtime splits the call, to score a batch
-while the one before is written: :meth:`BatchPipeline.score`, ``submit``, ``collect``). The
-delivery of those alerts is recorded with the next batch: its ``handle(..., published=...)`` marks
-them (transaction id -> delivery time) in the same SQLite transaction as its rows (or
-:meth:`BatchPipeline.published` on its own, when no batch comes).
-A batch's offsets are committed once its rows are stored, its alerts and dead letters delivered, and
-their delivery recorded: when it had no alerts, right after it is published; else after the next
-write. Order of effects for batch N::
-
-    score N -> SQLite commit (rows N, marks N-1) -> N's alerts delivered -> offsets up to N-1
-    (or N, if it had no alerts)
-
-One transaction a batch instead of two (a transaction of their own for the marks mostly
-waited for the WAL checkpoint the batch's commit had just started: docs/benchmarks.md). A crash
-anywhere replays what was not committed: stored rows are recognised by ``transaction_id`` and not
-written again, and their alerts are published again if their delivery was not recorded (at least
-once).
+:class:`BatchPipeline` scores a batch (:meth:`~BatchPipeline.score`), has it written beside the
+next one's scoring (:meth:`~BatchPipeline.submit`, then :meth:`~BatchPipeline.collect`, which
+gives the alerts and dead letters to send), and records delivered alerts with the next write.
+When offsets may be committed is decided by the commit protocol (:mod:`stream_processor.commit`),
+which drives it.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from fraudstream.settings import Settings
 from stream_processor import features
 from stream_processor.core import BatchResult, RawMessage, ScoringCore
+from stream_processor.outbox import Outbound
 from stream_processor.refit import RefitRunner
 from stream_processor.sink import open_sink
 
@@ -56,56 +41,6 @@ def tune_gc() -> None:
     gc.freeze()
     young, middle, _old = gc.get_threshold()
     gc.set_threshold(young, middle, 1000)
-
-
-@dataclass
-class Outbound:
-    alerts: list[dict] = field(default_factory=list)
-    dead_letters: list[dict] = field(default_factory=list)
-    refit_s: float = 0.0  # of the batch's time, spent starting, swapping in, recording refits
-
-    @property
-    def alert_ids(self) -> list[str]:
-        """What to hand to the next write once the alerts are delivered."""
-        return [a["transaction_id"] for a in self.alerts]
-
-
-class DeliveryRecords:
-    """Alerts delivered but not recorded yet, and the events whose acknowledgement waits for it.
-
-    A batch's events may be acknowledged (offsets committed) once its rows are stored, its
-    alerts and dead letters delivered, and that delivery recorded. The record rides with the
-    next write (``handle(..., published=records.delivered)``), so a batch with alerts is
-    acknowledged after that write, one without right after it is published. Both runtimes::
-
-        out = pipeline.handle(batch, published=records.delivered)
-        acknowledge(records.written())
-        publish(out)
-        acknowledge(records.published(out, batch))
-
-    (the confluent runtime calls ``published`` for a batch once the next batch is scored and
-    its deliveries were waited for: :mod:`stream_processor.kafka_runtime`).
-    """
-
-    def __init__(self) -> None:
-        self.delivered: dict[str, float] = {}  # transaction id -> epoch s of the delivery
-        self._waiting: list = []
-
-    def written(self) -> list:
-        """A write that carried :attr:`delivered` committed: the events that waited for it."""
-        ready, self._waiting, self.delivered = self._waiting, [], {}
-        return ready
-
-    def published(self, out: Outbound, events: Sequence) -> list:
-        """``out``, the outcome of ``events``, was delivered: what may be acknowledged now."""
-        if out.alerts:
-            self.delivered.update(dict.fromkeys(out.alert_ids, time.time()))
-            self._waiting.extend(events)
-            return []
-        if self._waiting:  # in order: never past events still waiting
-            self._waiting.extend(events)
-            return []
-        return list(events)
 
 
 class BatchPipeline:
@@ -181,16 +116,11 @@ class BatchPipeline:
 
     # -- batches -------------------------------------------------------------------------------
 
-    def handle(
-        self, messages: Sequence[RawMessage], published: Mapping[str, float] | None = None
-    ) -> Outbound:
-        """Score and store a batch; ``published``: earlier alerts delivered since the last write
-        (transaction id -> epoch s of the delivery), recorded in the same transaction."""
-        result = self.score(messages)
-        return self._commit(result, published)
-
-    def tick(self, published: Mapping[str, float] | None = None) -> Outbound:
-        return self._commit(self.idle_work(), published)
+    def handle(self, messages: Sequence[RawMessage]) -> Outbound:
+        """Score and store a batch, all at once (tests and benchmarks; the runtimes pipeline
+        the steps through the commit protocol)."""
+        self.submit(self.score(messages))
+        return self.collect()
 
     def score(self, messages: Sequence[RawMessage]) -> BatchResult:
         """Score a batch (no write): :meth:`submit` the result next."""
@@ -229,10 +159,6 @@ class BatchPipeline:
         """A write was submitted and not collected yet."""
         return self._submitted is not None
 
-    def _commit(self, result: BatchResult, published: Mapping[str, float] | None) -> Outbound:
-        self.submit(result, published)
-        return self.collect()
-
     def _outbound(self, result: BatchResult) -> Outbound:
         for m in result.models:
             log.info(
@@ -264,13 +190,10 @@ class BatchPipeline:
             **core.counts,
         }
 
-    def finish(self, timeout_s: float = 60.0, published: Mapping[str, float] | None = None) -> None:
-        """On shutdown: record delivered alerts; let a refit in progress finish and record it
-        (it scores nothing)."""
+    def finish(self, timeout_s: float = 60.0) -> None:
+        """On shutdown: let a refit in progress finish and record it (it scores nothing)."""
         if self._submitted is not None:
             raise RuntimeError("collect() the write in flight first")
-        if published:
-            self.published(published)
         result = self.core.wait_for_refit(timeout_s)
         if result.models:
             self.sink.write(result)
@@ -279,28 +202,6 @@ class BatchPipeline:
     def close(self) -> None:
         self.core.close()
         self.sink.close()
-
-
-def alert_message(alert: dict) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
-    """(key, value, headers) of an alert: keyed by account, JSON value."""
-    value = json.dumps(alert, ensure_ascii=False, separators=(",", ":")).encode()
-    return (
-        alert["account_id"].encode(),
-        value,
-        [("transaction_id", alert["transaction_id"].encode())],
-    )
-
-
-def dead_letter_message(dl: dict) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
-    """(key, value, headers) of a dead letter: the original bytes, the error in headers."""
-    headers = [
-        ("error", dl["error"].encode()),
-        ("error_field", (dl["error_field"] or "").encode()),
-        ("source_topic", dl["source_topic"].encode()),
-        ("source_partition", str(dl["source_partition"]).encode()),
-        ("source_offset", str(dl["source_offset"]).encode()),
-    ]
-    return dl["message_key"], dl["message_value"], headers
 
 
 def produced_at(headers) -> float | None:

@@ -1,12 +1,13 @@
-"""The batch pipeline in a process of its own, for the faust runtime.
+"""The scoring core, the sink and the commit protocol in a process of its own, for the faust
+runtime.
 
 faust-streaming spends about 240 us of Python per event before any work (its stream, its
 consumer bookkeeping), and the scoring core about as much again. In one interpreter the two take
 turns on the GIL, so the runtime ran at under half of bare faust's rate. Here faust keeps its
-process and the core (features, scoring, SQLite, refits) runs in a child process: each batch is
-sent there, and the agent waits for the answer, which comes after the SQLite commit, so offsets
-are still acknowledged only for stored batches. While the child scores one batch, faust reads
-the next on the other core.
+process and consumes; the commit protocol (:mod:`stream_processor.commit`: scoring, the sink,
+delivering alerts and dead letters) runs in a child process, which answers each batch with the
+positions it releases: faust acknowledges the events up to them. While the child works on one
+batch, faust reads the next on the other core.
 
 The child ignores SIGINT and SIGTERM (the parent decides when to stop: it finishes, then closes
 the child) and exits when the parent's end of the pipe closes, however the parent ended.
@@ -22,7 +23,9 @@ import signal
 import threading
 
 from fraudstream.settings import Settings
+from stream_processor.commit import CommitProtocol, Position, ReleasedOffsets, last_positions
 from stream_processor.core import RawMessage
+from stream_processor.outbox import KafkaOutbox
 from stream_processor.pipeline import BatchPipeline, tune_gc
 
 log = logging.getLogger(__name__)
@@ -51,12 +54,46 @@ def _serve(conn, settings: Settings, level: int) -> None:  # the child process
         os._exit(0)
 
 
+class ProtocolServer:
+    """What the child serves: the commit protocol over a pipeline of its own, each call
+    answered with the positions it released."""
+
+    def __init__(self, settings: Settings):
+        self.pipeline = BatchPipeline(settings)
+        self.outbox = KafkaOutbox(settings)
+        self.released = ReleasedOffsets()
+        self.protocol = CommitProtocol(self.pipeline, self.outbox, self.released)
+
+    def batch(self, fields: list[tuple]) -> list[Position]:
+        """A consumed batch, as ``RawMessage`` fields (tuples pickle faster than objects)."""
+        messages = [RawMessage(*f) for f in fields]
+        self.protocol.on_batch(messages, last_positions(messages))
+        return self.released.take()
+
+    def idle(self) -> list[Position]:
+        self.protocol.on_idle()
+        return self.released.take()
+
+    def finish(self) -> list[Position]:
+        self.protocol.close()
+        return self.released.take()
+
+    def status(self) -> dict:
+        return self.pipeline.status()
+
+    def close(self) -> None:
+        self.outbox.close()
+        self.pipeline.close()
+
+
 def _serve_pipeline(conn, settings: Settings) -> None:
     try:
-        pipeline = BatchPipeline(settings)
+        server = ProtocolServer(settings)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops
         conn.send((False, exc))
         return
+    handlers = {"batch": server.batch, "idle": server.idle, "finish": server.finish,
+                "status": server.status, "close": lambda: None}  # fmt: skip
     tune_gc()
     conn.send((True, None))
     try:
@@ -66,10 +103,7 @@ def _serve_pipeline(conn, settings: Settings) -> None:
             except (EOFError, OSError):
                 return  # the parent is gone
             try:
-                if method == "handle_fields":
-                    value = pipeline.handle([RawMessage(*f) for f in args[0]], *args[1:])
-                else:
-                    value = getattr(pipeline, method)(*args)
+                value = handlers[method](*args)
             except BaseException as exc:  # noqa: BLE001 - the parent decides what is fatal
                 conn.send((False, exc))
             else:
@@ -77,24 +111,23 @@ def _serve_pipeline(conn, settings: Settings) -> None:
             if method == "close":
                 return
     finally:
-        pipeline.close()
+        server.close()
 
 
 class PipelineProcess:
-    """A :class:`~stream_processor.pipeline.BatchPipeline` in a child process. Exceptions raised
-    in the child are raised again here.
+    """A :class:`ProtocolServer` in a child process: ``acall("batch", fields)``, ``"idle"``,
+    ``"status"``; ``finish()`` and ``close()`` at shutdown. Exceptions raised in the child are
+    raised again here.
 
-    The faust runtime calls it from its event loop (:meth:`acall`; ``"handle_fields"`` takes
-    ``RawMessage`` fields as plain tuples, a fraction of the pickling of the objects): the
-    request is written there and the loop waits for the answer without blocking. From an
-    executor thread, each call waited for the GIL to come back from the busy event loop thread
-    (docs/benchmarks.md). Shutdown uses the blocking methods."""
+    The faust runtime calls it from its event loop (:meth:`acall`): the request is written there
+    and the loop waits for the answer without blocking. From an executor thread, each call
+    waited for the GIL to come back from the busy event loop thread (docs/benchmarks.md)."""
 
     def __init__(self, settings: Settings):
         # forkserver: a clean interpreter (faust's threads and event loop are not forked).
         context = multiprocessing.get_context("forkserver")
         # what the forkserver imports once, if it is not running yet (never the caller's script)
-        context.set_forkserver_preload(["stream_processor.pipeline"])
+        context.set_forkserver_preload(["stream_processor.remote"])
         self._conn, child = context.Pipe()
         self._lock = threading.Lock()
         self._unread = 0  # answers owed to cancelled calls, read and dropped by the next one
@@ -165,8 +198,9 @@ class PipelineProcess:
     def status(self) -> dict:
         return self._call("status")
 
-    def finish(self, timeout_s: float = 60.0, published: dict[str, float] | None = None) -> None:
-        self._call("finish", timeout_s, published)
+    def finish(self) -> list[Position]:
+        """Finish the batch in flight and its deliveries (at shutdown): the positions released."""
+        return self._call("finish")
 
     def close(self, timeout_s: float = 30.0) -> None:
         with self._lock:

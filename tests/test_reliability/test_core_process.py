@@ -63,7 +63,7 @@ def test_a_cancelled_call_does_not_hand_its_answer_to_the_next_one(settings):
     try:
 
         async def cancelled_then_status():
-            call = asyncio.ensure_future(pipeline.acall("tick"))
+            call = asyncio.ensure_future(pipeline.acall("idle"))
             await asyncio.sleep(0)  # the request is written; its answer is not read yet
             call.cancel()
             with pytest.raises(asyncio.CancelledError):

@@ -1,0 +1,100 @@
+"""What a batch sends to Kafka once it is stored: alerts and dead letters, and their delivery."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from confluent_kafka import Producer
+
+from fraudstream.settings import Settings
+from fraudstream.topics import produce
+
+DELIVERY_TIMEOUT_S = 60.0
+
+
+class DeliveryError(RuntimeError):
+    """An alert or dead letter was not delivered: the batch must be consumed again."""
+
+
+@dataclass
+class Outbound:
+    """A stored batch's messages: alerts for the alerts topic, dead letters for the DLQ."""
+
+    alerts: list[dict] = field(default_factory=list)
+    dead_letters: list[dict] = field(default_factory=list)
+    refit_s: float = 0.0  # of the batch's time, spent starting, swapping in, recording refits
+
+    @property
+    def alert_ids(self) -> list[str]:
+        return [a["transaction_id"] for a in self.alerts]
+
+
+def alert_message(alert: dict) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """(key, value, headers) of an alert: keyed by account, JSON value."""
+    value = json.dumps(alert, ensure_ascii=False, separators=(",", ":")).encode()
+    return (
+        alert["account_id"].encode(),
+        value,
+        [("transaction_id", alert["transaction_id"].encode())],
+    )
+
+
+def dead_letter_message(dl: dict) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """(key, value, headers) of a dead letter: the original bytes, the error in headers."""
+    headers = [
+        ("error", dl["error"].encode()),
+        ("error_field", (dl["error_field"] or "").encode()),
+        ("source_topic", dl["source_topic"].encode()),
+        ("source_partition", str(dl["source_partition"]).encode()),
+        ("source_offset", str(dl["source_offset"]).encode()),
+    ]
+    return dl["message_key"], dl["message_value"], headers
+
+
+class KafkaDelivery:
+    """The delivery of one batch's messages, waited for with :meth:`wait`."""
+
+    def __init__(self, producer: Producer):
+        self._producer = producer
+        self.failures: list[str] = []
+
+    def on_delivery(self, err, msg) -> None:  # librdkafka's callback, from poll/flush
+        if err is not None:
+            self.failures.append(f"{msg.topic()}: {err}")
+
+    def wait(self, timeout_s: float = DELIVERY_TIMEOUT_S) -> None:
+        """Until everything produced is delivered; :class:`DeliveryError` if a delivery failed
+        or did not end within ``timeout_s``."""
+        remaining = self._producer.flush(timeout_s)
+        if remaining or self.failures:
+            raise DeliveryError(
+                f"{remaining} undelivered, {len(self.failures)} failed: {self.failures[:3]}; "
+                "the batch will be consumed again"
+            )
+
+
+class KafkaOutbox:
+    """Produces a batch's alerts and dead letters with one idempotent producer, without
+    waiting: the broker answers while the next batch is written."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.producer = Producer(
+            {**settings.kafka_config(), "linger.ms": 5, "enable.idempotence": True}
+        )
+
+    def produce(self, out: Outbound) -> KafkaDelivery:
+        delivery = KafkaDelivery(self.producer)
+        for alert in out.alerts:
+            key, value, headers = alert_message(alert)
+            produce(self.producer, self.settings.alerts_topic, key, value, headers,
+                    delivery.on_delivery)  # fmt: skip
+        for dl in out.dead_letters:
+            key, value, headers = dead_letter_message(dl)
+            produce(self.producer, self.settings.dlq_topic, key, value, headers,
+                    delivery.on_delivery)  # fmt: skip
+        return delivery
+
+    def close(self) -> None:
+        self.producer.flush(DELIVERY_TIMEOUT_S)
