@@ -20,11 +20,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fraudstream.retry import is_lock_error, retry
+
 log = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-LOCK_WORDS = ("database is locked", "database table is locked", "database is busy")
 
 
 class BuildError(RuntimeError):
@@ -123,17 +124,30 @@ def _build(
     if dbt_vars:
         args += ["--vars", json.dumps(dbt_vars)]
     started = time.monotonic()
-    outcome = BuildOutcome(ok=False, seconds=0.0, attempts=0)
-    for attempt in range(1, retries + 1):
-        outcome = _invoke(dbtRunner(), args)
-        outcome.attempts = attempt
-        locked = any(w in f.lower() for f in outcome.failures for w in LOCK_WORDS)
-        if outcome.ok or not locked:
-            break
-        log.warning("dbt build met a locked database (attempt %d/%d); retrying", attempt, retries)
-        time.sleep(2.0 * attempt)
+    tries: list[BuildOutcome] = []
+
+    def attempt() -> BuildOutcome:
+        tries.append(_invoke(dbtRunner(), args))
+        if not tries[-1].ok and any(is_lock_error(f) for f in tries[-1].failures):
+            raise LockedBuild(tries[-1].failures[0])
+        return tries[-1]
+
+    def retrying(exc: BaseException, n: int) -> None:
+        log.warning("dbt build met a locked database (attempt %d/%d); retrying", n, retries)
+
+    try:
+        retry(attempt, transient=lambda exc: isinstance(exc, LockedBuild), attempts=retries,
+              first_wait_s=2.0, max_wait_s=8.0, on_retry=retrying)  # fmt: skip
+    except LockedBuild:
+        pass  # still locked: the last outcome says so
+    outcome = tries[-1]
+    outcome.attempts = len(tries)
     outcome.seconds = time.monotonic() - started
     return outcome
+
+
+class LockedBuild(RuntimeError):
+    """A build that failed on a locked SQLite file: worth another try."""
 
 
 def _invoke(runner, args: list[str]) -> BuildOutcome:

@@ -269,7 +269,7 @@ def print_latency(lat: dict) -> None:
 
 
 def print_pauses(pauses: dict) -> None:
-    print("\n| refit pause (core + sink in process, batches of 1,000; ms) | REFIT_WORKER | runs "
+    print("\n| refit pause (core + sink in process, batches of 1,000; ms) | refits in | runs "
           "| median | target |")  # fmt: skip
     print("| --- | --- | --- | --- | --- |")
     for key, label, target in (

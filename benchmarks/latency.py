@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from fraudstream.broker import descendants, ensure_topics, process_name
+from fraudstream.broker import ensure_topics
+from fraudstream.processes import descendants, process_name
 from fraudstream.run import start_processor, stop_processor, wait_until_processed
 from fraudstream.settings import Settings
 from fraudstream.tables import make_engine
@@ -228,8 +229,10 @@ def refit_pause(
 ) -> dict:
     """Per-batch time of the pipeline's ``handle`` with and without a refit running (ms).
 
-    ``worker`` is REFIT_WORKER: ``process`` (the default) or ``thread`` (the baseline: the fit
-    shares the interpreter's GIL with the batch path)."""
+    ``worker``: ``process`` (the product's refit worker) or ``thread`` (the baseline,
+    ``benchmarks.baselines.ThreadRefits``: the fit shares the interpreter's GIL with the batch
+    path)."""
+    from benchmarks.baselines import ThreadRefits
     from stream_processor.pipeline import BatchPipeline, tune_gc
 
     csv = work / "refit.csv"
@@ -241,9 +244,8 @@ def refit_pause(
         refit_every_events=10_000,
         refit_min_interval_s=0.0,  # a refit every 10,000 events, however fast they come
         batch_size=batch,
-        refit_worker=worker,
     )
-    pipeline = BatchPipeline(settings)
+    pipeline = BatchPipeline(settings, refits=ThreadRefits() if worker == "thread" else None)
     core = pipeline.core
     core.refits.wait_started()  # the worker process starts once, with the processor
     tune_gc()  # as the runtimes do

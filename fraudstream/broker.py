@@ -8,10 +8,8 @@ loopback port and stops on exit (also on Ctrl-C, an exception, or the parent dyi
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -20,6 +18,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from fraudstream.processes import die_with_parent, stop
 from fraudstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,46 +32,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-PR_SET_PDEATHSIG = 1
-PR_SET_NAME = 15
-
-
-def _prctl(option: int, value) -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(option, value, 0, 0, 0)
-
-
-def name_process(name: str) -> None:
-    """Set this process's name as ``ps`` and ``/proc/<pid>/comm`` show it (15 bytes at most)."""
-    _prctl(PR_SET_NAME, name.encode()[:15])
-
-
-def process_name(pid: int) -> str:
-    """The name ``ps`` shows for ``pid`` ('' when it is gone)."""
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (children, their children, ...)."""
-    found, todo = [], [pid]
-    while todo:
-        parent = todo.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                children = [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            found.extend(children)
-            todo.extend(children)
-    return found
-
-
-def die_with_parent() -> None:  # runs in the child between fork and exec
-    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EmbeddedBroker:
@@ -110,13 +69,8 @@ class EmbeddedBroker:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop(proc, timeout_s)
         if self._log_file:
             self._log_file.close()
             self._log_file = None

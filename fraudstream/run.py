@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,8 @@ from sqlalchemy import func, select
 from sqlalchemy import table as sa_table
 from sqlalchemy.exc import SQLAlchemyError
 
-from fraudstream.broker import die_with_parent, ensure_topics, kafka_cluster
+from fraudstream.broker import ensure_topics, kafka_cluster
+from fraudstream.processes import die_with_parent, stop
 from fraudstream.settings import Settings
 from fraudstream.tables import (
     OutdatedDatabase,
@@ -181,13 +181,7 @@ def start_processor(settings: Settings, log_path: Path) -> subprocess.Popen:
 
 
 def stop_processor(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop(proc, timeout_s)
 
 
 def consumer_lag(settings: Settings, last_offsets: dict[int, int], topic: str | None = None) -> int:

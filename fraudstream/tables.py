@@ -7,7 +7,6 @@ here is specific to one of them but the SQLite connection pragmas.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from sqlalchemy import (
@@ -29,6 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError
+
+from fraudstream.retry import is_lock_error, retry
 
 metadata = MetaData()
 
@@ -270,7 +271,7 @@ def drop_tables(database_url: str) -> None:
 CREATE_LOCK = 0x66726175  # PostgreSQL advisory lock held while the tables are created
 
 
-def _create_tables(engine: Engine, attempts: int = 10) -> None:
+def _create_tables(engine: Engine) -> None:
     """create_all, safe when several processes open a new database at once.
 
     create_all checks which tables exist, then creates the rest: two processes (the processor
@@ -284,18 +285,15 @@ def _create_tables(engine: Engine, attempts: int = 10) -> None:
             metadata.create_all(conn)
         _check_columns(engine)
         return
-    for attempt in range(1, attempts + 1):
-        try:
-            metadata.create_all(engine)
-            _check_columns(engine)
-            return
-        except OperationalError as exc:
-            text = str(exc.orig)
-            # A new SQLite file: switching it to WAL takes an exclusive lock that another opener
-            # may hold for a moment, and SQLite can refuse that without waiting.
-            if attempt == attempts or not ("already exists" in text or "locked" in text):
-                raise
-            time.sleep(0.05 * attempt)
+    # A new SQLite file: switching it to WAL takes an exclusive lock that another opener may
+    # hold for a moment, and SQLite can refuse that without waiting.
+    def transient(exc: BaseException) -> bool:
+        return isinstance(exc, OperationalError) and (
+            "already exists" in str(exc.orig) or is_lock_error(exc.orig)
+        )
+
+    retry(lambda: metadata.create_all(engine), transient=transient, first_wait_s=0.05)
+    _check_columns(engine)
 
 
 class OutdatedDatabase(RuntimeError):

@@ -18,7 +18,6 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -214,9 +213,9 @@ class ScoringCore:
         self._since_fit = 0
         self._last_fit = time.monotonic()
         self._last_event = time.monotonic()
-        self._refit: Future | PickledFuture | None = None
+        self._refit: PickledFuture | None = None
         self._refit_reason = ""
-        self.refits = refits or RefitRunner(settings.refit_worker)
+        self.refits = refits or RefitRunner()
         self.counts = {
             "scored": 0, "flagged": 0, "dead_letters": 0, "duplicates": 0, "labels": 0,
             "labels_learned": 0, "drifts": 0, "accounts_rebuilt": 0,
@@ -232,7 +231,7 @@ class ScoringCore:
         self._sup_y = np.zeros(size, dtype=np.int8)
         self._sup_pos = self._sup_len = 0
         self._labels_since_fit = 0
-        self._sup_refit: Future | PickledFuture | None = None
+        self._sup_refit: PickledFuture | None = None
         for event, label in label_history:
             self._learn_label(event, label)
         self._labels_since_fit = 0 if supervised is not None else self._sup_len

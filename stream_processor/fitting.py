@@ -1,8 +1,7 @@
 """Fitting the models with scikit-learn, and turning a fitted estimator into flat arrays.
 
 This is the only module of the processor that imports scikit-learn. It runs in the refit worker
-process (``REFIT_WORKER=process``, the default) or in a thread of the processor
-(``REFIT_WORKER=thread``); the processor names its functions
+process (:mod:`stream_processor.refit`); the processor names its functions
 (``stream_processor.model.FIT_ANOMALY``, ...) rather than importing them, and gets back
 :class:`~stream_processor.model.FittedModel` / :class:`~stream_processor.model.SupervisedModel`,
 which hold NumPy arrays only.

@@ -10,7 +10,6 @@ for the server without holding the GIL, so the next batch is scored meanwhile.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -18,6 +17,7 @@ import psycopg
 from sqlalchemy import Engine
 from sqlalchemy.dialects.postgresql import insert
 
+from fraudstream.retry import retry
 from fraudstream.schema import Transaction
 from stream_processor.core import ROW_COLUMNS, BatchResult
 from stream_processor.sink import Sink, SinkError, Step, _history_event, write_plan
@@ -81,17 +81,13 @@ class PostgresSink(Sink):
     # -- in the writer thread ------------------------------------------------------------------
 
     def _write(self, steps: list[Step]) -> None:
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return self._transaction(steps)
-            except TRANSIENT as exc:
-                if attempt == self.attempts:
-                    raise
-                log.warning("write failed (%s; attempt %d/%d); retrying", exc, attempt,
-                            self.attempts)  # fmt: skip
-                if isinstance(exc, psycopg.OperationalError):
-                    self._disconnect()
-                time.sleep(min(2.0, 0.1 * 2**attempt))
+        def retrying(exc: BaseException, attempt: int) -> None:
+            log.warning("write failed (%s; attempt %d); retrying", exc, attempt)
+            if isinstance(exc, psycopg.OperationalError):
+                self._disconnect()  # the retry opens a new connection
+
+        retry(lambda: self._transaction(steps), transient=lambda exc: isinstance(exc, TRANSIENT),
+              attempts=self.attempts, on_retry=retrying)  # fmt: skip
 
     def _transaction(self, steps: list[Step]) -> None:
         conn = self._connection()

@@ -1,105 +1,41 @@
-"""Where background refits run: a separate worker process (default) or a thread.
+"""Background refits, in a worker process of their own (``fraud-refit``).
 
 A refit is CPU-bound Python and NumPy (Isolation Forest fit, threshold scoring, the
-gradient-boosted fit). In a thread it holds the GIL for most of a second and every batch in that
-second waits for it: that was the scoring pause. In a worker process the batch path keeps the
-interpreter to itself; the worker runs at a lower priority (``nice`` 10) with one native thread,
-so on a small machine the stream still gets the CPU first. The training arrays go to the worker
-and the fitted model comes back pickled, as NumPy arrays (:mod:`stream_processor.model`); the
-model's joblib dump is made in the worker too. Callers name the function to run
-(``"module:function"``), so the processor itself never imports scikit-learn.
-Both are pickled and unpickled in the caller's thread (a few milliseconds), not in the executor's
-helper threads: the batch path pays for them at a moment it chooses and can measure.
+gradient-boosted fit). In a thread it would hold the GIL for most of a second and every batch in
+that second would wait for it (``benchmarks.latency``'s refit pause measures it beside a thread
+baseline). In a worker process the batch path keeps the interpreter to itself; the worker runs
+at a lower priority (``nice`` 10) with one native thread, so on a small machine the stream
+still gets the CPU first. The training arrays go to the worker and the fitted model comes back
+pickled, as NumPy arrays (:mod:`stream_processor.model`); the model's joblib dump is made in the
+worker too. Callers name the function to run (``"module:function"``), so the processor itself
+never imports scikit-learn. Both are pickled and unpickled in the caller's thread, not in a
+helper thread: the batch path pays for them at a moment it chooses and can measure.
 
-One worker process serves every scoring core of the interpreter (a runtime has one core; tests have
-many). It is started with the first core, off the batch path, from a ``forkserver`` (a fresh
-interpreter that preloaded the fitting code and scikit-learn: safe beside librdkafka's and faust's
-threads, and it never re-runs the caller's main script). It exits when the processor exits, however
-that ends (it watches the processor's pid, and the forkserver follows it), and is replaced if it
-ever dies: the fit that was running then fails, is logged, and the current model is kept.
+Each :class:`RefitRunner` starts its worker when it is made, off the batch path; the worker
+(a :class:`fraudstream.processes.Worker`) exits with the processor, and is replaced if it ever
+dies: the fit that was running then fails, is logged, and the current model is kept.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-import multiprocessing
 import os
 import pickle
-import select
+import struct
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future
 from importlib import import_module
+
+from fraudstream.processes import Worker, WorkerGone
+from stream_processor import WORKER_PRELOAD
 
 log = logging.getLogger(__name__)
 
-MODES = ("process", "thread")
 WORKER_NICENESS = 10
 REFIT_PROCESS_NAME = "fraud-refit"  # what ps shows
-
-_lock = threading.Lock()
-_process_pool: ProcessPoolExecutor | None = None
-_limits = None  # the worker's threadpoolctl limits, kept alive for the process's lifetime
-
-
-def _init_worker(owner: int) -> None:  # runs in the worker process before any fit
-    global _limits
-    from threadpoolctl import threadpool_limits
-
-    from fraudstream.broker import die_with_parent, name_process
-
-    die_with_parent()  # the forkserver, our parent, stopping
-    name_process(REFIT_PROCESS_NAME)
-    threading.Thread(target=_exit_with, args=(owner,), name="owner-watch", daemon=True).start()
-    os.nice(WORKER_NICENESS)
-    _limits = threadpool_limits(limits=1)  # one OpenMP / BLAS thread: the stream keeps a core
-
-
-def _exit_with(owner: int) -> None:
-    """Exit when the processor that owns this worker exits, however it ends.
-
-    The worker's parent is the forkserver, not the processor, and its task queue never reports
-    the processor gone (the worker holds both ends of the queue's pipe); and the forkserver lives
-    as long as a worker does. So the worker watches the processor itself."""
-    try:
-        fd = os.pidfd_open(owner)
-    except (AttributeError, OSError):  # no pidfd (old kernel): poll the pid
-        while True:
-            time.sleep(1.0)
-            try:
-                os.kill(owner, 0)
-            except ProcessLookupError:
-                os._exit(0)
-            except PermissionError:
-                pass
-    select.select([fd], [], [])  # readable when the process has exited
-    os._exit(0)
-
-
-def _shared_process_pool(replace_broken: bool = False) -> ProcessPoolExecutor:
-    global _process_pool
-    with _lock:
-        if _process_pool is None or replace_broken:
-            if _process_pool is not None:
-                _process_pool.shutdown(wait=False, cancel_futures=True)
-                log.warning("the refit worker process died; starting a new one")
-            context = multiprocessing.get_context("forkserver")
-            # Not "__main__": the worker needs only the fitting code, and a caller's script
-            # without a main guard must not run again in it.
-            context.set_forkserver_preload(["stream_processor.fitting", "stream_processor.refit"])
-            _process_pool = ProcessPoolExecutor(
-                max_workers=1,
-                mp_context=context,
-                initializer=_init_worker,
-                initargs=(os.getpid(),),
-            )
-        return _process_pool
-
-
-def _ready() -> int:
-    return os.getpid()
+_TASK = struct.Struct("<Q?")  # a task's number, and (in answers) whether it succeeded
 
 
 def resolve(fn: str | Callable) -> Callable:
@@ -115,13 +51,13 @@ def call(fn: str | Callable, /, *args, **kwargs):
     return resolve(fn)(*args, **kwargs)
 
 
-def _run_pickled(payload: bytes) -> bytes:  # in the worker: bytes in, bytes out
-    fn, args, kwargs = pickle.loads(payload)
-    return pickle.dumps(resolve(fn)(*args, **kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+def worker_pid() -> int:
+    """The pid of the process running it (what a test asks the worker)."""
+    return os.getpid()
 
 
 class PickledFuture:
-    """A worker's future whose ``result()`` unpickles the value in the calling thread."""
+    """A fit's future whose ``result()`` unpickles the value in the calling thread."""
 
     def __init__(self, inner: Future):
         self.inner = inner
@@ -139,45 +75,37 @@ class PickledFuture:
         return pickle.loads(self.inner.result(timeout))
 
 
-_started = threading.Event()
-
-
-def _warm_up() -> None:
-    try:
-        _shared_process_pool().submit(_ready).result(timeout=120)
-    except Exception:  # the first real fit will start (or fail to start) it again
-        log.warning("could not start the refit worker process", exc_info=True)
-    finally:
-        _started.set()
-
-
 class RefitRunner:
-    """Submits fits to the refit worker; ``mode`` is ``process`` or ``thread``."""
+    """Submits fits to the refit worker process, one at a time, in order."""
 
-    def __init__(self, mode: str = "process"):
-        if mode not in MODES:
-            raise ValueError(f"REFIT_WORKER must be one of {', '.join(MODES)}, not {mode!r}")
-        self.mode = mode
-        self._thread_pool: Executor | None = None
-        self._futures: set[Future] = set()
-        if mode == "process":  # start the worker now, off the batch path (it takes ~2 s)
-            threading.Thread(target=_warm_up, name="refit-worker-start", daemon=True).start()
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._worker: Worker | None = None
+        self._tasks = itertools.count()
+        self._pending: dict[int, tuple[Worker, Future]] = {}
+        self._started = threading.Event()
+        self._closed = False
+        # The worker starts now, off the batch path (a fork of the forkserver; the forkserver
+        # itself, with scikit-learn, takes about 2 s the first time).
+        threading.Thread(target=self._start, name="refit-worker-start", daemon=True).start()
 
-    def submit(self, fn: str | Callable, /, *args, **kwargs) -> Future | PickledFuture:
+    def submit(self, fn: str | Callable, /, *args, **kwargs) -> PickledFuture:
         """Run ``fn`` (a function or its ``"module:function"`` name) in the worker."""
-        if self.mode == "thread":
-            if self._thread_pool is None:
-                self._thread_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refit")
-            future = self._thread_pool.submit(call, fn, *args, **kwargs)
-        else:
-            payload = pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-            try:
-                future = _shared_process_pool().submit(_run_pickled, payload)
-            except BrokenProcessPool:
-                future = _shared_process_pool(replace_broken=True).submit(_run_pickled, payload)
-        self._futures.add(future)
-        future.add_done_callback(self._futures.discard)
-        return future if self.mode == "thread" else PickledFuture(future)
+        payload = pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        future: Future = Future()
+        with self._lock:
+            task = next(self._tasks)
+            for attempt in (1, 2):  # a worker found gone is replaced once
+                worker = self._running_worker()
+                self._pending[task] = (worker, future)
+                try:
+                    worker.send_bytes(_TASK.pack(task, True) + payload)
+                    break
+                except WorkerGone:
+                    self._replace(worker)
+                    if attempt == 2:
+                        raise
+        return PickledFuture(future)
 
     def run(self, fn: str | Callable, /, *args, **kwargs):
         """Run ``fn`` in the worker and wait for its result (the first fit, loading a model)."""
@@ -185,11 +113,88 @@ class RefitRunner:
 
     def wait_started(self, timeout_s: float = 120.0) -> bool:
         """Block until the worker process has started (benchmarks: time refits, not start-up)."""
-        return self.mode == "thread" or _started.wait(timeout_s)
+        return self._started.wait(timeout_s)
 
     def close(self) -> None:
-        """Cancel this runner's fits that did not start (a running one finishes unseen)."""
-        for future in list(self._futures):
-            future.cancel()
-        if self._thread_pool is not None:
-            self._thread_pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the worker; fits not finished fail (a runtime waited for them already)."""
+        with self._lock:
+            self._closed = True
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop(timeout_s=2.0)
+
+    def _start(self) -> None:
+        try:
+            with self._lock:
+                if not self._closed:
+                    self._running_worker()
+        except Exception:  # noqa: BLE001 - the first real fit will start (or fail to start) it
+            log.warning("could not start the refit worker process", exc_info=True)
+        finally:
+            self._started.set()
+
+    def _running_worker(self) -> Worker:  # with the lock held
+        if self._worker is None:
+            self._worker = Worker(REFIT_PROCESS_NAME, _serve, preload=WORKER_PRELOAD)
+            threading.Thread(target=self._answers, args=(self._worker,), name="refit-answers",
+                             daemon=True).start()  # fmt: skip
+        return self._worker
+
+    def _replace(self, worker: Worker) -> None:  # with the lock held
+        if self._worker is worker:
+            self._worker = None
+
+    def _answers(self, worker: Worker) -> None:
+        """Hand each answer to its future; when the worker is gone, fail what it held."""
+        while True:
+            try:
+                data = worker.receive_bytes()
+            except WorkerGone:
+                break
+            task, ok = _TASK.unpack_from(data)
+            with self._lock:
+                _worker, future = self._pending.pop(task, (None, None))
+            if future is None or future.cancelled():
+                continue
+            body = data[_TASK.size :]
+            if ok:
+                future.set_result(body)
+            else:
+                future.set_exception(pickle.loads(body))
+        worker.process.join(5.0)
+        if worker.process.exitcode not in (0, None):  # not the end of its input: it died
+            log.warning("the refit worker process died (exit code %s); the next fit starts a "
+                        "new one", worker.process.exitcode)  # fmt: skip
+        with self._lock:
+            self._replace(worker)
+            lost = [t for t, (w, _f) in self._pending.items() if w is worker]
+            futures = [self._pending.pop(t)[1] for t in lost]
+        for future in futures:
+            if not future.cancelled():
+                future.set_exception(WorkerGone("the refit worker process stopped during a fit"))
+
+
+def _serve(inbox, outbox) -> None:  # in the worker
+    from threadpoolctl import threadpool_limits
+
+    os.nice(WORKER_NICENESS)
+    with threadpool_limits(limits=1):  # one OpenMP / BLAS thread: the stream keeps a core
+        while True:
+            try:
+                data = inbox.recv_bytes()
+            except EOFError:
+                return
+            task, _ = _TASK.unpack_from(data)
+            try:
+                fn, args, kwargs = pickle.loads(memoryview(data)[_TASK.size :])
+                body, ok = pickle.dumps(resolve(fn)(*args, **kwargs), pickle.HIGHEST_PROTOCOL), True
+            except Exception as exc:  # noqa: BLE001 - the caller's future raises it
+                body, ok = _pickled_error(exc), False
+            outbox.send_bytes(_TASK.pack(task, ok) + body)
+
+
+def _pickled_error(exc: Exception) -> bytes:
+    try:
+        return pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - an exception that does not pickle: its text
+        return pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
-import os
-import signal
 import threading
 
+from fraudstream.processes import Worker, WorkerGone
 from fraudstream.settings import Settings
+from stream_processor import WORKER_PRELOAD
 from stream_processor.commit import CommitProtocol, Position, ReleasedOffsets, last_positions
 from stream_processor.core import RawMessage
 from stream_processor.outbox import KafkaOutbox
@@ -38,20 +37,31 @@ class CoreProcessError(RuntimeError):
     """The scoring process is gone: the runtime must stop rather than acknowledge events."""
 
 
-def _serve(conn, settings: Settings, level: int) -> None:  # the child process
-    from fraudstream.broker import name_process
-
-    name_process(CORE_PROCESS_NAME)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def _serve(inbox, outbox, settings: Settings, level: int) -> None:  # in the child
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        _serve_pipeline(conn, settings)
+        server = ProtocolServer(settings)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops
+        outbox.send((False, exc))
+        return
+    handlers = {"batch": server.batch, "idle": server.idle, "finish": server.finish,
+                "status": server.status}  # fmt: skip
+    tune_gc()
+    outbox.send((True, None))
+    try:
+        while True:
+            try:
+                method, args = inbox.recv()
+            except (EOFError, OSError):
+                return  # the parent closed the pipe, or is gone
+            try:
+                value = handlers[method](*args)
+            except BaseException as exc:  # noqa: BLE001 - the parent decides what is fatal
+                outbox.send((False, exc))
+            else:
+                outbox.send((True, value))
     finally:
-        # Leave now: multiprocessing's exit handler would join the refit worker process, which
-        # exits only once this process has (it watches it): a deadlock. Log records first.
-        logging.shutdown()
-        os._exit(0)
+        server.close()
 
 
 class ProtocolServer:
@@ -86,34 +96,6 @@ class ProtocolServer:
         self.pipeline.close()
 
 
-def _serve_pipeline(conn, settings: Settings) -> None:
-    try:
-        server = ProtocolServer(settings)
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops
-        conn.send((False, exc))
-        return
-    handlers = {"batch": server.batch, "idle": server.idle, "finish": server.finish,
-                "status": server.status, "close": lambda: None}  # fmt: skip
-    tune_gc()
-    conn.send((True, None))
-    try:
-        while True:
-            try:
-                method, args = conn.recv()
-            except (EOFError, OSError):
-                return  # the parent is gone
-            try:
-                value = handlers[method](*args)
-            except BaseException as exc:  # noqa: BLE001 - the parent decides what is fatal
-                conn.send((False, exc))
-            else:
-                conn.send((True, value))
-            if method == "close":
-                return
-    finally:
-        server.close()
-
-
 class PipelineProcess:
     """A :class:`ProtocolServer` in a child process: ``acall("batch", fields)``, ``"idle"``,
     ``"status"``; ``finish()`` and ``close()`` at shutdown. Exceptions raised in the child are
@@ -124,39 +106,29 @@ class PipelineProcess:
     waited for the GIL to come back from the busy event loop thread (docs/benchmarks.md)."""
 
     def __init__(self, settings: Settings):
-        # forkserver: a clean interpreter (faust's threads and event loop are not forked).
-        context = multiprocessing.get_context("forkserver")
-        # what the forkserver imports once, if it is not running yet (never the caller's script)
-        context.set_forkserver_preload(["stream_processor.remote"])
-        self._conn, child = context.Pipe()
+        level = logging.getLogger().getEffectiveLevel()
+        self._worker = Worker(CORE_PROCESS_NAME, _serve, settings, level, preload=WORKER_PRELOAD)
+        self.pid = self._worker.pid
         self._lock = threading.Lock()
         self._unread = 0  # answers owed to cancelled calls, read and dropped by the next one
-        self._process = context.Process(
-            target=_serve,
-            args=(child, settings, logging.getLogger().getEffectiveLevel()),
-            name="fraudstream-core",
-        )
-        self._process.start()
-        child.close()
         self._closed = False
-        if not self._conn.poll(START_TIMEOUT_S):
-            self._process.kill()
-            raise CoreProcessError(f"the scoring process did not start in {START_TIMEOUT_S:.0f} s")
-        self._answer()
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid
+        try:
+            ok, value = self._worker.receive(START_TIMEOUT_S)
+        except WorkerGone as exc:
+            self._worker.stop(5.0)
+            raise CoreProcessError(f"the scoring process did not start: {exc}") from None
+        if not ok:
+            self._worker.stop(5.0)
+            raise value
 
     def _answer(self):
         try:
             while self._unread:  # answers to calls whose caller was cancelled
-                self._conn.recv()
+                self._worker.receive()
                 self._unread -= 1
-            ok, value = self._conn.recv()
-        except (EOFError, OSError):
-            code = self._process.exitcode
-            raise CoreProcessError(f"the scoring process stopped (exit code {code})") from None
+            ok, value = self._worker.receive()
+        except WorkerGone as exc:
+            raise CoreProcessError(f"the scoring process stopped: {exc}") from None
         if not ok:
             raise value
         return value
@@ -165,9 +137,9 @@ class PipelineProcess:
         if self._closed:
             raise CoreProcessError("the scoring process was closed")
         try:
-            self._conn.send((method, args))
-        except (BrokenPipeError, OSError):
-            raise CoreProcessError("the scoring process stopped") from None
+            self._worker.send((method, args))
+        except WorkerGone as exc:
+            raise CoreProcessError(f"the scoring process stopped: {exc}") from None
 
     def _call(self, method: str, *args):
         with self._lock:
@@ -182,7 +154,7 @@ class PipelineProcess:
         try:
             self._send(method, args)
             answered = loop.create_future()
-            fd = self._conn.fileno()
+            fd = self._worker.answers_fd
             loop.add_reader(fd, lambda: answered.done() or answered.set_result(None))
             try:
                 await answered  # readable: the answer (or the end of the pipe) has arrived
@@ -203,21 +175,9 @@ class PipelineProcess:
         return self._call("finish")
 
     def close(self, timeout_s: float = 30.0) -> None:
+        """Stop the child: it closes its pipeline (the sink finishes the write in hand)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            try:
-                self._conn.send(("close", ()))
-                for _ in range(self._unread + 1):  # answers of cancelled calls, then close's
-                    if not self._conn.poll(timeout_s):
-                        break
-                    self._conn.recv()
-            except (EOFError, OSError):
-                pass
-            self._conn.close()
-        self._process.join(timeout_s)
-        if self._process.exitcode is None:
-            log.warning("the scoring process did not stop; killing it")
-            self._process.kill()
-            self._process.join()
+        self._worker.stop(timeout_s)

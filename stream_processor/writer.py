@@ -2,39 +2,32 @@
 
 Python's sqlite3 takes the GIL back after every row it steps, so a write in a thread of the
 processor waits for the scoring thread at every row (docs/benchmarks.md: 1,000 rows took 6.0 s
-beside a busy thread, 6.5 ms alone). Here a small child process (``python -m
-stream_processor.writer``: sqlite3, marshal and pickle, no NumPy, no SQLAlchemy) runs each
-batch's statements in one transaction while the processor scores the next batch on the other
-core.
+beside a busy thread, 6.5 ms alone). Here a child process (a :class:`fraudstream.processes.Worker`
+named ``fraud-writer``) runs each batch's statements in one transaction while the processor
+scores the next batch on the other core.
 
-The processor compiles the statements (:meth:`stream_processor.sink.Sink.statements`: SQL text
-with ``?`` placeholders, and a list of parameter tuples for each) and sends them over a pipe
-(marshalled: both ends run the same interpreter; pickled if marshal refuses a value); the child
-answers once the transaction is committed, or with the error that stopped it.
-The child also runs the write-ahead log's checkpoints, in a thread beside the writes
-(:class:`_Checkpoints`; the processor's own connections never checkpoint: see
-:class:`stream_processor.sink.WalCheckpointer`, which it replaces). It exits when the
-processor's end of the pipe closes, however the processor ended; a write in progress then still
-commits or rolls back as a whole.
+The processor compiles the statements (:meth:`stream_processor.sqlite_sink.SqliteSink.statements`:
+SQL text with ``?`` placeholders, and a list of parameter tuples for each) and sends them over a
+pipe (marshalled: both ends run the same interpreter; pickled if marshal refuses a value); the
+child answers once the transaction is committed, or with the error that stopped it. The child
+also runs the write-ahead log's checkpoints, in a thread beside the writes (:class:`_Checkpoints`;
+the processor's own connections never checkpoint). It exits when the processor's end of the pipe
+closes, however the processor ended; a write in progress then still commits or rolls back as a
+whole.
 """
 
 from __future__ import annotations
 
 import marshal
-import os
 import pickle
-import select
-import signal
 import sqlite3
-import struct
-import subprocess
-import sys
 import threading
-import time
+
+from fraudstream.processes import Worker, WorkerGone
+from fraudstream.retry import is_lock_error, retry
+from stream_processor import WORKER_PRELOAD
 
 WRITER_PROCESS_NAME = "fraud-writer"  # what ps shows
-_HEADER = struct.Struct("<Qc")  # the length of a message, and how it is encoded: _dumps
-LOCK_WORDS = ("locked", "busy")
 
 
 class WriterError(RuntimeError):
@@ -45,7 +38,7 @@ class WriterError(RuntimeError):
 
 
 class WriterProcess:
-    """The child process and its pipe: :meth:`submit` a transaction, :meth:`wait` for it."""
+    """The child process: :meth:`submit` a transaction, :meth:`wait` for it."""
 
     def __init__(
         self,
@@ -55,23 +48,19 @@ class WriterProcess:
         checkpoint_every_s: float = 1.0,  # ... and once the writes pause this long
         start_timeout_s: float = 30.0,
     ):
-        env = dict(os.environ)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "stream_processor.writer", path, str(busy_timeout_ms),
-             str(checkpoint_every_writes), str(checkpoint_every_s)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0,
-        )  # fmt: skip
-        self.pid = self._proc.pid
-        _grow_pipe(self._proc.stdin.fileno())
+        self._worker = Worker(WRITER_PROCESS_NAME, serve, path, busy_timeout_ms,
+                              checkpoint_every_writes, checkpoint_every_s, preload=WORKER_PRELOAD)  # fmt: skip
+        self.pid = self._worker.pid
         self._in_flight = False
         self.writes = 0
         self.checkpoints = 0
-        ready = self._receive(start_timeout_s)
-        if ready[0] != "ready":
-            self.close()
-            raise WriterError(f"the writer process could not open {path}: {ready[1]}")
+        try:
+            kind, detail = self._worker.receive(start_timeout_s)
+        except WorkerGone as exc:
+            kind, detail = "error", str(exc)
+        if kind != "ready":
+            self._worker.stop(5.0)
+            raise WriterError(f"the writer process could not open {path}: {detail}")
 
     @property
     def in_flight(self) -> bool:
@@ -82,9 +71,9 @@ class WriterProcess:
         if self._in_flight:
             raise WriterError("a write is still in flight: wait for it first")
         try:
-            _write_all(self._proc.stdin.fileno(), _dumps(statements))
-        except OSError as exc:
-            raise WriterError(f"the writer process is gone ({self._exit()}): {exc}") from None
+            self._worker.send_bytes(_dumps(statements))
+        except WorkerGone as exc:
+            raise WriterError(str(exc)) from None
         self._in_flight = True
 
     def wait(self) -> None:
@@ -92,7 +81,10 @@ class WriterProcess:
         if not self._in_flight:
             return
         self._in_flight = False
-        kind, detail = self._receive(None)
+        try:
+            kind, detail = self._worker.receive()
+        except WorkerGone as exc:
+            raise WriterError(str(exc)) from None
         if kind != "ok":
             raise WriterError(detail)
         self.writes += 1
@@ -102,126 +94,45 @@ class WriterProcess:
         self.submit(statements)
         self.wait()
 
-    def _receive(self, timeout_s: float | None) -> tuple:
-        fd = self._proc.stdout.fileno()
-        if timeout_s is not None and not select.select([fd], [], [], timeout_s)[0]:
-            return ("error", f"no answer within {timeout_s:.0f} s")
-        message = _read_message(fd)
-        if message is None:
-            self._proc.wait(5)
-            return ("error", f"the writer process is gone ({self._exit()})")
-        return message
-
-    def _exit(self) -> str:
-        code = self._proc.poll()
-        return "still running" if code is None else f"exit code {code}"
-
     def close(self, timeout_s: float = 60.0) -> None:
         """Let a write in flight finish, then stop the child (it checkpoints the log first)."""
-        try:
-            self._proc.stdin.close()  # end of input: the child finishes and exits
-        except OSError:
-            pass
-        try:
-            self._proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc.stdout.close()
+        self._worker.stop(timeout_s)
+
+
+def _dumps(message) -> bytes:
+    """``message`` marshalled (a timeit of a batch's rows: 0.8 us a row, pickle 1.4; the same
+    interpreter reads it), or pickled when marshal refuses a value (a subclass of a number or a
+    string, an object); the first byte says which."""
+    try:
+        return b"m" + marshal.dumps(message)
+    except ValueError:
+        return b"p" + pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _loads(data: bytes):
+    body = memoryview(data)[1:]
+    return marshal.loads(body) if data[:1] == b"m" else pickle.loads(body)
 
 
 # -- the child ----------------------------------------------------------------------------------
 
 
-def _name_process(name: str) -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass
-
-
-def _send(out, message: tuple) -> None:
-    out.write(_dumps(message))
-    out.flush()
-
-
-def _dumps(message) -> bytes:
-    """``message`` with its header: marshalled (a timeit of a batch's rows: 0.8 us a row,
-    pickle 1.4; the same interpreter reads it), or pickled when marshal refuses a value (a
-    subclass of a number or a string, an object)."""
-    try:
-        data, kind = marshal.dumps(message), b"m"
-    except ValueError:
-        data, kind = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL), b"p"
-    return _HEADER.pack(len(data), kind) + data
-
-
-def _loads(kind: bytes, data: bytes):
-    return marshal.loads(data) if kind == b"m" else pickle.loads(data)
-
-
-def _grow_pipe(fd: int) -> None:
-    """Make the pipe hold a whole batch (about 1 KB a row): sending it then costs a copy, not a
-    wait for the child at every 64 KB (Linux's default pipe size) while both share 2 cores."""
-    try:
-        import fcntl
-
-        with open("/proc/sys/fs/pipe-max-size") as f:
-            limit = int(f.read())
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(limit, 4 << 20))
-    except (ImportError, AttributeError, OSError, ValueError):
-        pass  # another platform, or a smaller limit: the default size works, more slowly
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _read_exact(fd: int, size: int) -> bytes | None:
-    parts, left = [], size
-    while left:
-        part = os.read(fd, min(left, 1 << 20))
-        if not part:
-            return None  # end of input
-        parts.append(part)
-        left -= len(part)
-    return b"".join(parts)
-
-
-def _read_message(fd: int):
-    """The next message on ``fd`` (:func:`_dumps`); None at end of input."""
-    header = _read_exact(fd, _HEADER.size)
-    if header is None:
-        return None
-    size, kind = _HEADER.unpack(header)
-    data = _read_exact(fd, size)
-    return None if data is None else _loads(kind, data)
-
-
-def _transaction(conn: sqlite3.Connection, statements, attempts: int = 10) -> None:
+def _transaction(conn: sqlite3.Connection, statements) -> None:
     """All ``statements`` in one transaction, retried while the database is locked (the busy
     timeout already waits on each statement; this outlasts longer locks)."""
-    for attempt in range(1, attempts + 1):
+
+    def attempt() -> None:
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, params in statements:
-                    conn.executemany(sql, params)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return
-        except sqlite3.OperationalError as exc:
-            text = str(exc).lower()
-            if attempt < attempts and any(w in text for w in LOCK_WORDS):
-                time.sleep(min(2.0, 0.1 * 2**attempt))
-                continue
+            for sql, params in statements:
+                conn.executemany(sql, params)
+        except BaseException:
+            conn.execute("ROLLBACK")
             raise
+        conn.execute("COMMIT")
+
+    retry(attempt, transient=lambda exc: isinstance(exc, sqlite3.OperationalError)
+          and is_lock_error(exc))  # fmt: skip
 
 
 class _Checkpoints:
@@ -328,12 +239,7 @@ class _Checkpoints:
         return busy == 0 and frames == copied
 
 
-def serve(path: str, busy_timeout_ms: int, every_writes: int, every_s: float) -> None:
-    _name_process(WRITER_PROCESS_NAME)
-    # The processor decides when to stop (it closes the pipe): not a Ctrl-C sent to the group.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    stdin, stdout = sys.stdin.fileno(), sys.stdout.buffer
+def serve(inbox, outbox, path: str, busy_timeout_ms: int, every_writes: int, every_s: float) -> None:
     try:
         # timeout: sqlite3_busy_timeout, what the processor's "PRAGMA busy_timeout" sets
         conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None)
@@ -342,39 +248,35 @@ def serve(path: str, busy_timeout_ms: int, every_writes: int, every_s: float) ->
         conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints: _Checkpoints
         checkpoints = _Checkpoints(conn, path, busy_timeout_ms / 1000, every_writes)
     except sqlite3.Error as exc:
-        _send(stdout, ("error", f"{type(exc).__name__}: {exc}"))
+        outbox.send(("error", f"{type(exc).__name__}: {exc}"))
         return
-    _send(stdout, ("ready", None))
+    outbox.send(("ready", None))
     idle_since_write = False  # writes since the log was last copied back while idle
-
     try:
         while True:
-            if not select.select([stdin], [], [], every_s)[0]:
+            if not inbox.poll(every_s):
                 if idle_since_write:  # idle: copy back what the last writes left in the log
                     checkpoints.catch_up()
                     idle_since_write = False
                 continue
-            message = _read_message(stdin)
-            if message is None:  # the processor closed the pipe, or is gone
+            try:
+                statements = _loads(inbox.recv_bytes())
+            except EOFError:  # the processor closed the pipe, or is gone
                 break
             checkpoints.before_write()
             try:
-                _transaction(conn, message)
+                _transaction(conn, statements)
             except Exception as exc:  # noqa: BLE001 - reported; the processor decides
-                _send(stdout, ("error", f"cannot write to the database: {exc}"))
+                outbox.send(("error", f"cannot write to the database: {exc}"))
                 continue
             finally:
                 checkpoints.after_write()
             idle_since_write = True
-            _send(stdout, ("ok", checkpoints.count))
+            outbox.send(("ok", checkpoints.count))
         if idle_since_write:
             checkpoints.catch_up()
-    except BrokenPipeError:
+    except (BrokenPipeError, EOFError, OSError):
         pass  # the processor is gone: nobody to answer
     finally:
         checkpoints.close()
         conn.close()
-
-
-if __name__ == "__main__":
-    serve(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))

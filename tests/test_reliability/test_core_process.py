@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fraudstream.broker import descendants, process_name
+from fraudstream.processes import descendants, process_name
 from fraudstream.run import start_processor, stop_processor
 from stream_processor.refit import REFIT_PROCESS_NAME
 from stream_processor.remote import CORE_PROCESS_NAME, PipelineProcess

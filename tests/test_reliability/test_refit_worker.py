@@ -10,18 +10,19 @@ import time
 import numpy as np
 import pytest
 
+from fraudstream.processes import WorkerGone
 from stream_processor.model import FIT_ANOMALY
-from stream_processor.refit import RefitRunner
+from stream_processor.refit import RefitRunner, call, worker_pid
 
 OWNER = textwrap.dedent(
     """
     import os, sys
-    from stream_processor.refit import RefitRunner, _ready
+    from stream_processor.refit import RefitRunner, worker_pid
 
     if __name__ == "__main__":
-        runner = RefitRunner("process")
+        runner = RefitRunner()
         assert runner.wait_started(120)
-        worker = runner.submit(_ready).result(timeout=60)
+        worker = runner.submit(worker_pid).result(timeout=60)
         print(worker, flush=True)
         sys.stdin.read()  # until killed
     """
@@ -36,22 +37,43 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_a_fit_runs_in_another_process_and_gives_the_same_model_as_in_a_thread():
+def test_a_fit_runs_in_another_process_and_gives_the_same_model_as_here():
     rng = np.random.default_rng(0)
     train, batch = rng.normal(size=(3000, 7)), rng.normal(size=(200, 7))
-    fits = {}
-    for mode in ("process", "thread"):
-        runner = RefitRunner(mode)
-        fits[mode] = runner.submit(FIT_ANOMALY, train, version=0, reason="events").result(60)
+    runner = RefitRunner()
+    try:
+        assert runner.run(worker_pid) not in (os.getpid(), None)
+        there = runner.submit(FIT_ANOMALY, train, version=0, reason="events").result(60)
+    finally:
         runner.close()
-    assert np.array_equal(fits["process"].score(batch), fits["thread"].score(batch))
-    assert fits["process"].threshold == fits["thread"].threshold
-    assert fits["process"].dumps() and fits["process"].reason == "events"
+    here = call(FIT_ANOMALY, train, version=0, reason="events")
+    assert np.array_equal(there.score(batch), here.score(batch))
+    assert there.threshold == here.threshold
+    assert there.dumps() and there.reason == "events"
 
 
-def test_an_unknown_worker_mode_is_refused_by_name():
-    with pytest.raises(ValueError, match="REFIT_WORKER must be one of process, thread, not 'gpu'"):
-        RefitRunner("gpu")
+def test_a_worker_that_dies_fails_its_fit_and_is_replaced():
+    runner = RefitRunner()
+    try:
+        first = runner.run(worker_pid)
+        dying = runner.submit(os._exit, 3)
+        with pytest.raises(WorkerGone):
+            dying.result(timeout=60)
+        second = runner.run(worker_pid)
+        assert second != first and alive(second)
+    finally:
+        runner.close()
+    assert not alive(second)
+
+
+def test_a_failed_fit_raises_its_error_in_the_caller():
+    runner = RefitRunner()
+    try:
+        with pytest.raises(ValueError, match="Expected 2D array"):
+            runner.run(FIT_ANOMALY, np.zeros(5), version=0, reason="events")
+        assert runner.run(worker_pid)  # the worker goes on
+    finally:
+        runner.close()
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])

@@ -145,11 +145,10 @@ def test_refits_due_by_event_count_wait_for_the_minimum_interval(settings, small
     assert [(m.version, m.reason) for res in results for m in res.models] == [(2, "events")]
 
 
-@pytest.mark.parametrize("worker", ["process", "thread"])
-def test_refit_work_on_the_batch_path_is_timed_per_batch(settings, small_csv, worker):
+def test_refit_work_on_the_batch_path_is_timed_per_batch(settings, small_csv):
     """Starting, swapping in and recording a refit is timed (the benchmark's pause), and only
     the batches that do it carry the time."""
-    pipeline = BatchPipeline(settings.replace(refit_worker=worker))
+    pipeline = BatchPipeline(settings)
     core = pipeline.core
     msgs = messages(small_csv)
     starts, swaps, others = [], [], []
