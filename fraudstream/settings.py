@@ -80,8 +80,8 @@ class Settings:
     )
     runtime: str = _setting(
         "PROCESSOR_RUNTIME",
-        "faust",
-        "Stream processor runtime: faust (faust-streaming agent) or confluent (batch consumer).",
+        "confluent",
+        "Stream processor runtime: confluent (batch consumer) or faust (faust-streaming agent).",
     )
     database_url: str = _setting(
         "DATABASE_URL", "sqlite:///finance.db", "The database: a SQLite file (sqlite:///path, one machine) or PostgreSQL (postgresql://user@host/name)."
@@ -123,12 +123,6 @@ class Settings:
         "Threshold = this quantile of the training scores; events scoring above it are flagged.",
     )
     n_estimators: int = _setting("N_ESTIMATORS", 100, "Trees in the Isolation Forest.")
-    refit_worker: str = _setting(
-        "REFIT_WORKER",
-        "process",
-        "Where background refits run: process (a worker process, so scoring never waits on "
-        "them) or thread.",
-    )
     drift_delta: float = _setting(
         "DRIFT_DELTA",
         0.002,
@@ -168,7 +162,7 @@ class Settings:
     web_port: int = _setting(
         "PROCESSOR_WEB_PORT",
         6066,
-        "Port of the processor's health page (0 = disabled; faust runtime).",
+        "Port of the processor's health page (0 = none).",
     )
     web_host: str = _setting("PROCESSOR_WEB_HOST", "127.0.0.1", "Address of the health page.")
     dashboard_user: str = _setting(

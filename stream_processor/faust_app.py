@@ -25,6 +25,7 @@ import faust
 
 from fraudstream.settings import Settings
 from stream_processor.commit import Position
+from stream_processor.health import HealthServer
 from stream_processor.outbox import DeliveryError
 from stream_processor.pipeline import FETCH_MAX_WAIT_MS, produced_at, tune_gc
 from stream_processor.remote import CoreProcessError, PipelineProcess
@@ -193,10 +194,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=1.0,
         topic_partitions=settings.topic_partitions,
         topic_disable_leader=True,
-        web_enabled=settings.web_port > 0,
-        web_port=settings.web_port or 6066,
-        web_bind=settings.web_host,
-        web_host=settings.web_host,
+        web_enabled=False,  # the health page is the processor's own (stream_processor.health)
         worker_redirect_stdouts=False,
         broker_credentials=credentials,
         # Tables live in memory; faust still wants a data directory: keep it out of the cwd.
@@ -261,11 +259,6 @@ def create_app(settings: Settings) -> faust.App:
         if not lock.locked():  # a batch in progress does the same work
             await run_locked("idle")
 
-    @app.page("/health")
-    async def health(web, request):
-        status = await pipeline.acall("status")
-        return web.json({"status": "ok", **status})
-
     app.pipeline = pipeline  # type: ignore[attr-defined]
     return app
 
@@ -275,6 +268,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     from faust.worker import Worker
 
     app = create_app(settings)
+    health = HealthServer(settings.web_host, settings.web_port, app.pipeline.status)
     worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()
@@ -286,6 +280,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
                 app.pipeline.finish()  # what it releases now is consumed again after a restart
             except Exception:  # noqa: BLE001 - shutting down; the log says what was lost
                 log.exception("could not finish the batch in flight at shutdown")
+        health.close()
         app.pipeline.close()
         shutil.rmtree(app.conf.datadir, ignore_errors=True)
     if app.fatal is not None:

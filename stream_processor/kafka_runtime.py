@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from fraudstream.settings import Settings
 from stream_processor.commit import CommitProtocol, Position, last_positions
 from stream_processor.core import RawMessage
+from stream_processor.health import HealthServer
 from stream_processor.outbox import DeliveryError, KafkaOutbox
 from stream_processor.pipeline import FETCH_MAX_WAIT_MS, BatchPipeline, produced_at, tune_gc
 from stream_processor.sink import SinkError
@@ -118,6 +119,7 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
             signal.signal(sig, lambda *_: stop.set())
     pipeline = BatchPipeline(settings)
     tune_gc()
+    health = HealthServer(settings.web_host, settings.web_port, pipeline.status)
     consumer = Consumer(consumer_config(settings))
     outbox = KafkaOutbox(settings)
     protocol = CommitProtocol(pipeline, outbox, ConsumerOffsets(consumer))
@@ -141,6 +143,7 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
         log.critical("FATAL: %s. Stopping; no offset past the last stored batch.", exc)
         code = 1
     finally:
+        health.close()
         consumer.close()
         outbox.close()
         pipeline.close()

@@ -57,12 +57,12 @@ class BatchPipeline:
     detection, the ids being written; a read of stored events (evicted accounts, labelled
     events) waits for the write first."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, refits: RefitRunner | None = None):
         self.settings = settings
         self.sink = open_sink(settings.database_url)
         self._submitted: BatchResult | None = None  # written, not collected yet
         self._in_flight_ids: frozenset[str] = frozenset()
-        refits = RefitRunner(settings.refit_worker)  # saved models load where scikit-learn is
+        refits = refits or RefitRunner()  # saved models load where scikit-learn is
         model = self.sink.latest_model(refits.run)
         held = self.sink.held_events()
         # The most recently active MAX_ACCOUNTS accounts now; any other, when it comes back.
@@ -187,7 +187,7 @@ class BatchPipeline:
             "held_for_first_fit": len(core.held),
             "accounts_in_memory": len(core.states),
             "accounts_evicted": core.states.evicted,
-            **core.counts,
+            **dict(core.counts),  # a copy: the health page reads it from its own thread
         }
 
     def finish(self, timeout_s: float = 60.0) -> None:

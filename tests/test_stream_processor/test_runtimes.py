@@ -90,13 +90,10 @@ def test_events_are_scored_stored_alerted_and_bad_ones_dead_lettered(
         for p, last in _last_offsets(s).items():
             offsets[p] = max(offsets.get(p, -1), last)
         drain(s, proc, log, offsets)
-        if s.runtime == "faust":
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{s.web_port}/health", timeout=10
-            ) as resp:
-                health = json.loads(resp.read())
-            assert health["status"] == "ok" and health["model_version"] >= 1
-            assert health["scored"] == 1500 and health["dead_letters"] == 2
+        with urllib.request.urlopen(f"http://127.0.0.1:{s.web_port}/health", timeout=10) as resp:
+            health = json.loads(resp.read())
+        assert health["status"] == "ok" and health["model_version"] >= 1
+        assert health["scored"] == 1500 and health["dead_letters"] == 2
 
     rows = query(
         s, "select count(*), count(score), count(model_version), sum(is_flagged) from transactions"

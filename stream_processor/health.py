@@ -1,0 +1,56 @@
+"""The processor's health page: ``GET /health`` answers the pipeline's status as JSON.
+
+Both runtimes serve it the same way, on ``PROCESSOR_WEB_HOST:PROCESSOR_WEB_PORT`` (0: none), from a
+thread of their own. It shows counts and model versions, never a transaction: it has no login.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+log = logging.getLogger(__name__)
+
+
+class HealthServer:
+    """Serves ``{"status": "ok", **status()}`` at ``/health`` until :meth:`close`; port 0:
+    nothing."""
+
+    def __init__(self, host: str, port: int, status: Callable[[], dict]):
+        self._server: ThreadingHTTPServer | None = None
+        if not port:
+            return
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server interface
+                if self.path.split("?")[0] != "/health":
+                    self.send_error(404)
+                    return
+                try:
+                    body, code = {"status": "ok", **status()}, 200
+                except Exception as exc:  # noqa: BLE001 - the page says the processor is unwell
+                    body, code = {"status": "error", "error": str(exc)}, 503
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:  # the healthchecks every few seconds: not logged
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
+        self._thread.start()
+        log.info("health page on http://%s:%d/health", host, self.port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
