@@ -10,6 +10,7 @@ needs none of that.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fraudstream.retry import is_lock_error, retry
+from fraudstream.tables import engine_url
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ def dbt_target(database: Path | str) -> tuple[str, dict[str, str]]:
     if "://" in text and not text.startswith("sqlite:///"):
         from sqlalchemy.engine import make_url
 
-        url = make_url(text)
+        url = make_url(engine_url(text))
         if url.get_backend_name() != "postgresql":
             raise BuildError(f"dbt builds on SQLite or PostgreSQL, not {url.get_backend_name()}")
         return "postgres", {
@@ -87,6 +89,7 @@ def dbt_target(database: Path | str) -> tuple[str, dict[str, str]]:
             "FRAUDSTREAM_PG_USER": url.username or "postgres",
             "FRAUDSTREAM_PG_PASSWORD": url.password or "",
             "FRAUDSTREAM_PG_DATABASE": url.database or "",
+            "FRAUDSTREAM_PG_SSLMODE": str(url.query.get("sslmode", "prefer")),
         }
     path = Path(text.removeprefix("sqlite:///")).resolve()
     if not path.is_file():
@@ -102,12 +105,33 @@ def _build(
     retries: int,
     full_refresh: bool,
 ) -> BuildOutcome:
-    from dbt.cli.main import dbtRunner
-
     name, env = target
     schemas = work / "schemas"  # dbt-sqlite attaches every *.db here: keep it empty
     schemas.mkdir(parents=True, exist_ok=True)
-    os.environ.update(env, FRAUDSTREAM_DBT_SCHEMAS=str(schemas))  # what profiles.yml reads
+    env = {**env, "FRAUDSTREAM_DBT_SCHEMAS": str(schemas)}  # what profiles.yml reads
+    with _environment(env):
+        return _run_dbt(name, work, select, dbt_vars, retries, full_refresh)
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    """``values`` in the environment for dbt (it reads its profile from there), and the previous
+    environment back afterwards: a password never stays for later child processes."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run_dbt(name, work, select, dbt_vars, retries, full_refresh) -> BuildOutcome:
+    from dbt.cli.main import dbtRunner
+
     args = [
         "build",
         "--target", name,

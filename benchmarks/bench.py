@@ -7,7 +7,8 @@ The same events (generated, keyed by account) are produced once; then, per repea
 - baseline "confluent consume + JSON decode": a consumer reading every event and json.loads-ing it;
 - baseline "bare faust": a faust-streaming agent (take_events) that does nothing;
 - "pipeline, <runtime>": the stream processor from the first to the last scored row committed
-  in SQLite (alerts published, offsets committed), on a fresh database and consumer group.
+  in SQLite (alerts published, offsets committed), on a fresh database and consumer group;
+- "pipeline, confluent runtime, PostgreSQL": the same on a new PostgreSQL database.
 
 Baseline rates are events/s from the first to the last event; pipeline rates are events/s between
 the 10th and the 90th percentile of commit times (steady state: group join, start-up and the warm-up
@@ -22,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -32,6 +32,7 @@ import uuid
 from pathlib import Path
 
 from confluent_kafka import Consumer
+from sqlalchemy import text
 
 from benchmarks.latency import (
     LEAD_IN_S,
@@ -46,9 +47,11 @@ from benchmarks.latency import (
 from fraudstream.broker import EmbeddedBroker, ensure_topics
 from fraudstream.run import start_processor, stop_processor, wait_until_processed
 from fraudstream.settings import Settings
-from fraudstream.tables import make_engine
+from fraudstream.tables import drop_database, ensure_database, make_engine
 from producer.generate import GeneratorConfig, write_csv
 from producer.replay import ReplayOptions, replay
+
+POSTGRES_SERVER = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
 
 
 def confluent_baseline(s: Settings, n: int) -> float:
@@ -83,15 +86,21 @@ def faust_baseline(s: Settings, n: int) -> float:
 
 
 def pipeline(
-    s: Settings, n: int, runtime: str, offsets: dict, work: Path
+    s: Settings, n: int, runtime: str, offsets: dict, work: Path, database: str = "sqlite"
 ) -> tuple[float, float, float | None, float | None]:
     """(events/s steady state, wall s including start-up, peak RSS MB of the processor and of
-    its refit worker processes)."""
-    db = work / f"bench-{runtime}-{uuid.uuid4().hex[:6]}.db"
-    ps = s.replace(runtime=runtime, database_url=f"sqlite:///{db}",
-                   consumer_group=f"bench-{runtime}-{uuid.uuid4().hex[:6]}", web_port=0)  # fmt: skip
+    its refit worker processes); ``database``: ``sqlite`` (a new file) or ``postgresql`` (a new
+    database on POSTGRES_SERVER, dropped after)."""
+    tag = uuid.uuid4().hex[:6]
+    if database == "sqlite":
+        url = f"sqlite:///{work / f'bench-{runtime}-{tag}.db'}"
+    else:
+        url = f"{POSTGRES_SERVER}/fraudstream_bench_{tag}"
+        ensure_database(url)
+    ps = s.replace(runtime=runtime, database_url=url,
+                   consumer_group=f"bench-{runtime}-{tag}", web_port=0)  # fmt: skip
     engine = make_engine(ps.database_url)
-    log = work / f"{db.stem}.log"
+    log = work / f"bench-{runtime}-{database}-{tag}.log"
     started = time.monotonic()
     proc = start_processor(ps, log)
     try:
@@ -101,11 +110,12 @@ def pipeline(
     finally:
         stop_processor(proc)
     wall = time.monotonic() - started
+    with engine.connect() as conn:
+        times = list(conn.execute(text("select scored_at from transactions order by scored_at")))
     engine.dispose()
-    with sqlite3.connect(db) as conn:
-        times = [
-            r[0] for r in conn.execute("select scored_at from transactions order by scored_at")
-        ]
+    if database != "sqlite":
+        drop_database(url)
+    times = [t for (t,) in times]
     assert len(times) == n, f"{runtime}: {len(times)} rows for {n} events"
     # Steady state: the 10th to the 90th percentile of commit times, so the warm-up batch
     # (held events all scored at once when the first model is fit) does not inflate the rate.
@@ -120,6 +130,10 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--runtimes", default="confluent,faust")
+    ap.add_argument(
+        "--postgres", action=argparse.BooleanOptionalAction, default=True,
+        help=f"the confluent runtime on PostgreSQL too ({POSTGRES_SERVER}, BENCH_POSTGRES_URL)",
+    )  # fmt: skip
     ap.add_argument(
         "--latency-rates", default="1000,10000", help="steady feeds to time (events/s); '' = none"
     )
@@ -189,6 +203,13 @@ def run(args: argparse.Namespace, parts: set[str], work: Path) -> None:
                     lat.setdefault(f"{runtime} runtime, {feed:,} events/s", []).append(
                         latency(s, work, feed, args.latency_seconds, runtime)
                     )
+            if args.postgres:
+                name = "pipeline, confluent runtime, PostgreSQL"
+                rate, wall, peak, _worker = pipeline(
+                    s, args.events, "confluent", stats.last_offsets, work, database="postgresql"
+                )
+                results.setdefault(name, []).append(rate)
+                walls.setdefault(name, []).append(wall)
             for feed in [int(x) for x in args.latency_rates.split(",") if x]:
                 lat.setdefault(f"baseline: bare confluent consumer, {feed:,} events/s", []).append(
                     kafka_latency(s, work, feed, args.latency_seconds)

@@ -94,7 +94,6 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    writers = ["sqlite"]
 
     totals: Counter = Counter()
     instrument(totals)
@@ -102,7 +101,7 @@ def main() -> None:
     csv = work / "events.csv"
     write_csv(csv, GeneratorConfig(rows=args.events, days=max(30, args.events // 700), seed=3))
     keys = [key for key, _ in (*PHASES, ("rest", ""), ("total", ""))]
-    runs = {w: {key: [] for key in keys} for w in writers}
+    r = {key: [] for key in keys}
     with EmbeddedBroker(log_path=work / "broker.log") as broker:
         s = Settings.from_env(
             {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"},
@@ -111,29 +110,22 @@ def main() -> None:
         s = fresh(s, work, "loop", "confluent")
         replay(csv, broker.bootstrap, s.transactions_topic, ReplayOptions(progress=False))
         for _ in range(args.repeat):
-            for writer in writers:
-                n, elapsed = measure(s, work, args.events, totals)
-                r = runs[writer]
-                for key, _ in PHASES:
-                    r[key].append(1e6 * totals[key] / n)
-                r["total"].append(1e6 * elapsed / n)
-                r["rest"].append(r["total"][-1] - sum(r[k][-1] for k, _ in PHASES))
+            n, elapsed = measure(s, work, args.events, totals)
+            for key, _ in PHASES:
+                r[key].append(1e6 * totals[key] / n)
+            r["total"].append(1e6 * elapsed / n)
+            r["rest"].append(r["total"][-1] - sum(r[k][-1] for k, _ in PHASES))
 
-    print(f"{args.events:,} generated events, confluent runtime, {args.repeat} runs per writer")
+    print(f"{args.events:,} generated events, confluent runtime on SQLite, {args.repeat} runs")
     print()
-    print("| phase of the loop (us per event) | " + " | ".join(
-        f"{w} (runs) | {w} median" for w in writers) + " |")  # fmt: skip
-    print("| --- |" + " --- | --- |" * len(writers))
+    print("| phase of the loop (us per event) | runs | median |")
+    print("| --- | --- | --- |")
     rows = (*PHASES, ("rest", "the rest: the loop's own Python"), ("total", "wall time"))
     for key, label in rows:
-        cells = [
-            f"{', '.join(f'{v:.1f}' for v in runs[w][key])} | {statistics.median(runs[w][key]):.1f}"
-            for w in writers
-        ]
-        print(f"| {label} | {' | '.join(cells)} |")
+        print(f"| {label} | {', '.join(f'{v:.1f}' for v in r[key])} | "
+              f"{statistics.median(r[key]):.1f} |")  # fmt: skip
     print()
-    for w in writers:
-        print(f"events/s, {w} (median): {1e6 / statistics.median(runs[w]['total']):,.0f}")
+    print(f"events/s (median): {1e6 / statistics.median(r['total']):,.0f}")
 
 
 if __name__ == "__main__":

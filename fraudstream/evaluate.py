@@ -25,6 +25,8 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 from sqlalchemy import create_engine
 
+from fraudstream.tables import engine_url, shown_url
+
 SCORES = (
     ("score", "Isolation Forest alone"),
     ("supervised_score", "supervised (delayed labels)"),
@@ -87,7 +89,7 @@ class Report:
 
 def load(database_url: str, csv: Path | None = None) -> pd.DataFrame:
     """Scored events with their ground truth (from the table, or from ``csv`` by id)."""
-    engine = create_engine(database_url)
+    engine = create_engine(engine_url(database_url))
     try:
         frame = pd.read_sql_query(
             "select transaction_id, account_id, timestamp, is_fraud, extras, score, threshold, "
@@ -95,11 +97,13 @@ def load(database_url: str, csv: Path | None = None) -> pd.DataFrame:
             engine,
         )
     except Exception as exc:  # noqa: BLE001 - a missing table or an older database
-        raise EvaluationError(f"{database_url}: cannot read scored transactions: {exc}") from exc
+        raise EvaluationError(f"{shown_url(database_url)}: cannot read scored transactions: {exc}") from exc
     finally:
         engine.dispose()
     if frame.empty:
-        raise EvaluationError(f"{database_url}: no scored transactions; run the pipeline first")
+        raise EvaluationError(
+            f"{shown_url(database_url)}: no scored transactions; run the pipeline first"
+        )
     frame["fraud_scenario"] = [_scenario(e) for e in frame["extras"]]
     if csv is not None:
         truth = pd.read_csv(

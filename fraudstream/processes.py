@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import logging
 import multiprocessing
@@ -106,8 +107,10 @@ class Worker:
         outbox.close()
         self.pid = self.process.pid
         # Without stop(): the end of its input when this object goes, or at the latest when the
-        # interpreter exits (before multiprocessing's exit handler waits for the child).
-        self._end_input = weakref.finalize(self, self._requests.close)
+        # interpreter exits, before multiprocessing's exit handler waits for the child (atexit
+        # runs the handlers registered last first; that one was registered by start()).
+        self._end_input = weakref.finalize(self, self._requests.close)  # runs once at most
+        atexit.register(self._end_input)
 
     def send(self, message) -> None:
         self._guard(self._requests.send, message)
@@ -133,6 +136,7 @@ class Worker:
     def stop(self, timeout_s: float = 30.0) -> None:
         """The end of its input (the worker finishes what it holds and exits), then SIGKILL
         after ``timeout_s``."""
+        atexit.unregister(self._end_input)
         self._end_input()
         self.process.join(timeout_s)
         if self.process.exitcode is None:

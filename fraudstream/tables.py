@@ -186,7 +186,8 @@ def make_engine(database_url: str, *, auto_checkpoint: bool = True) -> Engine:
             f"DATABASE_URL={shown}: {url.get_backend_name()} is not supported; use "
             "sqlite:///path/to/finance.db or postgresql://user@host/database"
         )
-    engine = create_engine(url)
+    # PostgreSQL: a pooled connection the server closed (a restart) is replaced, not used.
+    engine = create_engine(url, pool_pre_ping=url.get_backend_name() == "postgresql")
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
@@ -210,16 +211,26 @@ def make_engine(database_url: str, *, auto_checkpoint: bool = True) -> Engine:
 def ensure_database(database_url: str) -> bool:
     """Create the PostgreSQL database that ``database_url`` names if it does not exist yet
     (SQLite creates its file itself): True when it was created."""
+    import psycopg
     from psycopg import sql
 
     url = make_url(engine_url(database_url))
     if url.get_backend_name() != "postgresql":
         return False
+    try:  # a user may be allowed into their own database only: look there first
+        psycopg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False)).close()
+        return False
+    except psycopg.OperationalError as exc:
+        if "does not exist" not in str(exc):
+            shown = url.render_as_string(hide_password=True)
+            raise UnreachableDatabase(f"cannot connect to {shown}: {exc}") from None
     with _maintenance(url) as conn:
-        found = conn.execute("select 1 from pg_database where datname = %s", (url.database,))
-        if found.fetchone():
-            return False
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(url.database)))
+        try:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(url.database)))
+        except psycopg.errors.DuplicateDatabase:
+            return False  # another process made it meanwhile
+        except psycopg.Error as exc:
+            raise UnreachableDatabase(f"cannot create the database {url.database}: {exc}") from None
     return True
 
 
@@ -256,7 +267,8 @@ def drop_tables(database_url: str) -> None:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         return
-    engine = create_engine(url)
+    # PostgreSQL: a pooled connection the server closed (a restart) is replaced, not used.
+    engine = create_engine(url, pool_pre_ping=url.get_backend_name() == "postgresql")
     try:
         with engine.begin() as conn:
             for table in reversed(metadata.sorted_tables):

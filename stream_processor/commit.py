@@ -22,8 +22,9 @@ of a delivery rides with the next write instead of a transaction of its own. For
     4  batch N+1 submitted for writing, with the record of the deliveries so far  (c, on commit)
     5  the offsets of every batch, in order, that meets (a), (b) and (c) committed
 
-A failure in any step (the sink, a delivery) propagates: the runtime stops without committing
-more, and whatever was not committed is consumed again on restart.
+A failure in any step (the sink, a delivery, anything) propagates, and the protocol refuses every
+call after it (:class:`ProtocolStopped`): the runtime stops without committing more, and whatever
+was not committed is consumed again on restart. A batch that failed is never skipped.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,6 +43,10 @@ Position = tuple[str, int, int]
 """(topic, partition, offset) of the last message a batch holds from that partition."""
 
 IDLE_WORK_EVERY_S = 1.0  # without events: record deliveries, first fit when idle, swap refits
+
+
+class ProtocolStopped(RuntimeError):
+    """A step failed earlier: nothing more may be scored, written or committed."""
 
 
 class Pipeline(Protocol):
@@ -99,14 +105,36 @@ class CommitProtocol:
         self._unrecorded: list[_Batch] = []  # delivered, their record not yet submitted
         self._recording: list[_Batch] = []  # their record rides with the write in flight
         self._last_idle_work = clock()
+        self._failed: BaseException | None = None
 
     def on_batch(self, messages: Sequence[RawMessage], positions: list[Position]) -> None:
         """A consumed batch (``positions``: its last offset in each partition)."""
-        result = self.pipeline.score(messages)  # 1
-        self._advance(result, positions)
+        with self._step():
+            result = self.pipeline.score(messages)  # 1
+            self._advance(result, positions)
 
     def on_idle(self) -> None:
         """Nothing was consumed: finish the batch in flight, or do the idle work when due."""
+        with self._step():
+            self._idle()
+
+    def close(self) -> None:
+        """At shutdown: finish the write and the deliveries in flight, record them, commit
+        what they release (waiting for the broker's answer), then let the pipeline finish."""
+        with self._step():
+            self._close()
+
+    @contextmanager
+    def _step(self):
+        if self._failed is not None:
+            raise ProtocolStopped(f"stopped after an earlier failure: {self._failed}")
+        try:
+            yield
+        except BaseException as exc:
+            self._failed = exc
+            raise
+
+    def _idle(self) -> None:
         if self._writing is not None:
             self._collect()  # 2
             self._deliver()  # 3
@@ -117,9 +145,7 @@ class CommitProtocol:
             self._last_idle_work = self.clock()
             self._advance(self.pipeline.idle_work(), [])
 
-    def close(self) -> None:
-        """At shutdown: finish the write and the deliveries in flight, record them, commit
-        what they release (waiting for the broker's answer), then let the pipeline finish."""
+    def _close(self) -> None:
         self._collect()
         self._deliver()
         self._produce()
@@ -131,11 +157,6 @@ class CommitProtocol:
             self._unrecorded = []
         self._release(final=True)
         self.pipeline.finish()
-
-    @property
-    def uncommitted(self) -> int:
-        """Batches consumed whose offsets are not committed yet."""
-        return len(self._pending)
 
     def _advance(self, result: BatchResult, positions: list[Position]) -> None:
         self._collect()  # 2

@@ -218,9 +218,12 @@ def create_app(settings: Settings) -> faust.App:
             try:
                 released = await pipeline.acall(method, *args)
                 await acks.release(released)
-            except (SinkError, DeliveryError, CoreProcessError) as exc:
-                # Stop before acking anything more: the unwritten batch is redelivered on restart.
-                log.critical("FATAL: %s. Stopping; no offset past the last stored batch.", exc)
+            except Exception as exc:  # noqa: BLE001 - whatever failed, stop acking
+                # Stop before acking anything more: the unwritten batch is redelivered on restart
+                # (the protocol in the child refuses to go on after a failure, too).
+                known = isinstance(exc, (SinkError, DeliveryError, CoreProcessError))
+                log.critical("FATAL: %s. Stopping; no offset past the last stored batch.",
+                             exc if known else f"{type(exc).__name__}: {exc}")  # fmt: skip
                 app.fatal = exc  # type: ignore[attr-defined]
                 os.kill(os.getpid(), signal.SIGTERM)
                 await asyncio.sleep(3600)
@@ -277,7 +280,10 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     finally:
         if app.fatal is None:
             try:
-                app.pipeline.finish()  # what it releases now is consumed again after a restart
+                # The batch in flight is finished and its deliveries recorded; faust has stopped
+                # consuming, so what this releases cannot be acknowledged: it is consumed again
+                # after a restart (stored rows are recognised, recorded alerts not sent again).
+                app.pipeline.finish()
             except Exception:  # noqa: BLE001 - shutting down; the log says what was lost
                 log.exception("could not finish the batch in flight at shutdown")
         health.close()

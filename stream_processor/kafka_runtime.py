@@ -100,6 +100,13 @@ def _commit_failed(exc) -> None:
     log.warning("offset commit failed (%s); the batch will be redelivered and deduplicated", exc)
 
 
+EXPECTED = (SinkError, DeliveryError, KafkaException)  # failures with a message of their own
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, EXPECTED) else f"{type(exc).__name__}: {exc}"
+
+
 class ConsumerOffsets:
     """The protocol's released positions, committed by the consumer (asynchronously, but the
     last one at shutdown)."""
@@ -139,8 +146,9 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
             else:
                 protocol.on_idle()
         protocol.close()
-    except (SinkError, DeliveryError, KafkaException) as exc:
-        log.critical("FATAL: %s. Stopping; no offset past the last stored batch.", exc)
+    except Exception as exc:  # noqa: BLE001 - whatever failed, stop before committing more
+        log.critical("FATAL: %s. Stopping; no offset past the last stored batch.",
+                     _describe(exc), exc_info=not isinstance(exc, EXPECTED))  # fmt: skip
         code = 1
     finally:
         health.close()

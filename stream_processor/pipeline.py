@@ -85,6 +85,10 @@ class BatchPipeline:
             refits=refits,
         )
         self.core.states.not_loaded(self.sink.account_count() - len(self.core.states))
+        # Stored alerts whose delivery was never recorded, sent with the first batch: a crash
+        # between a write and its alerts' delivery loses nothing, also for events whose offsets
+        # were committed before that write (those held for the first fit).
+        self._undelivered = self.sink.unpublished_alerts()
         log.info(
             "processor state: model %s, supervised %s, %d accounts from %d stored events, "
             "%d held for first fit, %d labels learned",
@@ -169,7 +173,11 @@ class BatchPipeline:
         alerts = list(result.alerts)
         if result.duplicate_ids:
             alerts.extend(self.sink.unpublished_alerts(result.duplicate_ids))
-        return Outbound(alerts=alerts, dead_letters=result.dead_letters, refit_s=result.refit_s)
+        if self._undelivered:
+            alerts.extend(self._undelivered)
+            self._undelivered = []
+        unique = list({a["transaction_id"]: a for a in alerts}.values())
+        return Outbound(alerts=unique, dead_letters=result.dead_letters, refit_s=result.refit_s)
 
     def published(self, published: Mapping[str, float]) -> None:
         """Record delivered alerts in a transaction of their own (no batch to carry them)."""

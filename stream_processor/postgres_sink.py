@@ -31,11 +31,12 @@ KNOWN_IDS_POSTGRES = (
 )
 ACCOUNT_HISTORY_POSTGRES = (
     "select transaction_id, account_id, amount, merchant, location, timestamp from ("
-    " select transaction_id, account_id, amount, merchant, location, timestamp, ctid as stored,"
-    " row_number() over (partition by account_id order by timestamp desc, ctid desc) as rn"
-    " from transactions where account_id = any(%(ids)s)"
-    ") newest where rn <= %(n)s order by timestamp, stored"
-)  # the accounts' newest events through ix_transactions_account_time, one statement a batch
+    " select transaction_id, account_id, amount, merchant, location, timestamp, kafka_offset,"
+    " row_number() over (partition by account_id order by timestamp desc, kafka_offset desc)"
+    " as rn from transactions where account_id = any(%(ids)s)"
+    ") newest where rn <= %(n)s order by timestamp, kafka_offset"
+)  # the accounts' newest events through ix_transactions_account_time, one statement a batch;
+# events of one time in the order they were consumed (one account: one partition, by offset)
 INCOMING = "incoming_transactions"  # the batch's rows, before the insert that skips duplicates
 CREATE_INCOMING = (
     f"create temporary table if not exists {INCOMING}"

@@ -65,9 +65,6 @@ class PickledFuture:
     def done(self) -> bool:
         return self.inner.done()
 
-    def cancel(self) -> bool:
-        return self.inner.cancel()
-
     def exception(self, timeout: float | None = None) -> BaseException | None:
         return self.inner.exception(timeout)
 
@@ -94,6 +91,8 @@ class RefitRunner:
         payload = pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
         future: Future = Future()
         with self._lock:
+            if self._closed:
+                raise WorkerGone("the refit worker was closed")
             task = next(self._tasks)
             for attempt in (1, 2):  # a worker found gone is replaced once
                 worker = self._running_worker()
@@ -146,10 +145,14 @@ class RefitRunner:
 
     def _answers(self, worker: Worker) -> None:
         """Hand each answer to its future; when the worker is gone, fail what it held."""
-        while True:
+        ended = False  # by the end of its input: it says goodbye (an empty message)
+        while not ended:
             try:
                 data = worker.receive_bytes()
             except WorkerGone:
+                break
+            if not data:
+                ended = True
                 break
             task, ok = _TASK.unpack_from(data)
             with self._lock:
@@ -161,10 +164,8 @@ class RefitRunner:
                 future.set_result(body)
             else:
                 future.set_exception(pickle.loads(body))
-        worker.process.join(5.0)
-        if worker.process.exitcode not in (0, None):  # not the end of its input: it died
-            log.warning("the refit worker process died (exit code %s); the next fit starts a "
-                        "new one", worker.process.exitcode)  # fmt: skip
+        if not ended:
+            log.warning("the refit worker process died; the next fit starts a new one")
         with self._lock:
             self._replace(worker)
             lost = [t for t, (w, _f) in self._pending.items() if w is worker]
@@ -183,6 +184,7 @@ def _serve(inbox, outbox) -> None:  # in the worker
             try:
                 data = inbox.recv_bytes()
             except EOFError:
+                outbox.send_bytes(b"")  # goodbye: an end, not a crash
                 return
             task, _ = _TASK.unpack_from(data)
             try:

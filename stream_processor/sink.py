@@ -117,18 +117,18 @@ class Sink:
         """Which of ``ids`` are already stored or held for the first fit."""
         raise NotImplementedError
 
-    def unpublished_alerts(self, ids: list[str]) -> list[dict]:
-        """Alerts of stored flagged rows among ``ids`` that never reached the alerts topic."""
-        out = []
+    def unpublished_alerts(self, ids: list[str] | None = None) -> list[dict]:
+        """Alerts of stored flagged rows (among ``ids``; None: all) whose delivery to the alerts
+        topic was never recorded."""
+        t = transactions
+        undelivered = select(t).where(t.c.is_flagged == 1, t.c.alert_published_at.is_(None))
+        queries = (
+            [undelivered]
+            if ids is None
+            else [undelivered.where(t.c.transaction_id.in_(chunk)) for chunk in _chunks(ids)]
+        )
         with self.engine.connect() as conn:
-            for chunk in _chunks(ids):
-                q = select(transactions).where(
-                    transactions.c.transaction_id.in_(chunk),
-                    transactions.c.is_flagged == 1,
-                    transactions.c.alert_published_at.is_(None),
-                )
-                out.extend(alert_payload(dict(r._mapping)) for r in conn.execute(q))
-        return out
+            return [alert_payload(dict(r._mapping)) for q in queries for r in conn.execute(q)]
 
     def _latest(self, kind: str, names_expected: tuple[str, ...]):
         with self.engine.connect() as conn:
@@ -256,13 +256,16 @@ class Sink:
         ``account_ids`` only when given, else of the ``accounts`` most recently active
         accounts (all when None)."""
         t = transactions
+        # Events of one time in the order they were consumed: one account's events come from
+        # one partition, in offset order.
         rn = (
             func.row_number()
-            .over(partition_by=t.c.account_id, order_by=t.c.timestamp.desc())
+            .over(partition_by=t.c.account_id,
+                  order_by=[t.c.timestamp.desc(), t.c.kafka_offset.desc()])
             .label("rn")
-        )
+        )  # fmt: skip
         cols = [t.c[c] for c in ("account_id", "amount", "merchant", "location")]
-        inner = select(t.c.transaction_id, t.c.timestamp, *cols, rn)
+        inner = select(t.c.transaction_id, t.c.timestamp, t.c.kafka_offset, *cols, rn)
         if account_ids is not None:
             inner = inner.where(t.c.account_id.in_(account_ids))
         elif accounts is not None:
@@ -274,7 +277,11 @@ class Sink:
             )
             inner = inner.where(t.c.account_id.in_(recent.scalar_subquery()))
         inner = inner.subquery()
-        q = select(inner).where(inner.c.rn <= per_account).order_by(inner.c.timestamp)
+        q = (
+            select(inner)
+            .where(inner.c.rn <= per_account)
+            .order_by(inner.c.timestamp, inner.c.kafka_offset)
+        )
         with self.engine.connect() as conn:
             for r in conn.execute(q):
                 yield _history_event(

@@ -61,7 +61,10 @@ class SqliteSink(Sink):
         if not result and not published:
             return
         self.wait()
-        self.writer.submit(self.statements(result, published))
+        try:
+            self.writer.submit(self.statements(result, published))
+        except WriterError as exc:
+            raise SinkError(str(exc)) from exc
 
     def wait(self) -> None:
         if self.writer.in_flight:

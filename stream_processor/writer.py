@@ -126,10 +126,11 @@ def _transaction(conn: sqlite3.Connection, statements) -> None:
         try:
             for sql, params in statements:
                 conn.executemany(sql, params)
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a failed COMMIT too: the next write starts clean
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     retry(attempt, transient=lambda exc: isinstance(exc, sqlite3.OperationalError)
           and is_lock_error(exc))  # fmt: skip

@@ -22,7 +22,7 @@
 {# A stored UTC time (text) as epoch seconds, an integer. #}
 {% macro text_to_epoch(column) %}{{ return(adapter.dispatch('text_to_epoch')(column)) }}{% endmacro %}
 {% macro sqlite__text_to_epoch(column) %}cast(strftime('%s', {{ column }}) as integer){% endmacro %}
-{% macro postgres__text_to_epoch(column) %}cast(extract(epoch from cast({{ column }} as timestamp)) as bigint){% endmacro %}
+{% macro postgres__text_to_epoch(column) %}cast(floor(extract(epoch from cast({{ column }} as timestamp))) as bigint){% endmacro %}
 
 {# The first day of the year of a date (either type above). #}
 {% macro start_of_year(column) %}{{ return(adapter.dispatch('start_of_year')(column)) }}{% endmacro %}

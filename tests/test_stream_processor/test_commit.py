@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from stream_processor.commit import CommitProtocol, last_positions
+from stream_processor.commit import CommitProtocol, ProtocolStopped, last_positions
 from stream_processor.core import RawMessage
 from stream_processor.outbox import Outbound
 
@@ -279,3 +279,33 @@ def test_a_failure_stops_the_protocol_without_committing_more():
         for messages in batches(world, 4):
             protocol.on_batch(messages, last_positions(messages))
     assert world.committed == {0: 0, 1: 0}  # the first batch had an alert: never released
+
+
+def test_after_a_failure_the_protocol_refuses_to_go_on_and_never_skips_the_batch():
+    """A step failing with any error (a lost database connection while scoring, say) leaves the
+    batch unstored: no later batch may be scored, or its offsets would cover the failed one."""
+    world = World.with_events(30)
+
+    class Flaky(FakePipeline):
+        calls = 0
+
+        def score(self, messages):
+            Flaky.calls += 1
+            if Flaky.calls == 3:
+                raise ConnectionError("server closed the connection unexpectedly")
+            return super().score(messages)
+
+    protocol = CommitProtocol(Flaky(world, Kill()), FakeOutbox(world, Kill()),
+                              FakeOffsets(world, Kill()))  # fmt: skip
+    chunks = list(batches(world, 4))
+    for messages in chunks[:2]:
+        protocol.on_batch(messages, last_positions(messages))
+    with pytest.raises(ConnectionError):
+        protocol.on_batch(chunks[2], last_positions(chunks[2]))
+    for call in (lambda: protocol.on_batch(chunks[3], last_positions(chunks[3])),
+                 protocol.on_idle, protocol.close):  # fmt: skip
+        with pytest.raises(ProtocolStopped, match="server closed the connection"):
+            call()
+    failed = {(m.partition, m.offset) for m in chunks[2]}
+    assert all(offset <= o for p, o in failed for q, offset in world.committed.items() if q == p)
+    world.check_committed()

@@ -84,3 +84,31 @@ def test_a_failed_store_stops_the_reading_and_is_raised():
 
     with pytest.raises(RuntimeError, match="database gone"):
         asyncio.run(main())
+
+
+def test_acks_release_each_partitions_events_up_to_the_released_offset_only():
+    from types import SimpleNamespace
+
+    from stream_processor.faust_app import Acks
+
+    acked: list[tuple[str, int, int]] = []
+
+    class Stream:
+        async def ack(self, event):
+            m = event.message
+            acked.append((m.topic, m.partition, m.offset))
+
+    def event(topic, partition, offset):
+        return SimpleNamespace(message=SimpleNamespace(topic=topic, partition=partition,
+                                                       offset=offset))  # fmt: skip
+
+    acks, stream = Acks(), Stream()
+    acks.add(stream, [event("t", 0, o) for o in range(5)] + [event("t", 1, o) for o in range(3)])
+    acks.add(stream, [event("labels", 0, 7)])
+    asyncio.run(acks.release([("t", 0, 2)]))
+    assert acked == [("t", 0, 0), ("t", 0, 1), ("t", 0, 2)]
+    asyncio.run(acks.release([("t", 1, 0), ("labels", 0, 6), ("t", 0, 2)]))
+    assert acked[3:] == [("t", 1, 0)]  # nothing of labels below 7; t-0 up to 2 acked once
+    asyncio.run(acks.release([("labels", 0, 7), ("t", 0, 9), ("t", 1, 2)]))
+    assert sorted(acked[4:]) == [("labels", 0, 7), ("t", 0, 3), ("t", 0, 4), ("t", 1, 1),
+                                 ("t", 1, 2)]  # fmt: skip
