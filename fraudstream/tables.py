@@ -267,8 +267,7 @@ def drop_tables(database_url: str) -> None:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         return
-    # PostgreSQL: a pooled connection the server closed (a restart) is replaced, not used.
-    engine = create_engine(url, pool_pre_ping=url.get_backend_name() == "postgresql")
+    engine = create_engine(url)
     try:
         with engine.begin() as conn:
             for table in reversed(metadata.sorted_tables):
