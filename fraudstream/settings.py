@@ -89,7 +89,7 @@ class Settings:
     batch_size: int = _setting("BATCH_SIZE", 1000, "Most events scored together in one batch.")
     batch_timeout_s: float = _setting(
         "BATCH_TIMEOUT_S",
-        0.02,
+        0.005,
         "Seconds to wait for a batch to fill before scoring what came (latency at low rates).",
     )
     warmup_events: int = _setting(
