@@ -23,10 +23,10 @@ from datetime import UTC, datetime
 
 import numpy as np
 import orjson
-from river._river_rust.drift import AdaptiveWindowing
 
 from fraudstream.schema import InvalidRecord, Transaction, decode, format_timestamp
 from fraudstream.settings import Settings
+from stream_processor import compat
 from stream_processor.features import (
     ANOMALY_COLUMNS,
     FEATURE_NAMES,
@@ -646,16 +646,11 @@ class ScoringCore:
 
 
 class ScoreDrift:
-    """river's ADWIN (``river.drift.ADWIN``, its defaults) on the anomaly scores.
-
-    The detector itself, river's compiled ``AdaptiveWindowing``, without importing
-    ``river.drift``: that package imports river's datasets, and with them scikit-learn, SciPy and
-    pandas (about 110 MB). Tested to detect at the same events as ``river.drift.ADWIN``."""
+    """river's ADWIN (``river.drift.ADWIN``, its defaults) on the anomaly scores, built by
+    :func:`stream_processor.compat.adwin` so that the processor imports no scikit-learn."""
 
     def __init__(self, delta: float):
-        self._window = AdaptiveWindowing(
-            delta=delta, clock=32, max_buckets=5, min_window_length=5, grace_period=10
-        )
+        self._window = compat.adwin(delta)
 
     def update(self, value: float) -> bool:
         """Add a score; True when the window detects a change."""

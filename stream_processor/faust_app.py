@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import faust
 
 from fraudstream.settings import Settings
+from stream_processor import compat
 from stream_processor.commit import Position
 from stream_processor.health import HealthServer
 from stream_processor.outbox import DeliveryError
@@ -56,33 +57,6 @@ def faust_credentials(settings: Settings):
             ssl_context=context,
         )
     raise FatalError(f"KAFKA_SECURITY_PROTOCOL={settings.security_protocol!r} is not supported")
-
-
-def shorten_fetch_wait() -> None:
-    """Make faust's aiokafka consumer wait at most FETCH_MAX_WAIT_MS for data, not 1.5 s.
-
-    faust-streaming 0.15.3 builds its consumer with ``fetch_max_wait_ms=1500`` and no setting to
-    change it; a broker holds an empty fetch that long (the embedded one does), so at a low
-    event rate every batch waited up to 1.5 s before faust saw it. The value is set on the
-    consumer after faust builds it and before it starts (aiokafka hands it to its fetcher then).
-    """
-    from faust.transport.drivers import aiokafka as driver
-
-    thread = driver.AIOKafkaConsumerThread
-    original = thread._create_worker_consumer
-    if getattr(original, "shortened", False):
-        return
-
-    def create_worker_consumer(self, transport):
-        consumer = original(self, transport)
-        if hasattr(consumer, "_fetch_max_wait_ms"):
-            consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
-        else:  # a different aiokafka: keep faust's value, and say so
-            log.warning("cannot shorten faust's fetch wait with this aiokafka version")
-        return consumer
-
-    create_worker_consumer.shortened = True  # type: ignore[attr-defined]
-    thread._create_worker_consumer = create_worker_consumer
 
 
 async def store_while_reading(
@@ -178,7 +152,9 @@ def create_app(settings: Settings) -> faust.App:
             "KAFKA_BOOTSTRAP_SERVERS is not set: point it at a cluster, or use `fraudstream run`, "
             "which starts the embedded broker"
         )
-    shorten_fetch_wait()
+    # faust-streaming has no setting for its consumer's fetch wait (1.5 s): at a low event rate
+    # every batch waited that long on a broker that holds an empty fetch.
+    compat.set_faust_fetch_wait(FETCH_MAX_WAIT_MS)
     brokers = [f"kafka://{b.strip()}" for b in settings.bootstrap_servers.split(",")]
     credentials = faust_credentials(settings)
     app = faust.App(

@@ -16,8 +16,8 @@ from dataclasses import replace
 import joblib
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
-from sklearn.ensemble._iforest import _average_path_length
 
+from stream_processor import compat
 from stream_processor.model import (
     MAX_NEGATIVES,
     MAX_SAMPLES,
@@ -122,10 +122,9 @@ def anomaly_model(forest: IsolationForest, blob: bytes, **fields) -> FittedModel
     """The forest as flat arrays; a leaf's value is the depth scikit-learn scores it with
     (path length + the average path length of the samples left in it - 1)."""
     trees = []
-    for estimator, lengths, averages, columns in zip(
+    for estimator, depths, columns in zip(
         forest.estimators_,
-        forest._decision_path_lengths,
-        forest._average_path_length_per_tree,
+        compat.forest_node_depths(forest),
         forest.estimators_features_,
         strict=True,
     ):
@@ -136,7 +135,7 @@ def anomaly_model(forest: IsolationForest, blob: bytes, **fields) -> FittedModel
                 tree.children_right,
                 np.asarray(columns)[np.maximum(tree.feature, 0)],  # the forest's own columns
                 tree.threshold,
-                lengths + averages - 1.0,
+                depths,
                 None,
                 tree.max_depth,
             )
@@ -147,12 +146,11 @@ def anomaly_model(forest: IsolationForest, blob: bytes, **fields) -> FittedModel
     thresholds = flat.threshold.astype(np.float32)
     over = thresholds.astype(np.float64) > flat.threshold
     thresholds[over] = np.nextafter(thresholds[over], np.float32(-np.inf))
-    normaliser = len(trees) * float(_average_path_length([forest._max_samples])[0])
     return FittedModel(
         trees=FlatTrees(
             flat.roots, flat.feature, thresholds, flat.children, flat.value, flat.depth
         ),
-        normaliser=normaliser,
+        normaliser=compat.forest_normaliser(forest),
         blob=blob,
         **fields,
     )
@@ -164,8 +162,7 @@ def supervised_model(estimator: HistGradientBoostingClassifier, blob: bytes, **f
     if estimator.n_trees_per_iteration_ != 1:
         raise ValueError("only a binary classifier can be turned into flat trees")
     trees = []
-    for (predictor,) in estimator._predictors:
-        nodes = predictor.nodes
+    for nodes in compat.boosted_tree_nodes(estimator):
         if nodes["is_categorical"].any():
             raise ValueError("categorical splits are not supported in flat trees")
         leaf = nodes["is_leaf"].astype(bool)
@@ -183,7 +180,7 @@ def supervised_model(estimator: HistGradientBoostingClassifier, blob: bytes, **f
     flat = _flatten(trees)
     return SupervisedModel(
         trees=flat,
-        baseline=float(np.asarray(estimator._baseline_prediction).ravel()[0]),
+        baseline=compat.boosted_baseline(estimator),
         blob=blob,
         **fields,
     )

@@ -16,7 +16,6 @@ from fraudstream.schema import Transaction, format_timestamp
 from producer.csv_source import read_transactions
 from stream_processor.core import (
     RawMessage,
-    ScoreDrift,
     ScoringCore,
     db_timestamp,
     features_json,
@@ -271,22 +270,6 @@ def test_the_processor_imports_no_scikit_learn():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-
-
-def test_score_drift_detects_where_rivers_adwin_does():
-    from river.drift import ADWIN
-
-    rng = np.random.default_rng(5)
-    scores = np.concatenate([rng.normal(0.45, 0.02, 3000), rng.normal(0.55, 0.02, 3000)])
-    ours, rivers = ScoreDrift(0.002), ADWIN(delta=0.002)
-    detected = []
-    for i, value in enumerate(scores.tolist()):
-        rivers.update(value)
-        assert ours.update(value) == rivers.drift_detected, i
-        if rivers.drift_detected:
-            detected.append(i)
-            ours, rivers = ScoreDrift(0.002), ADWIN(delta=0.002)  # as the core does on a refit
-    assert detected and 3000 <= detected[0] < 3300
 
 
 @pytest.mark.parametrize(
