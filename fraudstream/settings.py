@@ -257,7 +257,7 @@ def _convert(f: dataclasses.Field, raw: str) -> Any:
 
 
 def describe() -> list[tuple[str, str, str]]:
-    """(env name, default, meaning) for every setting, for the README and ``--help``."""
+    """(env name, default, meaning) for every setting, for docs/settings.md and ``--help``."""
     return [
         (f.metadata["env"], repr(f.default), f.metadata["doc"])
         for f in dataclasses.fields(Settings)

@@ -1,7 +1,7 @@
 """Streaming features: each event is compared with its account's and its merchant's own past.
 
 This module is the one place where every model input is defined (:data:`FEATURES`,
-:data:`LABEL_FEATURES`); the README's feature table is checked against it.
+:data:`LABEL_FEATURES`); docs/scoring.md's feature table is checked against it.
 
 Windows come in two kinds:
 

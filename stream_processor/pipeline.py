@@ -99,7 +99,7 @@ class BatchPipeline:
         if not features.COMPILED:
             log.warning(
                 "the feature code runs as plain Python (it was not compiled at install: no C "
-                "compiler?): the same results, about half the speed; see README, Compiled parts"
+                "compiler?): the same results, about half the speed; see docs/development.md, Compiled parts"
             )
 
     # -- what the core reads while a write may be in flight -------------------------------------
