@@ -18,7 +18,7 @@ help:
 	@echo "make generate ROWS=N OUT=path  write a larger synthetic CSV"
 	@echo "make bench                     throughput beside its baselines (see docs/benchmarks.md)"
 	@echo "make evaluate                  detection quality on a 600,000-row labelled set (docs/detection.md)"
-	@echo "make lint                      ruff"
+	@echo "make lint                      ruff, and the import layers (pyproject.toml)"
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,7 @@ browser-deps:
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 ROWS ?= 1000000
 OUT ?= data/transactions_large.csv
