@@ -5,25 +5,25 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-WORKDIR /app
-
-# Dependencies first (cached while only the code changes), pinned by requirements.lock.
+# The package, built from /src and installed (not editable: the dbt project and the dashboard
+# definition ship inside it), then the sources go. A C compiler for the build only: Cython
+# compiles the per-event code (setup.py); the build fails if a module did not compile.
+WORKDIR /src
 COPY pyproject.toml setup.py requirements.lock README.md ./
 COPY fraudstream ./fraudstream
 COPY producer ./producer
 COPY stream_processor ./stream_processor
 COPY batch ./batch
-# Editable: the dbt project and the dashboard are found beside the packages, in /app. A C
-# compiler for the install only: Cython compiles the per-event code (setup.py), then it goes;
-# the build fails if a module did not compile.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && pip install --no-cache-dir -c requirements.lock -e . \
-    && python -c "import stream_processor.rowtext, stream_processor.treewalk, fraudstream.schema as s; from stream_processor.features import COMPILED; assert COMPILED and s.__file__.endswith('.so')" \
-    && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/*
-
 COPY dbt_project ./dbt_project
 COPY dashboard ./dashboard
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install --no-cache-dir -c requirements.lock . \
+    && cd / && python -c "import stream_processor.rowtext, stream_processor.treewalk, fraudstream.schema as s; from stream_processor.features import COMPILED; assert COMPILED and s.__file__.endswith('.so')" \
+    && python -c "from batch.build import PROJECT_DIR as p; assert (p / 'dbt_project.yml').is_file()" \
+    && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* /src
+
+WORKDIR /app
 COPY data/transactions.csv ./data/transactions.csv
 
 ENV DATABASE_URL=sqlite:////data/finance.db

@@ -26,7 +26,7 @@ from fraudstream.tables import engine_url
 
 log = logging.getLogger(__name__)
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
+PROJECT_DIR = Path(__file__).resolve().parent / "dbt_project"  # the repository's dbt_project/
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -140,6 +140,8 @@ def _run_dbt(name, work, select, dbt_vars, retries, full_refresh) -> BuildOutcom
         "--target-path", str(work / "target"),
         "--log-path", str(work / "logs"),
         "--quiet",
+        # No usage events: they would write .user.yml into the project, read-only when installed.
+        "--no-send-anonymous-usage-stats",
     ]  # fmt: skip
     if select:
         args += ["--select", select]

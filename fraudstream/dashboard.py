@@ -19,7 +19,7 @@ import yaml
 
 from fraudstream.settings import Settings
 
-METADATA = Path(__file__).resolve().parent.parent / "dashboard" / "metadata.yml"
+METADATA = Path(__file__).resolve().parent / "dashboard_definition" / "metadata.yml"
 DASHBOARD_PATH = "/-/dashboards/fraud-monitoring"
 PASSWORD_HASH_ENV = "DASHBOARD_PASSWORD_HASH"
 _PASSWORD_HASH = re.compile(r"pbkdf2_sha256\$\d+\$[^$\s]+\$[A-Za-z0-9+/=]+")

@@ -26,7 +26,7 @@ from datasette.utils.asgi import Response
 
 from fraudstream.text_safety import spreadsheet_safe
 
-SAFE_CHARTS = Path(__file__).resolve().parent.parent / "dashboard" / "safe_charts.js"
+SAFE_CHARTS = Path(__file__).resolve().parent / "dashboard_definition" / "safe_charts.js"
 REVIEWED_DASHBOARDS_VERSION = "0.8.0"
 # The renderers of that version, by chart library: those that set innerHTML are replaced.
 REPLACED_RENDERERS = {"metric": "renderMetricChart", "table": "renderTableChart",
