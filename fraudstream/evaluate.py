@@ -139,7 +139,19 @@ def evaluate(
     k: int = 100,
     plot: Path | None = None,
 ) -> Report:
+    """Measure the stored scores and flags against the ground truth on the test period."""
     frame = load(database_url, csv)
+    test = _test_period(frame, test_from, test_fraction)
+    report = _new_report(database_url, frame, test)
+    curves = _measure_scores(report, test, k)
+    _measure_flags(report, test)
+    if plot is not None:
+        report.plot = str(_plot(curves, report, plot))
+    return report
+
+
+def _test_period(frame: pd.DataFrame, test_from: str | None, test_fraction: float) -> pd.DataFrame:
+    """The events from ``test_from`` on (default: the last ``test_fraction`` of the time span)."""
     start, end = frame["time"].iloc[0], frame["time"].iloc[-1]
     if test_from is not None:
         cut = pd.Timestamp(test_from)
@@ -152,6 +164,11 @@ def evaluate(
         raise EvaluationError(f"no events from {cut} on (events run {start} .. {end})")
     if test["is_fraud"].nunique() < 2:
         raise EvaluationError("the test period needs both fraud and legitimate events")
+    return test
+
+
+def _new_report(database_url: str, frame: pd.DataFrame, test: pd.DataFrame) -> Report:
+    """A report on the test period, with its counts and no metrics yet."""
     report = Report(
         database=database_url,
         test_from=str(test["time"].iloc[0]),
@@ -164,6 +181,11 @@ def evaluate(
     report.scenarios = (
         test[test["is_fraud"] == 1]["fraud_scenario"].value_counts().sort_index().to_dict()
     )
+    return report
+
+
+def _measure_scores(report: Report, test: pd.DataFrame, k: int) -> dict:
+    """Fill ``report.scores`` for each score present throughout; their precision-recall curves."""
     y = test["is_fraud"].to_numpy()
     curves = {}
     for column, label in SCORES:
@@ -184,14 +206,16 @@ def evaluate(
         )
         if not same:  # the risk score is the supervised one once a model exists: one curve
             curves[label] = precision_recall_curve(y, s)[:2]
+    return curves
+
+
+def _measure_flags(report: Report, test: pd.DataFrame) -> None:
+    """Fill ``report.flags`` for the Isolation Forest's own flag and the stored one."""
     anomaly_flag = (test["score"] > test["threshold"]).to_numpy()
     report.flags["Isolation Forest flag"] = _flag_metrics(test, anomaly_flag)
     report.flags["stored flag (is_flagged)"] = _flag_metrics(
         test, test["is_flagged"].to_numpy() == 1
     )
-    if plot is not None:
-        report.plot = str(_plot(curves, report, plot))
-    return report
 
 
 def card_precision_at_k(test: pd.DataFrame, column: str, k: int = 100) -> float:

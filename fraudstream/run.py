@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy import table as sa_table
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -87,84 +87,139 @@ def run_pipeline(
     dbt: bool = True,
     labels: bool = False,
 ) -> RunSummary:
-    from producer.replay import ReplayOptions, replay
+    """Replay ``csv_path`` through the stream processor (and dbt); summarise what was stored."""
+    from producer.replay import ReplayOptions
 
+    csv_path = _existing_csv(csv_path)
+    settings, db = _on_sqlite_file(settings)
+    log_dir = _log_dir(db)
+    engine = _open_database(settings, fresh)
+    rows_before = _count(engine, transactions)
+    summary = RunSummary(
+        csv=csv_path, database=db, processor_log=log_dir / "processor.log", runtime=settings.runtime
+    )
+    summary.database_url = shown_url(settings.database_url)
+    options = ReplayOptions(
+        rate=rate,
+        speedup=speedup,
+        limit=limit,
+        progress=progress,
+        labels_topic=settings.labels_topic if labels else None,
+        label_delay_s=settings.label_delay_days * 86400,
+    )
+    with kafka_cluster(settings, log_path=log_dir / "broker.log") as bootstrap:
+        settings = _on_cluster(settings, bootstrap)
+        _replay_and_process(csv_path, settings, engine, summary, options, timeout_s)
+        read_back(summary, engine, settings, rows_before)
+    if dbt:
+        _build_marts(summary, engine, settings, fresh)
+    engine.dispose()
+    return summary
+
+
+def _existing_csv(csv_path: Path) -> Path:
+    """``csv_path`` as a Path, if the file exists."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise RunError(f"{csv_path}: no such file (generate one with `fraudstream generate`)")
+    return csv_path
+
+
+def _on_sqlite_file(settings: Settings) -> tuple[Settings, Path | None]:
+    """``settings`` with a SQLite database by absolute path, and that file (None: no SQLite)."""
     db = Path(settings.sqlite_path) if settings.sqlite_path else None
     if db is not None:
         db = db.resolve()
         settings = settings.replace(database_url=f"sqlite:///{db}")
         db.parent.mkdir(parents=True, exist_ok=True)
+    return settings, db
+
+
+def _log_dir(db: Path | None) -> Path:
+    """The logs directory beside the SQLite file, else in the working directory; created."""
     log_dir = (db.parent if db else Path.cwd()) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    return log_dir
+
+
+def _open_database(settings: Settings, fresh: bool) -> Engine:
+    """An engine on the database, created with its tables if need be (``fresh``: tables dropped)."""
     try:
         if ensure_database(settings.database_url):
             print(f"created the database {shown_url(settings.database_url)}", file=sys.stderr)
         if fresh:
             drop_tables(settings.database_url)
-        engine = make_engine(settings.database_url)  # creates the tables before anyone reads it
+        return make_engine(settings.database_url)  # creates the tables before anyone reads it
     except (OutdatedDatabase, UnsupportedDatabase, UnreachableDatabase, SQLAlchemyError) as exc:
         raise RunError(f"{shown_url(settings.database_url)}: {exc}") from exc
+
+
+def _count(engine: Engine, table) -> int:
+    """The rows in ``table``."""
     with engine.connect() as conn:
-        rows_before = conn.execute(select(func.count()).select_from(transactions)).scalar()
-    summary = RunSummary(
-        csv=csv_path, database=db, processor_log=log_dir / "processor.log", runtime=settings.runtime
+        return conn.execute(select(func.count()).select_from(table)).scalar()
+
+
+def _on_cluster(settings: Settings, bootstrap: str) -> Settings:
+    """``settings`` on the cluster at ``bootstrap``, topics created, health page on a free port."""
+    settings = settings.replace(bootstrap_servers=bootstrap)
+    ensure_topics(bootstrap, settings)
+    if settings.web_port:
+        from fraudstream.broker import free_port
+
+        settings = settings.replace(web_port=free_port())
+    return settings
+
+
+def _replay_and_process(
+    csv_path: Path, settings: Settings, engine, summary: RunSummary, options, timeout_s: float
+) -> None:
+    """Start the processor, replay the CSV and wait until the processor has processed it all."""
+    proc = start_processor(settings, summary.processor_log)
+    try:
+        started = time.monotonic()
+        stats = _replay(csv_path, settings, options, summary)
+        wait_until_processed(
+            settings, engine, proc, summary.processor_log, stats.last_offsets, timeout_s,
+            stats.label_offsets,
+        )  # fmt: skip
+        summary.wall_s = time.monotonic() - started
+    finally:
+        stop_processor(proc)
+
+
+def _replay(csv_path: Path, settings: Settings, options, summary: RunSummary):
+    """Produce the CSV's events (and labels), all delivered, and count them in ``summary``."""
+    from producer.replay import replay
+
+    stats = replay(
+        csv_path,
+        settings.bootstrap_servers,
+        settings.transactions_topic,
+        options,
+        settings.kafka_config(),
     )
-    summary.database_url = shown_url(settings.database_url)
+    if stats.failed:
+        raise RunError(f"{stats.failed} events were not delivered: {stats.errors[:3]}")
+    summary.produced, summary.rejected_rows = stats.produced, stats.rejected
+    summary.rejects_path = stats.rejects_path
+    summary.labels_sent = stats.labels_sent
+    return stats
 
-    with kafka_cluster(settings, log_path=log_dir / "broker.log") as bootstrap:
-        settings = settings.replace(bootstrap_servers=bootstrap)
-        ensure_topics(bootstrap, settings)
-        if settings.web_port:
-            from fraudstream.broker import free_port
 
-            settings = settings.replace(web_port=free_port())
-        proc = start_processor(settings, summary.processor_log)
-        try:
-            started = time.monotonic()
-            stats = replay(
-                csv_path,
-                bootstrap,
-                settings.transactions_topic,
-                ReplayOptions(
-                    rate=rate,
-                    speedup=speedup,
-                    limit=limit,
-                    progress=progress,
-                    labels_topic=settings.labels_topic if labels else None,
-                    label_delay_s=settings.label_delay_days * 86400,
-                ),  # fmt: skip
-                settings.kafka_config(),
-            )
-            if stats.failed:
-                raise RunError(f"{stats.failed} events were not delivered: {stats.errors[:3]}")
-            summary.produced, summary.rejected_rows = stats.produced, stats.rejected
-            summary.rejects_path = stats.rejects_path
-            summary.labels_sent = stats.labels_sent
-            wait_until_processed(
-                settings, engine, proc, summary.processor_log, stats.last_offsets, timeout_s,
-                stats.label_offsets,
-            )  # fmt: skip
-            summary.wall_s = time.monotonic() - started
-        finally:
-            stop_processor(proc)
-        read_back(summary, engine, settings, rows_before)
-    if dbt:
-        from batch.build import dbt_build
+def _build_marts(summary: RunSummary, engine: Engine, settings: Settings, fresh: bool) -> None:
+    """Build the dbt marts on the stored rows and count each mart's rows (None: missing)."""
+    from batch.build import dbt_build
 
-        # After --fresh the incremental marts start over too (PostgreSQL keeps dbt's tables).
-        summary.dbt = dbt_build(settings.database_url, full_refresh=fresh)
-        with engine.connect() as conn:
-            for mart in ("fraud_flags", "spending_aggregations", "daily_kpis", "model_quality"):
-                try:
-                    q = select(func.count()).select_from(sa_table(mart))
-                    summary.marts[mart] = conn.execute(q).scalar()
-                except Exception:  # noqa: BLE001 - a failed build leaves it missing
-                    summary.marts[mart] = None
-    engine.dispose()
-    return summary
+    # After --fresh the incremental marts start over too (PostgreSQL keeps dbt's tables).
+    summary.dbt = dbt_build(settings.database_url, full_refresh=fresh)
+    with engine.connect() as conn:
+        for mart in ("fraud_flags", "spending_aggregations", "daily_kpis", "model_quality"):
+            try:
+                q = select(func.count()).select_from(sa_table(mart))
+                summary.marts[mart] = conn.execute(q).scalar()
+            except Exception:  # noqa: BLE001 - a failed build leaves it missing
+                summary.marts[mart] = None
 
 
 def start_processor(settings: Settings, log_path: Path) -> subprocess.Popen:

@@ -74,51 +74,79 @@ async def store_while_reading(
     stored as soon as it is read. When ``size`` events wait, reading waits too. On the way out
     (cancelled, or ``stop()``), the batch being stored is finished; events still waiting are
     dropped unacknowledged, so they are consumed again after a restart."""
-    pending: list = []
-    ready = asyncio.Event()  # events are waiting
-    room = asyncio.Event()  # fewer than ``size`` are
-    room.set()
-    idle = asyncio.Event()  # nothing waits and nothing is being stored
-    idle.set()
-    storing: list[asyncio.Future] = []
+    batcher = _Batcher(store, size, stop)
+    try:
+        await batcher.read(batches)
+    finally:
+        await batcher.close()
 
-    async def send() -> None:
-        while not stop():
-            await ready.wait()
-            batch = pending[:size]
-            del pending[: len(batch)]
-            if not pending:
-                ready.clear()
-            room.set()
-            storing[:] = [asyncio.ensure_future(store(batch))]
-            await asyncio.shield(storing[0])
-            if not pending:
-                idle.set()
 
-    async def until(event: asyncio.Event) -> None:  # or until the sender stops
+class _Batcher:
+    """The events read and not stored yet, shared by the reader and the sender that stores them."""
+
+    def __init__(
+        self, store: Callable[[list], Awaitable[None]], size: int, stop: Callable[[], bool]
+    ) -> None:
+        self._store, self._size, self._stop = store, size, stop
+        self._pending: list = []
+        self._ready = asyncio.Event()  # events are waiting
+        self._room = asyncio.Event()  # fewer than ``size`` are
+        self._room.set()
+        self._idle = asyncio.Event()  # nothing waits and nothing is being stored
+        self._idle.set()
+        self._storing: asyncio.Future | None = None
+        self._sender = asyncio.ensure_future(self._send())
+
+    async def read(self, batches: AsyncIterator[list]) -> None:
+        """Queue what ``batches`` yields, pausing while ``size`` wait, then store the rest."""
+        async for events in batches:
+            if self._sender.done():  # stopped (a fatal error): take nothing more
+                return
+            self._add(events)
+            if len(self._pending) >= self._size:
+                self._room.clear()
+                await self._until(self._room)
+        await self._until(self._idle)
+
+    def _add(self, events: list) -> None:
+        """Queue ``events`` for the sender."""
+        self._pending.extend(events)
+        self._idle.clear()
+        self._ready.set()
+
+    async def _send(self) -> None:
+        """Store the queued events, up to ``size`` at a time, until ``stop()``."""
+        while not self._stop():
+            await self._ready.wait()
+            batch = self._take()
+            self._storing = asyncio.ensure_future(self._store(batch))
+            await asyncio.shield(self._storing)  # a cancelled sender still finishes the batch
+            if not self._pending:
+                self._idle.set()
+
+    def _take(self) -> list:
+        """The next batch: up to ``size`` of the queued events, oldest first."""
+        batch = self._pending[: self._size]
+        del self._pending[: len(batch)]
+        if not self._pending:
+            self._ready.clear()
+        self._room.set()
+        return batch
+
+    async def _until(self, event: asyncio.Event) -> None:
+        """Wait until ``event`` is set or the sender stops."""
         waiting = asyncio.ensure_future(event.wait())
-        await asyncio.wait([waiting, sender], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([waiting, self._sender], return_when=asyncio.FIRST_COMPLETED)
         waiting.cancel()
 
-    sender = asyncio.ensure_future(send())
-    try:
-        async for events in batches:
-            if sender.done():  # stopped (a fatal error): take nothing more
-                break
-            pending.extend(events)
-            idle.clear()
-            ready.set()
-            if len(pending) >= size:
-                room.clear()
-                await until(room)
-        else:  # the reading ended: store what was read
-            await until(idle)
-    finally:
-        pending.clear()
-        ready.clear()
-        sender.cancel()
-        if storing and not storing[0].done():
-            await asyncio.wait(storing)
+    async def close(self) -> None:
+        """Drop what is queued, finish the batch being stored, and raise the sender's error."""
+        self._pending.clear()
+        self._ready.clear()
+        self._sender.cancel()
+        if self._storing is not None and not self._storing.done():
+            await asyncio.wait([self._storing])
+        sender = self._sender
         if sender.done() and not sender.cancelled() and sender.exception() is not None:
             raise sender.exception()
 
@@ -146,20 +174,87 @@ class Acks:
                 await stream.ack(event)
 
 
+class BatchRunner:
+    """Hands batches to the scoring process one call at a time and acknowledges what it releases;
+    after a failure, records it on the app and stops the worker."""
+
+    def __init__(self, app: faust.App, pipeline: PipelineProcess) -> None:
+        self.app = app
+        self.pipeline = pipeline
+        self.acks = Acks()
+        self.lock = asyncio.Lock()  # the agents and the timer share the core and the sink
+
+    def failed(self) -> bool:
+        """Whether a call has failed (the worker is stopping)."""
+        return self.app.fatal is not None  # type: ignore[attr-defined]
+
+    async def store_and_ack(self, stream, events) -> None:
+        """Store ``events``, acknowledged once released (stored, delivered, recorded)."""
+        self.acks.add(stream, events)
+        await self.call("batch", raw_batch(events))
+
+    async def idle(self) -> None:
+        """Let the protocol do its idle work, unless a batch in progress is doing the same."""
+        if not self.lock.locked():
+            await self.call("idle")
+
+    async def call(self, method: str, *args) -> None:
+        """Call ``method`` in the scoring process and acknowledge the positions it releases."""
+        async with self.lock:
+            try:
+                released = await self.pipeline.acall(method, *args)
+                await self.acks.release(released)
+            except Exception as exc:  # noqa: BLE001 - whatever failed, stop acking
+                await self._stop(exc)
+
+    async def _stop(self, exc: Exception) -> None:
+        """Stop the worker before anything more is acknowledged, holding the lock meanwhile."""
+        # The unwritten batch is redelivered on restart (the protocol in the child refuses to go
+        # on after a failure, too).
+        known = isinstance(exc, (SinkError, DeliveryError, CoreProcessError))
+        log.critical("FATAL: %s. Stopping; no offset past the last stored batch.",
+                     exc if known else f"{type(exc).__name__}: {exc}")  # fmt: skip
+        self.app.fatal = exc  # type: ignore[attr-defined]
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(3600)
+
+
+def raw_batch(events) -> list[tuple]:
+    """The events as RawMessage fields, which the scoring process takes as they are."""
+    return [
+        (m.value, m.key, m.topic, m.partition, m.offset, produced_at(m.headers))
+        for m in (e.message for e in events)
+    ]
+
+
 def create_app(settings: Settings) -> faust.App:
+    """The faust app: agents for transactions and labels and an idle timer, on a scoring process."""
     if not settings.bootstrap_servers:
         raise FatalError(
             "KAFKA_BOOTSTRAP_SERVERS is not set: point it at a cluster, or use `fraudstream run`, "
             "which starts the embedded broker"
         )
-    # faust-streaming has no setting for its consumer's fetch wait (1.5 s): at a low event rate
-    # every batch waited that long on a broker that holds an empty fetch.
+    app = _new_app(settings)
+    source = _raw_topic(app, settings.transactions_topic)
+    label_source = _raw_topic(app, settings.labels_topic)
+    pipeline = PipelineProcess(settings)  # the scoring core in a process of its own
+    tune_gc()
+    app.fatal = None  # type: ignore[attr-defined]
+    runner = BatchRunner(app, pipeline)
+    app.acks = runner.acks  # type: ignore[attr-defined]
+    _add_agents(app, settings, runner, source, label_source)
+    app.pipeline = pipeline  # type: ignore[attr-defined]
+    return app
+
+
+def _new_app(settings: Settings) -> faust.App:
+    """A faust app on the configured cluster, with raw keys and values and tables in memory."""
+    # faust-streaming has no setting for its consumer's fetch wait (1.5 s), and at a low event
+    # rate every batch would wait that long on a broker that holds an empty fetch.
     compat.set_faust_fetch_wait(FETCH_MAX_WAIT_MS)
-    brokers = [f"kafka://{b.strip()}" for b in settings.bootstrap_servers.split(",")]
-    credentials = faust_credentials(settings)
-    app = faust.App(
+    return faust.App(
         settings.consumer_group,
-        broker=brokers,
+        broker=[f"kafka://{b.strip()}" for b in settings.bootstrap_servers.split(",")],
         store="memory://",
         key_serializer="raw",
         value_serializer="raw",
@@ -172,74 +267,44 @@ def create_app(settings: Settings) -> faust.App:
         topic_disable_leader=True,
         web_enabled=False,  # the health page is the processor's own (stream_processor.health)
         worker_redirect_stdouts=False,
-        broker_credentials=credentials,
+        broker_credentials=faust_credentials(settings),
         # Tables live in memory; faust still wants a data directory: keep it out of the cwd.
         datadir=tempfile.mkdtemp(prefix="fraudstream-faust-"),
     )
-    source = app.topic(
-        settings.transactions_topic, key_serializer="raw", value_serializer="raw", internal=False
-    )
-    label_source = app.topic(
-        settings.labels_topic, key_serializer="raw", value_serializer="raw", internal=False
-    )
-    pipeline = PipelineProcess(settings)  # the scoring core in a process of its own
-    tune_gc()
-    lock = asyncio.Lock()  # the agent and the timer share the core and the sink
-    app.fatal = None  # type: ignore[attr-defined]
 
-    acks = app.acks = Acks()  # type: ignore[attr-defined]
 
-    async def run_locked(method: str, *args) -> None:
-        async with lock:
-            try:
-                released = await pipeline.acall(method, *args)
-                await acks.release(released)
-            except Exception as exc:  # noqa: BLE001 - whatever failed, stop acking
-                # Stop before acking anything more: the unwritten batch is redelivered on restart
-                # (the protocol in the child refuses to go on after a failure, too).
-                known = isinstance(exc, (SinkError, DeliveryError, CoreProcessError))
-                log.critical("FATAL: %s. Stopping; no offset past the last stored batch.",
-                             exc if known else f"{type(exc).__name__}: {exc}")  # fmt: skip
-                app.fatal = exc  # type: ignore[attr-defined]
-                os.kill(os.getpid(), signal.SIGTERM)
-                await asyncio.sleep(3600)
+def _raw_topic(app: faust.App, name: str):
+    """The existing topic ``name``, read as raw bytes."""
+    return app.topic(name, key_serializer="raw", value_serializer="raw", internal=False)
 
-    def raw_batch(events) -> list[tuple]:  # RawMessage fields: built once, sent as they are
-        return [
-            (m.value, m.key, m.topic, m.partition, m.offset, produced_at(m.headers))
-            for m in (e.message for e in events)
-        ]
 
-    async def store_and_ack(stream, events) -> None:
-        # Acknowledged once the commit protocol releases them (stored, delivered, recorded).
-        acks.add(stream, events)
-        await run_locked("batch", raw_batch(events))
+def _add_agents(app: faust.App, settings: Settings, runner: BatchRunner, source, label_source):
+    """Register the transactions and labels agents and the idle timer, all feeding ``runner``."""
 
     @app.agent(source, name="score_transactions")
     async def score_transactions(stream):
+        """Store the transactions in batches as large as the reading allows."""
         # Batches are stored one at a time, in order; a batch's events are acknowledged only
         # after it is stored and its alerts delivered (store_and_ack).
         batches = stream.noack_take(settings.batch_size, within=settings.batch_timeout_s)
         await store_while_reading(
-            batches, lambda events: store_and_ack(stream, events), settings.batch_size,
-            stop=lambda: app.fatal is not None,
+            batches, lambda events: runner.store_and_ack(stream, events), settings.batch_size,
+            stop=runner.failed,
         )  # fmt: skip
 
     @app.agent(label_source, name="learn_labels")
     async def learn_labels(stream):
+        """Store the labels, batch by batch."""
         # Same path: the core tells labels from transactions by topic; acked once released.
         async for events in stream.noack_take(settings.batch_size, within=settings.batch_timeout_s):
-            await store_and_ack(stream, events)
+            await runner.store_and_ack(stream, events)
 
     @app.timer(interval=IDLE_CHECK_S)
     async def housekeeping():
+        """Give the protocol its idle turn."""
         # When no batch comes: finish the one in flight, record deliveries, the idle first fit,
         # finished refits (the protocol does the latter once a second at most).
-        if not lock.locked():  # a batch in progress does the same work
-            await run_locked("idle")
-
-    app.pipeline = pipeline  # type: ignore[attr-defined]
-    return app
+        await runner.idle()
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> int:
