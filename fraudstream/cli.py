@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from fraudstream.settings import Settings, describe
+from fraudstream.settings import Settings, describe, reveal
 
 DB_OPTION = click.option(
     "--db",
@@ -196,7 +196,7 @@ def produce(
         from producer.pseudonymize import PseudonymKeyError, check_key
 
         try:
-            key = check_key(settings.pseudonym_key)
+            key = check_key(reveal(settings.pseudonym_key))
         except PseudonymKeyError as exc:
             raise click.UsageError(str(exc)) from exc
     options = ReplayOptions(rate=rate, speedup=speedup, limit=limit, loops=loops,

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from fraudstream.settings import Settings
+from fraudstream.settings import Settings, reveal
 
 METADATA = Path(__file__).resolve().parent / "dashboard_definition" / "metadata.yml"
 DASHBOARD_PATH = "/-/dashboards/fraud-monitoring"
@@ -40,7 +40,8 @@ class Login:
     @classmethod
     def from_settings(cls, settings: Settings) -> Login | None:
         """The configured login, None when there is none, or :class:`DashboardError`."""
-        in_env, in_file = settings.dashboard_password_hash, settings.dashboard_password_hash_file
+        in_env = reveal(settings.dashboard_password_hash)
+        in_file = settings.dashboard_password_hash_file
         if in_env and in_file:
             raise DashboardError(
                 "set DASHBOARD_PASSWORD_HASH or DASHBOARD_PASSWORD_HASH_FILE, not both"

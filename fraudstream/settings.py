@@ -1,54 +1,57 @@
-"""Every setting of the pipeline, declared once with its environment variable and meaning.
+"""Every setting of the pipeline, declared once with its environment variable, type and meaning.
 
-Build one with :meth:`Settings.from_env` (environment first, keyword overrides on top); the object
-is frozen so that every component sees the same values.
+Typed by pydantic-settings: a choice is a ``Literal``, a secret a ``SecretStr`` (never printed;
+``.get_secret_value()`` where it is used), and a value that does not fit its type is refused
+naming the variable. Build one with :meth:`Settings.from_env` (an environment, then keyword
+overrides on top); the object is frozen so that every component sees the same values.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-def _setting(env: str, default: Any, doc: str, secret: bool = False) -> Any:
-    return field(default=default, metadata={"env": env, "doc": doc, "secret": secret})
+def _setting(env: str, default: Any, doc: str, **constraints: Any) -> Any:
+    return Field(default, validation_alias=env, description=doc, **constraints)
 
 
 SECRET_MASK = "********"
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", env_ignore_empty=True)
+
     bootstrap_servers: str | None = _setting(
         "KAFKA_BOOTSTRAP_SERVERS",
         None,
         "Kafka bootstrap servers (host:port,...). Unset: `run` starts the embedded Tansu broker.",
     )
-    security_protocol: str | None = _setting(
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = _setting(
         "KAFKA_SECURITY_PROTOCOL",
         None,
         "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; passed to every Kafka client.",
     )
-    sasl_mechanism: str | None = _setting(
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = _setting(
         "KAFKA_SASL_MECHANISM", None, "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."
     )
     sasl_username: str | None = _setting("KAFKA_SASL_USERNAME", None, "SASL user name.")
-    sasl_password: str | None = _setting(
-        "KAFKA_SASL_PASSWORD", None, "SASL password (never printed).", secret=True
+    sasl_password: SecretStr | None = _setting(
+        "KAFKA_SASL_PASSWORD", None, "SASL password (never printed)."
     )
     ssl_ca_location: str | None = _setting(
         "KAFKA_SSL_CA_LOCATION",
         None,
         "CA certificate file (PEM) that signed the brokers' certificates.",
     )
-    pseudonym_key: str | None = _setting(
+    pseudonym_key: SecretStr | None = _setting(
         "PSEUDONYM_KEY",
         None,
         "Secret for `produce --pseudonymize`: account ids leave as keyed HMACs (never printed).",
-        secret=True,
     )
     transactions_topic: str = _setting(
         "TRANSACTIONS_TOPIC", "transactions", "Topic the producer replays the CSV onto."
@@ -68,7 +71,10 @@ class Settings:
         "`produce --labels`: event-time delay after which each row's is_fraud is sent as a label.",
     )
     topic_partitions: int = _setting(
-        "TOPIC_PARTITIONS", 4, "Partitions of the transactions topic when this tool creates it."
+        "TOPIC_PARTITIONS",
+        4,
+        "Partitions of the transactions topic when this tool creates it.",
+        gt=0,
     )
     consumer_group: str = _setting(
         "CONSUMER_GROUP", "fraud-stream-processor", "Consumer group of the stream processor."
@@ -78,15 +84,19 @@ class Settings:
         6000,
         "Consumer session timeout in ms. Tansu's JoinGroup waits about half of it.",
     )
-    runtime: str = _setting(
+    runtime: Literal["confluent", "faust"] = _setting(
         "PROCESSOR_RUNTIME",
         "confluent",
         "Stream processor runtime: confluent (batch consumer) or faust (faust-streaming agent).",
     )
     database_url: str = _setting(
-        "DATABASE_URL", "sqlite:///finance.db", "The database: a SQLite file (sqlite:///path, one machine) or PostgreSQL (postgresql://user@host/name)."
+        "DATABASE_URL",
+        "sqlite:///finance.db",
+        "The database: a SQLite file (sqlite:///path, one machine) or PostgreSQL (postgresql://user@host/name).",
     )
-    batch_size: int = _setting("BATCH_SIZE", 1000, "Most events scored together in one batch.")
+    batch_size: int = _setting(
+        "BATCH_SIZE", 1000, "Most events scored together in one batch.", gt=0
+    )
     batch_timeout_s: float = _setting(
         "BATCH_TIMEOUT_S",
         0.005,
@@ -121,6 +131,8 @@ class Settings:
         "FLAG_QUANTILE",
         0.99,
         "Threshold = this quantile of the training scores; events scoring above it are flagged.",
+        gt=0,
+        lt=1,
     )
     n_estimators: int = _setting("N_ESTIMATORS", 100, "Trees in the Isolation Forest.")
     drift_delta: float = _setting(
@@ -163,17 +175,18 @@ class Settings:
         "PROCESSOR_WEB_PORT",
         6066,
         "Port of the processor's health page (0 = none).",
+        ge=0,
+        le=65535,
     )
     web_host: str = _setting("PROCESSOR_WEB_HOST", "127.0.0.1", "Address of the health page.")
     dashboard_user: str = _setting(
         "DASHBOARD_USER", "analyst", "User name of the dashboard's login."
     )
-    dashboard_password_hash: str | None = _setting(
+    dashboard_password_hash: SecretStr | None = _setting(
         "DASHBOARD_PASSWORD_HASH",
         None,
         "Password hash of the dashboard's login, from `datasette hash-password` (never printed). "
         "Set, the dashboard asks for a login; needed to serve it beyond 127.0.0.1.",
-        secret=True,
     )
     dashboard_password_hash_file: str | None = _setting(
         "DASHBOARD_PASSWORD_HASH_FILE",
@@ -183,40 +196,50 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from ``env`` (default ``os.environ``), then ``overrides`` (None = keep)."""
+        """Settings from ``env`` (default ``os.environ``), then ``overrides`` (None = keep).
+
+        Only ``env`` is read: every field is given, so pydantic-settings' own reading of the
+        process environment never fills one in."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = env.get(f.metadata["env"])
-            if raw is not None and raw != "":
-                values[f.name] = _convert(f, raw)
+        for name, f in cls.model_fields.items():
+            raw = env.get(f.validation_alias)
+            values[name] = raw if raw else f.default
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return cls._validated(values)
+
+    @classmethod
+    def _validated(cls, values: dict[str, Any]) -> Settings:
+        """``values`` by field name, checked; a value that does not fit names its variable."""
+        try:
+            return cls(**{cls.model_fields[name].validation_alias: v for name, v in values.items()})
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            variable = error["loc"][0] if error["loc"] else "settings"
+            raise ValueError(
+                f"{variable}={error['input']!r}: {error['msg']}"
+            ) from None
+        except KeyError as exc:
+            raise TypeError(f"Settings has no field {exc.args[0]!r}") from None
 
     def to_env(self) -> dict[str, str]:
         """The environment that rebuilds these settings in a child process."""
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value is not None:
-                out[f.metadata["env"]] = str(value)
-        return out
+        return {
+            f.validation_alias: reveal(getattr(self, name))
+            for name, f in type(self).model_fields.items()
+            if getattr(self, name) is not None
+        }
 
     def to_env_all(self) -> list[str]:
         """Current values in declaration order ('' when unset), secrets masked, for printing."""
-        out = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out.append("" if value is None else SECRET_MASK if f.metadata["secret"] else str(value))
-        return out
+        return [_shown(getattr(self, name)) for name in type(self).model_fields]
 
     def __repr__(self) -> str:
-        shown = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            masked = f.metadata["secret"] and value is not None
-            shown.append(f"{f.name}={SECRET_MASK if masked else repr(value)}")
-        return f"Settings({', '.join(shown)})"
+        shown = ", ".join(
+            f"{name}={SECRET_MASK if isinstance(value, SecretStr) else repr(value)}"
+            for name, value in self
+        )
+        return f"Settings({shown})"
 
     def kafka_config(self) -> dict[str, str]:
         """librdkafka settings every confluent-kafka client starts from (bootstrap + security)."""
@@ -225,7 +248,7 @@ class Settings:
             ("security.protocol", self.security_protocol),
             ("sasl.mechanisms", self.sasl_mechanism),
             ("sasl.username", self.sasl_username),
-            ("sasl.password", self.sasl_password),
+            ("sasl.password", reveal(self.sasl_password)),
             ("ssl.ca.location", self.ssl_ca_location),
         ):
             if value:
@@ -233,7 +256,7 @@ class Settings:
         return config
 
     def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
+        return self._validated({**dict(self), **changes})
 
     @property
     def sqlite_path(self) -> str | None:
@@ -242,23 +265,21 @@ class Settings:
         return self.database_url[len(prefix) :] if self.database_url.startswith(prefix) else None
 
 
-def _convert(f: dataclasses.Field, raw: str) -> Any:
-    kind = f.type if isinstance(f.type, str) else f.type.__name__
-    try:
-        if kind.startswith("int"):
-            return int(raw)
-        if kind.startswith("float"):
-            return float(raw)
-    except ValueError:
-        raise ValueError(
-            f"environment variable {f.metadata['env']}={raw!r} is not a valid {kind.split()[0]}"
-        ) from None
-    return raw
+def reveal(value: Any) -> str | None:
+    """A setting's value as text, a secret's included: for the clients that need it, never for
+    printing."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return None if value is None else str(value)
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as text for printing: secrets masked, '' when unset."""
+    return "" if value is None else SECRET_MASK if isinstance(value, SecretStr) else str(value)
 
 
 def describe() -> list[tuple[str, str, str]]:
     """(env name, default, meaning) for every setting, for docs/settings.md and ``--help``."""
     return [
-        (f.metadata["env"], repr(f.default), f.metadata["doc"])
-        for f in dataclasses.fields(Settings)
+        (f.validation_alias, repr(f.default), f.description) for f in Settings.model_fields.values()
     ]

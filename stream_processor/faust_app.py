@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import faust
 
-from fraudstream.settings import Settings
+from fraudstream.settings import Settings, reveal
 from stream_processor import compat
 from stream_processor.commit import Position
 from stream_processor.health import HealthServer
@@ -52,7 +52,7 @@ def faust_credentials(settings: Settings):
     if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
         return faust.SASLCredentials(
             username=settings.sasl_username,
-            password=settings.sasl_password,
+            password=reveal(settings.sasl_password),
             mechanism=settings.sasl_mechanism or "PLAIN",
             ssl_context=context,
         )
