@@ -20,6 +20,7 @@ import io
 import re
 from importlib import metadata, resources
 from pathlib import Path
+from types import MappingProxyType
 
 from datasette import hookimpl
 from datasette.utils.asgi import Response
@@ -29,9 +30,9 @@ from fraudstream.text_safety import spreadsheet_safe
 SAFE_CHARTS = Path(__file__).resolve().parent / "dashboard_definition" / "safe_charts.js"
 REVIEWED_DASHBOARDS_VERSION = "0.8.0"
 # The renderers of that version, by chart library: those that set innerHTML are replaced.
-REPLACED_RENDERERS = {"metric": "renderMetricChart", "table": "renderTableChart",
-                      "map": "renderMapChart"}  # fmt: skip
-SAFE_RENDERERS = {"vega": "renderVegaChart", "vega-lite": "renderVegaLiteChart"}  # escaped tooltips
+REPLACED_RENDERERS = MappingProxyType({"metric": "renderMetricChart", "table": "renderTableChart",
+                      "map": "renderMapChart"})  # fmt: skip
+SAFE_RENDERERS = MappingProxyType({"vega": "renderVegaChart", "vega-lite": "renderVegaLiteChart"})  # escaped tooltips
 DASHBOARDS_JS = r"^/-/static-plugins/datasette[-_]dashboards/dashboards\.js$"
 
 

@@ -8,9 +8,11 @@ features are then 0, never a guess.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from functools import lru_cache
+from types import MappingProxyType
 
-CITY_COORDINATES: dict[str, tuple[float, float]] = {
+CITY_COORDINATES: Mapping[str, tuple[float, float]] = MappingProxyType({
     "Amsterdam": (52.3676, 4.9041), "Athens": (37.9838, 23.7275), "Barcelona": (41.3874, 2.1686),
     "Berlin": (52.5200, 13.4050), "Brussels": (50.8503, 4.3517), "Budapest": (47.4979, 19.0402),
     "Copenhagen": (55.6761, 12.5683), "Dublin": (53.3498, -6.2603),
@@ -22,7 +24,7 @@ CITY_COORDINATES: dict[str, tuple[float, float]] = {
     "Rome": (41.9028, 12.4964), "Seville": (37.3891, -5.9845), "Stockholm": (59.3293, 18.0686),
     "Valencia": (39.4699, -0.3763), "Vienna": (48.2082, 16.3738), "Warsaw": (52.2297, 21.0122),
     "Zurich": (47.3769, 8.5417),
-}  # fmt: skip
+})  # fmt: skip
 
 EARTH_RADIUS_KM = 6371.0
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from types import MappingProxyType
 from typing import Any
 
 # Control (C0, C1), format (bidi overrides and isolates, zero-width characters, the BOM, soft
 # hyphen), surrogate, private-use and unassigned characters, and line or paragraph separators.
 HIDDEN_CATEGORIES = frozenset(("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"))
 
-_UNNAMED = {"Cc": "control character", "Cs": "surrogate", "Co": "private-use character"}
+_UNNAMED = MappingProxyType({"Cc": "control character", "Cs": "surrogate", "Co": "private-use character"})
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)

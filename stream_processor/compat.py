@@ -21,15 +21,16 @@ from __future__ import annotations
 
 from functools import cache
 from importlib.metadata import version
+from types import MappingProxyType
 
 import numpy as np
 
-READ_FROM = {
+READ_FROM = MappingProxyType({
     "scikit-learn": "1.9",
     "river": "0.26",
     "faust-streaming": "0.15",
     "aiokafka": "0.14",
-}
+})
 """The major.minor version of each library whose private parts this module reads."""
 
 
