@@ -8,6 +8,34 @@ cdef Py_ssize_t _WIDTH
 cdef double _DAY, _PI, _TAU_1D, _TAU_7D, _TAU_30D, _NO_GAP_S, _MIN_TRAVEL_H, _SMALL_AMOUNT
 
 
+# The features of the event being computed, one field per declared feature (features.FEATURES),
+# in any order: features.py sets each by name and _emit copies it to the column of that name.
+# A field here without a declaration, or a declaration without a field, stops the import.
+cdef struct Row:
+    double log_amount, amount_vs_median, amount_vs_1d, amount_vs_7d, amount_vs_30d, log_history
+    double count_10m, count_1h, count_24h, log_sum_24h, count_7d, small_10m
+    double log_gap_s, new_merchant, new_location, log_speed_kmh, log_home_km
+    double hour_sin, hour_cos, weekday_sin, weekday_cos
+    double merchant_amount_vs_30d, merchant_log_count_1d, merchant_volume_1h_vs_7d
+    double previous_amount
+
+cdef Py_ssize_t[::1] _ORDER  # column k of a row is the struct's double _ORDER[k]
+
+
+cdef inline dict _row_fields():
+    """Each field of Row and its position among the struct's doubles."""
+    cdef Row row
+    cdef double* fields = <double*>&row
+    cdef Py_ssize_t i, n = sizeof(Row) // sizeof(double)
+    cdef dict positions
+    for i in range(n):
+        fields[i] = i
+    positions = row  # a struct converts to a dict of its fields
+    if <size_t>n * sizeof(double) != sizeof(Row) or len(positions) != n:
+        raise ImportError("features.pxd's struct Row must hold doubles only")
+    return positions
+
+
 # Read in place (features.py's plain-Python versions go through Python floats): an array('d')'s
 # value, and the bisect module's two searches over one.
 cdef inline double _at(array.array values, Py_ssize_t i) noexcept:
@@ -58,6 +86,7 @@ cdef class MerchantState:
 cdef class AccountStates:
     cdef public Py_ssize_t max_accounts, history, max_places, max_merchants, evicted
     cdef public object _accounts, _merchants
+    cdef Row _row
 
     @cython.locals(
         state=AccountState, merchant=MerchantState, t=double, amount=double, n=Py_ssize_t,
@@ -71,20 +100,35 @@ cdef class AccountStates:
     @cython.locals(state=MerchantState)
     cdef MerchantState _merchant(self, object name)
 
-    @cython.locals(
-        log_amount=double, hi=Py_ssize_t, lo24=Py_ssize_t, lo1h=Py_ssize_t, lo10=Py_ssize_t,
-        c10=Py_ssize_t, c1h=Py_ssize_t, c24=Py_ssize_t, sum24=double, small=Py_ssize_t,
-        k=Py_ssize_t, n=Py_ssize_t, mid=Py_ssize_t, median=double, vs_median=double,
-        has_history=bint, age=double, c1=double, c7=double, c30=double, vs_1d=double,
-        vs_7d=double, vs_30d=double, count_7d=double, gap=double, speed=double, hour=double,
-        day=Py_ssize_t, weekday_sin=double, weekday_cos=double, m_age=double, m_vs=double,
-        m_1h=double, m_1d=double, m_7d=double, times=array.array, amounts=array.array,
-        by_amount=array.array,
-    )
+    @cython.locals(log_amount=double)
+    @cython.final
     cdef _features(
-        self, AccountState s, MerchantState m, object txn, double amount, double t,
-        double[::1] out, Py_ssize_t base,
+        self, AccountState s, MerchantState m, object txn, double amount, double t
     )
+
+    @cython.locals(n=Py_ssize_t, mid=Py_ssize_t, median=double, c1=double, c7=double, c30=double)
+    @cython.final
+    cdef _account_amounts(self, AccountState s, double log_amount)
+
+    @cython.locals(
+        times=array.array, amounts=array.array, hi=Py_ssize_t, lo24=Py_ssize_t,
+        lo1h=Py_ssize_t, lo10=Py_ssize_t, sum24=double, small=Py_ssize_t, k=Py_ssize_t,
+        age=double,
+    )
+    @cython.final
+    cdef _account_windows(self, AccountState s, double t)
+
+    @cython.locals(has_history=bint, gap=double, speed=double)
+    @cython.final
+    cdef _travel(self, AccountState s, object txn, double t)
+
+    @cython.locals(hour=double, day=Py_ssize_t, weekday_sin=double, weekday_cos=double)
+    @cython.final
+    cdef _calendar(self, double t)
+
+    @cython.locals(m_age=double, m_1h=double, m_7d=double)
+    @cython.final
+    cdef _merchant_profile(self, MerchantState m, double log_amount, double t)
 
     @cython.locals(
         age=double, f1=double, f7=double, f30=double, at=Py_ssize_t, n=Py_ssize_t, gone=double,
@@ -95,3 +139,12 @@ cdef class AccountStates:
 
 @cython.locals(age=double, f7=double, f30=double)
 cdef _learn_merchant(MerchantState m, double amount, double t)
+
+
+cdef inline int _emit(AccountStates states, double[::1] out, Py_ssize_t base) except -1:
+    """The row into ``out[base:base + WIDTH]``: column k is the row's double _ORDER[k]."""
+    cdef double* row = <double*>&states._row
+    cdef Py_ssize_t k
+    for k in range(_WIDTH):
+        out[base + k] = row[_ORDER[k]]
+    return 0

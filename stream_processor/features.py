@@ -16,6 +16,27 @@ recently seen are evicted, after a batch). An evicted account that comes back is
 its stored events (:meth:`AccountStates.missing`, :meth:`AccountStates.restore`), as after a
 restart. Feature values depend only on events seen before, so replaying the same events into a
 fresh :class:`AccountStates` gives the same vectors.
+
+Features by name. Each feature is declared once, a :class:`Feature` (name, definition, and its
+column among the Isolation Forest's inputs if the forest sees it: an explicit position, so that
+the forest's columns keep their order whatever the declaration order); the declaration order is
+the column order, and everything else
+follows from it: :data:`FEATURE_NAMES`, :data:`WIDTH`, :data:`SLOT` (each name's column),
+:data:`ANOMALY_FEATURE_NAMES`, :data:`ANOMALY_COLUMNS`. The computation numbers no column: it
+sets a field of the feature's name, ``self._row.log_amount = ...``, and ``_emit`` copies the row
+into the event's columns. Compiled, the row is a C struct of doubles (``Row``, features.pxd):
+a value is one C store, and the copy follows a table of slots made at import from the struct's
+field names (:func:`_slots`); as plain Python the row is an object with one slot per declared
+name, new for each event.
+
+Adding a feature is three edits: its declaration in FEATURES, the line that computes it, and its
+field in features.pxd's ``Row`` (then its row in docs/scoring.md and its test). Cython needs a
+name it knows at compile time for each C field, hence the third; the order of the fields does
+not matter. Any disagreement fails loudly: a declaration without a field, or a field without one,
+stops the import (:func:`_slots`); a misspelt or undeclared name raises at the first event,
+compiled or not; a declared feature that an event leaves unset raises in plain Python, which
+tests/test_compiled.py runs beside the compiled module, checking that every event sets every
+feature exactly once.
 """
 
 from __future__ import annotations
@@ -24,6 +45,8 @@ import math
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
+from dataclasses import dataclass
+from operator import attrgetter
 from sys import intern
 
 import cython
@@ -39,62 +62,91 @@ False when it runs as plain Python: the same results, about twice the time per e
 DAY = 86400.0
 DECAY_WINDOWS = (("1d", DAY), ("7d", 7 * DAY), ("30d", 30 * DAY))
 
-FEATURES: tuple[tuple[str, str], ...] = (
-    ("log_amount", "log(1 + amount)"),
-    ("amount_vs_median", "log((1 + amount) / (1 + median of the account's recent amounts)); 0 without history"),
-    ("amount_vs_1d", "log((1 + amount) / (1 + the account's decayed mean amount over 1 day)); 0 without history"),
-    ("amount_vs_7d", "the same against the account's decayed mean over 7 days"),
-    ("amount_vs_30d", "the same against the account's decayed mean over 30 days"),
-    ("log_history", "log(1 + transactions seen before for the account)"),
-    ("count_10m", "the account's transactions in the 10 minutes before this one"),
-    ("count_1h", "the account's transactions in the hour before this one"),
-    ("count_24h", "the account's transactions in the 24 hours before this one"),
-    ("log_sum_24h", "log(1 + the account's spending in the 24 hours before this one)"),
-    ("count_7d", "the account's decayed transaction count over 7 days"),
-    ("log_gap_s", "log(1 + seconds since the account's previous transaction); 7 days without one"),
-    ("new_merchant", "1 if the account has history but never used this merchant"),
-    ("new_location", "1 if the account has history but was never in this location"),
-    ("log_speed_kmh", "log(1 + km/h to travel from the previous transaction's location); 0 if either is not on the map"),
-    ("log_home_km", "log(1 + km from the account's most frequent location); 0 if either is not on the map"),
-    ("small_10m", "transactions under 5.00 by the account in the 10 minutes before (card testing)"),
-    ("hour_sin", "sin(2 pi hour / 24), hour of day in UTC"),
-    ("hour_cos", "cos(2 pi hour / 24)"),
-    ("weekday_sin", "sin(2 pi weekday / 7), Monday = 0"),
-    ("weekday_cos", "cos(2 pi weekday / 7)"),
-    ("merchant_amount_vs_30d", "log((1 + amount) / (1 + the merchant's decayed mean amount over 30 days)); 0 for a new merchant"),
-    ("merchant_log_count_1d", "log(1 + the merchant's decayed transaction count over 1 day)"),
-    ("merchant_volume_1h_vs_7d", "log((1 + merchant transactions in the last hour, decayed) / (1 + its hourly average over 7 days))"),
-)  # fmt: skip
-"""The inputs of the Isolation Forest (and of the supervised model), in column order."""
 
-LABEL_FEATURES: tuple[tuple[str, str], ...] = (
-    ("merchant_fraud_share_1d", "share of confirmed fraud among the merchant's labels received in the last day (decayed); 0 without labels"),
-    ("merchant_fraud_share_7d", "the same over 7 days"),
-    ("merchant_fraud_share_30d", "the same over 30 days"),
-    ("merchant_log_labels_30d", "log(1 + the merchant's labels received over 30 days, decayed)"),
-    ("account_fraud_30d", "the account's confirmed frauds received over 30 days, decayed"),
-    ("anomaly_score", "the Isolation Forest's score of this event"),
-)  # fmt: skip
-"""Extra inputs of the supervised model only: what delayed labels taught, and the anomaly score."""
+@dataclass(frozen=True)
+class Feature:
+    """One model input, declared once: the rest of the code reads it by ``name``."""
 
-FEATURE_NAMES = tuple(name for name, _ in FEATURES)
+    name: str
+    definition: str  # as docs/scoring.md's feature table has it (tests/test_readme.py)
+    forest: int = 0
+    """Its column among the Isolation Forest's inputs, from 1; 0: the forest does not see it."""
+
+
+FEATURES: tuple[Feature, ...] = (
+    Feature("log_amount", "log(1 + amount)"),
+    Feature("amount_vs_median", "log((1 + amount) / (1 + median of the account's recent amounts)); 0 without history", forest=1),
+    Feature("amount_vs_1d", "log((1 + amount) / (1 + the account's decayed mean amount over 1 day)); 0 without history"),
+    Feature("amount_vs_7d", "the same against the account's decayed mean over 7 days"),
+    Feature("amount_vs_30d", "the same against the account's decayed mean over 30 days", forest=2),
+    Feature("log_history", "log(1 + transactions seen before for the account)"),
+    Feature("count_10m", "the account's transactions in the 10 minutes before this one"),
+    Feature("count_1h", "the account's transactions in the hour before this one", forest=5),
+    Feature("count_24h", "the account's transactions in the 24 hours before this one"),
+    Feature("log_sum_24h", "log(1 + the account's spending in the 24 hours before this one)"),
+    Feature("count_7d", "the account's decayed transaction count over 7 days"),
+    Feature("log_gap_s", "log(1 + seconds since the account's previous transaction); 7 days without one"),
+    Feature("new_merchant", "1 if the account has history but never used this merchant"),
+    Feature("new_location", "1 if the account has history but was never in this location"),
+    Feature("log_speed_kmh", "log(1 + km/h to travel from the previous transaction's location); 0 if either is not on the map", forest=6),
+    Feature("log_home_km", "log(1 + km from the account's most frequent location); 0 if either is not on the map", forest=7),
+    Feature("small_10m", "transactions under 5.00 by the account in the 10 minutes before (card testing)", forest=4),
+    Feature("hour_sin", "sin(2 pi hour / 24), hour of day in UTC"),
+    Feature("hour_cos", "cos(2 pi hour / 24)"),
+    Feature("weekday_sin", "sin(2 pi weekday / 7), Monday = 0"),
+    Feature("weekday_cos", "cos(2 pi weekday / 7)"),
+    Feature("merchant_amount_vs_30d", "log((1 + amount) / (1 + the merchant's decayed mean amount over 30 days)); 0 for a new merchant", forest=3),
+    Feature("merchant_log_count_1d", "log(1 + the merchant's decayed transaction count over 1 day)"),
+    Feature("merchant_volume_1h_vs_7d", "log((1 + merchant transactions in the last hour, decayed) / (1 + its hourly average over 7 days))"),
+    Feature("previous_amount", "the amount of the account's previous transaction; 0 without one"),
+)  # fmt: skip
+"""The inputs of the supervised model, in column order (:meth:`AccountStates.transform`'s rows).
+
+The Isolation Forest sees the subset with a ``forest`` column: one column per way fraud is
+extreme (amount for the account and for the merchant, bursts, card testing, travel). Chosen on
+the evaluation set (docs/detection.md): every extra column that ordinary events are extreme on
+too (cyclic time, gaps, merchant volume, new merchant) let ordinary events crowd the flag budget.
+The supervised model, which learns each column's weight from labels, gets them all."""
+
+LABEL_FEATURES: tuple[Feature, ...] = (
+    Feature("merchant_fraud_share_1d", "share of confirmed fraud among the merchant's labels received in the last day (decayed); 0 without labels"),
+    Feature("merchant_fraud_share_7d", "the same over 7 days"),
+    Feature("merchant_fraud_share_30d", "the same over 30 days"),
+    Feature("merchant_log_labels_30d", "log(1 + the merchant's labels received over 30 days, decayed)"),
+    Feature("account_fraud_30d", "the account's confirmed frauds received over 30 days, decayed"),
+    Feature("anomaly_score", "the Isolation Forest's score of this event"),
+)  # fmt: skip
+"""Extra inputs of the supervised model only: what delayed labels taught (:class:`LabelMemory`),
+then the anomaly score (last: the scoring core appends it)."""
+
+
+def _check_declarations(features: tuple[Feature, ...], labels: tuple[Feature, ...]) -> None:
+    names = [f.name for f in features + labels]
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"features declared twice: {twice}")
+    if labels[-1].name != "anomaly_score":  # the scoring core appends the score last
+        raise ValueError("LABEL_FEATURES must end with anomaly_score")
+    columns = sorted(f.forest for f in features if f.forest)
+    if columns != list(range(1, len(columns) + 1)) or any(f.forest for f in labels):
+        raise ValueError(f"the forest's columns (Feature.forest) must be 1, 2, ...: {columns}")
+
+
+_check_declarations(FEATURES, LABEL_FEATURES)
+FEATURE_NAMES = tuple(f.name for f in FEATURES)
 WIDTH = len(FEATURE_NAMES)
-ANOMALY_FEATURE_NAMES = (
-    "amount_vs_median", "amount_vs_30d", "merchant_amount_vs_30d", "small_10m", "count_1h",
-    "log_speed_kmh", "log_home_km",
-)  # fmt: skip
-"""The subset the Isolation Forest sees: one column per way fraud is extreme (amount for the
-account and for the merchant, bursts, card testing, travel). Chosen on the evaluation set
-(docs/detection.md): every extra column that ordinary events are extreme on too (cyclic time,
-gaps, merchant volume, new merchant) let ordinary events crowd the flag budget. The supervised
-model, which learns each column's weight from labels, gets them all."""
+ANOMALY_FEATURE_NAMES = tuple(f.name for f in sorted(FEATURES, key=lambda f: f.forest) if f.forest)
+"""The Isolation Forest's inputs, in its column order (Feature.forest)."""
 ANOMALY_COLUMNS = np.array([FEATURE_NAMES.index(n) for n in ANOMALY_FEATURE_NAMES])
-LABEL_FEATURE_NAMES = tuple(name for name, _ in LABEL_FEATURES)
+LABEL_FEATURE_NAMES = tuple(f.name for f in LABEL_FEATURES)
 SUPERVISED_FEATURE_NAMES = FEATURE_NAMES + LABEL_FEATURE_NAMES
+SLOT: dict[str, int] = {name: i for i, name in enumerate(SUPERVISED_FEATURE_NAMES)}
+"""Each feature's column: in a row of :meth:`AccountStates.transform` (the model inputs), and in
+the supervised model's rows (those, then the label inputs)."""
+_LABEL_COLUMN = {name: i for i, name in enumerate(LABEL_FEATURE_NAMES[:-1])}  # LabelMemory's
 SMALL_AMOUNT = 5.0
 NO_GAP_S = 7 * DAY
 MIN_TRAVEL_H = 1 / 60  # two events a minute apart in different cities: at most 60x the distance
-_I = {name: i for i, name in enumerate(SUPERVISED_FEATURE_NAMES)}
 _TAU = tuple(w for _, w in DECAY_WINDOWS)
 # The same numbers as C doubles where compiled (features.pxd): no Python float on the way.
 _DAY, _PI = DAY, math.pi
@@ -113,6 +165,42 @@ if not cython.compiled:  # compiled: features.pxd's inline C, on the arrays' dou
 
     def _bisect_right(values: array, x: float, lo: int, hi: int) -> int:
         return bisect_right(values, x, lo, hi)
+
+    class _PlainRow:
+        """The row of the event being computed (compiled: features.pxd's struct ``Row``): a
+        slot per declared feature, so that setting an undeclared name raises."""
+
+        __slots__ = FEATURE_NAMES
+
+    def _row_fields() -> dict[str, int]:
+        return {name: i for i, name in enumerate(_PlainRow.__slots__)}
+
+    _values = attrgetter(*FEATURE_NAMES)
+
+    def _emit(states: AccountStates, out: array, base: int) -> None:
+        """The row into ``out[base:base + WIDTH]``, in declaration order; a new row for the next
+        event, so that a feature an event leaves unset is an error, never a stale value."""
+        row, states._row = states._row, _PlainRow()
+        try:
+            out[base : base + _WIDTH] = array("d", _values(row))
+        except AttributeError:
+            unset = [n for n in FEATURE_NAMES if not hasattr(row, n)]
+            raise AttributeError(f"declared in FEATURES, not computed: {unset}") from None
+
+
+def _slots(fields: dict[str, int]) -> np.ndarray:
+    """Where each feature (FEATURE_NAMES, in order) sits in the row, given the row's fields and
+    their positions; an error unless the row has exactly the declared features."""
+    if set(fields) != set(FEATURE_NAMES):
+        raise ImportError(
+            "features.pxd's struct Row and FEATURES disagree: declared without a field "
+            f"{sorted(set(FEATURE_NAMES) - set(fields))}, a field without a declaration "
+            f"{sorted(set(fields) - set(FEATURE_NAMES))}"
+        )
+    return np.array([fields[name] for name in FEATURE_NAMES], dtype=np.intp)
+
+
+_ORDER = _slots(_row_fields())  # compiled: _emit copies struct field _ORDER[k] to column k
 
 
 _WEEKDAYS = tuple(
@@ -179,6 +267,8 @@ class AccountStates:
         self._accounts: OrderedDict[str, AccountState] = OrderedDict()
         self._merchants: OrderedDict[str, MerchantState] = OrderedDict()
         self.evicted = 0
+        if not cython.compiled:  # compiled: a C struct in the object (features.pxd)
+            self._row = _PlainRow()  # the features of the event being computed, by name
 
     def __len__(self) -> int:
         return len(self._accounts)
@@ -203,7 +293,8 @@ class AccountStates:
             merchant = self._merchant(txn.merchant)
             t = txn.event_time  # once per event: about 0.3 us a call
             amount = txn.amount
-            self._features(state, merchant, txn, amount, t, out, base)
+            self._features(state, merchant, txn, amount, t)
+            _emit(self, out, base)  # the row into its columns
             self._learn_account(state, txn, amount, t)
             _learn_merchant(merchant, amount, t)
             base += _WIDTH
@@ -275,31 +366,19 @@ class AccountStates:
         return state
 
     def _features(
-        self,
-        s: AccountState,
-        m: MerchantState,
-        txn: Transaction,
-        amount: float,
-        t: float,
-        out: array,
-        base: int,
+        self, s: AccountState, m: MerchantState, txn: Transaction, amount: float, t: float
     ) -> None:
-        """The event's features (FEATURE_NAMES, in order) into ``out[base:base + WIDTH]``."""
+        """The event's features into the row (``self._row``), each in the field of its name."""
         log_amount = log1p(amount)
-        times, amounts = s.times, s.amounts
-        # Exact windows by bisection on the time-ordered history (events at or before t).
-        hi = _bisect_right(times, t, 0, len(times))
-        lo24 = _bisect_left(times, t - _DAY, 0, hi)
-        lo1h = _bisect_left(times, t - 3600, lo24, hi)
-        lo10 = _bisect_left(times, t - 600, lo1h, hi)
-        c10, c1h, c24 = hi - lo10, hi - lo1h, hi - lo24
-        sum24 = 0.0
-        for k in range(lo24, hi):  # in order, as sum() adds them (before Python 3.12)
-            sum24 += _at(amounts, k)
-        small = 0
-        for k in range(lo10, hi):
-            if _at(amounts, k) < _SMALL_AMOUNT:
-                small += 1
+        self._row.log_amount = log_amount
+        self._account_amounts(s, log_amount)
+        self._account_windows(s, t)
+        self._travel(s, txn, t)
+        self._calendar(t)
+        self._merchant_profile(m, log_amount, t)
+
+    def _account_amounts(self, s: AccountState, log_amount: float) -> None:
+        """The amount against the account's median and decayed means; its history's length."""
         by_amount = s.by_amount
         n = len(by_amount)
         if n:
@@ -308,17 +387,44 @@ class AccountStates:
                 median = _at(by_amount, mid)
             else:
                 median = (_at(by_amount, mid - 1) + _at(by_amount, mid)) / 2
-            vs_median = log_amount - log1p(median)
+            self._row.amount_vs_median = log_amount - log1p(median)
         else:
-            vs_median = 0.0
-        has_history = s.seen > 0
-        age = max(0.0, t - s.decay_time)
+            self._row.amount_vs_median = 0.0
         # The decayed mean is sum / count, both decayed alike (one per DECAY_WINDOWS).
         c1, c7, c30 = s.count_1d, s.count_7d, s.count_30d
-        vs_1d = log_amount - log1p(s.sum_1d / c1) if c1 > 1e-9 else 0.0
-        vs_7d = log_amount - log1p(s.sum_7d / c7) if c7 > 1e-9 else 0.0
-        vs_30d = log_amount - log1p(s.sum_30d / c30) if c30 > 1e-9 else 0.0
-        count_7d = c7 * exp(-age / _TAU_7D)
+        self._row.amount_vs_1d = log_amount - log1p(s.sum_1d / c1) if c1 > 1e-9 else 0.0
+        self._row.amount_vs_7d = log_amount - log1p(s.sum_7d / c7) if c7 > 1e-9 else 0.0
+        self._row.amount_vs_30d = log_amount - log1p(s.sum_30d / c30) if c30 > 1e-9 else 0.0
+        self._row.log_history = log1p(s.seen)
+
+    def _account_windows(self, s: AccountState, t: float) -> None:
+        """Exact windows by bisection on the time-ordered history (events at or before t), and
+        the decayed count over 7 days."""
+        times, amounts = s.times, s.amounts
+        hi = _bisect_right(times, t, 0, len(times))
+        lo24 = _bisect_left(times, t - _DAY, 0, hi)
+        lo1h = _bisect_left(times, t - 3600, lo24, hi)
+        lo10 = _bisect_left(times, t - 600, lo1h, hi)
+        sum24 = 0.0
+        for k in range(lo24, hi):  # in order, as sum() adds them (before Python 3.12)
+            sum24 += _at(amounts, k)
+        small = 0
+        for k in range(lo10, hi):
+            if _at(amounts, k) < _SMALL_AMOUNT:
+                small += 1
+        self._row.count_10m = hi - lo10
+        self._row.count_1h = hi - lo1h
+        self._row.count_24h = hi - lo24
+        self._row.log_sum_24h = log1p(sum24)
+        self._row.small_10m = small
+        self._row.previous_amount = _at(amounts, hi - 1) if hi else 0.0  # newest at or before t
+        age = max(0.0, t - s.decay_time)
+        self._row.count_7d = s.count_7d * exp(-age / _TAU_7D)
+
+    def _travel(self, s: AccountState, txn: Transaction, t: float) -> None:
+        """The gap since the account's newest event, what is new to it, the speed from its
+        previous location and the distance from its home."""
+        has_history = s.seen > 0
         location = txn.location
         if not has_history:
             gap, speed = _NO_GAP_S, 0.0
@@ -327,42 +433,33 @@ class AccountStates:
             km = distance_km(s.last_location, location) if s.last_location else None
             speed = log1p(km / max(gap / 3600, _MIN_TRAVEL_H)) if km else 0.0
         home_km = distance_km(s.home_location, location) if s.home_location else None
+        self._row.log_gap_s = log1p(gap)
+        self._row.new_merchant = float(has_history and txn.merchant not in s.merchants)
+        self._row.new_location = float(has_history and location not in s.locations)
+        self._row.log_speed_kmh = speed
+        self._row.log_home_km = log1p(home_km) if home_km else 0.0
+
+    def _calendar(self, t: float) -> None:
+        """The hour of the day and the day of the week, as points on a circle."""
         hour = (t % _DAY) / 3600
         day = int(t // _DAY)
+        self._row.hour_sin = sin(2 * _PI * hour / 24)
+        self._row.hour_cos = cos(2 * _PI * hour / 24)
         weekday_sin, weekday_cos = _WEEKDAYS[(day + 3) % 7]  # 1970-01-01: a Thursday
-        # Merchant profile, decayed to this event's time.
+        self._row.weekday_sin = weekday_sin
+        self._row.weekday_cos = weekday_cos
+
+    def _merchant_profile(self, m: MerchantState, log_amount: float, t: float) -> None:
+        """The amount against the merchant's usual, its volume: decayed to this event's time."""
         m_age = max(0.0, t - m.decay_time)
         if m.count_30d > 1e-9:
-            m_vs = log_amount - log1p(m.sum_30d / m.count_30d)
+            self._row.merchant_amount_vs_30d = log_amount - log1p(m.sum_30d / m.count_30d)
         else:
-            m_vs = 0.0
+            self._row.merchant_amount_vs_30d = 0.0
         m_1h = m.count_1h * exp(-m_age / 3600)
-        m_1d = m.count_1d * exp(-m_age / _DAY)
+        self._row.merchant_log_count_1d = log1p(m.count_1d * exp(-m_age / _DAY))
         m_7d = m.count_7d * exp(-m_age / _TAU_7D)
-        out[base] = log_amount
-        out[base + 1] = vs_median  # amount_vs_median
-        out[base + 2] = vs_1d  # amount_vs_1d
-        out[base + 3] = vs_7d  # amount_vs_7d
-        out[base + 4] = vs_30d  # amount_vs_30d
-        out[base + 5] = log1p(s.seen)  # log_history
-        out[base + 6] = c10  # count_10m
-        out[base + 7] = c1h  # count_1h
-        out[base + 8] = c24  # count_24h
-        out[base + 9] = log1p(sum24)  # log_sum_24h
-        out[base + 10] = count_7d
-        out[base + 11] = log1p(gap)  # log_gap_s
-        out[base + 12] = float(has_history and txn.merchant not in s.merchants)  # new_merchant
-        out[base + 13] = float(has_history and location not in s.locations)  # new_location
-        out[base + 14] = speed  # log_speed_kmh
-        out[base + 15] = log1p(home_km) if home_km else 0.0  # log_home_km
-        out[base + 16] = small  # small_10m
-        out[base + 17] = sin(2 * _PI * hour / 24)  # hour_sin
-        out[base + 18] = cos(2 * _PI * hour / 24)  # hour_cos
-        out[base + 19] = weekday_sin
-        out[base + 20] = weekday_cos
-        out[base + 21] = m_vs  # merchant_amount_vs_30d
-        out[base + 22] = log1p(m_1d)  # merchant_log_count_1d
-        out[base + 23] = log((1 + m_1h) / (1 + m_7d / 168))  # merchant_volume_1h_vs_7d
+        self._row.merchant_volume_1h_vs_7d = log((1 + m_1h) / (1 + m_7d / 168))
 
     def _learn_account(self, s: AccountState, txn: Transaction, amount: float, t: float) -> None:
         """Add one event (``t``: its event time) to the account's state."""
@@ -471,10 +568,13 @@ class LabelMemory:
             a[1] += 1.0
 
     def features(self, txns: list[Transaction]) -> np.ndarray:
-        """The label-derived columns (all but ``anomaly_score``) for each event."""
-        out = np.zeros((len(txns), len(LABEL_FEATURE_NAMES) - 1))
+        """The label-derived columns (LABEL_FEATURE_NAMES but ``anomaly_score``) for each event."""
+        out = np.zeros((len(txns), len(_LABEL_COLUMN)))
         if not self.labels:
             return out
+        shares = [_LABEL_COLUMN[f"merchant_fraud_share_{window}"] for window, _ in DECAY_WINDOWS]
+        labels_30d = _LABEL_COLUMN["merchant_log_labels_30d"]
+        account_30d = _LABEL_COLUMN["account_fraud_30d"]
         for i, txn in enumerate(txns):
             t = txn.event_time
             m = self._merchants.get(txn.merchant)
@@ -483,11 +583,11 @@ class LabelMemory:
                 for k, tau in enumerate(_TAU):
                     n = m[2 + 2 * k] * math.exp(-age / tau)
                     if n > 1e-9:
-                        out[i, k] = m[1 + 2 * k] / m[2 + 2 * k]
-                out[i, 3] = math.log1p(m[6] * math.exp(-age / _TAU[2]))
+                        out[i, shares[k]] = m[1 + 2 * k] / m[2 + 2 * k]
+                out[i, labels_30d] = math.log1p(m[6] * math.exp(-age / _TAU[2]))
             a = self._accounts.get(txn.account_id)
             if a is not None:
-                out[i, 4] = a[1] * math.exp(-max(0.0, t - a[0]) / _TAU[2])
+                out[i, account_30d] = a[1] * math.exp(-max(0.0, t - a[0]) / _TAU[2])
         return out
 
 
@@ -514,4 +614,9 @@ def _bump(counts: dict, key: str, limit: int) -> str | None:
 
 def feature(row: np.ndarray, name: str) -> float:
     """One named value of a feature row (model inputs, then label inputs)."""
-    return float(row[_I[name]])
+    return float(row[SLOT[name]])
+
+
+def named(row: np.ndarray) -> dict[str, float]:
+    """Every value of a feature row by name (model inputs, then label inputs if it has them)."""
+    return dict(zip(SUPERVISED_FEATURE_NAMES, row.tolist(), strict=False))

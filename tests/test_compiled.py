@@ -156,6 +156,55 @@ def test_compiled_and_plain_python_features_are_the_same_bit_for_bit(events, bat
     assert compiled_states.evicted == plain_states.evicted
 
 
+def _varied_events() -> list[Transaction]:
+    """The shipped events' first thousands, and odd ones: late, at equal times, off the map."""
+    frame = pd.read_csv(ROOT / "data" / "transactions.csv", nrows=3000)
+    shipped = [decode(json.dumps(record).encode()) for record in frame.to_dict("records")]
+    odd = [
+        txn(i, "Z", amount, minutes, merchant, place)
+        for i, (amount, minutes, merchant, place) in enumerate([
+            (1.0, 0, "Shop", "Atlantis"), (2.0, 0, "Shop", "Paris"), (900.0, -30, "New", "Oslo"),
+            (3.0, 60 * 24 * 40, "Shop", "48.85,2.35"), (4.0, -60 * 24 * 40, "Fuel", "Paris"),
+        ])
+    ]  # fmt: skip
+    return shipped + odd
+
+
+def test_each_event_sets_every_declared_feature_exactly_once(monkeypatch):
+    # Features are written by name (features.py's docstring). As plain Python, the row that
+    # they are written to can count: each declared name once per event, no other name.
+    plain = plain_python("stream_processor.features")
+    writes: dict[str, int] = {}
+
+    class Counting(plain._PlainRow):
+        __slots__ = ()
+
+        def __setattr__(self, name, value):
+            writes[name] = writes.get(name, 0) + 1
+            super().__setattr__(name, value)
+
+    monkeypatch.setattr(plain, "_PlainRow", Counting)
+    events = _varied_events()
+    rows = plain.AccountStates(max_accounts=50, history=5).transform(events)
+    assert writes == dict.fromkeys(plain.FEATURE_NAMES, len(events))
+    assert np.isfinite(rows).all()
+
+
+def test_a_declared_feature_that_is_never_computed_is_an_error(monkeypatch):
+    plain = plain_python("stream_processor.features")
+
+    class Forgetful(plain._PlainRow):
+        __slots__ = ()
+
+        def __setattr__(self, name, value):
+            if name != "count_1h":
+                super().__setattr__(name, value)
+
+    monkeypatch.setattr(plain, "_PlainRow", Forgetful)
+    with pytest.raises(AttributeError, match=r"declared in FEATURES, not computed: \['count_1h'\]"):
+        plain.AccountStates().transform(_varied_events()[:3])
+
+
 def test_compiled_and_plain_python_features_agree_on_the_shipped_events():
     plain = plain_python("stream_processor.features")
     frame = pd.read_csv(ROOT / "data" / "transactions.csv")

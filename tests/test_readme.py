@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fraudstream.settings import describe
-from stream_processor.features import ANOMALY_FEATURE_NAMES, FEATURES, LABEL_FEATURES
+from stream_processor.features import FEATURES, LABEL_FEATURES
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
@@ -23,9 +23,9 @@ def test_every_setting_is_in_the_settings_page_with_its_meaning():
 
 def test_every_feature_is_documented_with_its_definition():
     page = (ROOT / "docs" / "scoring.md").read_text()
-    for name, doc in FEATURES + LABEL_FEATURES:
-        forest = "yes" if name in ANOMALY_FEATURE_NAMES else ""
-        assert f"| `{name}` | {forest} | {doc} |" in page, name
+    for f in FEATURES + LABEL_FEATURES:
+        forest = "yes" if f.forest else ""
+        assert f"| `{f.name}` | {forest} | {f.definition} |" in page, f.name
 
 
 def test_the_two_commands_are_make_targets():

@@ -8,7 +8,14 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from fraudstream.schema import Transaction
-from stream_processor.features import FEATURE_NAMES, AccountStates, feature
+from stream_processor import features
+from stream_processor.features import (
+    ANOMALY_FEATURE_NAMES,
+    FEATURE_NAMES,
+    SUPERVISED_FEATURE_NAMES,
+    AccountStates,
+    feature,
+)
 
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
@@ -108,6 +115,47 @@ def test_merchant_profile_compares_an_amount_with_the_merchants_usual():
     assert feature(row, "merchant_amount_vs_30d") == 0
 
 
+def test_previous_amount_is_the_amount_of_the_accounts_newest_earlier_transaction():
+    states = AccountStates()
+    rows = states.transform([
+        txn(1, amount=10.0, minutes=0),
+        txn(2, amount=20.0, minutes=5),
+        txn(3, "A2", amount=99.0, minutes=6),  # another account's
+        txn(4, amount=30.0, minutes=10),
+    ])  # fmt: skip
+    assert [feature(r, "previous_amount") for r in rows] == [0.0, 10.0, 0.0, 20.0]
+    # In event time: a late event's previous is the newest before it, not the last received.
+    [late] = states.transform([txn(5, amount=40.0, minutes=7)])
+    [after] = states.transform([txn(6, amount=50.0, minutes=20)])
+    [earliest] = states.transform([txn(7, amount=60.0, minutes=-5)])
+    assert feature(late, "previous_amount") == 20.0
+    assert feature(after, "previous_amount") == 30.0
+    assert feature(earliest, "previous_amount") == 0.0
+    # An input of the supervised model only.
+    assert "previous_amount" in SUPERVISED_FEATURE_NAMES
+    assert "previous_amount" not in ANOMALY_FEATURE_NAMES
+
+
+def test_the_declaration_gives_the_columns():
+    assert FEATURE_NAMES == tuple(f.name for f in features.FEATURES)
+    assert features.WIDTH == len(FEATURE_NAMES) == len(set(FEATURE_NAMES))
+    assert [FEATURE_NAMES[c] for c in features.ANOMALY_COLUMNS] == list(ANOMALY_FEATURE_NAMES)
+    forest = sorted((f.forest, f.name) for f in features.FEATURES if f.forest)
+    assert tuple(name for _, name in forest) == ANOMALY_FEATURE_NAMES
+    assert all(SUPERVISED_FEATURE_NAMES[features.SLOT[n]] == n for n in SUPERVISED_FEATURE_NAMES)
+    with pytest.raises(ValueError, match="declared twice"):
+        features._check_declarations(features.FEATURES[:2] * 2, features.LABEL_FEATURES)
+
+
+def test_a_row_that_disagrees_with_the_declaration_is_refused():
+    fields = {name: i for i, name in enumerate(FEATURE_NAMES)}
+    assert list(features._slots(fields)) == list(range(len(FEATURE_NAMES)))
+    with pytest.raises(ImportError, match="declared without a field \\['previous_amount'\\]"):
+        features._slots({n: i for n, i in fields.items() if n != "previous_amount"})
+    with pytest.raises(ImportError, match="a field without a declaration \\['extra'\\]"):
+        features._slots({**fields, "extra": len(fields)})
+
+
 def test_every_feature_is_finite_for_odd_inputs():
     states = AccountStates()
     rows = states.transform([
@@ -152,6 +200,7 @@ def test_exact_windows_median_and_home_match_a_brute_force_over_the_kept_history
         median = float(np.median([a for _ts, a in kept])) if kept else None
         expected = math.log1p(amount) - math.log1p(median) if kept else 0.0
         assert feature(row, "amount_vs_median") == pytest.approx(expected)
+        assert feature(row, "previous_amount") == (before[-1][1] if before else 0.0)
         kept = sorted([*kept, (t, amount)], key=lambda e: e[0])[-history:]
         places[place] = places.pop(place, 0) + 1  # least recently used first, like the state
         assert states.get("A1").home_location == max(places, key=places.__getitem__)
