@@ -252,20 +252,20 @@ def refit_pause(
     quiet, busy, swaps, starts, installs = [], [], [], [], []
     try:
         for i in range(0, len(values), batch):
-            running = core._refit is not None
+            running = core.scorer.refit.running
             t = time.perf_counter()
             out = pipeline.handle(values[i : i + batch])
             dt = 1000 * (time.perf_counter() - t)
             versions = core.model.version if core.model else 0
             if i < settings.warmup_events:
                 continue  # the warm-up batches hold events; the first fit is not a refit
-            if not running and core._refit is not None:
+            if not running and core.scorer.refit.running:
                 starts.append(1000 * out.refit_s)  # copied and sent a training window
-            elif running and core._refit is None:
+            elif running and not core.scorer.refit.running:
                 installs.append(1000 * out.refit_s)  # received, installed, recorded a model
-            if running and core._refit is None:
+            if running and not core.scorer.refit.running:
                 swaps.append(dt)  # this batch swapped the new model in and recorded it
-            elif running or core._refit is not None:
+            elif running or core.scorer.refit.running:
                 busy.append(dt)
             else:
                 quiet.append(dt)

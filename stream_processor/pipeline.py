@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 
 from fraudstream.settings import Settings
 from stream_processor import features
-from stream_processor.core import BatchResult, RawMessage, ScoringCore
+from stream_processor.core import BatchResult, RawMessage, Restored, ScoringCore
 from stream_processor.outbox import Outbound
 from stream_processor.refit import RefitRunner
-from stream_processor.sink import open_sink
+from stream_processor.sink import SinkStore, open_sink
 
 log = logging.getLogger(__name__)
 
@@ -61,62 +61,41 @@ class BatchPipeline:
         self.settings = settings
         self.sink = open_sink(settings.database_url)
         self._submitted: BatchResult | None = None  # written, not collected yet
-        self._in_flight_ids: frozenset[str] = frozenset()
+        # What the core reads while a write may be in flight: the ids being written count as
+        # stored; a read of stored events (evicted accounts, labelled events) waits for it.
+        self.store = SinkStore(self.sink, settings.account_history)
         refits = refits or RefitRunner()  # saved models load where scikit-learn is
-        model = self.sink.latest_model(refits.run)
-        held = self.sink.held_events()
-        # The most recently active MAX_ACCOUNTS accounts now; any other, when it comes back.
-        history = list(
-            self.sink.recent_history(settings.account_history, accounts=settings.max_accounts)
-        )
-        supervised = self.sink.latest_supervised(refits.run)
-        self.core = ScoringCore(
-            settings,
-            self._known_ids,
-            self._lookup_events,
-            model=model,
+        restored = Restored(
+            model=self.sink.latest_model(refits.run),
             next_version=self.sink.next_version(),
-            held=held,
-            history=history,
-            supervised=supervised,
+            held=self.sink.held_events(),
+            # The most recently active MAX_ACCOUNTS accounts now; any other, when it comes back.
+            history=list(
+                self.sink.recent_history(settings.account_history, accounts=settings.max_accounts)
+            ),
+            supervised=self.sink.latest_supervised(refits.run),
             label_history=self.sink.label_history(settings.supervised_window),
             queued_labels=self.sink.queued_labels(settings.label_memory),
-            account_events=self._account_events,
-            refits=refits,
         )
+        self.core = ScoringCore(settings, self.store, restored=restored, refits=refits)
         self.core.states.not_loaded(self.sink.account_count() - len(self.core.states))
         # Stored alerts whose delivery was never recorded, sent with the first batch: a crash
         # between a write and its alerts' delivery loses nothing, also for events whose offsets
         # were committed before that write (those held for the first fit).
         self._undelivered = self.sink.unpublished_alerts()
+        model, supervised = restored.model, restored.supervised
         log.info(
             "processor state: model %s, supervised %s, %d accounts from %d stored events, "
             "%d held for first fit, %d labels learned",
             f"v{model.version}" if model else "none yet",
             f"v{supervised.version}" if supervised else "none yet", len(self.core.states),
-            len(history), len(held), self.core.label_memory.labels,
+            len(restored.history), len(restored.held), self.core.label_memory.labels,
         )  # fmt: skip
         if not features.COMPILED:
             log.warning(
                 "the feature code runs as plain Python (it was not compiled at install: no C "
                 "compiler?): the same results, about half the speed; see docs/development.md, Compiled parts"
             )
-
-    # -- what the core reads while a write may be in flight -------------------------------------
-
-    def _known_ids(self, ids: list[str]) -> set[str]:
-        found = self.sink.known_ids(ids)
-        if self._in_flight_ids:
-            found |= self._in_flight_ids.intersection(ids)
-        return found
-
-    def _lookup_events(self, ids: list[str]):
-        self.sink.wait()
-        return self.sink.lookup_events(ids)
-
-    def _account_events(self, ids: list[str]):
-        self.sink.wait()
-        return self.sink.account_history(ids, self.settings.account_history)
 
     # -- batches -------------------------------------------------------------------------------
 
@@ -144,7 +123,7 @@ class BatchPipeline:
         if self.sink.in_flight:
             ids = [r[0] for r in result.row_values]  # ROW_COLUMNS[0]: transaction_id
             ids += [p["transaction_id"] for p in result.pending_add]
-            self._in_flight_ids = frozenset(ids)
+            self.store.in_flight_ids = frozenset(ids)
 
     def collect(self) -> Outbound:
         """Wait until the submitted write is committed (:class:`SinkError` if it failed): what
@@ -153,7 +132,7 @@ class BatchPipeline:
         try:
             self.sink.wait()
         finally:
-            self._in_flight_ids = frozenset()
+            self.store.in_flight_ids = frozenset()
         if result is None:
             return Outbound()
         return self._outbound(result)

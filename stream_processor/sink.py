@@ -308,6 +308,31 @@ class Sink:
         self.engine.dispose()
 
 
+class SinkStore:
+    """A sink as the scoring core's :class:`~stream_processor.core.EventStore`, also while a
+    write is in flight: the ids being written (``in_flight_ids``) count as stored, and a read of
+    stored events waits for the write first."""
+
+    def __init__(self, sink: Sink, per_account: int):
+        self.sink = sink
+        self.per_account = per_account  # stored events that rebuild an account (ACCOUNT_HISTORY)
+        self.in_flight_ids: frozenset[str] = frozenset()
+
+    def known_ids(self, ids: list[str]) -> set[str]:
+        found = self.sink.known_ids(ids)
+        if self.in_flight_ids:
+            found |= self.in_flight_ids.intersection(ids)
+        return found
+
+    def lookup_events(self, ids: list[str]) -> dict[str, LabelledEvent | None]:
+        self.sink.wait()
+        return self.sink.lookup_events(ids)
+
+    def account_events(self, ids: list[str]) -> list[Transaction]:
+        self.sink.wait()
+        return self.sink.account_history(ids, self.per_account)
+
+
 # -- the write of a batch, as steps both sinks run ---------------------------------------------
 
 

@@ -16,7 +16,7 @@ from fraudstream.schema import Transaction
 from fraudstream.tables import make_engine
 from producer.csv_source import read_transactions
 from stream_processor.core import RawMessage, ScoringCore
-from stream_processor.sink import open_sink
+from stream_processor.sink import SinkStore, open_sink
 
 
 def messages(csv_path):
@@ -26,7 +26,7 @@ def messages(csv_path):
 
 def write(settings, msgs, core=None, size=100):
     sink = open_sink(settings.database_url)
-    core = core or ScoringCore(settings, known_ids=sink.known_ids)
+    core = core or ScoringCore(settings, SinkStore(sink, settings.account_history))
     for i in range(0, len(msgs), size):
         sink.write(core.process(msgs[i : i + size]))
     sink.write(core.tick())
@@ -90,7 +90,7 @@ def test_both_databases_build_the_same_marts_from_the_same_results(
     holds the same rows on both (numbers as numbers, dates as text)."""
     on_pg = settings.replace(database_url=postgres_url, warmup_idle_s=0)
     sinks = [open_sink(settings.database_url), open_sink(on_pg.database_url)]
-    core = ScoringCore(on_pg, known_ids=sinks[0].known_ids)
+    core = ScoringCore(on_pg, SinkStore(sinks[0], on_pg.account_history))
     msgs = messages(small_csv) + [RawMessage(b"junk", offset=9999)]
     for i in range(0, len(msgs), 100):
         result = core.process(msgs[i : i + 100])

@@ -15,7 +15,7 @@ from fraudstream.schema import Transaction
 from fraudstream.settings import Settings
 from producer.csv_source import read_transactions
 from stream_processor.core import RawMessage, ScoringCore
-from stream_processor.sink import open_sink
+from stream_processor.sink import SinkStore, open_sink
 
 
 def build_finance_db(csv: Path, root: Path, warmup: int = 1000) -> Path:
@@ -24,7 +24,7 @@ def build_finance_db(csv: Path, root: Path, warmup: int = 1000) -> Path:
     settings = Settings.from_env({}, database_url=f"sqlite:///{db}", warmup_events=warmup,
                                  refit_every_events=3000, n_estimators=50)  # fmt: skip
     sink = open_sink(settings.database_url)
-    core = ScoringCore(settings, known_ids=sink.known_ids)
+    core = ScoringCore(settings, SinkStore(sink, settings.account_history))
     txns = [t for _l, t in read_transactions(csv) if isinstance(t, Transaction)]
     msgs = [RawMessage(t.encode(), offset=i) for i, t in enumerate(txns)]
     msgs.append(RawMessage(b"not json", offset=len(msgs)))

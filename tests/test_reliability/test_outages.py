@@ -77,11 +77,11 @@ def test_sink_waits_out_a_10_second_lock(db_settings, small_csv):
     from fraudstream.schema import Transaction
     from producer.csv_source import read_transactions
     from stream_processor.core import RawMessage, ScoringCore
-    from stream_processor.sink import open_sink
+    from stream_processor.sink import SinkStore, open_sink
 
     settings = db_settings
     sink = open_sink(settings.database_url)
-    core = ScoringCore(settings.replace(warmup_events=1), known_ids=sink.known_ids)
+    core = ScoringCore(settings.replace(warmup_events=1), SinkStore(sink, settings.account_history))
     txns = [t for _l, t in read_transactions(small_csv) if isinstance(t, Transaction)][:100]
     result = core.process([RawMessage(t.encode(), offset=i) for i, t in enumerate(txns)])
     release = hold_write_lock(settings.database_url)  # another writer, for 10 s

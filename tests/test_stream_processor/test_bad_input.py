@@ -22,7 +22,7 @@ from fraudstream.tables import make_engine
 from producer.csv_source import CsvFormatError, read_transactions
 from stream_processor.core import RawMessage, ScoringCore
 from stream_processor.features import AccountStates
-from stream_processor.sink import open_sink
+from stream_processor.sink import SinkStore, open_sink
 
 BASE = {
     "transaction_id": "T1", "account_id": "AC1", "amount": 12.5, "merchant": "Acme Market",
@@ -94,7 +94,7 @@ STORED = [
 
 def core_and_sink(settings):
     sink = open_sink(settings.database_url)
-    return ScoringCore(settings.replace(warmup_events=1), known_ids=sink.known_ids), sink
+    return ScoringCore(settings.replace(warmup_events=1), SinkStore(sink, settings.account_history)), sink
 
 
 def stored(settings, sql: str, **params) -> list:

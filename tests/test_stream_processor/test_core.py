@@ -15,6 +15,7 @@ from sklearn.ensemble import IsolationForest
 from fraudstream.schema import Transaction, format_timestamp
 from producer.csv_source import read_transactions
 from stream_processor.core import (
+    MemoryStore,
     RawMessage,
     ScoringCore,
     db_timestamp,
@@ -137,8 +138,8 @@ def test_refits_due_by_event_count_wait_for_the_minimum_interval(settings, small
     results = run_all(core, msgs[:1200])  # the first fit at 200, then 1,000 more events
     results.append(core.wait_for_refit())
     assert [m.reason for res in results for m in res.models] == ["initial"]
-    assert core._refit is None
-    core._last_fit -= 61  # a minute later
+    assert not core.scorer.refit.running
+    core.scorer.last_fit -= 61  # a minute later
     results = run_all(core, msgs[1200:1300])
     results.append(core.wait_for_refit())
     assert [(m.version, m.reason) for res in results for m in res.models] == [(2, "events")]
@@ -153,14 +154,14 @@ def test_refit_work_on_the_batch_path_is_timed_per_batch(settings, small_csv):
     starts, swaps, others = [], [], []
     try:
         for i in range(0, len(msgs), 100):
-            running = core._refit is not None
+            running = core.scorer.refit.running
             out = pipeline.handle(msgs[i : i + 100])
             if i < settings.warmup_events:
                 continue
-            if not running and core._refit is not None:
+            if not running and core.scorer.refit.running:
                 starts.append(out.refit_s)
-                core._refit.exception(timeout=60)  # the next batch swaps it in
-            elif running and core._refit is None:
+                core.scorer.refit.wait(60)  # the next batch swaps it in
+            elif running and not core.scorer.refit.running:
                 swaps.append(out.refit_s)
             else:
                 others.append(out.refit_s)
@@ -192,7 +193,7 @@ def test_bad_values_become_dead_letters_and_the_batch_goes_on(settings, small_cs
 
 def test_duplicates_are_dropped_within_a_batch_and_against_the_store(settings, small_csv):
     stored = {"T00000005"}
-    core = ScoringCore(settings.replace(warmup_events=1), known_ids=lambda ids: stored & set(ids))
+    core = ScoringCore(settings.replace(warmup_events=1), MemoryStore(ids=stored))
     msgs = messages(small_csv, stop=10)
     result = core.process(msgs + msgs[:3])
     ids = [r["transaction_id"] for r in result.rows]

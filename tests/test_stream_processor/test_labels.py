@@ -11,7 +11,7 @@ from fraudstream.schema import InvalidRecord, Transaction
 from stream_processor.core import RawMessage, ScoringCore
 from stream_processor.labels import decode_label
 from stream_processor.pipeline import BatchPipeline
-from stream_processor.sink import open_sink
+from stream_processor.sink import SinkStore, open_sink
 
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
 LABELS = "labels-test"
@@ -53,7 +53,7 @@ def scoring_core(settings, name=None):
             database_url=settings.database_url.replace(".db", f"-{name}.db")
         )
     sink = open_sink(settings.database_url)
-    core = ScoringCore(settings, sink.known_ids, sink.lookup_events)
+    core = ScoringCore(settings, SinkStore(sink, settings.account_history))
     core.sink = sink
     return core
 
@@ -211,7 +211,7 @@ def test_labels_waiting_for_their_event_are_bounded(lsettings):
     core = scoring_core(lsettings.replace(label_memory=50))
     feed(core, events(100))
     process(core, [label_message(f"NOT-YET-{i}", 0, T0, i) for i in range(80)])
-    assert len(core._orphans) == 50 and core.label_memory.labels == 0
+    assert len(core.learner.orphans) == 50 and core.label_memory.labels == 0
 
 
 def test_features_of_label_columns_are_zero_without_labels(lsettings):

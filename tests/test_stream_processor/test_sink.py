@@ -13,7 +13,7 @@ from producer.csv_source import read_transactions
 from producer.generate import GeneratorConfig, write_csv
 from stream_processor.core import RawMessage, ScoringCore
 from stream_processor.features import ANOMALY_FEATURE_NAMES
-from stream_processor.sink import open_sink
+from stream_processor.sink import SinkStore, open_sink
 from stream_processor.sqlite_sink import KNOWN_IDS_SQLITE
 
 
@@ -61,7 +61,7 @@ def test_writing_the_same_result_twice_adds_no_rows(db_settings, small_csv):
 def test_held_events_survive_a_restart_and_are_recognised_as_known(db_settings, small_csv):
     settings = db_settings
     sink = open_sink(settings.database_url)
-    core = ScoringCore(settings, known_ids=sink.known_ids)
+    core = ScoringCore(settings, SinkStore(sink, settings.account_history))
     sink.write(core.process(msgs(small_csv, 120)))  # below warm-up: all held
     again = open_sink(settings.database_url)
     held = again.held_events()
@@ -74,7 +74,7 @@ def test_held_events_survive_a_restart_and_are_recognised_as_known(db_settings, 
 def test_known_ids_finds_stored_and_held_ids_on_both_databases(db_settings, small_csv):
     settings = db_settings
     sink = open_sink(settings.database_url)
-    core = ScoringCore(settings.replace(warmup_events=1), known_ids=sink.known_ids)
+    core = ScoringCore(settings.replace(warmup_events=1), SinkStore(sink, settings.account_history))
     sink.write(core.process(msgs(small_csv, 300)))  # stored rows
     held = ScoringCore(settings.replace(warmup_events=10_000))
     sink.write(held.process(msgs(small_csv, 320)[-5:]))  # held for a first fit
@@ -89,7 +89,7 @@ def test_known_ids_finds_stored_and_held_ids_on_both_databases(db_settings, smal
 
 def test_the_sqlite_id_lookup_keeps_the_ids_as_its_outer_loop(settings, small_csv):
     sink = open_sink(settings.database_url)
-    core = ScoringCore(settings.replace(warmup_events=1), known_ids=sink.known_ids)
+    core = ScoringCore(settings.replace(warmup_events=1), SinkStore(sink, settings.account_history))
     sink.write(core.process(msgs(small_csv, 300)))
     sink.close()
     with sqlite3.connect(db_file(settings)) as conn:
@@ -102,7 +102,9 @@ def test_the_sqlite_id_lookup_keeps_the_ids_as_its_outer_loop(settings, small_cs
 def test_restart_reloads_the_latest_model_and_the_account_history(db_settings, small_csv):
     settings = db_settings
     sink = open_sink(settings.database_url)
-    core = ScoringCore(settings.replace(refit_every_events=0), known_ids=sink.known_ids)
+    core = ScoringCore(
+        settings.replace(refit_every_events=0), SinkStore(sink, settings.account_history)
+    )
     for i in range(0, 600, 200):
         sink.write(core.process(msgs(small_csv, 600)[i : i + 200]))
     again = open_sink(settings.database_url)

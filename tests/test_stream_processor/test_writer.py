@@ -93,7 +93,7 @@ def test_a_read_of_stored_events_waits_for_the_write_in_flight(settings, small_c
             pipeline.submit(result)
             found: list = []
             reader = threading.Thread(
-                target=lambda: found.extend(pipeline.core.account_events([account]))
+                target=lambda: found.extend(pipeline.store.account_events([account]))
             )
             reader.start()
             reader.join(0.5)

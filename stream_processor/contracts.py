@@ -1,0 +1,191 @@
+"""What the scoring core takes and gives, shared by its parts, the sinks and the runtimes.
+
+In: :class:`RawMessage` lists; an :class:`EventStore` (what the core reads from the database);
+a :class:`Restored` state (what a restart reads back). Out: a :class:`BatchResult` a batch.
+:mod:`stream_processor.core` re-exports all of it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from fraudstream.schema import InvalidRecord, Transaction
+
+if TYPE_CHECKING:
+    from stream_processor.labels import Label
+    from stream_processor.model import FittedModel, SupervisedModel
+
+
+# RawMessage and HeldEvent: one of each per event, so not frozen (a frozen dataclass sets each
+# field through object.__setattr__, several times slower to make). Nothing changes them after
+# they are made.
+@dataclass(slots=True)
+class RawMessage:
+    """One consumed Kafka record, as any runtime sees it."""
+
+    value: bytes | None
+    key: bytes | None = None
+    topic: str = "transactions"
+    partition: int = 0
+    offset: int = 0
+    produced_at: float | None = None  # epoch s, from the producer's header
+
+
+@dataclass(slots=True)
+class HeldEvent:
+    """A valid event with where it was consumed: held for the first fit, or being scored."""
+
+    txn: Transaction
+    partition: int | None
+    offset: int | None
+    produced_at: float | None
+
+
+# The transactions table's columns, in its order (tests/test_core.py checks it against the
+# table): a stored row is a tuple of these, handed to the database as it is.
+ROW_COLUMNS = (
+    "transaction_id", "account_id", "amount", "merchant", "timestamp", "location", "is_fraud",
+    "extras", "score", "threshold", "supervised_score", "risk_score", "is_flagged", "reasons",
+    "model_version", "supervised_version", "features", "kafka_partition", "kafka_offset",
+    "produced_at", "scored_at", "alert_published_at",
+)  # fmt: skip
+
+
+@dataclass
+class BatchResult:
+    # For the transactions table, a tuple a row in ROW_COLUMNS order: a dictionary a row, mapped
+    # back to a tuple by the sink, costs several times more per event.
+    row_values: list[tuple] = field(default_factory=list)
+    alerts: list[dict] = field(default_factory=list)  # for the alerts topic
+    dead_letters: list[dict] = field(default_factory=list)  # for dead_letters and the DLQ
+    pending_add: list[dict] = field(default_factory=list)  # held until the first fit
+    pending_clear: bool = False  # the held events were scored: empty pending_events
+    models: list[FittedModel | SupervisedModel] = field(default_factory=list)  # to record
+    duplicate_ids: list[str] = field(default_factory=list)  # already stored or held
+    labels: list[dict] = field(default_factory=list)  # for the labels table
+    labels_released: dict[str, int] = field(default_factory=dict)  # id -> learned (1) or not
+    # Seconds this batch spent on refits: starting one (copying and sending the training
+    # window), swapping one in (receiving and installing it), recording it (the sink adds that).
+    refit_s: float = 0.0
+
+    @property
+    def rows(self) -> list[dict]:
+        """The rows for the transactions table as dictionaries (column -> value)."""
+        return [dict(zip(ROW_COLUMNS, values, strict=True)) for values in self.row_values]
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.row_values
+            or self.dead_letters
+            or self.pending_add
+            or self.pending_clear
+            or self.models
+            or self.labels
+            or self.labels_released
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledEvent:
+    """What the supervised model learns from once the event's label arrives."""
+
+    merchant: str
+    account_id: str
+    features: np.ndarray  # SUPERVISED_FEATURE_NAMES, as computed when the event was scored
+
+
+class EventStore(Protocol):
+    """What the core reads from the database (a :class:`stream_processor.sink.SinkStore` over
+    the sink; :class:`MemoryStore` without one)."""
+
+    def known_ids(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` are already stored or held for the first fit (duplicates)."""
+        ...
+
+    def lookup_events(self, ids: list[str]) -> dict[str, LabelledEvent | None]:
+        """Stored events among ``ids`` as the supervised model learns from them; None for one
+        whose label was learned already."""
+        ...
+
+    def account_events(self, ids: list[str]) -> list[Transaction]:
+        """The stored events that rebuild these accounts (evicted from memory), oldest first."""
+        ...
+
+
+class MemoryStore:
+    """An :class:`EventStore` of what it is given (tests, a core without a database): by
+    default nothing is stored."""
+
+    def __init__(
+        self,
+        ids: Iterable[str] = (),
+        events: dict[str, LabelledEvent | None] | None = None,
+        accounts: dict[str, list[Transaction]] | None = None,
+    ):
+        self.ids = set(ids)
+        self.events = dict(events or {})
+        self.accounts = dict(accounts or {})
+
+    def known_ids(self, ids: list[str]) -> set[str]:
+        return self.ids.intersection(ids)
+
+    def lookup_events(self, ids: list[str]) -> dict[str, LabelledEvent | None]:
+        return {i: self.events[i] for i in ids if i in self.events}
+
+    def account_events(self, ids: list[str]) -> list[Transaction]:
+        found = [t for a in ids for t in self.accounts.get(a, ())]
+        return sorted(found, key=lambda t: t.timestamp)
+
+
+@dataclass
+class Restored:
+    """The state a restart reads back from the database; the defaults are a first start."""
+
+    model: FittedModel | None = None
+    next_version: int = 1
+    held: Iterable[HeldEvent] = ()  # events held for the first fit
+    history: Iterable[Transaction] = ()  # recent events that rebuild the accounts in memory
+    supervised: SupervisedModel | None = None
+    label_history: Iterable[tuple[LabelledEvent, Label]] = ()  # labels learned, oldest first
+    queued_labels: Iterable[Label] = ()  # labels not learned yet
+
+
+def alert_payload(row: dict) -> dict:
+    """The JSON object published to the alerts topic for a flagged row."""
+    return {
+        "transaction_id": row["transaction_id"],
+        "account_id": row["account_id"],
+        "amount": row["amount"],
+        "merchant": row["merchant"],
+        "timestamp": row["timestamp"].replace(" ", "T") + "Z",
+        "location": row["location"],
+        "score": round(row["score"], 6),
+        "threshold": round(row["threshold"], 6),
+        "supervised_score": (
+            None if row.get("supervised_score") is None else round(row["supervised_score"], 6)
+        ),
+        "risk_score": round(row["risk_score"], 6) if row.get("risk_score") is not None else None,
+        "model_version": row["model_version"],
+        "reasons": json.loads(row["reasons"]) if row["reasons"] else [],
+        "scored_at": row["scored_at"],
+    }
+
+
+def dead_letter(msg: RawMessage, exc: InvalidRecord) -> dict:
+    """The dead_letters row (and DLQ record) of a message that failed validation."""
+    return {
+        "source_topic": msg.topic,
+        "source_partition": msg.partition,
+        "source_offset": msg.offset,
+        "message_key": msg.key,
+        "message_value": msg.value,
+        "error_field": exc.field,
+        "error": exc.reason,
+        "received_at": time.time(),
+    }

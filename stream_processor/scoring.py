@@ -1,0 +1,276 @@
+"""The anomaly model over the stream: scoring, its training window, its refits, drift.
+
+The Isolation Forest scores every event; the newest feature vectors are kept as the next refit's
+training window. A refit runs in the refit worker (:mod:`stream_processor.refit`) when enough
+events came (``refit_every_events``, not sooner than ``refit_min_interval_s`` after the last), when
+``refit_interval_s`` passed, or early when ADWIN sees the scores drift; the next batch swaps the
+new model in. Models are numbered when swapped in, so a failed fit leaves no gap in the versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from fraudstream.settings import Settings
+from stream_processor import compat
+from stream_processor.contracts import BatchResult
+from stream_processor.features import ANOMALY_COLUMNS, FEATURE_NAMES
+from stream_processor.model import FIT_ANOMALY, FittedModel, SupervisedModel
+from stream_processor.refit import PickledFuture, RefitRunner
+
+log = logging.getLogger(__name__)
+
+MIN_EVENTS_BEFORE_DRIFT_REFIT = 1000  # a drift refit trains on at least this many new events
+
+
+class Versions:
+    """The next model version: the anomaly and the supervised models share one sequence."""
+
+    def __init__(self, start: int = 1):
+        self.next = start
+
+    def take(self) -> int:
+        version = self.next
+        self.next += 1
+        return version
+
+
+class BackgroundFit:
+    """One fit at a time in the refit worker: started, then its model taken once it is done."""
+
+    def __init__(self, what: str):
+        self.what = what  # for the log: "refit", "supervised refit"
+        self.future: PickledFuture | None = None
+
+    @property
+    def running(self) -> bool:
+        """Started and not taken yet (it may have finished)."""
+        return self.future is not None
+
+    def start(self, future: PickledFuture) -> None:
+        self.future = future
+
+    def take(self) -> FittedModel | SupervisedModel | None:
+        """The model of a finished fit, once; None while it runs, or if it failed (logged: the
+        current model stays)."""
+        future = self.future
+        if future is None or not future.done():
+            return None
+        self.future = None
+        try:
+            return future.result()
+        except Exception:
+            log.exception("%s failed; keeping the current model", self.what)
+            return None
+
+    def wait(self, timeout_s: float) -> None:
+        """Until a running fit is done (or ``timeout_s``)."""
+        if self.future is not None:
+            self.future.exception(timeout=timeout_s)
+
+
+class ScoreDrift:
+    """river's ADWIN (``river.drift.ADWIN``, its defaults) on the anomaly scores, built by
+    :func:`stream_processor.compat.adwin` so that the processor imports no scikit-learn."""
+
+    def __init__(self, delta: float):
+        self._window = compat.adwin(delta)
+
+    def update(self, value: float) -> bool:
+        """Add a score; True when the window detects a change."""
+        return self._window.update(value)
+
+
+class DriftWatch:
+    """Watches the current model's anomaly scores (ADWIN; off when ``delta`` is 0) and keeps
+    what it saw until a refit starts; a new model starts a new baseline."""
+
+    def __init__(self, delta: float, counts: dict[str, int]):
+        self.delta = delta
+        self.counts = counts
+        self._adwin = ScoreDrift(delta) if delta > 0 else None
+        self.detected = False
+
+    def watch(self, scores: np.ndarray) -> None:
+        if self._adwin is None or self.detected:
+            return
+        for value in scores.tolist():
+            if self._adwin.update(value):
+                self.detected = True
+                self.counts["drifts"] += 1
+                log.info("drift in the anomaly scores (ADWIN): refitting early")
+                return
+
+    def new_model(self) -> None:
+        if self._adwin is not None:
+            self._adwin = ScoreDrift(self.delta)
+        self.detected = False
+
+
+class TrainingWindow:
+    """The newest feature vectors (FEATURE_NAMES), a ring buffer: the next refit's training
+    window."""
+
+    def __init__(self, size: int):
+        self._rows = np.empty((max(size, 1), len(FEATURE_NAMES)))
+        self._pos = 0
+        self._len = 0
+
+    def add(self, features: np.ndarray) -> None:
+        size = len(self._rows)
+        for start in range(0, len(features), size):
+            chunk = features[start : start + size]
+            end = self._pos + len(chunk)
+            if end <= size:
+                self._rows[self._pos : end] = chunk
+            else:
+                split = size - self._pos
+                self._rows[self._pos :] = chunk[:split]
+                self._rows[: end - size] = chunk[split:]
+            self._pos = end % size
+            self._len = min(size, self._len + len(chunk))
+
+    def anomaly_inputs(self) -> np.ndarray:
+        """A copy of the window's anomaly-model columns (its rows in ring order)."""
+        return self._rows[: self._len, ANOMALY_COLUMNS]
+
+
+@dataclass(slots=True)
+class Scores:
+    """A batch's scores: the anomaly model's, the supervised model's when there is one, and
+    the verdict of both."""
+
+    model: FittedModel
+    supervised: SupervisedModel | None
+    anomaly: np.ndarray  # the anomaly scores
+    anomalous: np.ndarray  # bool: above the anomaly model's threshold
+    inputs: np.ndarray  # SUPERVISED_FEATURE_NAMES: the features, label features and the score
+    probabilities: np.ndarray | None  # the supervised model's P(fraud)
+    flags: np.ndarray  # anomalous, or P(fraud) at the supervised threshold
+    risks: np.ndarray  # P(fraud) with a supervised model, else the anomaly score
+
+
+class AnomalyScorer:
+    """The Isolation Forest over the stream: scores batches, keeps their features as the next
+    training window, and refits it in the background on schedule or on drift."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        refits: RefitRunner,
+        versions: Versions,
+        counts: dict[str, int],
+        model: FittedModel | None = None,
+    ):
+        self.settings = settings
+        self.refits = refits
+        self.versions = versions
+        self.model = model
+        self.window = TrainingWindow(settings.training_window)
+        self.since_fit = 0  # events scored since the last fit started
+        self.last_fit = time.monotonic()
+        self.refit = BackgroundFit("refit")
+        self.drift = DriftWatch(settings.drift_delta, counts)
+
+    def score(
+        self, features: np.ndarray, label_features: np.ndarray, supervised: SupervisedModel | None
+    ) -> Scores:
+        """Both models' scores of a batch (``label_features``: LabelMemory's, for the
+        supervised model)."""
+        model = self.model
+        assert model is not None
+        scores = model.score(features[:, ANOMALY_COLUMNS])
+        anomalous = scores > model.threshold
+        inputs = np.hstack([features, label_features, scores[:, None]])
+        if supervised is None:
+            return Scores(model, None, scores, anomalous, inputs, None, anomalous, scores)
+        probabilities = supervised.score(inputs)
+        flags = anomalous | (probabilities >= supervised.threshold)
+        return Scores(
+            model, supervised, scores, anomalous, inputs, probabilities, flags, probabilities
+        )
+
+    def observe(self, features: np.ndarray, scores: np.ndarray) -> None:
+        """A scored batch: its features join the training window, its scores the drift watch."""
+        self.window.add(features)
+        self.since_fit += len(features)
+        self.drift.watch(scores)
+
+    def fit_first(self, features: np.ndarray, result: BatchResult) -> FittedModel:
+        """Fit the first model on ``features`` (the held events), waiting for it, and install
+        it."""
+        s = self.settings
+        model = self.refits.run(  # in the refit worker too; this batch waits for it
+            FIT_ANOMALY,
+            features[:, ANOMALY_COLUMNS],
+            version=self.versions.next,
+            reason="initial",
+            flag_quantile=s.flag_quantile,
+            n_estimators=s.n_estimators,
+            seed=s.model_seed,
+        )
+        self._install(model, result)
+        return model
+
+    def maybe_refit(self) -> None:
+        """Start a refit in the background if one is due and none is running."""
+        if self.model is None or self.refit.running or self.since_fit == 0:
+            return
+        reason = self._due()
+        if reason is None:
+            return
+        s = self.settings
+        training = self.window.anomaly_inputs()
+        self.since_fit = 0
+        self.last_fit = time.monotonic()
+        self.drift.detected = False
+        self.refit.start(
+            self.refits.submit(
+                FIT_ANOMALY,
+                training,
+                version=0,  # numbered when swapped in, so a failed fit leaves no gap
+                reason=reason,
+                flag_quantile=s.flag_quantile,
+                n_estimators=s.n_estimators,
+                seed=s.model_seed,
+            )
+        )
+
+    def _due(self) -> str | None:
+        """Why a refit is due now (drift, events, interval), else None."""
+        s = self.settings
+        if self.drift.detected and self.since_fit >= MIN_EVENTS_BEFORE_DRIFT_REFIT:
+            return "drift"
+        since_last = time.monotonic() - self.last_fit
+        if (
+            s.refit_every_events
+            and self.since_fit >= s.refit_every_events
+            and since_last >= s.refit_min_interval_s
+        ):
+            return "events"
+        if s.refit_interval_s and since_last >= s.refit_interval_s:
+            return "interval"
+        return None
+
+    def swap_in(self, result: BatchResult) -> None:
+        """Install the model of a finished refit, numbered now."""
+        model = self.refit.take()
+        if model is None:
+            return
+        model = replace(model, version=self.versions.next)
+        self._install(model, result)
+        log.info(
+            "model v%d swapped in (%s refit on %d events, threshold %.4f, %.2f s)",
+            model.version, model.reason, model.training_rows, model.threshold, model.fit_seconds,
+        )  # fmt: skip
+
+    def _install(self, model: FittedModel, result: BatchResult) -> None:
+        self.model = model  # one reference assignment: the swap is atomic for the batch path
+        self.versions.next = model.version + 1
+        self.last_fit = time.monotonic()
+        self.drift.new_model()  # a new model, a new baseline
+        result.models.append(model)
