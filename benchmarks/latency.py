@@ -272,6 +272,12 @@ def refit_pause(
         pipeline.finish()
     finally:
         pipeline.close()
+    return _pause_summary(batch, worker, quiet, busy, swaps, starts, installs, versions)
+
+
+def _pause_summary(batch, worker, quiet, busy, swaps, starts, installs, versions) -> dict:
+    """refit_pause's figures from its batch times (ms): quiet, during a refit, swapping one in;
+    and the refit work itself (starting one, installing one)."""
     median = statistics.median(quiet)
     worst = max(busy + swaps)
     return {

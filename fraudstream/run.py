@@ -283,8 +283,7 @@ def wait_until_processed(
         lag = consumer_lag(settings, last_offsets)
         if label_offsets:
             lag += consumer_lag(settings, label_offsets, settings.labels_topic)
-        with engine.connect() as conn:
-            held = conn.execute(select(func.count()).select_from(pending_events)).scalar()
+        held = _count(engine, pending_events)
         if lag == 0 and held == 0:
             return
         if time.monotonic() > deadline:

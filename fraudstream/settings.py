@@ -26,6 +26,12 @@ SECRET_MASK = "********"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="forbid", env_ignore_empty=True)
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **_sources):
+        """Only the values given: :meth:`from_env` reads the environment it is handed, and a
+        bare ``Settings()`` is the defaults, whatever the process environment says."""
+        return (init_settings,)
+
     bootstrap_servers: str | None = _setting(
         "KAFKA_BOOTSTRAP_SERVERS",
         None,

@@ -261,7 +261,6 @@ class ScoringCore:
         refits: RefitRunner | None = None,
     ):
         restored = restored or Restored()
-        self.settings = settings
         self.store: EventStore = store or MemoryStore()
         self.refits = refits or RefitRunner()
         self.counts = {
@@ -329,7 +328,8 @@ class ScoringCore:
             if self.warmup.full():
                 self._fit_initial(result)
         elif events:
-            self._emit(events, self._features([h.txn for h in events]), result)
+            txns = [h.txn for h in events]
+            self._emit(events, txns, self._features(txns), result)
         if label_messages:
             labels = self.decoder.labels(label_messages, result)
             self.counts["labels"] += len(labels)
@@ -365,10 +365,11 @@ class ScoringCore:
 
     def _fit_initial(self, result: BatchResult) -> None:
         held = self.warmup.release()
-        features = self._features([h.txn for h in held])
+        txns = [h.txn for h in held]
+        features = self._features(txns)
         model = self.scorer.fit_first(features, result)
         log.info("first model v%d fit on %d held events", model.version, len(held))
-        self._emit(held, features, result)
+        self._emit(held, txns, features, result)
         self.scorer.since_fit = 0  # the model was fit on exactly these: no refit due for them
         result.pending_clear = True
 
@@ -380,9 +381,15 @@ class ScoringCore:
             )
         return self.states.transform(txns)
 
-    def _emit(self, events: list[HeldEvent], features: np.ndarray, result: BatchResult) -> None:
-        """Score ``events`` (their ``features``), write their rows, and learn what follows."""
-        txns = [h.txn for h in events]
+    def _emit(
+        self,
+        events: list[HeldEvent],
+        txns: list[Transaction],
+        features: np.ndarray,
+        result: BatchResult,
+    ) -> None:
+        """Score ``events`` (``txns``, their transactions; ``features``), write their rows, and
+        learn what follows."""
         scores = self.scorer.score(features, self.learner.memory.features(txns), self.supervised)
         emit_rows(events, scores, self.states, result)
         self.learner.keep(events, scores.inputs, result)

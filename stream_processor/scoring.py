@@ -73,18 +73,6 @@ class BackgroundFit:
             self.future.exception(timeout=timeout_s)
 
 
-class ScoreDrift:
-    """river's ADWIN (``river.drift.ADWIN``, its defaults) on the anomaly scores, built by
-    :func:`stream_processor.compat.adwin` so that the processor imports no scikit-learn."""
-
-    def __init__(self, delta: float):
-        self._window = compat.adwin(delta)
-
-    def update(self, value: float) -> bool:
-        """Add a score; True when the window detects a change."""
-        return self._window.update(value)
-
-
 class DriftWatch:
     """Watches the current model's anomaly scores (ADWIN; off when ``delta`` is 0) and keeps
     what it saw until a refit starts; a new model starts a new baseline."""
@@ -92,7 +80,7 @@ class DriftWatch:
     def __init__(self, delta: float, counts: dict[str, int]):
         self.delta = delta
         self.counts = counts
-        self._adwin = ScoreDrift(delta) if delta > 0 else None
+        self._adwin = compat.adwin(delta) if delta > 0 else None
         self.detected = False
 
     def watch(self, scores: np.ndarray) -> None:
@@ -107,7 +95,7 @@ class DriftWatch:
 
     def new_model(self) -> None:
         if self._adwin is not None:
-            self._adwin = ScoreDrift(self.delta)
+            self._adwin = compat.adwin(self.delta)
         self.detected = False
 
 

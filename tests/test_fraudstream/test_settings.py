@@ -52,3 +52,8 @@ def test_secrets_are_never_shown_but_reach_the_clients():
     assert "s3cret" not in repr(s) and "s3cret" not in str(s.to_env_all())
     assert s.kafka_config()["sasl.password"] == "s3cret"
     assert Settings.from_env(s.to_env()) == s
+
+
+def test_bare_settings_are_the_defaults_whatever_the_process_environment(monkeypatch):
+    monkeypatch.setenv("BATCH_SIZE", "7")
+    assert Settings().batch_size == 1000
