@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import namedtuple
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from fraudstream.schema import InvalidRecord, Transaction
+from fraudstream.tables import transactions
 
 if TYPE_CHECKING:
     from stream_processor.labels import Label
@@ -47,21 +49,16 @@ class HeldEvent:
     produced_at: float | None
 
 
-# The transactions table's columns, in its order (tests/test_core.py checks it against the
-# table): a stored row is a tuple of these, handed to the database as it is.
-ROW_COLUMNS = (
-    "transaction_id", "account_id", "amount", "merchant", "timestamp", "location", "is_fraud",
-    "extras", "score", "threshold", "supervised_score", "risk_score", "is_flagged", "reasons",
-    "model_version", "supervised_version", "features", "kafka_partition", "kafka_offset",
-    "produced_at", "scored_at", "alert_published_at",
-)  # fmt: skip
+TransactionRow = namedtuple("TransactionRow", [column.name for column in transactions.columns])
+"""A row of the transactions table, built by name (``TransactionRow(transaction_id=..., ...)``).
+Its fields are the table's columns in the table's order, so the row goes to the database as the
+tuple it is; a column added to the table is a field here, and a row built without it fails."""
+ROW_COLUMNS: tuple[str, ...] = TransactionRow._fields
 
 
 @dataclass
 class BatchResult:
-    # For the transactions table, a tuple a row in ROW_COLUMNS order: a dictionary a row, mapped
-    # back to a tuple by the sink, costs several times more per event.
-    row_values: list[tuple] = field(default_factory=list)
+    rows: list[TransactionRow] = field(default_factory=list)  # for the transactions table
     alerts: list[dict] = field(default_factory=list)  # for the alerts topic
     dead_letters: list[dict] = field(default_factory=list)  # for dead_letters and the DLQ
     pending_add: list[dict] = field(default_factory=list)  # held until the first fit
@@ -74,14 +71,9 @@ class BatchResult:
     # window), swapping one in (receiving and installing it), recording it (the sink adds that).
     refit_s: float = 0.0
 
-    @property
-    def rows(self) -> list[dict]:
-        """The rows for the transactions table as dictionaries (column -> value)."""
-        return [dict(zip(ROW_COLUMNS, values, strict=True)) for values in self.row_values]
-
     def __bool__(self) -> bool:
         return bool(
-            self.row_values
+            self.rows
             or self.dead_letters
             or self.pending_add
             or self.pending_clear
@@ -156,25 +148,27 @@ class Restored:
     queued_labels: Iterable[Label] = ()  # labels not learned yet
 
 
-def alert_payload(row: dict) -> dict:
+def alert_payload(row: TransactionRow) -> dict:
     """The JSON object published to the alerts topic for a flagged row."""
     return {
-        "transaction_id": row["transaction_id"],
-        "account_id": row["account_id"],
-        "amount": row["amount"],
-        "merchant": row["merchant"],
-        "timestamp": row["timestamp"].replace(" ", "T") + "Z",
-        "location": row["location"],
-        "score": round(row["score"], 6),
-        "threshold": round(row["threshold"], 6),
-        "supervised_score": (
-            None if row.get("supervised_score") is None else round(row["supervised_score"], 6)
-        ),
-        "risk_score": round(row["risk_score"], 6) if row.get("risk_score") is not None else None,
-        "model_version": row["model_version"],
-        "reasons": json.loads(row["reasons"]) if row["reasons"] else [],
-        "scored_at": row["scored_at"],
+        "transaction_id": row.transaction_id,
+        "account_id": row.account_id,
+        "amount": row.amount,
+        "merchant": row.merchant,
+        "timestamp": row.timestamp.replace(" ", "T") + "Z",
+        "location": row.location,
+        "score": round(row.score, 6),
+        "threshold": round(row.threshold, 6),
+        "supervised_score": _rounded(row.supervised_score),
+        "risk_score": _rounded(row.risk_score),
+        "model_version": row.model_version,
+        "reasons": json.loads(row.reasons) if row.reasons else [],
+        "scored_at": row.scored_at,
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 def dead_letter(msg: RawMessage, exc: InvalidRecord) -> dict:

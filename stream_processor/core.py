@@ -45,6 +45,7 @@ from stream_processor.contracts import (
     MemoryStore,
     RawMessage,
     Restored,
+    TransactionRow,
     alert_payload,
     dead_letter,
 )
@@ -59,7 +60,8 @@ from stream_processor.warmup import WarmUp
 
 __all__ = [
     "ROW_COLUMNS", "BatchResult", "EventStore", "HeldEvent", "LabelledEvent", "MemoryStore",
-    "RawMessage", "Restored", "ScoringCore", "alert_payload", "db_timestamp", "features_json",
+    "RawMessage", "Restored", "ScoringCore", "TransactionRow", "alert_payload", "db_timestamp",
+    "features_json",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -193,7 +195,7 @@ class Decoder:
 def emit_rows(
     events: list[HeldEvent], scores: Scores, states: AccountStates, result: BatchResult
 ) -> None:
-    """The transactions rows of scored ``events`` (ROW_COLUMNS tuples) into ``result``, and an
+    """The transactions rows of scored ``events`` into ``result``, and an
     alert, with the reasons, for each flagged one."""
     model, supervised = scores.model, scores.supervised
     now = time.time()
@@ -216,33 +218,33 @@ def emit_rows(
                 anomalous=bool(scores.anomalous[i]), probability=probability,
                 supervised_threshold=supervised_threshold,
             )  # fmt: skip
-        row = (  # ROW_COLUMNS
-            txn.transaction_id,
-            txn.account_id,
-            txn.amount,
-            txn.merchant,
-            db_timestamp(txn.timestamp),
-            txn.location,
-            txn.is_fraud,
-            _json(txn.extras) if txn.extras else None,
-            score,
-            threshold,
-            probability,
-            risk_list[i],
-            int(flagged),
-            json.dumps(reasons, ensure_ascii=False) if reasons else None,
-            model.version,
-            supervised_version,
-            features_text[i],
-            h.partition,
-            h.offset,
-            h.produced_at,
-            now,
-            None,  # alert_published_at
+        row = TransactionRow(
+            transaction_id=txn.transaction_id,
+            account_id=txn.account_id,
+            amount=txn.amount,
+            merchant=txn.merchant,
+            timestamp=db_timestamp(txn.timestamp),
+            location=txn.location,
+            is_fraud=txn.is_fraud,
+            extras=_json(txn.extras) if txn.extras else None,
+            score=score,
+            threshold=threshold,
+            supervised_score=probability,
+            risk_score=risk_list[i],
+            is_flagged=int(flagged),
+            reasons=json.dumps(reasons, ensure_ascii=False) if reasons else None,
+            model_version=model.version,
+            supervised_version=supervised_version,
+            features=features_text[i],
+            kafka_partition=h.partition,
+            kafka_offset=h.offset,
+            produced_at=h.produced_at,
+            scored_at=now,
+            alert_published_at=None,
         )
-        result.row_values.append(row)
+        result.rows.append(row)
         if flagged:
-            result.alerts.append(alert_payload(dict(zip(ROW_COLUMNS, row, strict=True))))
+            result.alerts.append(alert_payload(row))
 
 
 class ScoringCore:

@@ -191,18 +191,18 @@ class BatchRunner:
     async def store_and_ack(self, stream, events) -> None:
         """Store ``events``, acknowledged once released (stored, delivered, recorded)."""
         self.acks.add(stream, events)
-        await self.call("batch", raw_batch(events))
+        await self._released(lambda: self.pipeline.batch(raw_batch(events)))
 
     async def idle(self) -> None:
         """Let the protocol do its idle work, unless a batch in progress is doing the same."""
         if not self.lock.locked():
-            await self.call("idle")
+            await self._released(self.pipeline.idle)
 
-    async def call(self, method: str, *args) -> None:
-        """Call ``method`` in the scoring process and acknowledge the positions it releases."""
+    async def _released(self, request: Callable[[], Awaitable[list[Position]]]) -> None:
+        """Make a request of the scoring process and acknowledge the positions it releases."""
         async with self.lock:
             try:
-                released = await self.pipeline.acall(method, *args)
+                released = await request()
                 await self.acks.release(released)
             except Exception as exc:  # noqa: BLE001 - whatever failed, stop acking
                 await self._stop(exc)

@@ -8,32 +8,20 @@ cdef Py_ssize_t _WIDTH
 cdef double _DAY, _PI, _TAU_1D, _TAU_7D, _TAU_30D, _NO_GAP_S, _MIN_TRAVEL_H, _SMALL_AMOUNT
 
 
-# The features of the event being computed, one field per declared feature (features.FEATURES),
-# in any order: features.py sets each by name and _emit copies it to the column of that name.
-# A field here without a declaration, or a declaration without a field, stops the import.
-cdef struct Row:
-    double log_amount, amount_vs_median, amount_vs_1d, amount_vs_7d, amount_vs_30d, log_history
-    double count_10m, count_1h, count_24h, log_sum_24h, count_7d, small_10m
-    double log_gap_s, new_merchant, new_location, log_speed_kmh, log_home_km
-    double hour_sin, hour_cos, weekday_sin, weekday_cos
-    double merchant_amount_vs_30d, merchant_log_count_1d, merchant_volume_1h_vs_7d
-    double previous_amount
-
-cdef Py_ssize_t[::1] _ORDER  # column k of a row is the struct's double _ORDER[k]
+# The features of the event being computed: struct Row, one C double a feature of
+# features.FEATURES, in declaration order. setup.py writes it from that declaration
+# (build/cython/features_row.pxi): a feature is declared in features.py only.
+include "features_row.pxi"
 
 
-cdef inline dict _row_fields():
-    """Each field of Row and its position among the struct's doubles."""
+cdef inline tuple _row_fields():
+    """Row's fields in their order (a struct converts to a dict of its fields)."""
     cdef Row row
-    cdef double* fields = <double*>&row
-    cdef Py_ssize_t i, n = sizeof(Row) // sizeof(double)
-    cdef dict positions
-    for i in range(n):
-        fields[i] = i
-    positions = row  # a struct converts to a dict of its fields
-    if <size_t>n * sizeof(double) != sizeof(Row) or len(positions) != n:
-        raise ImportError("features.pxd's struct Row must hold doubles only")
-    return positions
+    cdef dict fields
+    if sizeof(Row) != _WIDTH * sizeof(double):
+        raise ImportError("features.pxd's struct Row must hold one double a feature")
+    fields = row
+    return tuple(fields)
 
 
 # Read in place (features.py's plain-Python versions go through Python floats): an array('d')'s
@@ -142,9 +130,9 @@ cdef _learn_merchant(MerchantState m, double amount, double t)
 
 
 cdef inline int _emit(AccountStates states, double[::1] out, Py_ssize_t base) except -1:
-    """The row into ``out[base:base + WIDTH]``: column k is the row's double _ORDER[k]."""
+    """The row into ``out[base:base + WIDTH]``: column k is the row's k-th double."""
     cdef double* row = <double*>&states._row
     cdef Py_ssize_t k
     for k in range(_WIDTH):
-        out[base + k] = row[_ORDER[k]]
+        out[base + k] = row[k]
     return 0

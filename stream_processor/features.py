@@ -20,23 +20,20 @@ fresh :class:`AccountStates` gives the same vectors.
 Features by name. Each feature is declared once, a :class:`Feature` (name, definition, and its
 column among the Isolation Forest's inputs if the forest sees it: an explicit position, so that
 the forest's columns keep their order whatever the declaration order); the declaration order is
-the column order, and everything else
-follows from it: :data:`FEATURE_NAMES`, :data:`WIDTH`, :data:`SLOT` (each name's column),
-:data:`ANOMALY_FEATURE_NAMES`, :data:`ANOMALY_COLUMNS`. The computation numbers no column: it
-sets a field of the feature's name, ``self._row.log_amount = ...``, and ``_emit`` copies the row
-into the event's columns. Compiled, the row is a C struct of doubles (``Row``, features.pxd):
-a value is one C store, and the copy follows a table of slots made at import from the struct's
-field names (:func:`_slots`); as plain Python the row is an object with one slot per declared
-name, new for each event.
+the column order, and everything else follows from it: :data:`FEATURE_NAMES`, :data:`WIDTH`,
+:data:`SLOT` (each name's column), :data:`ANOMALY_FEATURE_NAMES`, :data:`ANOMALY_COLUMNS`. The
+computation numbers no column: it sets a field of the feature's name,
+``self._row.log_amount = ...``, and ``_emit`` copies the row into the event's columns. Compiled,
+the row is a C struct of doubles (``Row``, features.pxd), which setup.py writes from
+:data:`FEATURES` (Cython needs each C field's name when it compiles): a value is one C store. As
+plain Python the row is an object with one slot per declared name, new for each event.
 
-Adding a feature is three edits: its declaration in FEATURES, the line that computes it, and its
-field in features.pxd's ``Row`` (then its row in docs/scoring.md and its test). Cython needs a
-name it knows at compile time for each C field, hence the third; the order of the fields does
-not matter. Any disagreement fails loudly: a declaration without a field, or a field without one,
-stops the import (:func:`_slots`); a misspelt or undeclared name raises at the first event,
-compiled or not; a declared feature that an event leaves unset raises in plain Python, which
-tests/test_compiled.py runs beside the compiled module, checking that every event sets every
-feature exactly once.
+Adding a feature is its declaration in FEATURES and the line that computes it, both here; then
+its test, and its row in docs/scoring.md (tests/test_readme.py prints the row it expects). A
+misspelt or undeclared name raises at the first event, compiled or not; a declared feature that
+an event leaves unset raises in plain Python, which tests/test_compiled.py runs beside the
+compiled module, checking that every event sets every feature exactly once; a compiled module
+older than the declaration stops the import (:func:`_check_row`).
 """
 
 from __future__ import annotations
@@ -172,8 +169,8 @@ if not cython.compiled:  # compiled: features.pxd's inline C, on the arrays' dou
 
         __slots__ = FEATURE_NAMES
 
-    def _row_fields() -> dict[str, int]:
-        return {name: i for i, name in enumerate(_PlainRow.__slots__)}
+    def _row_fields() -> tuple[str, ...]:
+        return _PlainRow.__slots__
 
     _values = attrgetter(*FEATURE_NAMES)
 
@@ -188,19 +185,17 @@ if not cython.compiled:  # compiled: features.pxd's inline C, on the arrays' dou
             raise AttributeError(f"declared in FEATURES, not computed: {unset}") from None
 
 
-def _slots(fields: dict[str, int]) -> np.ndarray:
-    """Where each feature (FEATURE_NAMES, in order) sits in the row, given the row's fields and
-    their positions; an error unless the row has exactly the declared features."""
-    if set(fields) != set(FEATURE_NAMES):
+def _check_row(fields: tuple[str, ...]) -> None:
+    """The row must hold exactly the declared features, in declaration order (compiled: the
+    struct setup.py wrote from FEATURES when the module was built)."""
+    if fields != FEATURE_NAMES:
         raise ImportError(
-            "features.pxd's struct Row and FEATURES disagree: declared without a field "
-            f"{sorted(set(FEATURE_NAMES) - set(fields))}, a field without a declaration "
-            f"{sorted(set(fields) - set(FEATURE_NAMES))}"
+            f"the compiled features' row {fields} is not FEATURES {FEATURE_NAMES}: the module "
+            "was built before the declaration changed (make install)"
         )
-    return np.array([fields[name] for name in FEATURE_NAMES], dtype=np.intp)
 
 
-_ORDER = _slots(_row_fields())  # compiled: _emit copies struct field _ORDER[k] to column k
+_check_row(_row_fields())
 
 
 _WEEKDAYS = tuple(

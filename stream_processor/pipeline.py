@@ -121,7 +121,7 @@ class BatchPipeline:
         self.sink.submit(result, published)
         self._submitted = result
         if self.sink.in_flight:
-            ids = [r[0] for r in result.row_values]  # ROW_COLUMNS[0]: transaction_id
+            ids = [r.transaction_id for r in result.rows]
             ids += [p["transaction_id"] for p in result.pending_add]
             self.store.in_flight_ids = frozenset(ids)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 
 from fraudstream.processes import Worker, WorkerGone
 from fraudstream.settings import Settings
@@ -44,18 +45,16 @@ def _serve(inbox, outbox, settings: Settings, level: int) -> None:  # in the chi
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops
         outbox.send((False, exc))
         return
-    handlers = {"batch": server.batch, "idle": server.idle, "finish": server.finish,
-                "status": server.status}  # fmt: skip
     tune_gc()
     outbox.send((True, None))
     try:
         while True:
             try:
-                method, args = inbox.recv()
+                method, args = inbox.recv()  # a ProtocolServer method (pickled by name)
             except (EOFError, OSError):
                 return  # the parent closed the pipe, or is gone
             try:
-                value = handlers[method](*args)
+                value = method(server, *args)
             except BaseException as exc:  # noqa: BLE001 - the parent decides what is fatal
                 outbox.send((False, exc))
             else:
@@ -97,11 +96,11 @@ class ProtocolServer:
 
 
 class PipelineProcess:
-    """A :class:`ProtocolServer` in a child process: ``acall("batch", fields)``, ``"idle"``,
-    ``"status"``; ``finish()`` and ``close()`` at shutdown. Exceptions raised in the child are
-    raised again here.
+    """A :class:`ProtocolServer` in a child process: :meth:`batch` and :meth:`idle` awaited,
+    :meth:`status`; :meth:`finish` and :meth:`close` at shutdown. Exceptions raised in the child
+    are raised again here.
 
-    The faust runtime calls it from its event loop (:meth:`acall`): the request is written there
+    The faust runtime calls it from its event loop (:meth:`_acall`): the request is written there
     and the loop waits for the answer without blocking. From an executor thread, each call
     waited for the GIL to come back from the busy event loop thread (docs/benchmarks.md)."""
 
@@ -133,7 +132,7 @@ class PipelineProcess:
             raise value
         return value
 
-    def _send(self, method: str, args: tuple) -> None:  # with the lock held
+    def _send(self, method: Callable, args: tuple) -> None:  # with the lock held
         if self._closed:
             raise CoreProcessError("the scoring process was closed")
         try:
@@ -141,12 +140,20 @@ class PipelineProcess:
         except WorkerGone as exc:
             raise CoreProcessError(f"the scoring process stopped: {exc}") from None
 
-    def _call(self, method: str, *args):
+    def _call(self, method: Callable, *args):
         with self._lock:
             self._send(method, args)
             return self._answer()
 
-    async def acall(self, method: str, *args):
+    async def batch(self, fields: list[tuple]) -> list[Position]:
+        """:meth:`ProtocolServer.batch` in the child."""
+        return await self._acall(ProtocolServer.batch, fields)
+
+    async def idle(self) -> list[Position]:
+        """:meth:`ProtocolServer.idle` in the child."""
+        return await self._acall(ProtocolServer.idle)
+
+    async def _acall(self, method: Callable, *args):
         """``method(*args)`` in the child, awaited on the running event loop."""
         loop = asyncio.get_running_loop()
         while not self._lock.acquire(blocking=False):  # a blocking call from another thread
@@ -168,11 +175,11 @@ class PipelineProcess:
             self._lock.release()
 
     def status(self) -> dict:
-        return self._call("status")
+        return self._call(ProtocolServer.status)
 
     def finish(self) -> list[Position]:
         """Finish the batch in flight and its deliveries (at shutdown): the positions released."""
-        return self._call("finish")
+        return self._call(ProtocolServer.finish)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop the child: it closes its pipeline (the sink finishes the write in hand)."""

@@ -39,6 +39,7 @@ from stream_processor.core import (
     BatchResult,
     HeldEvent,
     LabelledEvent,
+    TransactionRow,
     alert_payload,
 )
 from stream_processor.features import ANOMALY_FEATURE_NAMES, SUPERVISED_FEATURE_NAMES
@@ -128,7 +129,11 @@ class Sink:
             else [undelivered.where(t.c.transaction_id.in_(chunk)) for chunk in _chunks(ids)]
         )
         with self.engine.connect() as conn:
-            return [alert_payload(dict(r._mapping)) for q in queries for r in conn.execute(q)]
+            return [
+                alert_payload(TransactionRow(**r._mapping))
+                for q in queries
+                for r in conn.execute(q)
+            ]
 
     def _latest(self, kind: str, names_expected: tuple[str, ...]):
         with self.engine.connect() as conn:
@@ -338,8 +343,8 @@ class SinkStore:
 
 class Step:
     """One statement of a batch's write: its ``name``, how to ``build`` it (SQLAlchemy Core,
-    from the dialect's ``insert``), and its ``rows`` (parameter dicts; tuples in ROW_COLUMNS
-    order for ``"rows"``; None for a statement without parameters). ``key`` names the
+    from the dialect's ``insert``), and its ``rows`` (parameter dicts; TransactionRow tuples
+    for ``"rows"``; None for a statement without parameters). ``key`` names the
     statement for the sinks' caches of compiled SQL: the same name and columns, the same SQL."""
 
     __slots__ = ("name", "build", "rows", "key")
@@ -379,8 +384,8 @@ def write_plan(result: BatchResult, published: Mapping[str, float] | None) -> li
         steps.append(_insert("models", rows, rows[0].keys()))
     if result.pending_add:
         steps.append(_insert("pending_add", result.pending_add, result.pending_add[0].keys()))
-    if result.row_values:
-        steps.append(_insert("rows", result.row_values, ROW_COLUMNS))
+    if result.rows:
+        steps.append(_insert("rows", result.rows, ROW_COLUMNS))
     if result.pending_clear:
         steps.append(Step("pending_clear", lambda _insert: delete(pending_events), None))
     if result.labels:

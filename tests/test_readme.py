@@ -25,7 +25,8 @@ def test_every_feature_is_documented_with_its_definition():
     page = (ROOT / "docs" / "scoring.md").read_text()
     for f in FEATURES + LABEL_FEATURES:
         forest = "yes" if f.forest else ""
-        assert f"| `{f.name}` | {forest} | {f.definition} |" in page, f.name
+        row = f"| `{f.name}` | {forest} | {f.definition} |"
+        assert row in page, f"docs/scoring.md's feature table needs the row {row}"
 
 
 def test_the_two_commands_are_make_targets():

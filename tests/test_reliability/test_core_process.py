@@ -63,15 +63,15 @@ def test_a_cancelled_call_does_not_hand_its_answer_to_the_next_one(settings):
     try:
 
         async def cancelled_then_status():
-            call = asyncio.ensure_future(pipeline.acall("idle"))
+            call = asyncio.ensure_future(pipeline.idle())
             await asyncio.sleep(0)  # the request is written; its answer is not read yet
             call.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await call
-            return await pipeline.acall("status")
+            return pipeline.status(), await pipeline.idle()
 
-        status = asyncio.run(cancelled_then_status())
-        assert isinstance(status, dict) and status["accounts_in_memory"] == 0
-        assert isinstance(pipeline.status(), dict)  # the blocking path agrees
+        status, released = asyncio.run(cancelled_then_status())
+        assert isinstance(status, dict) and status["accounts_in_memory"] == 0  # not idle's answer
+        assert released == []
     finally:
         pipeline.close()

@@ -50,7 +50,7 @@ def test_events_are_held_until_the_first_fit_then_all_scored(settings, small_csv
     assert second.pending_clear
     assert [m.version for m in second.models] == [1]
     assert len(second.rows) == 300  # the held ones and this batch, none unscored
-    assert all(r["model_version"] == 1 for r in second.rows)
+    assert all(r.model_version == 1 for r in second.rows)
 
 
 def test_idle_warmup_fits_on_what_is_held(settings, small_csv):
@@ -66,16 +66,16 @@ def test_scores_are_higher_for_anomalies_and_flags_carry_reasons(settings, small
     rows = [r for res in results for r in res.rows]
     alerts = [a for res in results for a in res.alerts]
     assert len(rows) == 1500
-    flagged = [r for r in rows if r["is_flagged"]]
+    flagged = [r for r in rows if r.is_flagged]
     assert flagged and len(flagged) == len(alerts)
-    assert all(r["score"] > r["threshold"] for r in flagged)
-    assert all(r["score"] <= r["threshold"] for r in rows if not r["is_flagged"])
+    assert all(r.score > r.threshold for r in flagged)
+    assert all(r.score <= r.threshold for r in rows if not r.is_flagged)
     assert all(a["reasons"] and a["transaction_id"] for a in alerts)
-    fraud = [r["score"] for r in rows if r["is_fraud"]]
-    legit = [r["score"] for r in rows if not r["is_fraud"]]
+    fraud = [r.score for r in rows if r.is_fraud]
+    legit = [r.score for r in rows if not r.is_fraud]
     assert sum(fraud) / len(fraud) > sum(legit) / len(legit)
-    assert set(json.loads(rows[0]["features"])) == set(SUPERVISED_FEATURE_NAMES)
-    parsed = [json.loads(r["features"]) for r in rows]
+    assert set(json.loads(rows[0].features)) == set(SUPERVISED_FEATURE_NAMES)
+    parsed = [json.loads(r.features) for r in rows]
     assert all(list(p) == list(SUPERVISED_FEATURE_NAMES) for p in parsed)
 
 
@@ -98,11 +98,17 @@ def test_the_features_column_is_json_of_the_rounded_values_in_column_order():
         ).replace("e+", "e")
 
 
-def test_row_columns_are_the_transactions_tables_columns_in_order():
-    from fraudstream.tables import transactions
-    from stream_processor.core import ROW_COLUMNS
+def test_a_row_is_built_by_the_tables_column_names():
+    from stream_processor.core import TransactionRow
 
-    assert ROW_COLUMNS == tuple(c.name for c in transactions.columns)
+    values = {c: None for c in TransactionRow._fields}
+    row = TransactionRow(**values)
+    assert tuple(row) == (None,) * len(values)  # the tuple the database takes
+    del values["risk_score"]
+    with pytest.raises(TypeError, match="risk_score"):
+        TransactionRow(**values)
+    with pytest.raises(TypeError, match="risk"):
+        TransactionRow(**values, risk=0.5)
 
 
 def test_labels_are_never_model_inputs(settings, small_csv):
@@ -112,7 +118,7 @@ def test_labels_are_never_model_inputs(settings, small_csv):
     )
     core = ScoringCore(settings)
     rows = [r for res in run_all(core, messages(small_csv, stop=400)) for r in res.rows]
-    assert {"is_fraud", "fraud_scenario"}.isdisjoint(json.loads(rows[0]["features"]))
+    assert {"is_fraud", "fraud_scenario"}.isdisjoint(json.loads(rows[0].features))
 
 
 def test_periodic_refit_swaps_in_new_versions(settings, small_csv):
@@ -126,7 +132,7 @@ def test_periodic_refit_swaps_in_new_versions(settings, small_csv):
     assert versions[:3] == [1, 2, 3]
     reasons = [m.reason for res in results for m in res.models]
     assert reasons[0] == "initial" and set(reasons[1:]) == {"events"}
-    used = {r["model_version"] for res in results for r in res.rows}
+    used = {r.model_version for res in results for r in res.rows}
     assert len(used) >= 3
 
 
@@ -196,7 +202,7 @@ def test_duplicates_are_dropped_within_a_batch_and_against_the_store(settings, s
     core = ScoringCore(settings.replace(warmup_events=1), MemoryStore(ids=stored))
     msgs = messages(small_csv, stop=10)
     result = core.process(msgs + msgs[:3])
-    ids = [r["transaction_id"] for r in result.rows]
+    ids = [r.transaction_id for r in result.rows]
     assert len(ids) == len(set(ids)) == 9
     assert "T00000005" not in ids
     assert sorted(result.duplicate_ids) == sorted(
@@ -208,7 +214,7 @@ def test_duplicates_are_dropped_within_a_batch_and_against_the_store(settings, s
 def test_batch_size_does_not_change_the_scores(settings, small_csv, size):
     base = ScoringCore(settings.replace(refit_every_events=0))
     ref = {
-        r["transaction_id"]: r["score"]
+        r.transaction_id: r.score
         for res in run_all(base, messages(small_csv), 100)
         for r in res.rows
     }
@@ -217,7 +223,7 @@ def test_batch_size_does_not_change_the_scores(settings, small_csv, size):
     # Warm-up must see the same 200 events for the same first model.
     got = {}
     for res in [other.process(msgs[:200])] + run_all(other, msgs[200:], size):
-        got.update({r["transaction_id"]: r["score"] for r in res.rows})
+        got.update({r.transaction_id: r.score for r in res.rows})
     assert got == pytest.approx(ref)
 
 

@@ -88,7 +88,7 @@ def test_confirmed_fraud_at_a_merchant_raises_its_risk_for_later_events_only(lse
     frauds = [label_message(f"T{i:05d}", 1, now, i) for i in range(0, 210, 7)]  # merchant M0
     process(core, frauds)
     rows = [r for res in feed(core, events(14, start=210)) for r in res.rows]
-    shares = {r["merchant"]: json.loads(r["features"])["merchant_fraud_share_7d"] for r in rows}
+    shares = {r.merchant: json.loads(r.features)["merchant_fraud_share_7d"] for r in rows}
     assert shares["M0"] == pytest.approx(1.0)
     assert all(shares[m] == 0 for m in shares if m != "M0")
 
@@ -103,10 +103,10 @@ def test_without_labels_the_scores_and_flags_are_the_isolation_forests(lsettings
     rows_plain = [r for res in feed(plain, events(100, start=300)) for r in res.rows]
     rows_taught = [r for res in feed(taught, events(100, start=300)) for r in res.rows]
     # The forest never sees a label: the same anomaly scores either way.
-    assert [r["score"] for r in rows_plain] == [r["score"] for r in rows_taught]
-    assert all(r["supervised_score"] is None for r in rows_plain)
-    assert all(r["risk_score"] == r["score"] for r in rows_plain)
-    assert all(r["is_flagged"] == int(r["score"] > r["threshold"]) for r in rows_plain)
+    assert [r.score for r in rows_plain] == [r.score for r in rows_taught]
+    assert all(r.supervised_score is None for r in rows_plain)
+    assert all(r.risk_score == r.score for r in rows_plain)
+    assert all(r.is_flagged == int(r.score > r.threshold) for r in rows_plain)
 
 
 def test_a_supervised_model_is_fit_on_labels_and_scores_later_events(lsettings):
@@ -134,14 +134,14 @@ def test_a_supervised_model_is_fit_on_labels_and_scores_later_events(lsettings):
     assert models[-1].frauds == 80 and models[-1].training_rows == 800
     models = models[-1:]
     rows = [r for res in feed(core, events(100, start=900, merchant_of=merchant)) for r in res.rows]
-    assert all(r["supervised_version"] == models[0].version for r in rows)
-    assert all(r["risk_score"] == r["supervised_score"] for r in rows)
-    at_fraud = [r["supervised_score"] for r in rows if r["merchant"] == fraud_merchant]
-    elsewhere = [r["supervised_score"] for r in rows if r["merchant"] != fraud_merchant]
+    assert all(r.supervised_version == models[0].version for r in rows)
+    assert all(r.risk_score == r.supervised_score for r in rows)
+    at_fraud = [r.supervised_score for r in rows if r.merchant == fraud_merchant]
+    elsewhere = [r.supervised_score for r in rows if r.merchant != fraud_merchant]
     assert min(at_fraud) > 0.5 > max(elsewhere)
-    flagged = [r for r in rows if r["merchant"] == fraud_merchant]
-    assert all(r["is_flagged"] for r in flagged)
-    reasons = json.loads(flagged[0]["reasons"])
+    flagged = [r for r in rows if r.merchant == fraud_merchant]
+    assert all(r.is_flagged for r in flagged)
+    reasons = json.loads(flagged[0].reasons)
     assert any("fraud probability" in x for x in reasons)
     assert any(f"merchant {fraud_merchant}" in x for x in reasons)
 
@@ -217,12 +217,12 @@ def test_labels_waiting_for_their_event_are_bounded(lsettings):
 def test_features_of_label_columns_are_zero_without_labels(lsettings):
     core = scoring_core(lsettings)
     rows = [r for res in feed(core, events(150)) for r in res.rows]
-    values = np.array([[json.loads(r["features"])[n] for n in (
+    values = np.array([[json.loads(r.features)[n] for n in (
         "merchant_fraud_share_1d", "merchant_fraud_share_7d", "merchant_fraud_share_30d",
         "merchant_log_labels_30d", "account_fraud_30d")] for r in rows])  # fmt: skip
     assert (values == 0).all()
     # The features JSON is rounded to 6 places; the exact score is in the score column.
-    assert all(abs(json.loads(r["features"])["anomaly_score"] - r["score"]) < 1e-5 for r in rows)
+    assert all(abs(json.loads(r.features)["anomaly_score"] - r.score) < 1e-5 for r in rows)
 
 
 def test_sink_refuses_a_database_from_an_older_version(tmp_path):
@@ -243,6 +243,6 @@ def test_a_label_whose_event_comes_late_is_learned_right_after_the_event_is_scor
     result = process(core, [label_message("LATE1", 1, T0)])
     assert not result.labels_released and core.label_memory.labels == 0  # waits for its event
     result = process(core, [late])
-    assert result.rows[0]["transaction_id"] == "LATE1"
-    assert result.rows[0]["features"] and result.labels_released == {"LATE1": 1}
+    assert result.rows[0].transaction_id == "LATE1"
+    assert result.rows[0].features and result.labels_released == {"LATE1": 1}
     assert core.label_memory.frauds == 1

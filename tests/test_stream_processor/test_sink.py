@@ -129,7 +129,7 @@ def test_unpublished_alerts_are_found_until_marked(db_settings, small_csv):
     core = ScoringCore(settings.replace(warmup_events=1, flag_quantile=0.5))
     result = core.process(msgs(small_csv, 100))
     sink.write(result)
-    ids = [r["transaction_id"] for r in result.rows]
+    ids = [r.transaction_id for r in result.rows]
     pending = sink.unpublished_alerts(ids)
     assert {a["transaction_id"] for a in pending} == {a["transaction_id"] for a in result.alerts}
     sink.mark_published(a["transaction_id"] for a in pending[:3])
