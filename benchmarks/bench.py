@@ -30,6 +30,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 from confluent_kafka import Consumer
 from sqlalchemy import text
@@ -41,6 +42,7 @@ from benchmarks.latency import (
     latency,
     million,
     processor_peak_rss_mb,
+    processor_pss_mb,
     refit_pause,
     workers_peak_rss_mb,
 )
@@ -85,12 +87,22 @@ def faust_baseline(s: Settings, n: int) -> float:
     return n / json.loads(line[-1])["seconds"]
 
 
+class PipelineRun(NamedTuple):
+    """One run of the processor over the replayed events (a tuple, events/s first, as the
+    older commits that benchmarks.compare runs return it)."""
+
+    events_per_s: float  # steady state
+    wall_s: float  # including start-up
+    peak_rss_mb: float | None  # the runtime and its data-path processes (scoring, writer)
+    workers_peak_rss_mb: float | None  # its other processes (refit worker, forkservers)
+    pss_mb: float | None  # every process of the processor at the end, each page counted once
+
+
 def pipeline(
     s: Settings, n: int, runtime: str, offsets: dict, work: Path, database: str = "sqlite"
-) -> tuple[float, float, float | None, float | None]:
-    """(events/s steady state, wall s including start-up, peak RSS MB of the processor and of
-    its refit worker processes); ``database``: ``sqlite`` (a new file) or ``postgresql`` (a new
-    database on POSTGRES_SERVER, dropped after)."""
+) -> PipelineRun:
+    """The processor over the ``n`` replayed events; ``database``: ``sqlite`` (a new file) or
+    ``postgresql`` (a new database on POSTGRES_SERVER, dropped after)."""
     tag = uuid.uuid4().hex[:6]
     if database == "sqlite":
         url = f"sqlite:///{work / f'bench-{runtime}-{tag}.db'}"
@@ -107,6 +119,7 @@ def pipeline(
         wait_until_processed(ps, engine, proc, log, offsets, timeout_s=3600)
         rss = processor_peak_rss_mb(proc.pid)
         worker_rss = workers_peak_rss_mb(proc.pid)
+        pss = processor_pss_mb(proc.pid)
     finally:
         stop_processor(proc)
     wall = time.monotonic() - started
@@ -120,7 +133,7 @@ def pipeline(
     # Steady state: the 10th to the 90th percentile of commit times, so the warm-up batch
     # (held events all scored at once when the first model is fit) does not inflate the rate.
     lo, hi = n // 10, (9 * n) // 10
-    return (hi - lo) / (times[hi] - times[lo]), wall, rss, worker_rss
+    return PipelineRun((hi - lo) / (times[hi] - times[lo]), wall, rss, worker_rss, pss)
 
 
 def main() -> None:
@@ -190,26 +203,28 @@ def run(args: argparse.Namespace, parts: set[str], work: Path) -> None:
                 faust_baseline(s, args.events)
             )
             for runtime in args.runtimes.split(","):
-                rate, wall, peak, worker_peak = pipeline(
-                    s, args.events, runtime, stats.last_offsets, work
-                )
-                results.setdefault(f"pipeline, {runtime} runtime", []).append(rate)
-                walls.setdefault(f"pipeline, {runtime} runtime", []).append(wall)
-                rss.setdefault(f"pipeline, {runtime} runtime", []).append(peak or float("nan"))
-                rss.setdefault(
-                    f"pipeline, {runtime} runtime: its refit worker processes", []
-                ).append(worker_peak or float("nan"))
+                done = pipeline(s, args.events, runtime, stats.last_offsets, work)
+                name = f"pipeline, {runtime} runtime"
+                results.setdefault(name, []).append(done.events_per_s)
+                walls.setdefault(name, []).append(done.wall_s)
+                memory = {
+                    f"{name}: peak RSS, runtime and data path": done.peak_rss_mb,
+                    f"{name}: peak RSS, its refit worker and forkservers": done.workers_peak_rss_mb,
+                    f"{name}: PSS at the end, all its processes": done.pss_mb,
+                }
+                for figure, mb in memory.items():
+                    rss.setdefault(figure, []).append(mb or float("nan"))
                 for feed in [int(x) for x in args.latency_rates.split(",") if x]:
                     lat.setdefault(f"{runtime} runtime, {feed:,} events/s", []).append(
                         latency(s, work, feed, args.latency_seconds, runtime)
                     )
             if args.postgres:
                 name = "pipeline, confluent runtime, PostgreSQL"
-                rate, wall, peak, _worker = pipeline(
+                done = pipeline(
                     s, args.events, "confluent", stats.last_offsets, work, database="postgresql"
                 )
-                results.setdefault(name, []).append(rate)
-                walls.setdefault(name, []).append(wall)
+                results.setdefault(name, []).append(done.events_per_s)
+                walls.setdefault(name, []).append(done.wall_s)
             for feed in [int(x) for x in args.latency_rates.split(",") if x]:
                 lat.setdefault(f"baseline: bare confluent consumer, {feed:,} events/s", []).append(
                     kafka_latency(s, work, feed, args.latency_seconds)
@@ -265,7 +280,7 @@ def print_throughput(results: dict, walls: dict, rss: dict, events: int) -> None
     for name, runs in walls.items():
         print(f"| {name}: wall s incl. start-up | {', '.join(f'{x:.1f}' for x in runs)} | "
               f"{statistics.median(runs):.1f} | | |")  # fmt: skip
-    print("\n| processor peak RSS (MB) | runs | median | target |")
+    print("\n| processor memory (MB) | runs | median | target |")
     print("| --- | --- | --- | --- |")
     for name, runs in rss.items():
         print(f"| {name}, {events:,} events | {', '.join(f'{x:.0f}' for x in runs)} | "

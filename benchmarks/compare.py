@@ -45,7 +45,7 @@ with EmbeddedBroker(log_path=work / "broker.log") as broker:
                           alerts_topic="bench-alerts", dlq_topic="bench-dlq")
     ensure_topics(broker.bootstrap, s)
     stats = replay(csv, broker.bootstrap, s.transactions_topic, ReplayOptions(progress=False))
-    eps = pipeline(s, events, "confluent", stats.last_offsets, work)[0]
+    eps = pipeline(s, events, "confluent", stats.last_offsets, work)[0]  # events/s, in both
     runtime = latency(s, work, rate, seconds, "confluent")
     bare = kafka_latency(s, work, rate, seconds)
 print(json.dumps({"events_per_s": eps, "p50_ms": runtime["p50_ms"], "p99_ms": runtime["p99_ms"],

@@ -44,6 +44,26 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def pss_mb(pid: int) -> float | None:
+    """Proportional set size of a live process, in MB: each page shared with other processes
+    counts for its share, so a sum over processes counts every page once (a sum of resident
+    sets counts a page forked from the forkserver once in each process that shares it)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def processor_pss_mb(pid: int) -> float | None:
+    """The proportional set sizes of the processor and every process below it, summed, in MB:
+    the memory the whole processor holds, each page once."""
+    sizes = [pss_mb(p) for p in [pid, *descendants(pid)]]
+    return None if sizes[0] is None else sum(x for x in sizes if x is not None)
+
+
 def _data_path_names() -> tuple[str, ...]:
     from stream_processor.remote import CORE_PROCESS_NAME
     from stream_processor.writer import WRITER_PROCESS_NAME
