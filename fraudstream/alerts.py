@@ -21,8 +21,7 @@ def format_alert(alert: dict) -> str:
         f"score {float(alert.get('score', 0)):.3f} > {float(alert.get('threshold', 0)):.3f} "
         f"[model v{alert.get('model_version', '?')}]"
     )
-    reasons = alert.get("reasons") or []
-    return head + "\n    " + "; ".join(str(r) for r in reasons)
+    return head + "\n    " + "; ".join(str(r) for r in alert.get("reasons") or [])
 
 
 def tail_alerts(

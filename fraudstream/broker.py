@@ -96,8 +96,7 @@ def wait_for_cluster(
             raise BrokerError(f"broker exited with code {proc.returncode} before accepting clients")
         host, _, port = bootstrap.split(",")[0].rpartition(":")
         try:
-            with socket.create_connection((host, int(port)), timeout=1):
-                pass
+            socket.create_connection((host, int(port)), timeout=1).close()
             AdminClient({**(config or {}), "bootstrap.servers": bootstrap}).list_topics(timeout=2)
             return
         except Exception as exc:  # noqa: BLE001 - retried until the deadline

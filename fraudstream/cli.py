@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -14,16 +15,25 @@ from fraudstream.settings import Settings, describe, reveal
 DB_OPTION = click.option(
     "--db",
     type=click.Path(path_type=Path),
-    default=None,
     help="SQLite file (default: from DATABASE_URL, else finance.db).",
 )
 
 
-def _settings(**overrides) -> Settings:
+def _settings(db: Path | None = None, **overrides) -> Settings:
+    """The settings from the environment, on the SQLite file ``db`` if given."""
     try:
-        return Settings.from_env(**overrides)
+        return Settings.from_env(database_url=f"sqlite:///{db}" if db else None, **overrides)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def _reported(*errors: type[Exception]):
+    """End the command with the message of any of ``errors`` (exit code 1)."""
+    try:
+        yield
+    except errors as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _need_cluster(settings: Settings) -> str:
@@ -35,7 +45,7 @@ def _need_cluster(settings: Settings) -> str:
     return settings.bootstrap_servers
 
 
-@click.group()
+@click.group(context_settings={"show_default": True})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """Streaming fraud monitoring: replay, score, store and alert on bank transactions."""
@@ -53,7 +63,6 @@ def main(verbose: bool) -> None:
     "csv_path",
     type=click.Path(path_type=Path),
     default="data/transactions.csv",
-    show_default=True,
     help="Transactions to replay.",
 )
 @DB_OPTION
@@ -66,7 +75,6 @@ def main(verbose: bool) -> None:
     "timeout_s",
     type=float,
     default=900,
-    show_default=True,
     help="Seconds to wait for the processor to catch up.",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -81,23 +89,18 @@ def main(verbose: bool) -> None:
     is_flag=True,
     help="Feed the CSV's is_fraud back as delayed labels (LABEL_DELAY_DAYS) to the processor.",
 )
-def run(
-    csv_path, db, fresh, rate, speedup, limit, timeout_s, no_progress, no_dbt, runtime, labels
-) -> None:
+def run(csv_path, db, runtime, no_progress, no_dbt, **options) -> None:
     """Run the whole pipeline once on a CSV and print a summary.
 
     Starts the embedded broker unless KAFKA_BOOTSTRAP_SERVERS is set.
     """
     from fraudstream.run import RunError, format_summary, run_pipeline
 
-    settings = _settings(database_url=f"sqlite:///{db}" if db else None, runtime=runtime)
-    try:
+    settings = _settings(db, runtime=runtime)
+    with _reported(RunError):
         summary = run_pipeline(
-            csv_path, settings, fresh=fresh, rate=rate, speedup=speedup, limit=limit,
-            timeout_s=timeout_s, progress=not no_progress, dbt=not no_dbt, labels=labels,
-        )  # fmt: skip
-    except RunError as exc:
-        raise click.ClickException(str(exc)) from exc
+            csv_path, settings, progress=not no_progress, dbt=not no_dbt, **options
+        )  # fresh, rate, speedup, limit, timeout_s, labels
     click.echo(format_summary(summary))
     if summary.dbt is not None and not summary.dbt.ok:
         sys.exit(1)
@@ -109,7 +112,7 @@ def run(
     type=click.Choice(["faust", "confluent"]),
     help="faust agent or confluent-kafka batch consumer (default: PROCESSOR_RUNTIME).",
 )
-@click.option("--loglevel", default="info", show_default=True)
+@click.option("--loglevel", default="info")
 def process(runtime: str | None, loglevel: str) -> None:
     """Run the stream processor until SIGTERM / Ctrl-C."""
     settings = _settings(runtime=runtime)
@@ -120,14 +123,10 @@ def process(runtime: str | None, loglevel: str) -> None:
         from stream_processor.kafka_runtime import run_consumer
 
         sys.exit(run_consumer(settings))
-    if settings.runtime != "faust":
-        raise click.UsageError(f"PROCESSOR_RUNTIME={settings.runtime!r}: use faust or confluent")
     from stream_processor.faust_app import FatalError, run_worker
 
-    try:
+    with _reported(FatalError):
         code = run_worker(settings, loglevel=loglevel)
-    except FatalError as exc:
-        raise click.ClickException(str(exc)) from exc
     sys.exit(code)
 
 
@@ -137,7 +136,6 @@ def process(runtime: str | None, loglevel: str) -> None:
     "csv_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default="data/transactions.csv",
-    show_default=True,
 )
 @click.option("--rate", type=float, help="Events per second (default: as fast as possible).")
 @click.option("--speedup", type=float, help="Replay at N times the pace of the timestamps.")
@@ -146,10 +144,11 @@ def process(runtime: str | None, loglevel: str) -> None:
     "--loops",
     type=int,
     default=1,
-    show_default=True,
     help="Passes over the file (0 = forever); later passes get new ids and times.",
 )
-@click.option("--rejects", type=click.Path(path_type=Path), help="Where bad rows are kept.")
+@click.option(
+    "--rejects", "rejects_path", type=click.Path(path_type=Path), help="Where bad rows are kept."
+)
 @click.option(
     "--pseudonymize",
     is_flag=True,
@@ -169,19 +168,7 @@ def process(runtime: str | None, loglevel: str) -> None:
     help="Also send each row's is_fraud to LABELS_TOPIC, LABEL_DELAY_DAYS later in event time.",
 )
 @click.option("--no-progress", is_flag=True)
-def produce(
-    csv_path,
-    rate,
-    speedup,
-    limit,
-    loops,
-    rejects,
-    pseudonymize,
-    checkpoint,
-    resume,
-    labels,
-    no_progress,
-) -> None:
+def produce(csv_path, pseudonymize, checkpoint, resume, labels, no_progress, **options) -> None:
     """Replay a CSV onto the transactions topic (KAFKA_BOOTSTRAP_SERVERS)."""
     from fraudstream.broker import ensure_topics
     from producer.checkpoint import CheckpointError
@@ -199,20 +186,21 @@ def produce(
             key = check_key(reveal(settings.pseudonym_key))
         except PseudonymKeyError as exc:
             raise click.UsageError(str(exc)) from exc
-    options = ReplayOptions(rate=rate, speedup=speedup, limit=limit, loops=loops,
-                            progress=not no_progress, rejects_path=rejects,
-                            pseudonym_key=key,
-                            checkpoint_path=checkpoint or (csv_path.with_suffix(".checkpoint.json")
-                                                           if resume else None),
-                            resume=resume,
-                            labels_topic=settings.labels_topic if labels else None,
-                            label_delay_s=settings.label_delay_days * 86400)  # fmt: skip
-    try:
+    if resume and checkpoint is None:
+        checkpoint = csv_path.with_suffix(".checkpoint.json")
+    options = ReplayOptions(
+        **options,  # rate, speedup, limit, loops, rejects_path
+        progress=not no_progress,
+        pseudonym_key=key,
+        checkpoint_path=checkpoint,
+        resume=resume,
+        labels_topic=settings.labels_topic if labels else None,
+        label_delay_s=settings.label_delay_days * 86400,
+    )
+    with _reported(CsvFormatError, CheckpointError):
         stats = replay(
             csv_path, bootstrap, settings.transactions_topic, options, settings.kafka_config()
         )
-    except (CsvFormatError, CheckpointError) as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(
         f"produced {stats.produced:,} events in {stats.seconds:.1f} s "
         f"({stats.events_per_s:,.0f}/s); delivered {stats.delivered:,}, failed {stats.failed:,}, "
@@ -240,48 +228,34 @@ def alerts(from_beginning, max_alerts, idle_timeout, as_json) -> None:
 
 
 @main.command()
-@click.option("--rows", type=int, default=60_000, show_default=True)
-@click.option("--days", type=int, default=90, show_default=True)
-@click.option("--start", default="2026-01-01", show_default=True, help="First day (UTC).")
-@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--rows", type=int, default=60_000)
+@click.option("--days", type=int, default=90)
+@click.option("--start", default="2026-01-01", help="First day (UTC).")
+@click.option("--seed", type=int, default=7)
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default="data/transactions.csv",
-    show_default=True,
 )
 @click.option(
     "--fraud-scale",
     type=click.FloatRange(min=0.01, max=20),
     default=1.0,
-    show_default=True,
     help="Multiply the account-takeover, card-testing and high-amount shares.",
 )
-@click.option("--compromised-merchants", type=click.IntRange(min=0), default=4, show_default=True)
+@click.option("--compromised-merchants", type=click.IntRange(min=0), default=4)
 @click.option(
     "--compromised-days",
     type=click.IntRange(min=1),
     default=5,
-    show_default=True,
     help="How long each compromised merchant's sales are all fraud.",
 )
-def generate(
-    rows, days, start, seed, out, fraud_scale, compromised_merchants, compromised_days
-) -> None:
+def generate(out: Path, **config) -> None:
     """Write a synthetic labelled transactions CSV (is_fraud, fraud_scenario)."""
     from producer.generate import GeneratorConfig, write_csv
 
     started = time.monotonic()
-    config = GeneratorConfig(
-        rows=rows,
-        days=days,
-        start=start,
-        seed=seed,
-        fraud_scale=fraud_scale,
-        compromised_merchants=compromised_merchants,
-        compromised_days=compromised_days,
-    )
-    frame = write_csv(out, config)
+    frame = write_csv(out, GeneratorConfig(**config))  # the other options are its fields
     counts = frame["fraud_scenario"][frame["is_fraud"] == 1].value_counts().to_dict()
     click.echo(
         f"wrote {len(frame):,} rows to {out} in {time.monotonic() - started:.1f} s; "
@@ -293,7 +267,6 @@ def generate(
 @DB_OPTION
 @click.option(
     "--csv",
-    "csv_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Take is_fraud and fraud_scenario from this CSV (default: the stored columns).",
 )
@@ -302,12 +275,9 @@ def generate(
     "--test-fraction",
     type=float,
     default=0.5,
-    show_default=True,
     help="The test period is this later share of the event-time span.",
 )
-@click.option(
-    "--k", type=int, default=100, show_default=True, help="Accounts per day for card precision@k."
-)
+@click.option("--k", type=int, default=100, help="Accounts per day for card precision@k.")
 @click.option(
     "--plot",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -319,23 +289,18 @@ def generate(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Save the figures as JSON.",
 )
-def evaluate(db, csv_path, test_from, test_fraction, k, plot, json_path) -> None:
+def evaluate(db, json_path, **options) -> None:
     """Measure detection on a run over a labelled CSV, on a test period after the training one."""
     from fraudstream.evaluate import EvaluationError
     from fraudstream.evaluate import evaluate as run_evaluation
 
-    settings = _settings(database_url=f"sqlite:///{db}" if db else None)
+    settings = _settings(db)
     if settings.sqlite_path and not Path(settings.sqlite_path).is_file():
         raise click.ClickException(
             f"{settings.sqlite_path}: no such database; run the pipeline first"
         )
-    try:
-        report = run_evaluation(
-            settings.database_url, csv=csv_path, test_from=test_from,
-            test_fraction=test_fraction, k=k, plot=plot,
-        )  # fmt: skip
-    except EvaluationError as exc:
-        raise click.ClickException(str(exc)) from exc
+    with _reported(EvaluationError):  # options: csv, test_from, test_fraction, k, plot
+        report = run_evaluation(settings.database_url, **options)
     click.echo(report.format())
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -344,7 +309,7 @@ def evaluate(db, csv_path, test_from, test_fraction, k, plot, json_path) -> None
 
 
 @main.command()
-@click.option("--port", type=int, default=9092, show_default=True)
+@click.option("--port", type=int, default=9092)
 def broker(port: int) -> None:
     """Run the embedded Tansu broker in the foreground (memory only) until Ctrl-C."""
     from fraudstream.broker import EmbeddedBroker
@@ -352,11 +317,9 @@ def broker(port: int) -> None:
     with EmbeddedBroker(port=port) as b:
         click.echo(f"embedded broker on {b.bootstrap}; in another shell:")
         click.echo(f"  export KAFKA_BOOTSTRAP_SERVERS={b.bootstrap}")
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             while b.proc is not None and b.proc.poll() is None:
                 time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
 
 
 @main.command()
@@ -368,17 +331,13 @@ def batch(db, every, select, full_refresh) -> None:
     """Run `dbt build` (models and tests) on the database, once or on a schedule."""
     from batch.build import BuildError, dbt_build, run_every
 
-    settings = _settings(database_url=f"sqlite:///{db}" if db else None)
+    settings = _settings(db)
     if every:
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             run_every(settings.database_url, every, select=select, full_refresh=full_refresh)
-        except KeyboardInterrupt:
-            pass
         return
-    try:
+    with _reported(BuildError):
         outcome = dbt_build(settings.database_url, select=select, full_refresh=full_refresh)
-    except BuildError as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(outcome.describe())
     if not outcome.ok:
         sys.exit(1)
@@ -389,24 +348,21 @@ def batch(db, every, select, full_refresh) -> None:
 @click.option(
     "--host",
     default="127.0.0.1",
-    show_default=True,
     help="Address to listen on. Any other than loopback needs a login (DASHBOARD_PASSWORD_HASH).",
 )
-@click.option("--port", type=int, default=8001, show_default=True)
+@click.option("--port", type=int, default=8001)
 def dashboard(db, host, port) -> None:
     """Serve the dashboard (Datasette, read-only) on the database until Ctrl-C."""
     import os
 
     from fraudstream.dashboard import DASHBOARD_PATH, DashboardError, Login, datasette_command
 
-    settings = _settings(database_url=f"sqlite:///{db}" if db else None)
+    settings = _settings(db)
     if not settings.sqlite_path:
         raise click.UsageError("the dashboard reads SQLite: DATABASE_URL must be sqlite:///")
-    try:
+    with _reported(DashboardError, FileNotFoundError):
         login = Login.from_settings(settings)
         cmd = datasette_command(Path(settings.sqlite_path), host, port, login)
-    except (DashboardError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from exc
     behind = f", login as {login.user}" if login else ""
     click.echo(f"dashboard: http://{host}:{port}{DASHBOARD_PATH}  (Ctrl-C to stop{behind})")
     os.execv(cmd[0], cmd)

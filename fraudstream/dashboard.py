@@ -21,7 +21,6 @@ from fraudstream.settings import Settings, reveal
 
 METADATA = Path(__file__).resolve().parent / "dashboard_definition" / "metadata.yml"
 DASHBOARD_PATH = "/-/dashboards/fraud-monitoring"
-PASSWORD_HASH_ENV = "DASHBOARD_PASSWORD_HASH"
 _PASSWORD_HASH = re.compile(r"pbkdf2_sha256\$\d+\$[^$\s]+\$[A-Za-z0-9+/=]+")
 _USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -70,9 +69,9 @@ class Login:
     def metadata(self) -> dict[str, Any]:
         """Datasette metadata: only this user sees anything; the hash is read at start-up from
         the environment or the file, never written into the metadata file."""
-        source = {"$file": self.password_hash_file} if self.password_hash_file else {
-            "$env": PASSWORD_HASH_ENV
-        }  # fmt: skip
+        source = {"$env": "DASHBOARD_PASSWORD_HASH"}
+        if self.password_hash_file:
+            source = {"$file": self.password_hash_file}
         return {
             "allow": {"id": self.user},
             "plugins": {"datasette-auth-passwords": {f"{self.user}_password_hash": source}},
@@ -87,19 +86,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a host name: it may resolve to any interface
-
-
-def login_required_message(host: str, port: int) -> str:
-    return (
-        f"refusing to serve the dashboard on {host}:{port} without a login: anyone who can reach "
-        "that port would see every transaction and account id.\n"
-        "Set a login first (the hash comes from `datasette hash-password`, which asks for the "
-        "password):\n"
-        '  export DASHBOARD_PASSWORD_HASH="$(datasette hash-password)"\n'
-        "  export DASHBOARD_USER=analyst            # the default\n"
-        "or put the hash in a file and set DASHBOARD_PASSWORD_HASH_FILE to its path; "
-        "or serve on --host 127.0.0.1 (the default), reachable from this machine only."
-    )
 
 
 def metadata_for(db: Path, login: Login | None = None) -> dict:
@@ -123,7 +109,16 @@ def datasette_command(
     """The command that serves ``db`` read-only with the dashboard, behind ``login`` if given;
     :class:`DashboardError` for a host beyond loopback without one."""
     if login is None and not is_loopback(host):
-        raise DashboardError(login_required_message(host, port))
+        raise DashboardError(
+            f"refusing to serve the dashboard on {host}:{port} without a login: anyone who can "
+            "reach that port would see every transaction and account id.\n"
+            "Set a login first (the hash comes from `datasette hash-password`, which asks for the "
+            "password):\n"
+            '  export DASHBOARD_PASSWORD_HASH="$(datasette hash-password)"\n'
+            "  export DASHBOARD_USER=analyst            # the default\n"
+            "or put the hash in a file and set DASHBOARD_PASSWORD_HASH_FILE to its path; "
+            "or serve on --host 127.0.0.1 (the default), reachable from this machine only."
+        )
     db = Path(db).resolve()
     if not db.is_file():
         raise FileNotFoundError(f"{db}: no such database (run `make run` first)")

@@ -2,15 +2,9 @@
 
 Reads the ``transactions`` table after a run on a labelled CSV (``is_fraud``, and
 ``fraud_scenario`` when the generator wrote it). Every event was scored by models fit on earlier
-events only (the Isolation Forest on the events before it, the supervised model on labels that had
-arrived before it), and the metrics are computed on the *test period* only: the events from
-``test_from`` on (default: the later half of the event-time span), so the first models' warm-up
-and the months the supervised model needed to collect labels are not counted.
-
-Scores compared, where present: ``score`` (Isolation Forest alone), ``supervised_score`` and
-``risk_score`` (the combined score stored for each event). For each: ROC-AUC, average precision,
-card precision@k per day (of the ``k`` accounts with the highest score that day, the share that had
-fraud that day; the mean over days); for the flags: precision, recall, and recall per scenario.
+events only, and the metrics count the *test period* only (default: the later half of the
+event-time span), so the first models' warm-up and the months the supervised model needed to
+collect labels are not counted.
 """
 
 from __future__ import annotations
@@ -27,11 +21,11 @@ from sqlalchemy import create_engine
 
 from fraudstream.tables import engine_url, shown_url
 
-SCORES = (
-    ("score", "Isolation Forest alone"),
-    ("supervised_score", "supervised (delayed labels)"),
-    ("risk_score", "combined risk score"),
-)
+SCORES = {  # column -> label
+    "score": "Isolation Forest alone",
+    "supervised_score": "supervised (delayed labels)",
+    "risk_score": "combined risk score",
+}
 
 
 class EvaluationError(RuntimeError):
@@ -65,13 +59,11 @@ class Report:
             "",
             f"{'score':<30} {'ROC-AUC':>8} {'avg prec':>9} {'card P@100/day':>15}",
         ]
-        for column, label in SCORES:
-            m = self.scores.get(column)
-            if m:
-                out.append(
-                    f"{label:<30} {m['roc_auc']:>8.3f} {m['average_precision']:>9.3f} "
-                    f"{m['card_precision_at_k']:>15.3f}"
-                )
+        for column, m in self.scores.items():  # in the order of SCORES
+            out.append(
+                f"{SCORES[column]:<30} {m['roc_auc']:>8.3f} {m['average_precision']:>9.3f} "
+                f"{m['card_precision_at_k']:>15.3f}"
+            )
         names = sorted(self.scenarios)
         out += ["", f"{'flag':<30} {'precision':>9} {'recall':>7}  recall per scenario"]
         for name, m in self.flags.items():
@@ -89,6 +81,7 @@ class Report:
 
 def load(database_url: str, csv: Path | None = None) -> pd.DataFrame:
     """Scored events with their ground truth (from the table, or from ``csv`` by id)."""
+    shown = shown_url(database_url)
     engine = create_engine(engine_url(database_url))
     try:
         frame = pd.read_sql_query(
@@ -97,13 +90,11 @@ def load(database_url: str, csv: Path | None = None) -> pd.DataFrame:
             engine,
         )
     except Exception as exc:  # noqa: BLE001 - a missing table or an older database
-        raise EvaluationError(f"{shown_url(database_url)}: cannot read scored transactions: {exc}") from exc
+        raise EvaluationError(f"{shown}: cannot read scored transactions: {exc}") from exc
     finally:
         engine.dispose()
     if frame.empty:
-        raise EvaluationError(
-            f"{shown_url(database_url)}: no scored transactions; run the pipeline first"
-        )
+        raise EvaluationError(f"{shown}: no scored transactions; run the pipeline first")
     frame["fraud_scenario"] = [_scenario(e) for e in frame["extras"]]
     if csv is not None:
         truth = pd.read_csv(
@@ -123,9 +114,8 @@ def load(database_url: str, csv: Path | None = None) -> pd.DataFrame:
         raise EvaluationError("no scored transaction has an is_fraud label to compare with")
     frame["is_fraud"] = frame["is_fraud"].astype(int)
     frame["fraud_scenario"] = frame["fraud_scenario"].fillna("").astype(str)
-    frame.loc[(frame["is_fraud"] == 1) & (frame["fraud_scenario"] == ""), "fraud_scenario"] = (
-        "fraud"
-    )
+    unnamed = (frame["is_fraud"] == 1) & (frame["fraud_scenario"] == "")
+    frame.loc[unnamed, "fraud_scenario"] = "fraud"
     frame["time"] = pd.to_datetime(frame["timestamp"], format="ISO8601")
     return frame.sort_values("time", kind="stable").reset_index(drop=True)
 
@@ -142,9 +132,23 @@ def evaluate(
     """Measure the stored scores and flags against the ground truth on the test period."""
     frame = load(database_url, csv)
     test = _test_period(frame, test_from, test_fraction)
-    report = _new_report(database_url, frame, test)
+    fraud = test[test["is_fraud"] == 1]
+    report = Report(
+        database=database_url,
+        test_from=str(test["time"].iloc[0]),
+        test_to=str(test["time"].iloc[-1]),
+        events=len(test),
+        frauds=len(fraud),
+        train_events=len(frame) - len(test),
+        scenarios=fraud["fraud_scenario"].value_counts().sort_index().to_dict(),
+        supervised_coverage=float(test["supervised_score"].notna().mean()),
+    )
     curves = _measure_scores(report, test, k)
-    _measure_flags(report, test)
+    anomaly = (test["score"] > test["threshold"]).to_numpy()
+    report.flags = {
+        "Isolation Forest flag": _flag_metrics(test, anomaly),
+        "stored flag (is_flagged)": _flag_metrics(test, test["is_flagged"].to_numpy() == 1),
+    }
     if plot is not None:
         report.plot = str(_plot(curves, report, plot))
     return report
@@ -167,28 +171,11 @@ def _test_period(frame: pd.DataFrame, test_from: str | None, test_fraction: floa
     return test
 
 
-def _new_report(database_url: str, frame: pd.DataFrame, test: pd.DataFrame) -> Report:
-    """A report on the test period, with its counts and no metrics yet."""
-    report = Report(
-        database=database_url,
-        test_from=str(test["time"].iloc[0]),
-        test_to=str(test["time"].iloc[-1]),
-        events=len(test),
-        frauds=int(test["is_fraud"].sum()),
-        train_events=len(frame) - len(test),
-        supervised_coverage=float(test["supervised_score"].notna().mean()),
-    )
-    report.scenarios = (
-        test[test["is_fraud"] == 1]["fraud_scenario"].value_counts().sort_index().to_dict()
-    )
-    return report
-
-
 def _measure_scores(report: Report, test: pd.DataFrame, k: int) -> dict:
     """Fill ``report.scores`` for each score present throughout; their precision-recall curves."""
     y = test["is_fraud"].to_numpy()
     curves = {}
-    for column, label in SCORES:
+    for column in SCORES:
         values = test[column]
         if values.isna().any():
             continue  # e.g. no supervised model for part of the test period
@@ -205,17 +192,8 @@ def _measure_scores(report: Report, test: pd.DataFrame, k: int) -> dict:
             and np.array_equal(s, test["supervised_score"].to_numpy(dtype=float))
         )
         if not same:  # the risk score is the supervised one once a model exists: one curve
-            curves[label] = precision_recall_curve(y, s)[:2]
+            curves[column] = precision_recall_curve(y, s)[:2]
     return curves
-
-
-def _measure_flags(report: Report, test: pd.DataFrame) -> None:
-    """Fill ``report.flags`` for the Isolation Forest's own flag and the stored one."""
-    anomaly_flag = (test["score"] > test["threshold"]).to_numpy()
-    report.flags["Isolation Forest flag"] = _flag_metrics(test, anomaly_flag)
-    report.flags["stored flag (is_flagged)"] = _flag_metrics(
-        test, test["is_flagged"].to_numpy() == 1
-    )
 
 
 def card_precision_at_k(test: pd.DataFrame, column: str, k: int = 100) -> float:
@@ -228,24 +206,24 @@ def card_precision_at_k(test: pd.DataFrame, column: str, k: int = 100) -> float:
         .agg(top=(column, "max"), fraud=("is_fraud", "max"))
         .reset_index()
     )
-    shares = []
-    for _, accounts in per_account.groupby("day", sort=True):
-        top = accounts.nlargest(k, "top")
-        shares.append(top["fraud"].sum() / k)
+    shares = [
+        accounts.nlargest(k, "top")["fraud"].sum() / k
+        for _, accounts in per_account.groupby("day", sort=True)
+    ]
     return float(np.mean(shares)) if shares else math.nan
 
 
 def _flag_metrics(test: pd.DataFrame, flag: np.ndarray) -> dict:
     y = test["is_fraud"].to_numpy() == 1
     tp = int((flag & y).sum())
-    by = {}
-    for name, group in test[y].groupby("fraud_scenario"):
-        by[name] = float(flag[group.index - test.index[0]].mean())
     return {
         "flagged": int(flag.sum()),
         "precision": tp / flag.sum() if flag.sum() else math.nan,
         "recall": tp / y.sum() if y.sum() else math.nan,
-        "recall_by_scenario": by,
+        "recall_by_scenario": {
+            name: float(flag[group.index - test.index[0]].mean())
+            for name, group in test[y].groupby("fraud_scenario")
+        },
     }
 
 
@@ -256,17 +234,13 @@ def _plot(curves: dict, report: Report, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
-    for label, (precision, recall) in curves.items():
-        column = next(c for c, lab in SCORES if lab == label)
+    for column, (precision, recall) in curves.items():
         ap = report.scores[column]["average_precision"]
-        ax.plot(recall, precision, label=f"{label} (AP {ap:.3f})", linewidth=1.6)
+        ax.plot(recall, precision, label=f"{SCORES[column]} (AP {ap:.3f})", linewidth=1.6)
     base = report.frauds / report.events
     ax.axhline(base, color="grey", linestyle=":", linewidth=1, label=f"fraud rate {base:.2%}")
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_title(f"Precision-recall, test period {report.test_from[:10]} .. {report.test_to[:10]}")
+    title = f"Precision-recall, test period {report.test_from[:10]} .. {report.test_to[:10]}"
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     ax.legend(loc="lower left")
     ax.grid(alpha=0.3)
     path = Path(path)

@@ -1,16 +1,6 @@
-"""Child processes, started, spoken to and stopped one way.
-
-- :class:`Worker`: a Python function in a child process, forked from multiprocessing's
-  forkserver (a clean interpreter that preloaded the modules its workers need: safe beside
-  librdkafka's and faust's threads, quick to start, and it never runs the caller's script again).
-  The child is named as ``ps`` shows it, exits when this process exits (it watches its pid) or
-  closes the pipe to it, and is spoken to over two one-way pipes
-  (``multiprocessing.connection``). :meth:`Worker.stop`: the end of its input, then a wait,
-  then SIGKILL (a worker ignores SIGINT and SIGTERM: a signal to the whole process group must
-  not end it before its owner has finished with it).
-- :func:`stop`: the same terminate / wait / kill for a ``subprocess.Popen`` (the embedded
-  broker, the processor that ``fraudstream run`` starts), which :func:`die_with_parent` binds to
-  this process.
+"""Child processes, started, spoken to and stopped one way: :class:`Worker` runs a Python
+function in one; :func:`stop` ends a ``subprocess.Popen`` (the embedded broker, the processor
+that ``fraudstream run`` starts), which :func:`die_with_parent` binds to this process.
 """
 
 from __future__ import annotations
@@ -43,11 +33,6 @@ class WorkerGone(RuntimeError):
 
 def _prctl(option: int, value) -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(option, value, 0, 0, 0)
-
-
-def name_process(name: str) -> None:
-    """Set this process's name as ``ps`` and ``/proc/<pid>/comm`` show it (15 bytes at most)."""
-    _prctl(PR_SET_NAME, name.encode()[:15])
 
 
 def process_name(pid: int) -> str:
@@ -90,8 +75,13 @@ def stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
 
 
 class Worker:
-    """``target(inbox, outbox, *args)`` in a child process named ``name``; ``preload``: the
-    modules the forkserver imports once, when it starts (callers that share it pass the same)."""
+    """``target(inbox, outbox, *args)`` in a child process named ``name`` as ``ps`` shows it,
+    spoken to over two one-way pipes. It is forked from multiprocessing's forkserver: a clean
+    interpreter, safe beside librdkafka's and faust's threads, quick to start, that never runs
+    the caller's script again; ``preload``: the modules the forkserver imports once, when it
+    starts (callers that share it pass the same). The child exits when this process exits or
+    closes the pipe to it; it ignores SIGINT and SIGTERM (a signal to the whole process group
+    must not end it before its owner has finished with it)."""
 
     def __init__(self, name: str, target: Callable, *args, preload: Sequence[str] = ()):
         context = multiprocessing.get_context("forkserver")
@@ -121,12 +111,10 @@ class Worker:
     def receive(self, timeout_s: float | None = None):
         """The next message (pickled); :class:`WorkerGone` if the worker ended, or sent
         nothing within ``timeout_s``."""
-        self._wait(timeout_s)
-        return self._guard(self._answers.recv)
+        return self._receive(self._answers.recv, timeout_s)
 
     def receive_bytes(self, timeout_s: float | None = None) -> bytes:
-        self._wait(timeout_s)
-        return self._guard(self._answers.recv_bytes)
+        return self._receive(self._answers.recv_bytes, timeout_s)
 
     @property
     def answers_fd(self) -> int:
@@ -145,9 +133,10 @@ class Worker:
             self.process.join()
         self._answers.close()
 
-    def _wait(self, timeout_s: float | None) -> None:
+    def _receive(self, recv, timeout_s: float | None):
         if timeout_s is not None and not self._answers.poll(timeout_s):
             raise WorkerGone(f"{self.process.name}: no answer within {timeout_s:.0f} s")
+        return self._guard(recv)
 
     def _guard(self, call, *args):
         try:
@@ -161,7 +150,7 @@ class Worker:
 def _run(name: str, owner: int, target: Callable, inbox: Connection, outbox: Connection, args):
     """In the child: named, deaf to SIGINT and SIGTERM (its owner decides when it stops),
     gone when its owner is, then ``target``."""
-    name_process(name)
+    _prctl(PR_SET_NAME, name.encode()[:15])  # the name ps and /proc/<pid>/comm show
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_with, args=(owner,), name="owner-watch", daemon=True).start()

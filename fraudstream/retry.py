@@ -1,9 +1,6 @@
-"""The one way this project retries work that met a lock or a transient error.
-
-A few attempts, the wait doubling between them: the SQLite writer (a lock held by another
-writer outlasting the busy timeout), the PostgreSQL writer (a serialization failure, a dropped
-connection), creating the tables beside another process, a dbt build that met a locked file.
-Anything else is raised at once. Kept free of imports, so the SQLite writer process stays small.
+"""The one way this project retries work that met a lock or a transient error (the sinks'
+writers, creating the tables beside another process, a dbt build): a few attempts, the wait
+doubling between them; anything else is raised at once.
 """
 
 from __future__ import annotations
@@ -47,13 +44,13 @@ def retry(
     >>> retry(flaky, transient=is_lock_error, sleep=lambda s: None), len(tries)
     ('done', 3)
     """
-    for attempt in range(1, attempts + 1):
+    for attempt in range(1, attempts):
         try:
             return work()
         except Exception as exc:
-            if attempt == attempts or not transient(exc):
+            if not transient(exc):
                 raise
             if on_retry is not None:
                 on_retry(exc, attempt)
             sleep(min(max_wait_s, first_wait_s * 2 ** (attempt - 1)))
-    raise AssertionError("unreachable")  # the loop returns or raises
+    return work()  # the last attempt

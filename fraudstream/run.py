@@ -20,8 +20,9 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy import table as sa_table
 from sqlalchemy.exc import SQLAlchemyError
 
-from fraudstream.broker import ensure_topics, kafka_cluster
-from fraudstream.processes import die_with_parent, stop
+from fraudstream.broker import ensure_topics, free_port, kafka_cluster
+from fraudstream.processes import die_with_parent
+from fraudstream.processes import stop as stop_processor
 from fraudstream.settings import Settings
 from fraudstream.tables import (
     OutdatedDatabase,
@@ -90,15 +91,24 @@ def run_pipeline(
     """Replay ``csv_path`` through the stream processor (and dbt); summarise what was stored."""
     from producer.replay import ReplayOptions
 
-    csv_path = _existing_csv(csv_path)
-    settings, db = _on_sqlite_file(settings)
-    log_dir = _log_dir(db)
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise RunError(f"{csv_path}: no such file (generate one with `fraudstream generate`)")
+    db = Path(settings.sqlite_path).resolve() if settings.sqlite_path else None
+    if db is not None:
+        settings = settings.replace(database_url=f"sqlite:///{db}")
+    log_dir = (db.parent if db else Path.cwd()) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)  # and the SQLite file's folder
     engine = _open_database(settings, fresh)
-    rows_before = _count(engine, transactions)
+    with engine.connect() as conn:
+        rows_before = _count(conn, transactions)
     summary = RunSummary(
-        csv=csv_path, database=db, processor_log=log_dir / "processor.log", runtime=settings.runtime
+        csv=csv_path,
+        database=db,
+        database_url=shown_url(settings.database_url),
+        processor_log=log_dir / "processor.log",
+        runtime=settings.runtime,
     )
-    summary.database_url = shown_url(settings.database_url)
     options = ReplayOptions(
         rate=rate,
         speedup=speedup,
@@ -108,38 +118,16 @@ def run_pipeline(
         label_delay_s=settings.label_delay_days * 86400,
     )
     with kafka_cluster(settings, log_path=log_dir / "broker.log") as bootstrap:
-        settings = _on_cluster(settings, bootstrap)
+        settings = settings.replace(bootstrap_servers=bootstrap)
+        ensure_topics(bootstrap, settings)
+        if settings.web_port:  # the processor's health page, on a free port
+            settings = settings.replace(web_port=free_port())
         _replay_and_process(csv_path, settings, engine, summary, options, timeout_s)
         read_back(summary, engine, settings, rows_before)
     if dbt:
         _build_marts(summary, engine, settings, fresh)
     engine.dispose()
     return summary
-
-
-def _existing_csv(csv_path: Path) -> Path:
-    """``csv_path`` as a Path, if the file exists."""
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise RunError(f"{csv_path}: no such file (generate one with `fraudstream generate`)")
-    return csv_path
-
-
-def _on_sqlite_file(settings: Settings) -> tuple[Settings, Path | None]:
-    """``settings`` with a SQLite database by absolute path, and that file (None: no SQLite)."""
-    db = Path(settings.sqlite_path) if settings.sqlite_path else None
-    if db is not None:
-        db = db.resolve()
-        settings = settings.replace(database_url=f"sqlite:///{db}")
-        db.parent.mkdir(parents=True, exist_ok=True)
-    return settings, db
-
-
-def _log_dir(db: Path | None) -> Path:
-    """The logs directory beside the SQLite file, else in the working directory; created."""
-    log_dir = (db.parent if db else Path.cwd()) / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    return log_dir
 
 
 def _open_database(settings: Settings, fresh: bool) -> Engine:
@@ -154,31 +142,28 @@ def _open_database(settings: Settings, fresh: bool) -> Engine:
         raise RunError(f"{shown_url(settings.database_url)}: {exc}") from exc
 
 
-def _count(engine: Engine, table) -> int:
-    """The rows in ``table``."""
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(table)).scalar()
-
-
-def _on_cluster(settings: Settings, bootstrap: str) -> Settings:
-    """``settings`` on the cluster at ``bootstrap``, topics created, health page on a free port."""
-    settings = settings.replace(bootstrap_servers=bootstrap)
-    ensure_topics(bootstrap, settings)
-    if settings.web_port:
-        from fraudstream.broker import free_port
-
-        settings = settings.replace(web_port=free_port())
-    return settings
+def _count(conn, table, *where) -> int:
+    """The rows in ``table`` that match every condition in ``where``."""
+    return conn.execute(select(func.count()).select_from(table).where(*where)).scalar()
 
 
 def _replay_and_process(
     csv_path: Path, settings: Settings, engine, summary: RunSummary, options, timeout_s: float
 ) -> None:
     """Start the processor, replay the CSV and wait until the processor has processed it all."""
+    from producer.replay import replay
+
     proc = start_processor(settings, summary.processor_log)
     try:
         started = time.monotonic()
-        stats = _replay(csv_path, settings, options, summary)
+        stats = replay(
+            csv_path, settings.bootstrap_servers, settings.transactions_topic, options,
+            settings.kafka_config(),
+        )  # fmt: skip
+        if stats.failed:
+            raise RunError(f"{stats.failed} events were not delivered: {stats.errors[:3]}")
+        summary.produced, summary.rejected_rows = stats.produced, stats.rejected
+        summary.rejects_path, summary.labels_sent = stats.rejects_path, stats.labels_sent
         wait_until_processed(
             settings, engine, proc, summary.processor_log, stats.last_offsets, timeout_s,
             stats.label_offsets,
@@ -186,25 +171,6 @@ def _replay_and_process(
         summary.wall_s = time.monotonic() - started
     finally:
         stop_processor(proc)
-
-
-def _replay(csv_path: Path, settings: Settings, options, summary: RunSummary):
-    """Produce the CSV's events (and labels), all delivered, and count them in ``summary``."""
-    from producer.replay import replay
-
-    stats = replay(
-        csv_path,
-        settings.bootstrap_servers,
-        settings.transactions_topic,
-        options,
-        settings.kafka_config(),
-    )
-    if stats.failed:
-        raise RunError(f"{stats.failed} events were not delivered: {stats.errors[:3]}")
-    summary.produced, summary.rejected_rows = stats.produced, stats.rejected
-    summary.rejects_path = stats.rejects_path
-    summary.labels_sent = stats.labels_sent
-    return stats
 
 
 def _build_marts(summary: RunSummary, engine: Engine, settings: Settings, fresh: bool) -> None:
@@ -216,27 +182,21 @@ def _build_marts(summary: RunSummary, engine: Engine, settings: Settings, fresh:
     with engine.connect() as conn:
         for mart in ("fraud_flags", "spending_aggregations", "daily_kpis", "model_quality"):
             try:
-                q = select(func.count()).select_from(sa_table(mart))
-                summary.marts[mart] = conn.execute(q).scalar()
+                summary.marts[mart] = _count(conn, sa_table(mart))
             except Exception:  # noqa: BLE001 - a failed build leaves it missing
                 summary.marts[mart] = None
 
 
 def start_processor(settings: Settings, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, **settings.to_env()}
     log_file = open(log_path, "ab")  # noqa: SIM115 - the child holds it; closed on our exit
     return subprocess.Popen(
         [sys.executable, "-m", "fraudstream", "process"],
-        env=env,
+        env={**os.environ, **settings.to_env()},
         stdout=log_file,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         preexec_fn=die_with_parent,
     )
-
-
-def stop_processor(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
-    stop(proc, timeout_s)
 
 
 def consumer_lag(settings: Settings, last_offsets: dict[int, int], topic: str | None = None) -> int:
@@ -283,7 +243,8 @@ def wait_until_processed(
         lag = consumer_lag(settings, last_offsets)
         if label_offsets:
             lag += consumer_lag(settings, label_offsets, settings.labels_topic)
-        held = _count(engine, pending_events)
+        with engine.connect() as conn:
+            held = _count(conn, pending_events)
         if lag == 0 and held == 0:
             return
         if time.monotonic() > deadline:
@@ -299,45 +260,26 @@ def wait_until_processed(
 
 
 def read_back(summary: RunSummary, engine, settings: Settings, rows_before: int) -> None:
-    t = transactions
+    t, m = transactions, model_versions
+    flagged = t.c.is_flagged == 1
     with engine.connect() as conn:
-        summary.stored_rows = conn.execute(select(func.count()).select_from(t)).scalar()
+        summary.stored_rows = _count(conn, t)
         summary.new_rows = summary.stored_rows - rows_before
-        summary.flagged = conn.execute(select(func.count()).where(t.c.is_flagged == 1)).scalar()
-        summary.alerts_marked = conn.execute(
-            select(func.count()).where(t.c.is_flagged == 1, t.c.alert_published_at.is_not(None))
-        ).scalar()
-        summary.dead_letters = conn.execute(select(func.count()).select_from(dead_letters)).scalar()
-        summary.labels_stored = conn.execute(
-            select(func.count()).select_from(labels_table)
-        ).scalar()
-        summary.models = [
-            dict(r._mapping)
-            for r in conn.execute(
-                select(
-                    model_versions.c.version,
-                    model_versions.c.kind,
-                    model_versions.c.reason,
-                    model_versions.c.training_rows,
-                    model_versions.c.threshold,
-                    model_versions.c.fit_seconds,
-                ).order_by(model_versions.c.version)
-            )
-        ]
-        summary.top_alerts = [
-            dict(r._mapping)
-            for r in conn.execute(
-                select(t.c.transaction_id, t.c.account_id, t.c.amount, t.c.merchant,
-                       t.c.location, t.c.timestamp, t.c.score, t.c.model_version, t.c.reasons)
-                .where(t.c.is_flagged == 1)
-                .order_by(t.c.score.desc())
-                .limit(10)
-            )
-        ]  # fmt: skip
+        summary.flagged = _count(conn, t, flagged)
+        summary.alerts_marked = _count(conn, t, flagged, t.c.alert_published_at.is_not(None))
+        summary.dead_letters = _count(conn, dead_letters)
+        summary.labels_stored = _count(conn, labels_table)
+        models = m.c["version", "kind", "reason", "training_rows", "threshold", "fit_seconds"]
+        q = select(*models).order_by(m.c.version)
+        summary.models = [dict(row) for row in conn.execute(q).mappings()]
+        alerts = t.c["transaction_id", "account_id", "amount", "merchant", "location", "timestamp",
+                     "score", "model_version", "reasons"]  # fmt: skip
+        q = select(*alerts).where(flagged).order_by(t.c.score.desc()).limit(10)
+        summary.top_alerts = [dict(row) for row in conn.execute(q).mappings()]
         labelled = conn.execute(
             select(t.c.is_fraud, t.c.is_flagged, t.c.score).where(t.c.is_fraud.is_not(None))
         ).all()
-    flagged_ids = _flagged_ids(engine)
+        flagged_ids = set(conn.execute(select(t.c.transaction_id).where(flagged)).scalars())
     summary.alerts_on_topic = len(alert_ids_on_topic(settings) & flagged_ids)
     if labelled:
         summary.quality = detection_quality(labelled)
@@ -347,27 +289,16 @@ def detection_quality(rows) -> dict:
     """Precision and recall of the flag, ROC-AUC of the score, against ``is_fraud``."""
     from sklearn.metrics import roc_auc_score
 
-    y = [r[0] for r in rows]
-    flag = [r[1] for r in rows]
-    score = [r[2] for r in rows]
+    y, flag, score = zip(*rows, strict=True)
     tp = sum(1 for a, b in zip(y, flag, strict=True) if a and b)
     positives, flagged = sum(y), sum(flag)
-    out = {
+    return {
         "labelled": len(y),
         "fraud": positives,
         "precision": tp / flagged if flagged else float("nan"),
         "recall": tp / positives if positives else float("nan"),
-        "roc_auc": float("nan"),
+        "roc_auc": float(roc_auc_score(y, score)) if 0 < positives < len(y) else float("nan"),
     }
-    if 0 < positives < len(y):
-        out["roc_auc"] = float(roc_auc_score(y, score))
-    return out
-
-
-def _flagged_ids(engine) -> set[str]:
-    with engine.connect() as conn:
-        q = select(transactions.c.transaction_id).where(transactions.c.is_flagged == 1)
-        return set(conn.execute(q).scalars())
 
 
 def alert_ids_on_topic(settings: Settings, idle_s: float = 3.0) -> set[str]:
@@ -413,10 +344,9 @@ def format_summary(s: RunSummary) -> str:
     if s.top_alerts:
         out.append("top alerts (highest score first)")
         for a in s.top_alerts:
-            reasons = "; ".join(json.loads(a["reasons"] or "[]"))
             out.append(f"  {a['score']:.3f} {a['transaction_id']} {a['account_id']} "
                        f"{a['amount']:>10,.2f} {a['merchant']} ({a['location']}) {a['timestamp']}")  # fmt: skip
-            out.append(f"        {reasons}")
+            out.append("        " + "; ".join(json.loads(a["reasons"] or "[]")))
     if s.dbt is not None:
         out.append(s.dbt.describe())
         marts = ", ".join(

@@ -202,15 +202,11 @@ class Settings(BaseSettings):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from ``env`` (default ``os.environ``), then ``overrides`` (None = keep).
-
-        Only ``env`` is read: every field is given, so pydantic-settings' own reading of the
-        process environment never fills one in."""
+        """Settings from ``env`` (default ``os.environ``; an empty value is unset), then
+        ``overrides`` (None = keep)."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for name, f in cls.model_fields.items():
-            raw = env.get(f.validation_alias)
-            values[name] = raw if raw else f.default
+        given = {name: env.get(f.validation_alias) for name, f in cls.model_fields.items()}
+        values = {name: v for name, v in given.items() if v}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls._validated(values)
 
@@ -222,9 +218,7 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             error = exc.errors()[0]
             variable = error["loc"][0] if error["loc"] else "settings"
-            raise ValueError(
-                f"{variable}={error['input']!r}: {error['msg']}"
-            ) from None
+            raise ValueError(f"{variable}={error['input']!r}: {error['msg']}") from None
         except KeyError as exc:
             raise TypeError(f"Settings has no field {exc.args[0]!r}") from None
 
@@ -238,14 +232,10 @@ class Settings(BaseSettings):
 
     def to_env_all(self) -> list[str]:
         """Current values in declaration order ('' when unset), secrets masked, for printing."""
-        return [_shown(getattr(self, name)) for name in type(self).model_fields]
-
-    def __repr__(self) -> str:
-        shown = ", ".join(
-            f"{name}={SECRET_MASK if isinstance(value, SecretStr) else repr(value)}"
-            for name, value in self
-        )
-        return f"Settings({shown})"
+        return [
+            "" if value is None else SECRET_MASK if isinstance(value, SecretStr) else str(value)
+            for _name, value in self
+        ]
 
     def kafka_config(self) -> dict[str, str]:
         """librdkafka settings every confluent-kafka client starts from (bootstrap + security)."""
@@ -277,11 +267,6 @@ def reveal(value: Any) -> str | None:
     if isinstance(value, SecretStr):
         return value.get_secret_value()
     return None if value is None else str(value)
-
-
-def _shown(value: Any) -> str:
-    """A setting's value as text for printing: secrets masked, '' when unset."""
-    return "" if value is None else SECRET_MASK if isinstance(value, SecretStr) else str(value)
 
 
 def describe() -> list[tuple[str, str, str]]:

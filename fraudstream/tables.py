@@ -294,17 +294,17 @@ def _create_tables(engine: Engine) -> None:
         with engine.begin() as conn:
             conn.execute(select(func.pg_advisory_xact_lock(CREATE_LOCK)))
             metadata.create_all(conn)
-        _check_columns(engine)
-        return
+    else:
+        retry(lambda: metadata.create_all(engine), transient=_sqlite_transient, first_wait_s=0.05)
+    _check_columns(engine)
+
+
+def _sqlite_transient(exc: BaseException) -> bool:
     # A new SQLite file: switching it to WAL takes an exclusive lock that another opener may
     # hold for a moment, and SQLite can refuse that without waiting.
-    def transient(exc: BaseException) -> bool:
-        return isinstance(exc, OperationalError) and (
-            "already exists" in str(exc.orig) or is_lock_error(exc.orig)
-        )
-
-    retry(lambda: metadata.create_all(engine), transient=transient, first_wait_s=0.05)
-    _check_columns(engine)
+    return isinstance(exc, OperationalError) and (
+        "already exists" in str(exc.orig) or is_lock_error(exc.orig)
+    )
 
 
 class OutdatedDatabase(RuntimeError):

@@ -31,13 +31,16 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from stream_processor.core import BatchResult, RawMessage
-from stream_processor.outbox import Outbound
+from stream_processor.outbox import KafkaDelivery, KafkaOutbox, Outbound
+
+if TYPE_CHECKING:  # the annotation only: the protocol runs with fakes in tests
+    from stream_processor.pipeline import BatchPipeline
 
 Position = tuple[str, int, int]
 """(topic, partition, offset) of the last message a batch holds from that partition."""
@@ -47,28 +50,6 @@ IDLE_WORK_EVERY_S = 1.0  # without events: record deliveries, first fit when idl
 
 class ProtocolStopped(RuntimeError):
     """A step failed earlier: nothing more may be scored, written or committed."""
-
-
-class Pipeline(Protocol):
-    """The scoring core and the sink (:class:`stream_processor.pipeline.BatchPipeline`)."""
-
-    def score(self, messages: Sequence[RawMessage]) -> BatchResult: ...
-    def idle_work(self) -> BatchResult: ...
-    def submit(self, result: BatchResult, published: Mapping[str, float]) -> None: ...
-    def collect(self) -> Outbound: ...
-    def published(self, published: Mapping[str, float]) -> None: ...
-    def finish(self) -> None: ...
-
-
-class Delivery(Protocol):
-    def wait(self) -> None:
-        """Until everything produced is delivered; raises if a delivery failed."""
-
-
-class Outbox(Protocol):
-    """Where alerts and dead letters go (:class:`stream_processor.outbox.KafkaOutbox`)."""
-
-    def produce(self, out: Outbound) -> Delivery: ...
 
 
 class Offsets(Protocol):
@@ -81,20 +62,20 @@ class Offsets(Protocol):
 class _Batch:
     positions: list[Position]
     outbound: Outbound | None = None  # known once its write committed (a)
-    delivery: Delivery | None = None  # produced, not waited for yet
+    delivery: KafkaDelivery | None = None  # produced, not waited for yet
     delivered: bool = False  # (b)
     recorded: bool = False  # (c)
     delivered_at: dict[str, float] = field(default_factory=dict)  # its alerts' delivery times
 
-    def done(self) -> bool:
+    def done(self) -> bool:  # delivered: its outbound is known
         return self.delivered and (self.recorded or not self.outbound.alerts)
 
 
 class CommitProtocol:
     def __init__(
         self,
-        pipeline: Pipeline,
-        outbox: Outbox,
+        pipeline: BatchPipeline,
+        outbox: KafkaOutbox,
         offsets: Offsets,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -116,13 +97,25 @@ class CommitProtocol:
     def on_idle(self) -> None:
         """Nothing was consumed: finish the batch in flight, or do the idle work when due."""
         with self._step():
-            self._idle()
+            if self._writing is not None:
+                self._drain()
+                self._release(final=False)  # 5
+            elif self._unrecorded or self.clock() - self._last_idle_work >= IDLE_WORK_EVERY_S:
+                self._last_idle_work = self.clock()
+                self._advance(self.pipeline.idle_work(), [])
 
     def close(self) -> None:
         """At shutdown: finish the write and the deliveries in flight, record them, commit
         what they release (waiting for the broker's answer), then let the pipeline finish."""
         with self._step():
-            self._close()
+            self._drain()
+            if self._unrecorded:  # no later write to ride with: a transaction of their own
+                self.pipeline.published(_delivery_times(self._unrecorded))
+                for batch in self._unrecorded:
+                    batch.recorded = True
+                self._unrecorded = []
+            self._release(final=True)
+            self.pipeline.finish()
 
     @contextmanager
     def _step(self):
@@ -134,29 +127,12 @@ class CommitProtocol:
             self._failed = exc
             raise
 
-    def _idle(self) -> None:
-        if self._writing is not None:
-            self._collect()  # 2
-            self._deliver()  # 3
-            self._produce()
-            self._deliver()  # nothing follows to travel beside: wait for it now
-            self._release(final=False)  # 5
-        elif self._unrecorded or self.clock() - self._last_idle_work >= IDLE_WORK_EVERY_S:
-            self._last_idle_work = self.clock()
-            self._advance(self.pipeline.idle_work(), [])
-
-    def _close(self) -> None:
-        self._collect()
-        self._deliver()
+    def _drain(self) -> None:
+        """Steps 2 and 3 with no batch to score beside them."""
+        self._collect()  # 2
+        self._deliver()  # 3
         self._produce()
-        self._deliver()
-        if self._unrecorded:  # no later write to ride with: a transaction of their own
-            self.pipeline.published(_delivery_times(self._unrecorded))
-            for batch in self._unrecorded:
-                batch.recorded = True
-            self._unrecorded = []
-        self._release(final=True)
-        self.pipeline.finish()
+        self._deliver()  # nothing follows to travel beside: wait for it now
 
     def _advance(self, result: BatchResult, positions: list[Position]) -> None:
         self._collect()  # 2
@@ -182,8 +158,7 @@ class CommitProtocol:
         batch.delivery.wait()
         batch.delivery, batch.delivered = None, True
         if batch.outbound.alerts:
-            now = time.time()
-            batch.delivered_at = dict.fromkeys(batch.outbound.alert_ids, now)
+            batch.delivered_at = dict.fromkeys(batch.outbound.alert_ids, time.time())
             self._unrecorded.append(batch)
 
     def _produce(self) -> None:
@@ -204,7 +179,7 @@ class CommitProtocol:
 
     def _release(self, *, final: bool) -> None:
         released: list[Position] = []
-        while self._pending and self._pending[0].outbound is not None and self._pending[0].done():
+        while self._pending and self._pending[0].done():
             released.extend(self._pending.popleft().positions)
         if released or final:
             self.offsets.commit(released, final=final)

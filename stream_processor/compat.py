@@ -30,8 +30,7 @@ READ_FROM = MappingProxyType({
     "river": "0.26",
     "faust-streaming": "0.15",
     "aiokafka": "0.14",
-})
-"""The major.minor version of each library whose private parts this module reads."""
+})  # major.minor of each library whose private parts this module reads
 
 
 class UnsupportedVersion(RuntimeError):

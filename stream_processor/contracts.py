@@ -21,7 +21,7 @@ from fraudstream.tables import transactions
 
 if TYPE_CHECKING:
     from stream_processor.labels import Label
-    from stream_processor.model import FittedModel, SupervisedModel
+    from stream_processor.model import FittedModel, Model, SupervisedModel
 
 
 # RawMessage and HeldEvent: one of each per event, so not frozen (a frozen dataclass sets each
@@ -63,7 +63,7 @@ class BatchResult:
     dead_letters: list[dict] = field(default_factory=list)  # for dead_letters and the DLQ
     pending_add: list[dict] = field(default_factory=list)  # held until the first fit
     pending_clear: bool = False  # the held events were scored: empty pending_events
-    models: list[FittedModel | SupervisedModel] = field(default_factory=list)  # to record
+    models: list[Model] = field(default_factory=list)  # to record
     duplicate_ids: list[str] = field(default_factory=list)  # already stored or held
     labels: list[dict] = field(default_factory=list)  # for the labels table
     labels_released: dict[str, int] = field(default_factory=dict)  # id -> learned (1) or not

@@ -10,17 +10,10 @@ runtime stores in ``pending_events`` so a crash loses nothing). The first model 
 once ``warmup_events`` are held, or ``warmup_idle_s`` after the last event (:meth:`tick`); they are
 then scored like every later event. No event is ever stored unscored.
 
-:class:`ScoringCore` composes its parts, one job each:
-
-- :class:`Decoder` (here): raw messages to events and labels, invalid ones dead-lettered,
-  duplicates dropped;
-- :class:`~stream_processor.warmup.WarmUp`: events held until the first model;
-- :class:`~stream_processor.scoring.AnomalyScorer`: the Isolation Forest, its training window,
-  refit schedule and drift watch;
-- :class:`~stream_processor.labelling.LabelLearner` and
-  :class:`~stream_processor.labelling.SupervisedTrainer`: delayed labels, learned on event
-  time, and the supervised model they train;
-- :func:`emit_rows` (here): the transactions rows and alerts of scored events.
+:class:`ScoringCore` composes its parts, one job each: :class:`Decoder` and :func:`emit_rows`
+(here), :class:`~stream_processor.warmup.WarmUp`, :class:`~stream_processor.scoring.AnomalyScorer`,
+:class:`~stream_processor.labelling.LabelLearner` and its
+:class:`~stream_processor.labelling.SupervisedTrainer`.
 """
 
 from __future__ import annotations
@@ -108,9 +101,8 @@ def features_json(matrix: np.ndarray) -> list[str]:
 
 
 def _json(value) -> str:
-    """A JSON text of a decoded event's extra fields: orjson, as it is much faster than
-    json.dumps on the batch path; json.dumps for what orjson refuses (integers beyond 64
-    bits)."""
+    """A decoded event's extra fields as JSON: by orjson, much faster on the batch path; by
+    json.dumps what orjson refuses (integers beyond 64 bits)."""
     try:
         return orjson.dumps(value).decode()
     except TypeError:
@@ -303,10 +295,6 @@ class ScoringCore:
         return self.warmup.held
 
     @property
-    def next_version(self) -> int:
-        return self.versions.next
-
-    @property
     def label_memory(self) -> LabelMemory:
         return self.learner.memory
 
@@ -318,8 +306,7 @@ class ScoringCore:
 
     def process(self, messages: Sequence[RawMessage]) -> BatchResult:
         """Decode, validate, de-duplicate, score and explain one batch."""
-        result = BatchResult()
-        self._collect_refits(result)
+        result = self._collect_refits()
         events, ids, label_messages = self.decoder.decode(messages, result)
         self.learner.labels_in_batch = bool(label_messages)
         if events:
@@ -345,8 +332,7 @@ class ScoringCore:
 
     def tick(self) -> BatchResult:
         """Work due without new events: the idle first fit, and swapping in a finished refit."""
-        result = BatchResult()
-        self._collect_refits(result)
+        result = self._collect_refits()
         if self.scorer.model is None and self.warmup.idle():
             self._fit_initial(result)
         self._start_refits(result)
@@ -356,9 +342,7 @@ class ScoringCore:
         """Block until a running refit finishes and swap it in (tests, shutdown)."""
         self.scorer.refit.wait(timeout_s)
         self.trainer.refit.wait(timeout_s)
-        result = BatchResult()
-        self._collect_refits(result)
-        return result
+        return self._collect_refits()
 
     def close(self) -> None:
         self.refits.close()
@@ -400,12 +384,14 @@ class ScoringCore:
         self.counts["scored"] += len(events)
         self.counts["flagged"] += int(scores.flags.sum())
 
-    def _collect_refits(self, result: BatchResult) -> None:
-        """Swap in the models of finished refits (supervised first), timed for the batch."""
+    def _collect_refits(self) -> BatchResult:
+        """A new batch result with the models of finished refits (supervised first), timed."""
+        result = BatchResult()
         started = time.perf_counter()
         self.trainer.swap_in(result)
         self.scorer.swap_in(result)
-        result.refit_s += time.perf_counter() - started
+        result.refit_s = time.perf_counter() - started
+        return result
 
     def _start_refits(self, result: BatchResult) -> None:
         """Start the refits that are due (supervised first), timed for the batch."""

@@ -41,22 +41,20 @@ class FatalError(RuntimeError):
 
 def faust_credentials(settings: Settings):
     """The same KAFKA_SECURITY_PROTOCOL / SASL / SSL settings, in faust's (aiokafka's) terms."""
-    protocol = (settings.security_protocol or "PLAINTEXT").upper()
-    if protocol == "PLAINTEXT":
+    protocol = settings.security_protocol  # None or one of the four Settings allows
+    if protocol in (None, "PLAINTEXT"):
         return None
     context = None
     if protocol in ("SSL", "SASL_SSL"):
         context = ssl.create_default_context(cafile=settings.ssl_ca_location)
     if protocol == "SSL":
         return faust.SSLCredentials(context)
-    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
-        return faust.SASLCredentials(
-            username=settings.sasl_username,
-            password=reveal(settings.sasl_password),
-            mechanism=settings.sasl_mechanism or "PLAIN",
-            ssl_context=context,
-        )
-    raise FatalError(f"KAFKA_SECURITY_PROTOCOL={settings.security_protocol!r} is not supported")
+    return faust.SASLCredentials(
+        username=settings.sasl_username,
+        password=reveal(settings.sasl_password),
+        mechanism=settings.sasl_mechanism or "PLAIN",
+        ssl_context=context,
+    )
 
 
 async def store_while_reading(
@@ -102,36 +100,27 @@ class _Batcher:
         async for events in batches:
             if self._sender.done():  # stopped (a fatal error): take nothing more
                 return
-            self._add(events)
+            self._pending.extend(events)
+            self._idle.clear()
+            self._ready.set()
             if len(self._pending) >= self._size:
                 self._room.clear()
                 await self._until(self._room)
         await self._until(self._idle)
 
-    def _add(self, events: list) -> None:
-        """Queue ``events`` for the sender."""
-        self._pending.extend(events)
-        self._idle.clear()
-        self._ready.set()
-
     async def _send(self) -> None:
         """Store the queued events, up to ``size`` at a time, until ``stop()``."""
         while not self._stop():
             await self._ready.wait()
-            batch = self._take()
+            batch = self._pending[: self._size]  # the oldest queued events
+            del self._pending[: len(batch)]
+            if not self._pending:
+                self._ready.clear()
+            self._room.set()
             self._storing = asyncio.ensure_future(self._store(batch))
             await asyncio.shield(self._storing)  # a cancelled sender still finishes the batch
             if not self._pending:
                 self._idle.set()
-
-    def _take(self) -> list:
-        """The next batch: up to ``size`` of the queued events, oldest first."""
-        batch = self._pending[: self._size]
-        del self._pending[: len(batch)]
-        if not self._pending:
-            self._ready.clear()
-        self._room.set()
-        return batch
 
     async def _until(self, event: asyncio.Event) -> None:
         """Wait until ``event`` is set or the sender stops."""
@@ -202,8 +191,7 @@ class BatchRunner:
         """Make a request of the scoring process and acknowledge the positions it releases."""
         async with self.lock:
             try:
-                released = await request()
-                await self.acks.release(released)
+                await self.acks.release(await request())
             except Exception as exc:  # noqa: BLE001 - whatever failed, stop acking
                 await self._stop(exc)
 
@@ -235,15 +223,36 @@ def create_app(settings: Settings) -> faust.App:
             "which starts the embedded broker"
         )
     app = _new_app(settings)
-    source = _raw_topic(app, settings.transactions_topic)
-    label_source = _raw_topic(app, settings.labels_topic)
     pipeline = PipelineProcess(settings)  # the scoring core in a process of its own
     tune_gc()
     app.fatal = None  # type: ignore[attr-defined]
     runner = BatchRunner(app, pipeline)
-    app.acks = runner.acks  # type: ignore[attr-defined]
-    _add_agents(app, settings, runner, source, label_source)
     app.pipeline = pipeline  # type: ignore[attr-defined]
+
+    @app.agent(_raw_topic(app, settings.transactions_topic), name="score_transactions")
+    async def score_transactions(stream):
+        """Store the transactions in batches as large as the reading allows."""
+        # Batches are stored one at a time, in order; a batch's events are acknowledged only
+        # after it is stored and its alerts delivered (store_and_ack).
+        batches = stream.noack_take(settings.batch_size, within=settings.batch_timeout_s)
+        await store_while_reading(
+            batches, lambda events: runner.store_and_ack(stream, events), settings.batch_size,
+            stop=runner.failed,
+        )  # fmt: skip
+
+    @app.agent(_raw_topic(app, settings.labels_topic), name="learn_labels")
+    async def learn_labels(stream):
+        """Store the labels, batch by batch."""
+        # Same path: the core tells labels from transactions by topic; acked once released.
+        async for events in stream.noack_take(settings.batch_size, within=settings.batch_timeout_s):
+            await runner.store_and_ack(stream, events)
+
+    @app.timer(interval=IDLE_CHECK_S)
+    async def housekeeping():
+        # The protocol's idle turn, when no batch comes: finish the one in flight, record
+        # deliveries, the idle first fit, finished refits (the latter once a second at most).
+        await runner.idle()
+
     return app
 
 
@@ -276,35 +285,6 @@ def _new_app(settings: Settings) -> faust.App:
 def _raw_topic(app: faust.App, name: str):
     """The existing topic ``name``, read as raw bytes."""
     return app.topic(name, key_serializer="raw", value_serializer="raw", internal=False)
-
-
-def _add_agents(app: faust.App, settings: Settings, runner: BatchRunner, source, label_source):
-    """Register the transactions and labels agents and the idle timer, all feeding ``runner``."""
-
-    @app.agent(source, name="score_transactions")
-    async def score_transactions(stream):
-        """Store the transactions in batches as large as the reading allows."""
-        # Batches are stored one at a time, in order; a batch's events are acknowledged only
-        # after it is stored and its alerts delivered (store_and_ack).
-        batches = stream.noack_take(settings.batch_size, within=settings.batch_timeout_s)
-        await store_while_reading(
-            batches, lambda events: runner.store_and_ack(stream, events), settings.batch_size,
-            stop=runner.failed,
-        )  # fmt: skip
-
-    @app.agent(label_source, name="learn_labels")
-    async def learn_labels(stream):
-        """Store the labels, batch by batch."""
-        # Same path: the core tells labels from transactions by topic; acked once released.
-        async for events in stream.noack_take(settings.batch_size, within=settings.batch_timeout_s):
-            await runner.store_and_ack(stream, events)
-
-    @app.timer(interval=IDLE_CHECK_S)
-    async def housekeeping():
-        """Give the protocol its idle turn."""
-        # When no batch comes: finish the one in flight, record deliveries, the idle first fit,
-        # finished refits (the protocol does the latter once a second at most).
-        await runner.idle()
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> int:

@@ -1,39 +1,25 @@
 """Streaming features: each event is compared with its account's and its merchant's own past.
 
-This module is the one place where every model input is defined (:data:`FEATURES`,
-:data:`LABEL_FEATURES`); docs/scoring.md's feature table is checked against it.
+Every model input is declared here once, as a :class:`Feature` in :data:`FEATURES` or
+:data:`LABEL_FEATURES`; column order, the forest's inputs and the compiled row follow from the
+declarations. Adding a feature is its declaration and the line that computes it
+(``self._row.<name> = ...``), then its test and its row in docs/scoring.md
+(tests/test_readme.py prints the row it expects).
 
-Windows come in two kinds:
+Windows: *exact* short ones (10 min, 1 h, 24 h) over the account's last ``history`` events, and
+*decayed* long ones (1, 7, 30 days: each event weighs ``exp(-age / window)``), which need O(1)
+memory per account or merchant. State is bounded (``max_accounts``, ``max_merchants``: the least
+recently seen are evicted after a batch); an evicted account that comes back is rebuilt from its
+stored events (:meth:`AccountStates.missing`, :meth:`AccountStates.restore`). Feature values
+depend only on events seen before, so a replay into a fresh :class:`AccountStates` gives the
+same vectors.
 
-- *exact* short windows (10 min, 1 h, 24 h) over the account's last ``history`` transactions;
-- *decayed* windows (1, 7, 30 days) for longer horizons: each event counts with weight
-  ``exp(-age / window)``, so "count over 7 days" is the exponentially decayed count with a time
-  constant of 7 days and "mean over 30 days" the decayed mean. They need O(1) memory per account
-  or merchant, whatever the history.
-
-State is bounded: at most ``max_accounts`` accounts and ``max_merchants`` merchants (the least
-recently seen are evicted, after a batch). An evicted account that comes back is rebuilt from
-its stored events (:meth:`AccountStates.missing`, :meth:`AccountStates.restore`), as after a
-restart. Feature values depend only on events seen before, so replaying the same events into a
-fresh :class:`AccountStates` gives the same vectors.
-
-Features by name. Each feature is declared once, a :class:`Feature` (name, definition, and its
-column among the Isolation Forest's inputs if the forest sees it: an explicit position, so that
-the forest's columns keep their order whatever the declaration order); the declaration order is
-the column order, and everything else follows from it: :data:`FEATURE_NAMES`, :data:`WIDTH`,
-:data:`SLOT` (each name's column), :data:`ANOMALY_FEATURE_NAMES`, :data:`ANOMALY_COLUMNS`. The
-computation numbers no column: it sets a field of the feature's name,
-``self._row.log_amount = ...``, and ``_emit`` copies the row into the event's columns. Compiled,
-the row is a C struct of doubles (``Row``, features.pxd), which setup.py writes from
-:data:`FEATURES` (Cython needs each C field's name when it compiles): a value is one C store. As
-plain Python the row is an object with one slot per declared name, new for each event.
-
-Adding a feature is its declaration in FEATURES and the line that computes it, both here; then
-its test, and its row in docs/scoring.md (tests/test_readme.py prints the row it expects). A
-misspelt or undeclared name raises at the first event, compiled or not; a declared feature that
-an event leaves unset raises in plain Python, which tests/test_compiled.py runs beside the
-compiled module, checking that every event sets every feature exactly once; a compiled module
-older than the declaration stops the import (:func:`_check_row`).
+Compiled by Cython at install (setup.py; features.pxd types the code, and setup.py writes its
+struct ``Row``, one C double per declared feature, from :data:`FEATURES`), or run as plain
+Python with the same results. A misspelt or undeclared name raises at the first event either
+way; a declared feature an event leaves unset raises in plain Python, which
+tests/test_compiled.py runs beside the compiled module; a compiled module built before the
+declarations changed stops the import (:func:`_check_row`).
 """
 
 from __future__ import annotations

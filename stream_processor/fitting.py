@@ -1,10 +1,6 @@
-"""Fitting the models with scikit-learn, and turning a fitted estimator into flat arrays.
-
-This is the only module of the processor that imports scikit-learn. It runs in the refit worker
-process (:mod:`stream_processor.refit`); the processor names its functions
-(``stream_processor.model.FIT_ANOMALY``, ...) rather than importing them, and gets back
-:class:`~stream_processor.model.FittedModel` / :class:`~stream_processor.model.SupervisedModel`,
-which hold NumPy arrays only.
+"""Fitting the models with scikit-learn, and turning a fitted estimator into the flat arrays of
+:mod:`stream_processor.model`: the processor's only module that imports scikit-learn, run in the
+refit worker, by name (``stream_processor.model.FIT_ANOMALY``, ...).
 """
 
 from __future__ import annotations
@@ -81,16 +77,13 @@ def fit_supervised(
     started = time.perf_counter()
     # Legitimate events dominate; a sample of them, weighted back up, fits several times faster
     # with the same probabilities on average.
-    weights = None
+    weights, fit_labels = None, labels
     negatives = np.flatnonzero(labels == 0)
     if len(negatives) > MAX_NEGATIVES:
-        rng = np.random.default_rng(seed)
-        kept = rng.choice(negatives, MAX_NEGATIVES, replace=False)
+        kept = np.random.default_rng(seed).choice(negatives, MAX_NEGATIVES, replace=False)
         rows = np.sort(np.concatenate([np.flatnonzero(labels != 0), kept]))
         weights = np.where(labels[rows] == 0, len(negatives) / MAX_NEGATIVES, 1.0)
         features, fit_labels = features[rows], labels[rows]
-    else:
-        fit_labels = labels
     estimator = HistGradientBoostingClassifier(
         max_iter=150, learning_rate=0.1, max_leaf_nodes=31, l2_regularization=1.0,
         random_state=seed,
@@ -119,8 +112,7 @@ def load_supervised(blob: bytes, **fields) -> SupervisedModel:
 
 
 def anomaly_model(forest: IsolationForest, blob: bytes, **fields) -> FittedModel:
-    """The forest as flat arrays; a leaf's value is the depth scikit-learn scores it with
-    (path length + the average path length of the samples left in it - 1)."""
+    """The forest as flat arrays; a leaf's value is the depth scikit-learn scores it with."""
     trees = []
     for estimator, depths, columns in zip(
         forest.estimators_,
@@ -147,9 +139,7 @@ def anomaly_model(forest: IsolationForest, blob: bytes, **fields) -> FittedModel
     over = thresholds.astype(np.float64) > flat.threshold
     thresholds[over] = np.nextafter(thresholds[over], np.float32(-np.inf))
     return FittedModel(
-        trees=FlatTrees(
-            flat.roots, flat.feature, thresholds, flat.children, flat.value, flat.depth
-        ),
+        trees=replace(flat, threshold=thresholds),
         normaliser=compat.forest_normaliser(forest),
         blob=blob,
         **fields,
@@ -177,9 +167,8 @@ def supervised_model(estimator: HistGradientBoostingClassifier, blob: bytes, **f
                 int(nodes["depth"][leaf].max()),
             )
         )
-    flat = _flatten(trees)
     return SupervisedModel(
-        trees=flat,
+        trees=_flatten(trees),
         baseline=compat.boosted_baseline(estimator),
         blob=blob,
         **fields,

@@ -45,10 +45,8 @@ class HealthServer:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
-        self._thread.start()
-        log.info("health page on http://%s:%d/health", host, self.port)
+        threading.Thread(target=self._server.serve_forever, name="health", daemon=True).start()
+        log.info("health page on http://%s:%d/health", host, port)
 
     def close(self) -> None:
         if self._server is not None:

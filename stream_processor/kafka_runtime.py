@@ -47,16 +47,6 @@ def consumer_config(settings: Settings) -> dict:
     }
 
 
-def next_offsets(positions: list[tuple[str, int, int]]) -> list[TopicPartition]:
-    """The offsets to commit after ``positions`` ((topic, partition, offset) of the last
-    message of each partition in each batch): one past the last of each partition."""
-    last: dict[tuple[str, int], int] = {}
-    for topic, partition, offset in positions:
-        key = (topic, partition)
-        last[key] = max(last.get(key, -1), offset)
-    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-
-
 def core_messages(msgs: list) -> tuple[list[RawMessage], list[Position]]:
     """A ``consume()`` result as the core's messages, and the position of its last message in
     each partition (what :func:`commit` takes); errors other than a partition's end logged."""
@@ -71,20 +61,20 @@ def core_messages(msgs: list) -> tuple[list[RawMessage], list[Position]]:
     return raws, last_positions(raws)
 
 
-def commit(consumer: Consumer, positions: list, *, asynchronous: bool = True) -> None:
-    """Commit past ``positions`` (see :func:`next_offsets`); a failed commit only means the
-    batch is consumed again later.
-
-    After a broker outage the group may have moved on (UNKNOWN_MEMBER_ID, a rebalance): the
-    stored rows are then recognised by transaction_id when the batch comes back. The loop does
-    not wait for the broker's answer (0.8 us an event of round trips, docs/benchmarks.md): a
-    failure is logged by :func:`committed` when it arrives; the last commit, at shutdown,
-    waits.
-    """
-    if not positions:
+def commit(consumer: Consumer, positions: list[Position], *, asynchronous: bool = True) -> None:
+    """Commit one past the last of ``positions`` (of each batch) in each partition. A failed
+    commit only means the batch is consumed again (after a broker outage the group may have
+    moved on: UNKNOWN_MEMBER_ID, a rebalance), its stored rows recognised by transaction_id.
+    The loop does not wait for the broker's answer (:func:`committed` logs a failure when it
+    arrives); the last commit, at shutdown, waits."""
+    last: dict[tuple[str, int], int] = {}
+    for topic, partition, offset in positions:
+        last[topic, partition] = max(last.get((topic, partition), -1), offset)
+    if not last:
         return
+    offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
     try:
-        consumer.commit(offsets=next_offsets(positions), asynchronous=asynchronous)
+        consumer.commit(offsets=offsets, asynchronous=asynchronous)
     except KafkaException as exc:
         _commit_failed(exc)
 
@@ -114,7 +104,7 @@ class ConsumerOffsets:
     def __init__(self, consumer: Consumer):
         self.consumer = consumer
 
-    def commit(self, positions: list, *, final: bool) -> None:
+    def commit(self, positions: list[Position], *, final: bool) -> None:
         commit(self.consumer, positions, asynchronous=not final)
 
 

@@ -9,10 +9,10 @@ training window, which refits the supervised model in the background.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import replace
 
 import numpy as np
 
@@ -43,14 +43,13 @@ class SupervisedTrainer:
     ):
         self.settings = settings
         self.refits = refits
-        self.versions = versions
         self.model = model
         size = max(settings.supervised_window, 1)
         self._x = np.empty((size, len(SUPERVISED_FEATURE_NAMES)))
         self._y = np.zeros(size, dtype=np.int8)
         self._pos = self._len = 0
         self.since_fit = 0  # labels added since the last fit started
-        self.refit = BackgroundFit("supervised refit")
+        self.refit = BackgroundFit("supervised refit", versions)
 
     def add(self, features: np.ndarray, is_fraud: int) -> None:
         size = len(self._y)
@@ -75,23 +74,20 @@ class SupervisedTrainer:
         if frauds < s.supervised_min_frauds or frauds == len(y):
             return
         self.since_fit = 0
-        self.refit.start(
-            self.refits.submit(
-                FIT_SUPERVISED,
-                self._x[: self._len].copy(),
-                y.copy(),
-                version=0,  # numbered when swapped in, so a failed fit leaves no gap
-                threshold=s.supervised_flag_threshold,
-                seed=s.model_seed,
-            )
+        self.refit.future = self.refits.submit(
+            FIT_SUPERVISED,
+            self._x[: self._len].copy(),
+            y.copy(),
+            version=0,  # numbered when swapped in
+            threshold=s.supervised_flag_threshold,
+            seed=s.model_seed,
         )
 
     def swap_in(self, result: BatchResult) -> None:
-        """Install the model of a finished refit, numbered now."""
+        """Install the model of a finished refit."""
         model = self.refit.take()
         if model is None:
             return
-        model = replace(model, version=self.versions.take())
         self.model = model
         result.models.append(model)
         log.info(
@@ -101,9 +97,8 @@ class SupervisedTrainer:
 
 
 class LabelLearner:
-    """Learns delayed labels: queued until the event clock reaches their ``labelled_at``, then
-    matched to their scored event (this batch's, a stored one, or one still to come) and
-    learned into the label memory and the supervised training window."""
+    """Learns delayed labels, each from its scored event: this batch's, a stored one, or one
+    still to come."""
 
     def __init__(
         self,
@@ -120,7 +115,7 @@ class LabelLearner:
         self.memory = LabelMemory()
         self.clock = clock  # the stream's event time: the newest event scored (epoch s)
         self._queue: list[tuple[float, int, Label]] = []  # by labelled_at, then arrival
-        self._seq = 0
+        self._arrivals = itertools.count()
         # Released labels whose event was not scored yet (another partition can lag behind):
         # learned right after that event is scored, never before.
         self.orphans: OrderedDict[str, Label] = OrderedDict()
@@ -140,17 +135,14 @@ class LabelLearner:
         return len(self._queue)
 
     def queue(self, label: Label) -> None:
-        self._seq += 1
-        heapq.heappush(self._queue, (label.labelled_at.timestamp(), self._seq, label))
-
-    def waiting(self) -> bool:
-        """A label of this batch, a queued one or an orphan may need this batch's events."""
-        return self.labels_in_batch or bool(self._queue) or bool(self.orphans)
+        heapq.heappush(self._queue, (label.labelled_at.timestamp(), next(self._arrivals), label))
 
     def keep(self, events: list[HeldEvent], inputs: np.ndarray, result: BatchResult) -> None:
         """Events just scored (``inputs``: their supervised inputs): an orphan's label is
         learned now; the others are kept for labels released with this batch."""
-        if not self.waiting():  # the pipeline without labels keeps nothing
+        # Only a label of this batch, a queued one or an orphan can need them: the pipeline
+        # without labels keeps nothing.
+        if not (self.labels_in_batch or self._queue or self.orphans):
             return
         orphans, kept = self.orphans, self._batch_events
         for i, h in enumerate(events):
@@ -177,12 +169,7 @@ class LabelLearner:
         due: list[Label] = []
         while self._queue and self._queue[0][0] <= self.clock:
             due.append(heapq.heappop(self._queue)[2])
-        if due:
-            self._learn_due(due, result)
-        self._batch_events = {}
-
-    def _learn_due(self, due: list[Label], result: BatchResult) -> None:
-        kept = self._batch_events
+        kept, self._batch_events = self._batch_events, {}
         missing = [lb.transaction_id for lb in due if lb.transaction_id not in kept]
         stored = self.store.lookup_events(missing) if missing else {}
         for label in due:

@@ -40,7 +40,7 @@ def decode_label(value: bytes | None) -> Label:
     except InvalidRecord as exc:
         raise InvalidRecord("labelled_at", exc.reason) from None
     return Label(
-        text_value(record.get("transaction_id"), "transaction_id", MAX_ID_LENGTH),
-        is_fraud,
-        labelled_at,
+        transaction_id=text_value(record.get("transaction_id"), "transaction_id", MAX_ID_LENGTH),
+        is_fraud=is_fraud,
+        labelled_at=labelled_at,
     )

@@ -52,23 +52,6 @@ class FlatTrees:
     depth: int  # steps to reach a leaf from every root
     nan_right: np.ndarray | None = None  # uint8 per node
 
-    def leaves(self, x: np.ndarray) -> np.ndarray:
-        """The leaf each row reaches in each tree: shape (rows, trees)."""
-        n, width = x.shape
-        flat = x.ravel()
-        base = (np.arange(n, dtype=np.int32) * np.int32(width))[:, None]
-        nodes = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
-        nan = self.nan_right is not None and bool(np.isnan(flat).any())
-        for _ in range(self.depth):
-            values = flat.take(self.feature.take(nodes) + base)
-            right = values > self.threshold.take(nodes)
-            if nan:
-                right |= np.isnan(values) & self.nan_right.take(nodes).astype(bool)
-            nodes += nodes
-            nodes += right
-            nodes = self.children.take(nodes)
-        return nodes
-
     def totals(self, x: np.ndarray, start: float = 0.0) -> np.ndarray:
         """``start`` plus the trees' leaf values, added tree by tree in order (as scikit-learn
         adds them, so the sums are bit for bit the same). In C where compiled, for inputs of the
@@ -88,25 +71,50 @@ class FlatTrees:
         return self.walked_totals(x, start)
 
     def walked_totals(self, x: np.ndarray, start: float = 0.0) -> np.ndarray:
-        """:meth:`totals` by the NumPy walk (:meth:`leaves`)."""
-        values = self.value.take(self.leaves(x))
+        """:meth:`totals` by a NumPy walk: every row one step down every tree at a time."""
+        n, width = x.shape
+        flat = x.ravel()
+        base = (np.arange(n, dtype=np.int32) * np.int32(width))[:, None]
+        nodes = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
+        nan = self.nan_right is not None and bool(np.isnan(flat).any())
+        for _ in range(self.depth):
+            values = flat.take(self.feature.take(nodes) + base)
+            right = values > self.threshold.take(nodes)
+            if nan:
+                right |= np.isnan(values) & self.nan_right.take(nodes).astype(bool)
+            nodes += nodes
+            nodes += right
+            nodes = self.children.take(nodes)
+        values = self.value.take(nodes)
         if start:
             values = np.hstack([np.full((len(values), 1), start), values])
         return np.cumsum(values, axis=1)[:, -1]
 
 
 @dataclass(frozen=True)
-class FittedModel:
+class Model:
+    """What both models have, and model_versions records."""
+
     version: int
-    trees: FlatTrees  # value = depth of the leaf (path length + expected rest, as sklearn)
-    normaliser: float  # trees x the expected path length of max_samples (0: single-sample trees)
-    threshold: float
-    flag_quantile: float
+    trees: FlatTrees
+    threshold: float  # flag above it (anomaly score), or from it (P(fraud))
     fitted_at: float  # epoch s
     training_rows: int
     fit_seconds: float
-    reason: str  # why this fit happened: initial, events, interval, drift
+    reason: str  # why this fit happened: initial, events, interval, drift; labels (supervised)
     blob: bytes  # the joblib dump of the scikit-learn estimator, for model_versions
+
+    def dumps(self) -> bytes:
+        return self.blob
+
+
+@dataclass(frozen=True)
+class FittedModel(Model):
+    """The Isolation Forest: a leaf's value is its depth (path length + expected rest, as
+    scikit-learn counts it)."""
+
+    normaliser: float  # trees x the expected path length of max_samples (0: single-sample trees)
+    flag_quantile: float
     kind: str = "isolation_forest"
 
     def score(self, features: np.ndarray) -> np.ndarray:
@@ -119,24 +127,14 @@ class FittedModel:
         x = np.ascontiguousarray(features, dtype=np.float32)
         return 2 ** (-self.trees.totals(x) / self.normaliser)
 
-    def dumps(self) -> bytes:
-        return self.blob
-
 
 @dataclass(frozen=True)
-class SupervisedModel:
-    """A gradient-boosted classifier trained on labelled history; ``score`` = P(fraud)."""
+class SupervisedModel(Model):
+    """A gradient-boosted classifier trained on labelled history; ``score`` = P(fraud). A leaf's
+    value is its contribution to the log-odds."""
 
-    version: int
-    trees: FlatTrees  # value = the leaf's contribution to the log-odds
     baseline: float  # log-odds before any tree
-    threshold: float  # flag when the probability reaches this
-    fitted_at: float
-    training_rows: int
     frauds: int
-    fit_seconds: float
-    reason: str  # labels
-    blob: bytes
     kind: str = "supervised"
     flag_quantile: float | None = None
 
@@ -145,6 +143,3 @@ class SupervisedModel:
             return np.empty(0)
         raw = self.trees.totals(np.ascontiguousarray(features, dtype=np.float64), self.baseline)
         return 1.0 / (1.0 + np.exp(-raw))
-
-    def dumps(self) -> bytes:
-        return self.blob

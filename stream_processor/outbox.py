@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import partial
 
 from confluent_kafka import Producer
 
@@ -33,11 +34,8 @@ class Outbound:
 def alert_message(alert: dict) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     """(key, value, headers) of an alert: keyed by account, JSON value."""
     value = json.dumps(alert, ensure_ascii=False, separators=(",", ":")).encode()
-    return (
-        alert["account_id"].encode(),
-        value,
-        [("transaction_id", alert["transaction_id"].encode())],
-    )
+    headers = [("transaction_id", alert["transaction_id"].encode())]
+    return alert["account_id"].encode(), value, headers
 
 
 def dead_letter_message(dl: dict) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
@@ -86,14 +84,11 @@ class KafkaOutbox:
 
     def produce(self, out: Outbound) -> KafkaDelivery:
         delivery = KafkaDelivery(self.producer)
+        send = partial(produce, self.producer, on_delivery=delivery.on_delivery)
         for alert in out.alerts:
-            key, value, headers = alert_message(alert)
-            produce(self.producer, self.settings.alerts_topic, key, value, headers,
-                    delivery.on_delivery)  # fmt: skip
+            send(self.settings.alerts_topic, *alert_message(alert))
         for dl in out.dead_letters:
-            key, value, headers = dead_letter_message(dl)
-            produce(self.producer, self.settings.dlq_topic, key, value, headers,
-                    delivery.on_delivery)  # fmt: skip
+            send(self.settings.dlq_topic, *dead_letter_message(dl))
         return delivery
 
     def close(self) -> None:

@@ -1,10 +1,6 @@
-"""The scoring core and the sink wired together: what every runtime does with a batch.
-
-:class:`BatchPipeline` scores a batch (:meth:`~BatchPipeline.score`), has it written beside the
-next one's scoring (:meth:`~BatchPipeline.submit`, then :meth:`~BatchPipeline.collect`, which
-gives the alerts and dead letters to send), and records delivered alerts with the next write.
-When offsets may be committed is decided by the commit protocol (:mod:`stream_processor.commit`),
-which drives it.
+"""The scoring core and the sink wired together: what every runtime does with a batch
+(:class:`BatchPipeline`), driven by the commit protocol (:mod:`stream_processor.commit`), which
+decides when offsets may be committed.
 """
 
 from __future__ import annotations
@@ -32,11 +28,10 @@ def tune_gc() -> None:
     """Keep the cyclic garbage collector's full passes off the batch path (runtimes only).
 
     Per-account state is millions of small containers that live for the whole run; a full
-    collection walks all of them (0.15 s with ~10,000 accounts, seconds with a million) and
-    stalls the batch it lands in: the latency outliers. Everything alive at start-up (modules,
-    models, the state rebuilt from the database) is frozen out of collection, and full passes run
-    a hundredth as often. Reference counting still frees everything that forms no cycle, which
-    is all the per-event data.
+    collection walks all of them and stalls the batch it lands in: the latency outliers.
+    Everything alive at start-up (modules, models, the state rebuilt from the database) is
+    frozen out of collection, and full passes run a hundredth as often; reference counting still
+    frees all the per-event data, which forms no cycle.
     """
     gc.freeze()
     young, middle, _old = gc.get_threshold()
@@ -53,16 +48,12 @@ class BatchPipeline:
         out = pipeline.collect()              # batch n-1 committed: its alerts to publish
         pipeline.submit(result, published=...)
 
-    While a write is in flight the core's reads see the committed database plus, for duplicate
-    detection, the ids being written; a read of stored events (evicted accounts, labelled
-    events) waits for the write first."""
+    While a write is in flight the core reads through a :class:`SinkStore`."""
 
     def __init__(self, settings: Settings, refits: RefitRunner | None = None):
         self.settings = settings
         self.sink = open_sink(settings.database_url)
         self._submitted: BatchResult | None = None  # written, not collected yet
-        # What the core reads while a write may be in flight: the ids being written count as
-        # stored; a read of stored events (evicted accounts, labelled events) waits for it.
         self.store = SinkStore(self.sink, settings.account_history)
         refits = refits or RefitRunner()  # saved models load where scikit-learn is
         restored = Restored(
@@ -135,14 +126,6 @@ class BatchPipeline:
             self.store.in_flight_ids = frozenset()
         if result is None:
             return Outbound()
-        return self._outbound(result)
-
-    @property
-    def in_flight(self) -> bool:
-        """A write was submitted and not collected yet."""
-        return self._submitted is not None
-
-    def _outbound(self, result: BatchResult) -> Outbound:
         for m in result.models:
             log.info(
                 "model v%d recorded (%s, %d training events, threshold %.4f; refit work in "
@@ -157,6 +140,11 @@ class BatchPipeline:
             self._undelivered = []
         unique = list({a["transaction_id"]: a for a in alerts}.values())
         return Outbound(alerts=unique, dead_letters=result.dead_letters, refit_s=result.refit_s)
+
+    @property
+    def in_flight(self) -> bool:
+        """A write was submitted and not collected yet."""
+        return self._submitted is not None
 
     def published(self, published: Mapping[str, float]) -> None:
         """Record delivered alerts in a transaction of their own (no batch to carry them)."""

@@ -10,7 +10,6 @@ for the server without holding the GIL, so the next batch is scored meanwhile.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import psycopg
@@ -19,8 +18,8 @@ from sqlalchemy.dialects.postgresql import insert
 
 from fraudstream.retry import retry
 from fraudstream.schema import Transaction
-from stream_processor.core import ROW_COLUMNS, BatchResult
-from stream_processor.sink import Sink, SinkError, Step, _history_event, write_plan
+from stream_processor.core import ROW_COLUMNS
+from stream_processor.sink import Sink, SinkError, Step, _history_event
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +60,8 @@ class PostgresSink(Sink):
         self._pending: Future | None = None
         self._conn: psycopg.Connection | None = None  # the writer thread's own
 
-    def submit(self, result: BatchResult, published: Mapping[str, float] | None = None) -> None:
-        if not result and not published:
-            return
-        self.wait()
-        self._pending = self._executor.submit(self._write, write_plan(result, published))
+    def _start(self, steps: list[Step]) -> None:
+        self._pending = self._executor.submit(self._write, steps)
 
     def wait(self) -> None:
         pending, self._pending = self._pending, None
@@ -100,8 +96,6 @@ class PostgresSink(Sink):
                             for row in step.rows:
                                 copy.write_row(row)
                         cur.execute(INSERT_INCOMING)
-                    elif step.rows is None:
-                        cur.execute(self._sql(step))
                     else:
                         cur.executemany(self._sql(step), step.rows)
             conn.commit()
@@ -129,9 +123,7 @@ class PostgresSink(Sink):
     def _sql(self, step: Step) -> str:
         sql = self._compiled.get(step.key)
         if sql is None:
-            columns = list(step.key[1]) or None
-            compiled = step.build(insert).compile(dialect=self.engine.dialect, column_keys=columns)
-            sql = self._compiled[step.key] = str(compiled)
+            sql = self._compiled[step.key] = str(step.compile(insert, self.engine.dialect))
         return sql
 
     # -- reading -------------------------------------------------------------------------------

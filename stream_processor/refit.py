@@ -5,11 +5,10 @@ gradient-boosted fit). In a thread it would hold the GIL for most of a second an
 that second would wait for it (``benchmarks.latency``'s refit pause measures it beside a thread
 baseline). In a worker process the batch path keeps the interpreter to itself; the worker runs
 at a lower priority (``nice`` 10) with one native thread, so on a small machine the stream
-still gets the CPU first. The training arrays go to the worker and the fitted model comes back
-pickled, as NumPy arrays (:mod:`stream_processor.model`); the model's joblib dump is made in the
-worker too. Callers name the function to run (``"module:function"``), so the processor itself
-never imports scikit-learn. Both are pickled and unpickled in the caller's thread, not in a
-helper thread: the batch path pays for them at a moment it chooses and can measure.
+still gets the CPU first. Callers name the function to run (``"module:function"``), so the
+processor itself never imports scikit-learn. Its arguments and result are pickled and unpickled
+in the caller's thread, not in a helper thread: the batch path pays for them at a moment it
+chooses and can measure.
 
 Each :class:`RefitRunner` starts its worker when it is made, off the batch path; the worker
 (a :class:`fraudstream.processes.Worker`) exits with the processor, and is replaced if it ever
@@ -56,20 +55,11 @@ def worker_pid() -> int:
     return os.getpid()
 
 
-class PickledFuture:
-    """A fit's future whose ``result()`` unpickles the value in the calling thread."""
-
-    def __init__(self, inner: Future):
-        self.inner = inner
-
-    def done(self) -> bool:
-        return self.inner.done()
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        return self.inner.exception(timeout)
+class PickledFuture(Future):
+    """A fit's future, set to the pickled value; ``result()`` unpickles it in the calling thread."""
 
     def result(self, timeout: float | None = None):
-        return pickle.loads(self.inner.result(timeout))
+        return pickle.loads(super().result(timeout))
 
 
 class RefitRunner:
@@ -79,7 +69,7 @@ class RefitRunner:
         self._lock = threading.Lock()
         self._worker: Worker | None = None
         self._tasks = itertools.count()
-        self._pending: dict[int, tuple[Worker, Future]] = {}
+        self._pending: dict[int, tuple[Worker, PickledFuture]] = {}
         self._started = threading.Event()
         self._closed = False
         # The worker starts now, off the batch path (a fork of the forkserver; the forkserver
@@ -89,7 +79,7 @@ class RefitRunner:
     def submit(self, fn: str | Callable, /, *args, **kwargs) -> PickledFuture:
         """Run ``fn`` (a function or its ``"module:function"`` name) in the worker."""
         payload = pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-        future: Future = Future()
+        future = PickledFuture()
         with self._lock:
             if self._closed:
                 raise WorkerGone("the refit worker was closed")
@@ -104,7 +94,7 @@ class RefitRunner:
                     self._replace(worker)
                     if attempt == 2:
                         raise
-        return PickledFuture(future)
+        return future
 
     def run(self, fn: str | Callable, /, *args, **kwargs):
         """Run ``fn`` in the worker and wait for its result (the first fit, loading a model)."""
@@ -145,14 +135,13 @@ class RefitRunner:
 
     def _answers(self, worker: Worker) -> None:
         """Hand each answer to its future; when the worker is gone, fail what it held."""
-        ended = False  # by the end of its input: it says goodbye (an empty message)
-        while not ended:
+        while True:
             try:
                 data = worker.receive_bytes()
             except WorkerGone:
+                log.warning("the refit worker process died; the next fit starts a new one")
                 break
-            if not data:
-                ended = True
+            if not data:  # its goodbye at the end of its input: not a crash
                 break
             task, ok = _TASK.unpack_from(data)
             with self._lock:
@@ -164,8 +153,6 @@ class RefitRunner:
                 future.set_result(body)
             else:
                 future.set_exception(pickle.loads(body))
-        if not ended:
-            log.warning("the refit worker process died; the next fit starts a new one")
         with self._lock:
             self._replace(worker)
             lost = [t for t, (w, _f) in self._pending.items() if w is worker]

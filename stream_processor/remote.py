@@ -5,12 +5,10 @@ faust-streaming spends about 240 us of Python per event before any work (its str
 consumer bookkeeping), and the scoring core about as much again. In one interpreter the two take
 turns on the GIL, so the runtime ran at under half of bare faust's rate. Here faust keeps its
 process and consumes; the commit protocol (:mod:`stream_processor.commit`: scoring, the sink,
-delivering alerts and dead letters) runs in a child process, which answers each batch with the
-positions it releases: faust acknowledges the events up to them. While the child works on one
-batch, faust reads the next on the other core.
-
-The child ignores SIGINT and SIGTERM (the parent decides when to stop: it finishes, then closes
-the child) and exits when the parent's end of the pipe closes, however the parent ended.
+delivering alerts and dead letters) runs in a child process (a
+:class:`~fraudstream.processes.Worker`), which answers each batch with the positions it releases:
+faust acknowledges the events up to them. While the child works on one batch, faust reads the
+next on the other core.
 """
 
 from __future__ import annotations
@@ -27,8 +25,6 @@ from stream_processor.commit import CommitProtocol, Position, ReleasedOffsets, l
 from stream_processor.core import RawMessage
 from stream_processor.outbox import KafkaOutbox
 from stream_processor.pipeline import BatchPipeline, tune_gc
-
-log = logging.getLogger(__name__)
 
 CORE_PROCESS_NAME = "fraud-core"  # what ps shows
 START_TIMEOUT_S = 300.0  # the child imports scikit-learn and rebuilds state from the database
@@ -100,14 +96,12 @@ class PipelineProcess:
     :meth:`status`; :meth:`finish` and :meth:`close` at shutdown. Exceptions raised in the child
     are raised again here.
 
-    The faust runtime calls it from its event loop (:meth:`_acall`): the request is written there
-    and the loop waits for the answer without blocking. From an executor thread, each call
-    waited for the GIL to come back from the busy event loop thread (docs/benchmarks.md)."""
+    The faust runtime awaits it on its event loop (:meth:`_acall`), not from an executor thread,
+    whose every call waited for the GIL to come back from the busy loop (docs/benchmarks.md)."""
 
     def __init__(self, settings: Settings):
         level = logging.getLogger().getEffectiveLevel()
         self._worker = Worker(CORE_PROCESS_NAME, _serve, settings, level, preload=WORKER_PRELOAD)
-        self.pid = self._worker.pid
         self._lock = threading.Lock()
         self._unread = 0  # answers owed to cancelled calls, read and dropped by the next one
         self._closed = False

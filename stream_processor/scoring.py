@@ -19,7 +19,7 @@ from fraudstream.settings import Settings
 from stream_processor import compat
 from stream_processor.contracts import BatchResult
 from stream_processor.features import ANOMALY_COLUMNS, FEATURE_NAMES
-from stream_processor.model import FIT_ANOMALY, FittedModel, SupervisedModel
+from stream_processor.model import FIT_ANOMALY, FittedModel, Model, SupervisedModel
 from stream_processor.refit import PickledFuture, RefitRunner
 
 log = logging.getLogger(__name__)
@@ -40,35 +40,34 @@ class Versions:
 
 
 class BackgroundFit:
-    """One fit at a time in the refit worker: started, then its model taken once it is done."""
+    """One fit at a time in the refit worker: started, then its model taken (and numbered) once
+    it is done."""
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, versions: Versions):
         self.what = what  # for the log: "refit", "supervised refit"
-        self.future: PickledFuture | None = None
+        self.versions = versions
+        self.future: PickledFuture | None = None  # set to start a fit
 
     @property
     def running(self) -> bool:
         """Started and not taken yet (it may have finished)."""
         return self.future is not None
 
-    def start(self, future: PickledFuture) -> None:
-        self.future = future
-
-    def take(self) -> FittedModel | SupervisedModel | None:
-        """The model of a finished fit, once; None while it runs, or if it failed (logged: the
-        current model stays)."""
+    def take(self) -> Model | None:
+        """The model of a finished fit, once, numbered; None while it runs, or if it failed
+        (logged: the current model stays)."""
         future = self.future
         if future is None or not future.done():
             return None
         self.future = None
         try:
-            return future.result()
+            model = future.result()
         except Exception:
             log.exception("%s failed; keeping the current model", self.what)
             return None
+        return replace(model, version=self.versions.take())
 
     def wait(self, timeout_s: float) -> None:
-        """Until a running fit is done (or ``timeout_s``)."""
         if self.future is not None:
             self.future.exception(timeout=timeout_s)
 
@@ -161,7 +160,7 @@ class AnomalyScorer:
         self.window = TrainingWindow(settings.training_window)
         self.since_fit = 0  # events scored since the last fit started
         self.last_fit = time.monotonic()
-        self.refit = BackgroundFit("refit")
+        self.refit = BackgroundFit("refit", versions)
         self.drift = DriftWatch(settings.drift_delta, counts)
 
     def score(
@@ -191,18 +190,23 @@ class AnomalyScorer:
     def fit_first(self, features: np.ndarray, result: BatchResult) -> FittedModel:
         """Fit the first model on ``features`` (the held events), waiting for it, and install
         it."""
+        inputs = features[:, ANOMALY_COLUMNS]  # fit in the refit worker too; this batch waits
+        model = self._fit(self.refits.run, inputs, version=self.versions.next, reason="initial")
+        self._install(model, result)
+        return model
+
+    def _fit(self, run, training: np.ndarray, *, version: int, reason: str):
+        """The anomaly fit on ``training`` by ``run`` (the refit runner's ``run`` or ``submit``)."""
         s = self.settings
-        model = self.refits.run(  # in the refit worker too; this batch waits for it
+        return run(
             FIT_ANOMALY,
-            features[:, ANOMALY_COLUMNS],
-            version=self.versions.next,
-            reason="initial",
+            training,
+            version=version,
+            reason=reason,
             flag_quantile=s.flag_quantile,
             n_estimators=s.n_estimators,
             seed=s.model_seed,
         )
-        self._install(model, result)
-        return model
 
     def maybe_refit(self) -> None:
         """Start a refit in the background if one is due and none is running."""
@@ -211,22 +215,12 @@ class AnomalyScorer:
         reason = self._due()
         if reason is None:
             return
-        s = self.settings
         training = self.window.anomaly_inputs()
         self.since_fit = 0
         self.last_fit = time.monotonic()
         self.drift.detected = False
-        self.refit.start(
-            self.refits.submit(
-                FIT_ANOMALY,
-                training,
-                version=0,  # numbered when swapped in, so a failed fit leaves no gap
-                reason=reason,
-                flag_quantile=s.flag_quantile,
-                n_estimators=s.n_estimators,
-                seed=s.model_seed,
-            )
-        )
+        # version 0: numbered when swapped in
+        self.refit.future = self._fit(self.refits.submit, training, version=0, reason=reason)
 
     def _due(self) -> str | None:
         """Why a refit is due now (drift, events, interval), else None."""
@@ -245,11 +239,10 @@ class AnomalyScorer:
         return None
 
     def swap_in(self, result: BatchResult) -> None:
-        """Install the model of a finished refit, numbered now."""
+        """Install the model of a finished refit."""
         model = self.refit.take()
         if model is None:
             return
-        model = replace(model, version=self.versions.next)
         self._install(model, result)
         log.info(
             "model v%d swapped in (%s refit on %d events, threshold %.4f, %.2f s)",

@@ -1,12 +1,8 @@
-"""The processor's database: one interface, two implementations.
+"""The processor's database: one interface (:class:`Sink`), two implementations.
 
 :func:`open_sink` opens ``DATABASE_URL``: a SQLite file
 (:class:`~stream_processor.sqlite_sink.SqliteSink`, written by a child process) or PostgreSQL
 (:class:`~stream_processor.postgres_sink.PostgresSink`, written by a thread, rows by COPY).
-Both take a :class:`BatchResult` with :meth:`Sink.submit` and have it committed, in one
-transaction, when :meth:`Sink.wait` returns, so the next batch is scored meanwhile; both read
-back what a restart needs through the queries here.
-
 Inserts ignore rows whose key already exists, so a replayed event never makes a second row.
 Only SQLAlchemy Core and parameterised statements.
 """
@@ -50,6 +46,9 @@ from stream_processor.refit import call
 log = logging.getLogger(__name__)
 
 CHUNK = 500  # ids per IN (...) list, far below every dialect's parameter limit
+# A model's attributes kept in the model_versions columns of the same names.
+_MODEL_FIELDS = ("version", "threshold", "flag_quantile", "fitted_at", "training_rows",
+                 "fit_seconds", "reason")  # fmt: skip
 
 
 class SinkError(RuntimeError):
@@ -76,8 +75,9 @@ def open_sink(database_url: str) -> Sink:
 
 class Sink:
     """What every sink does; :func:`open_sink` makes one. Writes: :meth:`submit` a batch's
-    result, then :meth:`wait` until it is committed (one write in flight at a time; a failed
-    one raises :class:`SinkError` there). Reads: the queries below."""
+    result, then :meth:`wait` until it is committed, in one transaction (one write in flight at
+    a time, so the next batch is scored meanwhile; a failed one raises :class:`SinkError`
+    there). Reads: the queries below, what a restart needs."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -88,6 +88,12 @@ class Sink:
         """Start writing ``result`` and recording ``published`` (earlier alerts delivered:
         transaction id -> epoch s) in one transaction; a write still in flight is waited for
         first."""
+        if result or published:
+            self.wait()
+            self._start(write_plan(result, published))
+
+    def _start(self, steps: list[Step]) -> None:
+        """Start running ``steps`` in one transaction, beside the batch path."""
         raise NotImplementedError
 
     def wait(self) -> None:
@@ -100,7 +106,6 @@ class Sink:
         raise NotImplementedError
 
     def write(self, result: BatchResult, published: Mapping[str, float] | None = None) -> None:
-        """:meth:`submit`, then :meth:`wait`."""
         self.submit(result, published)
         self.wait()
 
@@ -116,6 +121,11 @@ class Sink:
 
     def known_ids(self, ids: list[str]) -> set[str]:
         """Which of ``ids`` are already stored or held for the first fit."""
+        raise NotImplementedError
+
+    def account_history(self, account_ids: list[str], per_account: int) -> list[Transaction]:
+        """The newest ``per_account`` stored transactions of each of ``account_ids``, oldest
+        first: what rebuilds an account evicted from memory when it comes back."""
         raise NotImplementedError
 
     def unpublished_alerts(self, ids: list[str] | None = None) -> list[dict]:
@@ -135,7 +145,16 @@ class Sink:
                 for r in conn.execute(q)
             ]
 
-    def _latest(self, kind: str, names_expected: tuple[str, ...]):
+    def latest_model(self, run: Callable = call) -> FittedModel | None:
+        """The newest saved anomaly model; ``run(name, *args, **kwargs)`` runs the loader where
+        scikit-learn is (the refit worker's ``RefitRunner.run``)."""
+        return self._latest("isolation_forest", ANOMALY_FEATURE_NAMES, LOAD_ANOMALY, run)
+
+    def latest_supervised(self, run: Callable = call) -> SupervisedModel | None:
+        """The newest saved supervised model, loaded by ``run`` as :meth:`latest_model`."""
+        return self._latest("supervised", SUPERVISED_FEATURE_NAMES, LOAD_SUPERVISED, run)
+
+    def _latest(self, kind: str, names_expected: tuple[str, ...], loader: str, run: Callable):
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(model_versions)
@@ -151,25 +170,10 @@ class Sink:
                 "saved %s v%s has other features %s; fitting anew", kind, row.version, names
             )
             return None
-        return row._mapping
-
-    def latest_supervised(self, run: Callable = call) -> SupervisedModel | None:
-        """The newest saved supervised model; ``run(name, *args, **kwargs)`` runs the loader
-        where scikit-learn is (the refit worker's ``RefitRunner.run``)."""
-        m = self._latest("supervised", SUPERVISED_FEATURE_NAMES)
-        if m is None:
-            return None
-        return run(
-            LOAD_SUPERVISED,
-            m["model"],
-            version=m["version"],
-            threshold=m["threshold"],
-            fitted_at=m["fitted_at"],
-            training_rows=m["training_rows"],
-            frauds=m["training_frauds"] or 0,
-            fit_seconds=m["fit_seconds"],
-            reason=m["reason"],
-        )
+        fields = {c: row._mapping[c] for c in _MODEL_FIELDS}
+        if kind == "supervised":
+            fields["frauds"] = row.training_frauds or 0
+        return run(loader, row.model, **fields)
 
     def label_history(self, limit: int):
         """The newest ``limit`` learned labels with the features their events were scored with,
@@ -187,8 +191,7 @@ class Sink:
         with self.engine.connect() as conn:
             rows = conn.execute(select(inner).order_by(inner.c.labelled_at)).all()
         for r in rows:
-            label = Label(r.transaction_id, r.is_fraud, parse_timestamp(r.labelled_at))
-            yield LabelledEvent(r.merchant, r.account_id, _vector(r.features, r.score)), label
+            yield _labelled(r), Label(r.transaction_id, r.is_fraud, parse_timestamp(r.labelled_at))
 
     def lookup_events(self, ids: list[str]) -> dict[str, LabelledEvent | None]:
         """Stored events among ``ids``, as the supervised model learns from them; None for an
@@ -204,11 +207,7 @@ class Sink:
                     .where(t.c.transaction_id.in_(chunk))
                 )  # fmt: skip
                 for r in conn.execute(q):
-                    out[r.transaction_id] = (
-                        None
-                        if r.learned == 1
-                        else LabelledEvent(r.merchant, r.account_id, _vector(r.features, r.score))
-                    )
+                    out[r.transaction_id] = None if r.learned == 1 else _labelled(r)
         return out
 
     def queued_labels(self, limit: int):
@@ -222,23 +221,6 @@ class Sink:
             ).all()
         return [Label(r.transaction_id, r.is_fraud, parse_timestamp(r.labelled_at)) for r in rows]
 
-    def latest_model(self, run: Callable = call) -> FittedModel | None:
-        """The newest saved anomaly model, loaded by ``run`` as :meth:`latest_supervised`."""
-        m = self._latest("isolation_forest", ANOMALY_FEATURE_NAMES)
-        if m is None:
-            return None
-        return run(
-            LOAD_ANOMALY,
-            m["model"],
-            version=m["version"],
-            threshold=m["threshold"],
-            flag_quantile=m["flag_quantile"],
-            fitted_at=m["fitted_at"],
-            training_rows=m["training_rows"],
-            fit_seconds=m["fit_seconds"],
-            reason=m["reason"],
-        )
-
     def next_version(self) -> int:
         with self.engine.connect() as conn:
             return (conn.execute(select(func.max(model_versions.c.version))).scalar() or 0) + 1
@@ -251,15 +233,9 @@ class Sink:
             for r in rows
         ]
 
-    def recent_history(
-        self,
-        per_account: int,
-        account_ids: list[str] | None = None,
-        accounts: int | None = None,
-    ):
-        """The newest ``per_account`` transactions of each account, oldest first: of
-        ``account_ids`` only when given, else of the ``accounts`` most recently active
-        accounts (all when None)."""
+    def recent_history(self, per_account: int, accounts: int | None = None):
+        """The newest ``per_account`` transactions of each of the ``accounts`` most recently
+        active accounts (all when None), oldest first."""
         t = transactions
         # Events of one time in the order they were consumed: one account's events come from
         # one partition, in offset order.
@@ -271,9 +247,7 @@ class Sink:
         )  # fmt: skip
         cols = [t.c[c] for c in ("account_id", "amount", "merchant", "location")]
         inner = select(t.c.transaction_id, t.c.timestamp, t.c.kafka_offset, *cols, rn)
-        if account_ids is not None:
-            inner = inner.where(t.c.account_id.in_(account_ids))
-        elif accounts is not None:
+        if accounts is not None:
             recent = (
                 select(t.c.account_id)
                 .group_by(t.c.account_id)
@@ -299,15 +273,6 @@ class Sink:
             return conn.execute(
                 select(func.count(func.distinct(transactions.c.account_id)))
             ).scalar()
-
-    def account_history(self, account_ids: list[str], per_account: int) -> list[Transaction]:
-        """The newest ``per_account`` stored transactions of each of ``account_ids``, oldest
-        first: what rebuilds an account evicted from memory when it comes back."""
-        return [
-            txn
-            for chunk in _chunks(account_ids)
-            for txn in self.recent_history(per_account, chunk)
-        ]
 
     def close(self) -> None:
         self.engine.dispose()
@@ -342,16 +307,39 @@ class SinkStore:
 
 
 class Step:
-    """One statement of a batch's write: its ``name``, how to ``build`` it (SQLAlchemy Core,
-    from the dialect's ``insert``), and its ``rows`` (parameter dicts; TransactionRow tuples
-    for ``"rows"``; None for a statement without parameters). ``key`` names the
+    """One statement of a batch's write: its ``name`` (what :meth:`statement` builds) and its
+    ``rows`` (parameter dicts; TransactionRow tuples for ``"rows"``). ``key`` names the
     statement for the sinks' caches of compiled SQL: the same name and columns, the same SQL."""
 
-    __slots__ = ("name", "build", "rows", "key")
+    __slots__ = ("name", "rows", "key")
 
-    def __init__(self, name: str, build: Callable, rows, columns: Sequence[str] = ()):
-        self.name, self.build, self.rows = name, build, rows
-        self.key = (name, tuple(columns))
+    def __init__(self, name: str, rows: Sequence):
+        self.name, self.rows = name, rows
+        self.key = (name, ROW_COLUMNS if name == "rows" else tuple(rows[0]))
+
+    def statement(self, insert):
+        """The statement, SQLAlchemy Core, from the dialect's ``insert``."""
+        if self.name in _INSERTS:
+            table, keys = _INSERTS[self.name]
+            return insert(table).on_conflict_do_nothing(index_elements=keys)
+        if self.name == "published":
+            return (
+                update(transactions)
+                .where(transactions.c.transaction_id == bindparam("tid"))
+                .values(alert_published_at=bindparam("delivered_at"))
+            )
+        if self.name == "labels_released":
+            # Only the first label of an id is stored; a later duplicate updates nothing new.
+            return (
+                update(labels)
+                .where(labels.c.transaction_id == bindparam("tid"), labels.c.learned.is_(None))
+                .values(learned=bindparam("learned_value"))
+            )
+        return delete(pending_events)  # "pending_clear"
+
+    def compile(self, insert, dialect):
+        columns = list(self.key[1]) or None
+        return self.statement(insert).compile(dialect=dialect, column_keys=columns)
 
 
 # Inserts that skip rows whose key is stored already: the table, and its key.
@@ -364,55 +352,20 @@ _INSERTS = {
 }
 
 
-def _insert(name: str, rows, columns: Sequence[str]) -> Step:
-    table, keys = _INSERTS[name]
-
-    def build(insert):
-        return insert(table).on_conflict_do_nothing(index_elements=keys)
-
-    return Step(name, build, rows, columns)
-
-
 def write_plan(result: BatchResult, published: Mapping[str, float] | None) -> list[Step]:
-    """The write of ``result`` and ``published``, in the order one transaction runs it."""
-    steps: list[Step] = []
-    if published:
-        rows = [{"tid": t, "delivered_at": at} for t, at in published.items()]
-        steps.append(Step("published", _published_statement, rows, ("tid", "delivered_at")))
-    if result.models:
-        rows = [_model_row(m) for m in result.models]
-        steps.append(_insert("models", rows, rows[0].keys()))
-    if result.pending_add:
-        steps.append(_insert("pending_add", result.pending_add, result.pending_add[0].keys()))
-    if result.rows:
-        steps.append(_insert("rows", result.rows, ROW_COLUMNS))
-    if result.pending_clear:
-        steps.append(Step("pending_clear", lambda _insert: delete(pending_events), None))
-    if result.labels:
-        steps.append(_insert("labels", result.labels, result.labels[0].keys()))
-    if result.labels_released:
-        rows = [{"tid": t, "learned_value": v} for t, v in result.labels_released.items()]
-        steps.append(Step("labels_released", _released_statement, rows, ("tid", "learned_value")))
-    if result.dead_letters:
-        steps.append(_insert("dead_letters", result.dead_letters, result.dead_letters[0].keys()))
-    return steps
-
-
-def _published_statement(_insert):
-    return (
-        update(transactions)
-        .where(transactions.c.transaction_id == bindparam("tid"))
-        .values(alert_published_at=bindparam("delivered_at"))
-    )
-
-
-def _released_statement(_insert):
-    # Only the first label of an id is stored; a later duplicate updates nothing new.
-    return (
-        update(labels)
-        .where(labels.c.transaction_id == bindparam("tid"), labels.c.learned.is_(None))
-        .values(learned=bindparam("learned_value"))
-    )
+    """The steps writing ``result`` and ``published``, in the order one transaction runs them."""
+    released = result.labels_released.items()
+    plan = {
+        "published": [{"tid": t, "delivered_at": at} for t, at in (published or {}).items()],
+        "models": [_model_row(m) for m in result.models],
+        "pending_add": result.pending_add,
+        "rows": result.rows,
+        "pending_clear": [{}] if result.pending_clear else [],  # one run, without parameters
+        "labels": result.labels,
+        "labels_released": [{"tid": t, "learned_value": v} for t, v in released],
+        "dead_letters": result.dead_letters,
+    }
+    return [Step(name, rows) for name, rows in plan.items() if rows]
 
 
 def _history_event(transaction_id, account_id, amount, merchant, location, timestamp):
@@ -430,25 +383,19 @@ def _model_row(m: FittedModel | SupervisedModel) -> dict:
     supervised = isinstance(m, SupervisedModel)
     names = SUPERVISED_FEATURE_NAMES if supervised else ANOMALY_FEATURE_NAMES
     return {
-        "version": m.version,
-        "kind": m.kind,
-        "fitted_at": m.fitted_at,
-        "reason": m.reason,
-        "training_rows": m.training_rows,
+        **{c: getattr(m, c) for c in ("kind", *_MODEL_FIELDS)},
         "training_frauds": m.frauds if supervised else None,
-        "threshold": m.threshold,
-        "flag_quantile": m.flag_quantile,
-        "fit_seconds": m.fit_seconds,
         "feature_names": json.dumps(list(names)),
         "model": m.dumps(),
     }
 
 
-def _vector(features_json: str, score: float) -> np.ndarray:
-    """A stored row's model inputs back as the vector the supervised model learns from."""
-    values = json.loads(features_json)
-    values["anomaly_score"] = score
-    return np.array([float(values.get(name, 0.0)) for name in SUPERVISED_FEATURE_NAMES])
+def _labelled(r) -> LabelledEvent:
+    """A stored row as the supervised model learns from it: its model inputs as a vector."""
+    values = json.loads(r.features)
+    values["anomaly_score"] = r.score
+    vector = np.array([float(values.get(name, 0.0)) for name in SUPERVISED_FEATURE_NAMES])
+    return LabelledEvent(r.merchant, r.account_id, vector)
 
 
 def _chunks(items: list, size: int = CHUNK):

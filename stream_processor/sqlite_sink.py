@@ -1,14 +1,11 @@
-"""The SQLite sink: a file in WAL mode, written by a child process beside the batch path.
-
-The batch's statements are compiled here (SQL text with ``?`` placeholders, parameter tuples)
-and run in one transaction by the writer process (:mod:`stream_processor.writer`), which also
-runs the write-ahead log's checkpoints; this process's own connections only read (they never
-checkpoint: ``make_engine(auto_checkpoint=False)``).
+"""The SQLite sink: a file in WAL mode. A batch's statements are compiled here (SQL text with
+``?`` placeholders, parameter tuples) and run in one transaction by the writer process
+(:mod:`stream_processor.writer`), which also runs the write-ahead log's checkpoints; this
+process's own connections only read (``make_engine(auto_checkpoint=False)``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from operator import itemgetter
 
 import orjson
@@ -18,9 +15,9 @@ from sqlalchemy.dialects.sqlite import insert
 
 from fraudstream.schema import Transaction
 from fraudstream.tables import SQLITE_BUSY_TIMEOUT_MS
-from stream_processor.core import ROW_COLUMNS, BatchResult
-from stream_processor.sink import Sink, SinkError, _history_event, write_plan
-from stream_processor.writer import WriterError, WriterProcess
+from stream_processor.core import ROW_COLUMNS
+from stream_processor.sink import Sink, SinkError, Step, _history_event
+from stream_processor.writer import WriterProcess
 
 # One statement for a whole batch (about 10x faster than SQLAlchemy IN lists of 500): each id
 # of the JSON array looked up in the two tables' keys. A join, not ``in (select value from
@@ -53,50 +50,37 @@ class SqliteSink(Sink):
         self._compiled: dict = {}  # Step.key -> (SQL, row -> parameter tuple)
         try:
             self.writer = WriterProcess(path, SQLITE_BUSY_TIMEOUT_MS)
-        except (WriterError, OSError) as exc:
+        except (SinkError, OSError) as exc:
             engine.dispose()
             raise SinkError(f"cannot start the SQLite writer process: {exc}") from exc
 
-    def submit(self, result: BatchResult, published: Mapping[str, float] | None = None) -> None:
-        if not result and not published:
-            return
-        self.wait()
-        try:
-            self.writer.submit(self.statements(result, published))
-        except WriterError as exc:
-            raise SinkError(str(exc)) from exc
+    def _start(self, steps: list[Step]) -> None:
+        self.writer.submit(self.statements(steps))
 
     def wait(self) -> None:
-        if self.writer.in_flight:
-            try:
-                self.writer.wait()
-            except WriterError as exc:
-                raise SinkError(str(exc)) from exc
+        self.writer.wait()
 
     @property
     def in_flight(self) -> bool:
         return self.writer.in_flight
 
-    def statements(
-        self, result: BatchResult, published: Mapping[str, float] | None = None
-    ) -> list[tuple[str, list[tuple]]]:
+    def statements(self, steps: list[Step]) -> list[tuple[str, list[tuple]]]:
         """The write as (SQL, parameter tuples) pairs, in the order one transaction runs them:
         what the writer process takes."""
         out = []
-        for step in write_plan(result, published):
+        for step in steps:
             sql, values = self._statement(step)
             if step.name == "rows":
                 out.append((sql, step.rows))  # tuples in the statement's order (checked)
             else:
-                out.append((sql, [()] if step.rows is None else list(map(values, step.rows))))
+                out.append((sql, list(map(values, step.rows))))
         return out
 
     def _statement(self, step):
         """(SQL, dict -> parameter tuple) of a step, compiled once."""
         found = self._compiled.get(step.key)
         if found is None:
-            columns = list(step.key[1]) or None
-            compiled = step.build(insert).compile(dialect=sqlite.dialect(), column_keys=columns)
+            compiled = step.compile(insert, sqlite.dialect())
             names = compiled.positiontup or ()
             if step.name == "rows" and tuple(names) != ROW_COLUMNS:
                 raise SinkError(f"the insert's parameters {names} are not ROW_COLUMNS' order")

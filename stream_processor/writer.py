@@ -1,19 +1,13 @@
 """SQLite writes in a process of their own, beside the batch path.
 
 Python's sqlite3 takes the GIL back after every row it steps, so a write in a thread of the
-processor waits for the scoring thread at every row (docs/benchmarks.md: 1,000 rows took 6.0 s
-beside a busy thread, 6.5 ms alone). Here a child process (a :class:`fraudstream.processes.Worker`
-named ``fraud-writer``) runs each batch's statements in one transaction while the processor
-scores the next batch on the other core.
-
-The processor compiles the statements (:meth:`stream_processor.sqlite_sink.SqliteSink.statements`:
-SQL text with ``?`` placeholders, and a list of parameter tuples for each) and sends them over a
-pipe (marshalled: both ends run the same interpreter; pickled if marshal refuses a value); the
-child answers once the transaction is committed, or with the error that stopped it. The child
-also runs the write-ahead log's checkpoints, in a thread beside the writes (:class:`_Checkpoints`;
-the processor's own connections never checkpoint). It exits when the processor's end of the pipe
-closes, however the processor ended; a write in progress then still commits or rolls back as a
-whole.
+processor would wait for the scoring thread at every row (docs/benchmarks.md). Here a child
+process (``fraud-writer``) runs each batch's statements, compiled by
+:meth:`stream_processor.sqlite_sink.SqliteSink.statements`, in one transaction while the
+processor scores the next batch on the other core; it also runs the write-ahead log's
+checkpoints (:class:`_Checkpoints`; the processor's own connections never checkpoint). It exits
+when the processor's end of the pipe closes, however the processor ended; a write in progress
+then still commits or rolls back as a whole.
 """
 
 from __future__ import annotations
@@ -26,12 +20,9 @@ import threading
 from fraudstream.processes import Worker, WorkerGone
 from fraudstream.retry import is_lock_error, retry
 from stream_processor import WORKER_PRELOAD
+from stream_processor.sink import SinkError
 
 WRITER_PROCESS_NAME = "fraud-writer"  # what ps shows
-
-
-class WriterError(RuntimeError):
-    """The write failed, or the writer process is gone."""
 
 
 # -- the processor's side -----------------------------------------------------------------------
@@ -51,8 +42,7 @@ class WriterProcess:
         self._worker = Worker(WRITER_PROCESS_NAME, serve, path, busy_timeout_ms,
                               checkpoint_every_writes, checkpoint_every_s, preload=WORKER_PRELOAD)  # fmt: skip
         self.pid = self._worker.pid
-        self._in_flight = False
-        self.writes = 0
+        self.in_flight = False  # a write was submitted and not waited for
         self.checkpoints = 0
         try:
             kind, detail = self._worker.receive(start_timeout_s)
@@ -60,34 +50,29 @@ class WriterProcess:
             kind, detail = "error", str(exc)
         if kind != "ready":
             self._worker.stop(5.0)
-            raise WriterError(f"the writer process could not open {path}: {detail}")
-
-    @property
-    def in_flight(self) -> bool:
-        return self._in_flight
+            raise SinkError(f"the writer process could not open {path}: {detail}")
 
     def submit(self, statements: list[tuple[str, list[tuple]]]) -> None:
         """Start one transaction of ``statements`` (run in order); :meth:`wait` for it next."""
-        if self._in_flight:
-            raise WriterError("a write is still in flight: wait for it first")
+        if self.in_flight:
+            raise SinkError("a write is still in flight: wait for it first")
         try:
             self._worker.send_bytes(_dumps(statements))
         except WorkerGone as exc:
-            raise WriterError(str(exc)) from None
-        self._in_flight = True
+            raise SinkError(str(exc)) from None
+        self.in_flight = True
 
     def wait(self) -> None:
-        """Until the submitted transaction is committed; :class:`WriterError` if it was not."""
-        if not self._in_flight:
+        """Until the submitted transaction is committed; :class:`SinkError` if it was not."""
+        if not self.in_flight:
             return
-        self._in_flight = False
+        self.in_flight = False
         try:
             kind, detail = self._worker.receive()
         except WorkerGone as exc:
-            raise WriterError(str(exc)) from None
+            raise SinkError(str(exc)) from None
         if kind != "ok":
-            raise WriterError(detail)
-        self.writes += 1
+            raise SinkError(detail)
         self.checkpoints = detail
 
     def write(self, statements: list[tuple[str, list[tuple]]]) -> None:
@@ -100,9 +85,9 @@ class WriterProcess:
 
 
 def _dumps(message) -> bytes:
-    """``message`` marshalled (a timeit of a batch's rows: 0.8 us a row, pickle 1.4; the same
-    interpreter reads it), or pickled when marshal refuses a value (a subclass of a number or a
-    string, an object); the first byte says which."""
+    """``message`` marshalled (faster than pickle; the same interpreter reads it), or pickled
+    when marshal refuses a value (a subclass of a number or a string, an object); the first
+    byte says which."""
     try:
         return b"m" + marshal.dumps(message)
     except ValueError:
@@ -138,15 +123,11 @@ def _transaction(conn: sqlite3.Connection, statements) -> None:
 
 class _Checkpoints:
     """The write-ahead log copied back into the database by a thread of the writer, on a
-    connection of its own, while the next batch is written.
-
-    A checkpoint in the serving loop held up the next write (a batch in eight waited 35-80 ms,
-    more as the database grew, and the processor with it: docs/benchmarks.md); Python's sqlite3
-    releases the GIL while SQLite works, so here it runs beside the writes. SQLite rewinds the
-    log only when a write begins after a checkpoint that copied all of it, and one that a write
-    overlapped did not: when none did for ``every_writes`` writes, the next write waits for the
-    one running and copies what is left first (little: the ones in the background copied the
-    rest). The log stays as bounded as it was."""
+    connection of its own, beside the next write (Python's sqlite3 releases the GIL while SQLite
+    works; a checkpoint between writes held up the next one: docs/benchmarks.md). SQLite rewinds
+    the log only when a write begins after a checkpoint that copied all of it, and one that a
+    write overlapped did not: when none did for ``every_writes`` writes, the next write waits for
+    the one running and copies what is left first. The log stays bounded."""
 
     def __init__(self, conn: sqlite3.Connection, path: str, timeout_s: float, every_writes: int):
         self.conn = conn  # the writer's own: the catch-up, between writes
