@@ -33,28 +33,27 @@ events until it has a producer id (up to ~0.6 s on the embedded broker, also wit
 all); that start-up is reported apart (``max_lead_in_ms``)."""
 
 
-def peak_rss_mb(pid: int) -> float | None:
-    """VmHWM (peak resident set) of a live process, in MB."""
+def _proc_mb(pid: int, file: str, key: str) -> float | None:
+    """A ``key: N kB`` line of ``/proc/PID/<file>`` of a live process, in MB."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """VmHWM (peak resident set) of a live process, in MB."""
+    return _proc_mb(pid, "status", "VmHWM:")
 
 
 def pss_mb(pid: int) -> float | None:
     """Proportional set size of a live process, in MB: each page shared with other processes
     counts for its share, so a sum over processes counts every page once (a sum of resident
     sets counts a page forked from the forkserver once in each process that shares it)."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    return _proc_mb(pid, "smaps_rollup", "Pss:")
 
 
 def processor_pss_mb(pid: int) -> float | None:
