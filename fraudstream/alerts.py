@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -45,7 +46,7 @@ def tail_alerts(
     )
     seen = 0
     last = time.monotonic()
-    try:
+    with contextlib.suppress(KeyboardInterrupt), contextlib.closing(consumer):
         consumer.subscribe([settings.alerts_topic])
         while max_alerts is None or seen < max_alerts:
             msg = consumer.poll(0.5)
@@ -65,8 +66,4 @@ def tail_alerts(
                 emit(f"undecodable alert at {msg.topic()}[{msg.partition()}]@{msg.offset()}")
                 continue
             emit(json.dumps(alert, ensure_ascii=False) if as_json else format_alert(alert))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        consumer.close()
     return seen

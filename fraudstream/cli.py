@@ -12,10 +12,12 @@ import click
 
 from fraudstream.settings import Settings, describe, reveal
 
+PATH = click.Path(path_type=Path)
+FILE = click.Path(dir_okay=False, path_type=Path)
+EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+RUNTIMES = click.Choice(["faust", "confluent"])
 DB_OPTION = click.option(
-    "--db",
-    type=click.Path(path_type=Path),
-    help="SQLite file (default: from DATABASE_URL, else finance.db).",
+    "--db", type=PATH, help="SQLite file (default: from DATABASE_URL, else finance.db)."
 )
 
 
@@ -59,11 +61,7 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @click.option(
-    "--csv",
-    "csv_path",
-    type=click.Path(path_type=Path),
-    default="data/transactions.csv",
-    help="Transactions to replay.",
+    "--csv", "csv_path", type=PATH, default="data/transactions.csv", help="Transactions to replay."
 )
 @DB_OPTION
 @click.option("--fresh", is_flag=True, help="Delete the database first instead of resuming it.")
@@ -81,8 +79,8 @@ def main(verbose: bool) -> None:
 @click.option("--no-dbt", is_flag=True, help="Skip the dbt build at the end.")
 @click.option(
     "--runtime",
-    type=click.Choice(["faust", "confluent"]),
-    help="Stream processor runtime (default: PROCESSOR_RUNTIME, else faust).",
+    type=RUNTIMES,
+    help="Stream processor runtime (default: PROCESSOR_RUNTIME, else confluent).",
 )
 @click.option(
     "--labels",
@@ -109,7 +107,7 @@ def run(csv_path, db, runtime, no_progress, no_dbt, **options) -> None:
 @main.command()
 @click.option(
     "--runtime",
-    type=click.Choice(["faust", "confluent"]),
+    type=RUNTIMES,
     help="faust agent or confluent-kafka batch consumer (default: PROCESSOR_RUNTIME).",
 )
 @click.option("--loglevel", default="info")
@@ -131,12 +129,7 @@ def process(runtime: str | None, loglevel: str) -> None:
 
 
 @main.command()
-@click.option(
-    "--csv",
-    "csv_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default="data/transactions.csv",
-)
+@click.option("--csv", "csv_path", type=EXISTING_FILE, default="data/transactions.csv")
 @click.option("--rate", type=float, help="Events per second (default: as fast as possible).")
 @click.option("--speedup", type=float, help="Replay at N times the pace of the timestamps.")
 @click.option("--limit", type=int, help="Produce at most N events.")
@@ -146,9 +139,7 @@ def process(runtime: str | None, loglevel: str) -> None:
     default=1,
     help="Passes over the file (0 = forever); later passes get new ids and times.",
 )
-@click.option(
-    "--rejects", "rejects_path", type=click.Path(path_type=Path), help="Where bad rows are kept."
-)
+@click.option("--rejects", "rejects_path", type=PATH, help="Where bad rows are kept.")
 @click.option(
     "--pseudonymize",
     is_flag=True,
@@ -156,7 +147,7 @@ def process(runtime: str | None, loglevel: str) -> None:
 )
 @click.option(
     "--checkpoint",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     help="Record progress here (default with --resume: <csv>.checkpoint.json).",
 )
 @click.option(
@@ -232,11 +223,7 @@ def alerts(from_beginning, max_alerts, idle_timeout, as_json) -> None:
 @click.option("--days", type=int, default=90)
 @click.option("--start", default="2026-01-01", help="First day (UTC).")
 @click.option("--seed", type=int, default=7)
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default="data/transactions.csv",
-)
+@click.option("--out", type=FILE, default="data/transactions.csv")
 @click.option(
     "--fraud-scale",
     type=click.FloatRange(min=0.01, max=20),
@@ -267,7 +254,7 @@ def generate(out: Path, **config) -> None:
 @DB_OPTION
 @click.option(
     "--csv",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     help="Take is_fraud and fraud_scenario from this CSV (default: the stored columns).",
 )
 @click.option("--test-from", help="First day of the test period (default: see --test-fraction).")
@@ -278,17 +265,8 @@ def generate(out: Path, **config) -> None:
     help="The test period is this later share of the event-time span.",
 )
 @click.option("--k", type=int, default=100, help="Accounts per day for card precision@k.")
-@click.option(
-    "--plot",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Save the precision-recall curves here (PNG).",
-)
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Save the figures as JSON.",
-)
+@click.option("--plot", type=FILE, help="Save the precision-recall curves here (PNG).")
+@click.option("--json", "json_path", type=FILE, help="Save the figures as JSON.")
 def evaluate(db, json_path, **options) -> None:
     """Measure detection on a run over a labelled CSV, on a test period after the training one."""
     from fraudstream.evaluate import EvaluationError
@@ -318,8 +296,7 @@ def broker(port: int) -> None:
         click.echo(f"embedded broker on {b.bootstrap}; in another shell:")
         click.echo(f"  export KAFKA_BOOTSTRAP_SERVERS={b.bootstrap}")
         with contextlib.suppress(KeyboardInterrupt):
-            while b.proc is not None and b.proc.poll() is None:
-                time.sleep(0.5)
+            b.proc.wait()
 
 
 @main.command()

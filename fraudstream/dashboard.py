@@ -2,8 +2,7 @@
 
 Served beyond the loopback interface, it needs a login (datasette-auth-passwords): the dashboard
 shows every transaction, account id and feature. The escaping of text from the feed and the
-CSV exports are handled by this project's Datasette plugin (fraudstream.datasette_plugin).
-"""
+CSV exports are handled by this project's Datasette plugin (fraudstream.datasette_plugin)."""
 
 from __future__ import annotations
 
@@ -106,8 +105,7 @@ def metadata_for(db: Path, login: Login | None = None) -> dict:
 def datasette_command(
     db: Path, host: str = "127.0.0.1", port: int = 8001, login: Login | None = None
 ) -> list[str]:
-    """The command that serves ``db`` read-only with the dashboard, behind ``login`` if given;
-    :class:`DashboardError` for a host beyond loopback without one."""
+    """The command that serves ``db`` read-only with the dashboard, behind ``login`` if given."""
     if login is None and not is_loopback(host):
         raise DashboardError(
             f"refusing to serve the dashboard on {host}:{port} without a login: anyone who can "

@@ -4,12 +4,9 @@ run in this environment loads it, `fraudstream dashboard` or a plain `datasette 
 - Charts: datasette-dashboards 0.8.0 renders table cells, metric values and map popups with
   ``innerHTML``, so text from the feed (a merchant name) would run as markup. Its script is
   served with ``dashboard/safe_charts.js`` appended, whose renderers only set ``textContent``.
-- CSV: every CSV Datasette serves (table, query and row exports) is rewritten so that no cell can
-  run as a spreadsheet formula (:func:`fraudstream.text_safety.spreadsheet_safe`).
-- Login: when the dashboard has a login (fraudstream.dashboard), a browser that is not logged in
-  is sent to the login page instead of a bare "forbidden"; logins are by form only (HTTP Basic
-  headers are dropped) and the password plugin's hashing page is off. Without a login, only
-  requests to localhost are answered (no DNS rebinding).
+- CSV: no cell of any CSV Datasette serves can run as a spreadsheet formula.
+- Login: a browser that is not logged in is sent to the login page; logins are by form only and
+  the password plugin's hashing page is off. Without a login, only localhost is answered.
 """
 
 from __future__ import annotations
@@ -30,10 +27,14 @@ from fraudstream.text_safety import spreadsheet_safe
 SAFE_CHARTS = Path(__file__).resolve().parent / "dashboard_definition" / "safe_charts.js"
 REVIEWED_DASHBOARDS_VERSION = "0.8.0"
 # The renderers of that version, by chart library: those that set innerHTML are replaced.
-REPLACED_RENDERERS = MappingProxyType({"metric": "renderMetricChart", "table": "renderTableChart",
-                      "map": "renderMapChart"})  # fmt: skip
-SAFE_RENDERERS = MappingProxyType({"vega": "renderVegaChart", "vega-lite": "renderVegaLiteChart"})  # escaped tooltips
+REPLACED_RENDERERS = MappingProxyType(
+    {"metric": "renderMetricChart", "table": "renderTableChart", "map": "renderMapChart"}
+)
+SAFE_RENDERERS = MappingProxyType(  # their tooltips are escaped
+    {"vega": "renderVegaChart", "vega-lite": "renderVegaLiteChart"}
+)
 DASHBOARDS_JS = r"^/-/static-plugins/datasette[-_]dashboards/dashboards\.js$"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
 
 class UnreviewedDashboardsVersion(RuntimeError):
@@ -52,13 +53,10 @@ def upstream_dashboards_js() -> str:
     return (resources.files("datasette_dashboards") / "static" / "dashboards.js").read_text()
 
 
-def safe_dashboards_js() -> str:
-    """The upstream script with our renderers after it (a later function declaration wins)."""
-    return upstream_dashboards_js() + "\n\n" + SAFE_CHARTS.read_text()
-
-
 async def _serve_safe_dashboards_js(request, datasette) -> Response:
-    return Response(safe_dashboards_js(), content_type="application/javascript; charset=utf-8")
+    # Our renderers after upstream's: a later function declaration wins.
+    script = upstream_dashboards_js() + "\n\n" + SAFE_CHARTS.read_text()
+    return Response(script, content_type="application/javascript; charset=utf-8")
 
 
 @hookimpl
@@ -85,8 +83,7 @@ def asgi_wrapper(datasette):
         async def guard(scope, receive, send):
             if scope.get("type") != "http":
                 return await app(scope, receive, send)
-            refusal = _refused(scope, login)
-            if refusal is not None:
+            if (refusal := _refused(scope, login)) is not None:
                 return await refusal.asgi_send(send)
             # The password plugin checks any HTTP Basic header with a 480,000-round PBKDF2 on
             # the event loop, for every path: a few such requests would stall every visitor.
@@ -118,9 +115,6 @@ def _refused(scope, login: bool) -> Response | None:
             status=403,
         )
     return None
-
-
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
 
 def _without_headers(scope, drop) -> dict:
@@ -182,12 +176,9 @@ def _end_of_last_record(text: str) -> int:
 
 
 def _rewrite(records: str) -> str:
-    if not records:
-        return ""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     for row in csv.reader(io.StringIO(records, newline="")):
         writer.writerow([spreadsheet_safe(cell) for cell in row])
-    if not records.endswith("\n"):  # the stream's last record had no line end: keep it so
-        return out.getvalue()[:-2]
-    return out.getvalue()
+    # A stream whose last record has no line end keeps it so.
+    return out.getvalue() if records.endswith("\n") else out.getvalue()[:-2]

@@ -1,10 +1,7 @@
 """How well the stored scores detect fraud, measured on a test period after the training period.
 
-Reads the ``transactions`` table after a run on a labelled CSV (``is_fraud``, and
-``fraud_scenario`` when the generator wrote it). Every event was scored by models fit on earlier
-events only, and the metrics count the *test period* only (default: the later half of the
-event-time span), so the first models' warm-up and the months the supervised model needed to
-collect labels are not counted.
+Every event was scored by models fit on earlier events only; counting the later test period only
+leaves out the first models' warm-up and the months the supervised model needed to collect labels.
 """
 
 from __future__ import annotations
@@ -67,9 +64,7 @@ class Report:
         names = sorted(self.scenarios)
         out += ["", f"{'flag':<30} {'precision':>9} {'recall':>7}  recall per scenario"]
         for name, m in self.flags.items():
-            per = "  ".join(
-                f"{s} {m['recall_by_scenario'].get(s, float('nan')):.3f}" for s in names
-            )
+            per = "  ".join(f"{s} {m['recall_by_scenario'].get(s, math.nan):.3f}" for s in names)
             out.append(f"{name:<30} {m['precision']:>9.3f} {m['recall']:>7.3f}  {per}")
         out.append("fraud events per scenario in the test period: " + ", ".join(
             f"{s} {n:,}" for s, n in sorted(self.scenarios.items())
@@ -199,9 +194,8 @@ def _measure_scores(report: Report, test: pd.DataFrame, k: int) -> dict:
 def card_precision_at_k(test: pd.DataFrame, column: str, k: int = 100) -> float:
     """Mean over days of: among the ``k`` accounts with the highest ``column`` that day, the
     share that had fraud that day."""
-    day = test["time"].dt.floor("D")
     per_account = (
-        test.assign(day=day)
+        test.assign(day=test["time"].dt.floor("D"))
         .groupby(["day", "account_id"], sort=False)
         .agg(top=(column, "max"), fraud=("is_fraud", "max"))
         .reset_index()

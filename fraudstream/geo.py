@@ -32,19 +32,14 @@ EARTH_RADIUS_KM = 6371.0
 @lru_cache(maxsize=65536)
 def coordinates(location: str) -> tuple[float, float] | None:
     """(latitude, longitude) in degrees, or None when the location is not on the map."""
-    known = CITY_COORDINATES.get(location)
-    if known is not None:
-        return known
-    lat_text, sep, lon_text = location.partition(",")
-    if not sep:
-        return None
+    if location in CITY_COORDINATES:
+        return CITY_COORDINATES[location]
+    lat_text, _, lon_text = location.partition(",")
     try:
         lat, lon = float(lat_text), float(lon_text)
-    except ValueError:
+    except ValueError:  # not two numbers (no comma: lon_text is "")
         return None
-    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        return None
-    return lat, lon
+    return (lat, lon) if -90 <= lat <= 90 and -180 <= lon <= 180 else None
 
 
 @lru_cache(maxsize=65536)

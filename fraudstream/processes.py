@@ -1,7 +1,6 @@
 """Child processes, started, spoken to and stopped one way: :class:`Worker` runs a Python
 function in one; :func:`stop` ends a ``subprocess.Popen`` (the embedded broker, the processor
-that ``fraudstream run`` starts), which :func:`die_with_parent` binds to this process.
-"""
+that ``fraudstream run`` starts), which :func:`die_with_parent` binds to this process."""
 
 from __future__ import annotations
 
@@ -76,12 +75,10 @@ def stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
 
 class Worker:
     """``target(inbox, outbox, *args)`` in a child process named ``name`` as ``ps`` shows it,
-    spoken to over two one-way pipes. It is forked from multiprocessing's forkserver: a clean
-    interpreter, safe beside librdkafka's and faust's threads, quick to start, that never runs
-    the caller's script again; ``preload``: the modules the forkserver imports once, when it
-    starts (callers that share it pass the same). The child exits when this process exits or
-    closes the pipe to it; it ignores SIGINT and SIGTERM (a signal to the whole process group
-    must not end it before its owner has finished with it)."""
+    spoken to over two one-way pipes. Forked from multiprocessing's forkserver: a clean
+    interpreter, safe beside librdkafka's and faust's threads, that never runs the caller's
+    script again; ``preload``: the modules the forkserver imports once (callers that share it
+    pass the same). The child exits when this process exits or closes the pipe to it."""
 
     def __init__(self, name: str, target: Callable, *args, preload: Sequence[str] = ()):
         context = multiprocessing.get_context("forkserver")
@@ -109,8 +106,7 @@ class Worker:
         self._guard(self._requests.send_bytes, data)
 
     def receive(self, timeout_s: float | None = None):
-        """The next message (pickled); :class:`WorkerGone` if the worker ended, or sent
-        nothing within ``timeout_s``."""
+        """The next message (pickled); :class:`WorkerGone` if the worker ended or timed out."""
         return self._receive(self._answers.recv, timeout_s)
 
     def receive_bytes(self, timeout_s: float | None = None) -> bytes:
@@ -122,8 +118,7 @@ class Worker:
         return self._answers.fileno()
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """The end of its input (the worker finishes what it holds and exits), then SIGKILL
-        after ``timeout_s``."""
+        """End its input (the worker finishes what it holds and exits); SIGKILL after timeout_s."""
         atexit.unregister(self._end_input)
         self._end_input()
         self.process.join(timeout_s)
@@ -148,8 +143,8 @@ class Worker:
 
 
 def _run(name: str, owner: int, target: Callable, inbox: Connection, outbox: Connection, args):
-    """In the child: named, deaf to SIGINT and SIGTERM (its owner decides when it stops),
-    gone when its owner is, then ``target``."""
+    """In the child: named, deaf to SIGINT and SIGTERM (a signal to the whole process group must
+    not end it before its owner is done with it), gone when its owner is, then ``target``."""
     _prctl(PR_SET_NAME, name.encode()[:15])  # the name ps and /proc/<pid>/comm show
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -1,6 +1,5 @@
-"""The one way this project retries work that met a lock or a transient error (the sinks'
-writers, creating the tables beside another process, a dbt build): a few attempts, the wait
-doubling between them; anything else is raised at once.
+"""The one way this project retries work that met a lock or a transient error: a few attempts,
+the wait doubling between them; anything else is raised at once.
 """
 
 from __future__ import annotations
@@ -11,13 +10,11 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-LOCK_WORDS = ("locked", "busy")  # SQLite's "database is locked", "database table is locked", ...
-
 
 def is_lock_error(exc: BaseException) -> bool:
     """Whether ``exc`` says a database was locked or busy (SQLite's errors say so in words)."""
-    text = str(exc).lower()
-    return any(word in text for word in LOCK_WORDS)
+    text = str(exc).lower()  # "database is locked", "database table is locked", ...
+    return "locked" in text or "busy" in text
 
 
 def retry(

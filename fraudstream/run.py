@@ -1,9 +1,5 @@
-"""``fraudstream run``: the whole pipeline once, on the embedded broker or ``KAFKA_BOOTSTRAP_SERVERS``.
-
-Starts the broker (unless one is configured), creates the topics, starts the stream processor as
-a child process, replays the CSV, waits until the processor has committed every offset and holds
-nothing, stops it, and prints a summary read back from the database and the alerts topic.
-"""
+"""``fraudstream run``: the whole pipeline once, on the embedded broker or
+``KAFKA_BOOTSTRAP_SERVERS``, summarised from the database and the alerts topic."""
 
 from __future__ import annotations
 
@@ -59,12 +55,11 @@ class RunSummary:
     flagged: int = 0
     dead_letters: int = 0
     alerts_on_topic: int = 0
-    alerts_marked: int = 0
     models: list[dict] = field(default_factory=list)
     top_alerts: list[dict] = field(default_factory=list)
     quality: dict | None = None
     processor_log: Path | None = None
-    runtime: str = "faust"
+    runtime: str = "confluent"
     dbt: object | None = None  # batch.build.BuildOutcome
     marts: dict = field(default_factory=dict)  # table -> rows
     labels_sent: int = 0
@@ -80,13 +75,10 @@ def run_pipeline(
     settings: Settings,
     *,
     fresh: bool = False,
-    rate: float | None = None,
-    speedup: float | None = None,
-    limit: int | None = None,
     timeout_s: float = 900.0,
-    progress: bool = True,
     dbt: bool = True,
     labels: bool = False,
+    **replay,  # rate, speedup, limit, progress: as in producer.replay.ReplayOptions
 ) -> RunSummary:
     """Replay ``csv_path`` through the stream processor (and dbt); summarise what was stored."""
     from producer.replay import ReplayOptions
@@ -110,10 +102,7 @@ def run_pipeline(
         runtime=settings.runtime,
     )
     options = ReplayOptions(
-        rate=rate,
-        speedup=speedup,
-        limit=limit,
-        progress=progress,
+        **replay,
         labels_topic=settings.labels_topic if labels else None,
         label_delay_s=settings.label_delay_days * 86400,
     )
@@ -266,7 +255,6 @@ def read_back(summary: RunSummary, engine, settings: Settings, rows_before: int)
         summary.stored_rows = _count(conn, t)
         summary.new_rows = summary.stored_rows - rows_before
         summary.flagged = _count(conn, t, flagged)
-        summary.alerts_marked = _count(conn, t, flagged, t.c.alert_published_at.is_not(None))
         summary.dead_letters = _count(conn, dead_letters)
         summary.labels_stored = _count(conn, labels_table)
         models = m.c["version", "kind", "reason", "training_rows", "threshold", "fit_seconds"]
@@ -317,8 +305,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 def format_summary(s: RunSummary) -> str:
-    out = ["", "=== fraudstream run ==="]
-    out.append(f"input                {s.csv}")
+    out = ["", "=== fraudstream run ===", f"input                {s.csv}"]
     out.append(f"events produced      {s.produced:,}   (bad CSV rows skipped: {s.rejected_rows:,}"
                + (f", kept in {s.rejects_path})" if s.rejects_path else ")"))  # fmt: skip
     out.append(f"rows stored          {s.new_rows:,} new, {s.stored_rows:,} in total "
@@ -331,10 +318,10 @@ def format_summary(s: RunSummary) -> str:
     out.append(f"runtime              {s.runtime}")
     out.append(f"wall time            {s.wall_s:.1f} s   ({s.events_per_s:,.0f} events/s, "
                "produce to last offset committed)")  # fmt: skip
-    if s.quality:
-        q = s.quality
-        out.append(f"against is_fraud     precision {q['precision']:.3f}  recall {q['recall']:.3f}  "
-                   f"ROC-AUC {q['roc_auc']:.3f}  ({q['fraud']:,} fraud in {q['labelled']:,})")  # fmt: skip
+    if q := s.quality:
+        out.append(f"against is_fraud     precision {q['precision']:.3f}  "
+                   f"recall {q['recall']:.3f}  ROC-AUC {q['roc_auc']:.3f}  "
+                   f"({q['fraud']:,} fraud in {q['labelled']:,})")  # fmt: skip
     out.append(f"model versions       {len(s.models)}")
     for m in s.models:
         kind = "supervised" if m["kind"] == "supervised" else "forest"
@@ -345,7 +332,8 @@ def format_summary(s: RunSummary) -> str:
         out.append("top alerts (highest score first)")
         for a in s.top_alerts:
             out.append(f"  {a['score']:.3f} {a['transaction_id']} {a['account_id']} "
-                       f"{a['amount']:>10,.2f} {a['merchant']} ({a['location']}) {a['timestamp']}")  # fmt: skip
+                       f"{a['amount']:>10,.2f} {a['merchant']} ({a['location']}) "
+                       f"{a['timestamp']}")  # fmt: skip
             out.append("        " + "; ".join(json.loads(a["reasons"] or "[]")))
     if s.dbt is not None:
         out.append(s.dbt.describe())
@@ -361,7 +349,6 @@ def format_summary(s: RunSummary) -> str:
         out.append(f"database             {s.database_url}")
     out.append(f"processor log        {s.processor_log}")
     if s.database:
-        out.append(
-            f"dashboard            make dashboard DB={s.database}   (then open http://127.0.0.1:8001)"
-        )
+        out.append(f"dashboard            make dashboard DB={s.database}   "
+                   "(then open http://127.0.0.1:8001)")  # fmt: skip
     return "\n".join(out)

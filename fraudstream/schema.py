@@ -89,10 +89,8 @@ def format_timestamp(ts: datetime) -> str:
 
 
 def parse_timestamp(value: Any) -> datetime:
-    """An ISO 8601 string (naive = UTC), or epoch seconds or milliseconds, as aware UTC.
-
-    Times before 1990 or from 2100 on are refused as implausible.
-    """
+    """An ISO 8601 string (naive = UTC), or epoch seconds or milliseconds, as aware UTC; times
+    outside 1990-2099 are refused as implausible."""
     ts = _parse_time(value)
     if not EARLIEST <= ts < LATEST:
         raise InvalidRecord("timestamp", f"{ts.isoformat()} is outside 1990-2099: {value!r}")
@@ -100,9 +98,7 @@ def parse_timestamp(value: Any) -> datetime:
 
 
 def _parse_time(value: Any) -> datetime:
-    if isinstance(value, bool):
-        raise InvalidRecord("timestamp", f"expected an ISO 8601 time, got {value!r}")
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
             raise InvalidRecord("timestamp", f"not a finite epoch time: {value!r}")
         if abs(value) > EPOCH_MS_ABOVE:
@@ -225,8 +221,7 @@ def _validate(record: Mapping[str, Any], owned: bool) -> Transaction:
         # What is left once the fields are taken out: a timeit of the shipped events, 0.3 us,
         # a new dict of the other keys 1.3 (one per event)
         for name in _NOT_EXTRAS:
-            if name in d:
-                del d[name]
+            d.pop(name, None)
         txn.extras = d
     else:
         txn.extras = {k: v for k, v in d.items() if k not in _NOT_EXTRAS}
@@ -247,9 +242,7 @@ def _check_extras(extras: dict) -> cython.void:
         field = name.encode("unicode_escape").decode() if hidden else name
         hidden = hidden or hidden_in(value)
         if hidden:
-            raise InvalidRecord(
-                field[:64], f"contains a control or invisible character: {hidden}"
-            )
+            raise InvalidRecord(field[:64], f"contains a control or invisible character: {hidden}")
 
 
 def decode(value: bytes | None) -> Transaction:
@@ -273,10 +266,9 @@ def load_json(value: bytes | None) -> Any:
     except UnicodeDecodeError as exc:
         raise InvalidRecord(None, f"not UTF-8 at byte {exc.start}") from None
     try:
-        record = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidRecord(None, f"invalid JSON at char {exc.pos}: {exc.msg}") from None
-    return record
 
 
 _INT64 = 2.0**63
@@ -297,9 +289,6 @@ def _fast_json(value: bytes) -> dict | None:
         return None
     for v in record.values():
         t = type(v)
-        if t is float:
-            if v >= _INT64 or v <= -_INT64:
-                return None
-        elif t is dict or t is list:
+        if t is dict or t is list or (t is float and abs(v) >= _INT64):
             return None
     return record

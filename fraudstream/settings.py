@@ -1,9 +1,7 @@
 """Every setting of the pipeline, declared once with its environment variable, type and meaning.
 
-Typed by pydantic-settings: a choice is a ``Literal``, a secret a ``SecretStr`` (never printed;
-``.get_secret_value()`` where it is used), and a value that does not fit its type is refused
-naming the variable. Build one with :meth:`Settings.from_env` (an environment, then keyword
-overrides on top); the object is frozen so that every component sees the same values.
+Build one with :meth:`Settings.from_env`; it is frozen so that every component sees the same
+values, and a value that does not fit its type is refused naming the variable.
 """
 
 from __future__ import annotations
@@ -98,7 +96,8 @@ class Settings(BaseSettings):
     database_url: str = _setting(
         "DATABASE_URL",
         "sqlite:///finance.db",
-        "The database: a SQLite file (sqlite:///path, one machine) or PostgreSQL (postgresql://user@host/name).",
+        "The database: a SQLite file (sqlite:///path, one machine) or PostgreSQL "
+        "(postgresql://user@host/name).",
     )
     batch_size: int = _setting(
         "BATCH_SIZE", 1000, "Most events scored together in one batch.", gt=0
@@ -262,8 +261,7 @@ class Settings(BaseSettings):
 
 
 def reveal(value: Any) -> str | None:
-    """A setting's value as text, a secret's included: for the clients that need it, never for
-    printing."""
+    """A setting's value as text, a secret's included: for clients, never for printing."""
     if isinstance(value, SecretStr):
         return value.get_secret_value()
     return None if value is None else str(value)

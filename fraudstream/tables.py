@@ -1,8 +1,7 @@
 """The tables the stream processor writes, and how to open the database.
 
 SQLAlchemy Core: ``DATABASE_URL`` is a SQLite file (``sqlite:///finance.db``, the one-machine
-default) or a PostgreSQL database (``postgresql://user@host/name``, through psycopg 3). Nothing
-here is specific to one of them but the SQLite connection pragmas.
+default) or a PostgreSQL database (``postgresql://user@host/name``, through psycopg 3).
 """
 
 from __future__ import annotations
@@ -153,9 +152,6 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 BUSY_TIMEOUT_PRAGMA = f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}"
 
 
-DIALECTS = ("sqlite", "postgresql")
-
-
 def engine_url(database_url: str) -> str:
     """``database_url`` as SQLAlchemy opens it: PostgreSQL through psycopg 3, whatever driver
     the URL names or omits (``postgresql://``, ``postgres://``, ``postgresql+psycopg://``)."""
@@ -165,7 +161,7 @@ def engine_url(database_url: str) -> str:
     return database_url
 
 
-def shown_url(database_url: str) -> str:
+def shown_url(database_url: str | URL) -> str:
     """``database_url`` without its password, for messages and logs."""
     try:
         return make_url(database_url).render_as_string(hide_password=True)
@@ -180,10 +176,9 @@ def make_engine(database_url: str, *, auto_checkpoint: bool = True) -> Engine:
     into the database file; whoever asks for that runs the checkpoints (the processor's SQLite
     writer process)."""
     url = make_url(engine_url(database_url))
-    if url.get_backend_name() not in DIALECTS:
-        shown = url.render_as_string(hide_password=True)
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
         raise UnsupportedDatabase(
-            f"DATABASE_URL={shown}: {url.get_backend_name()} is not supported; use "
+            f"DATABASE_URL={shown_url(url)}: {url.get_backend_name()} is not supported; use "
             "sqlite:///path/to/finance.db or postgresql://user@host/database"
         )
     # PostgreSQL: a pooled connection the server closed (a restart) is replaced, not used.
@@ -222,8 +217,7 @@ def ensure_database(database_url: str) -> bool:
         return False
     except psycopg.OperationalError as exc:
         if "does not exist" not in str(exc):
-            shown = url.render_as_string(hide_password=True)
-            raise UnreachableDatabase(f"cannot connect to {shown}: {exc}") from None
+            raise UnreachableDatabase(f"cannot connect to {shown_url(url)}: {exc}") from None
     with _maintenance(url) as conn:
         try:
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(url.database)))

@@ -2,8 +2,7 @@
 
 - :func:`hidden_character`: invisible, control and bidirectional-override characters (which make
   one merchant look like another, or drive a terminal) are refused by the event schema.
-- :func:`spreadsheet_safe`: a CSV cell a spreadsheet would run as a formula is written with a
-  leading apostrophe, which spreadsheets show as text.
+- :func:`spreadsheet_safe`: no CSV cell may run as a spreadsheet formula.
 
 HTML escaping is not here: the dashboard escapes where it renders (``dashboard/safe_charts.js``).
 """
@@ -19,10 +18,13 @@ from typing import Any
 # hyphen), surrogate, private-use and unassigned characters, and line or paragraph separators.
 HIDDEN_CATEGORIES = frozenset(("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"))
 
-_UNNAMED = MappingProxyType({"Cc": "control character", "Cs": "surrogate", "Co": "private-use character"})
+_UNNAMED = MappingProxyType(
+    {"Cc": "control character", "Cs": "surrogate", "Co": "private-use character"}
+)
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+_AFTER_SEMICOLON = re.compile(r"(;[\s\"]*)([^;]*)")
 
 
 def hidden_character(text: str) -> str | None:
@@ -46,10 +48,7 @@ def hidden_in(value: Any) -> str | None:
     if isinstance(value, dict):
         value = [*value.keys(), *value.values()]
     if isinstance(value, list):
-        for item in value:
-            found = hidden_in(item)
-            if found:
-                return found
+        return next(filter(None, map(hidden_in, value)), None)
     return None
 
 
@@ -70,18 +69,8 @@ def spreadsheet_safe(cell: Any) -> Any:
     """
     if not isinstance(cell, str):
         return cell
-    if ";" in cell:
-        cell = _AFTER_SEMICOLON.sub(_neutralise_piece, cell)
+    if ";" in cell:  # each piece after a semicolon is checked as a cell of its own
+        cell = _AFTER_SEMICOLON.sub(lambda m: m[1] + spreadsheet_safe(m[2]), cell)
     if cell.startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(cell):
         return "'" + cell
     return cell
-
-
-_AFTER_SEMICOLON = re.compile(r"(;[\s\"]*)([^;]*)")
-
-
-def _neutralise_piece(match: re.Match) -> str:
-    lead, piece = match.groups()
-    if piece.startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(piece):
-        return lead + "'" + piece
-    return match.group()

@@ -35,13 +35,9 @@ def read_topic(settings: Settings, topic: str, idle_s: float = 3.0) -> list[Mess
     Not by end offsets: the embedded broker reports the start of the last record batch as the
     high watermark, so "read to the end" would stop early.
     """
-    consumer = Consumer(
-        {
-            **settings.kafka_config(),
-            "group.id": f"fraudstream-read-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-        }
-    )
+    group = f"fraudstream-read-{uuid.uuid4().hex[:8]}"
+    config = {**settings.kafka_config(), "group.id": group, "enable.auto.commit": False}
+    consumer = Consumer(config)
     out: list[Message] = []
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]

@@ -91,8 +91,7 @@ class CommitProtocol:
     def on_batch(self, messages: Sequence[RawMessage], positions: list[Position]) -> None:
         """A consumed batch (``positions``: its last offset in each partition)."""
         with self._step():
-            result = self.pipeline.score(messages)  # 1
-            self._advance(result, positions)
+            self._advance(self.pipeline.score(messages), positions)  # 1, then 2 to 5
 
     def on_idle(self) -> None:
         """Nothing was consumed: finish the batch in flight, or do the idle work when due."""
@@ -211,7 +210,4 @@ class ReleasedOffsets:
 
 
 def _delivery_times(batches: list[_Batch]) -> dict[str, float]:
-    times: dict[str, float] = {}
-    for batch in batches:
-        times.update(batch.delivered_at)
-    return times
+    return {tid: at for batch in batches for tid, at in batch.delivered_at.items()}

@@ -25,12 +25,9 @@ from types import MappingProxyType
 
 import numpy as np
 
-READ_FROM = MappingProxyType({
-    "scikit-learn": "1.9",
-    "river": "0.26",
-    "faust-streaming": "0.15",
-    "aiokafka": "0.14",
-})  # major.minor of each library whose private parts this module reads
+READ_FROM = MappingProxyType(  # major.minor of each library whose private parts this module reads
+    {"scikit-learn": "1.9", "river": "0.26", "faust-streaming": "0.15", "aiokafka": "0.14"}
+)
 
 
 class UnsupportedVersion(RuntimeError):
@@ -55,12 +52,8 @@ def forest_node_depths(forest) -> list[np.ndarray]:
     """Per tree of a fitted ``IsolationForest``, the depth scikit-learn scores each node with
     (its path length + the average path length of the samples left in it - 1)."""
     require("scikit-learn")
-    return [
-        lengths + averages - 1.0
-        for lengths, averages in zip(
-            forest._decision_path_lengths, forest._average_path_length_per_tree, strict=True
-        )
-    ]
+    pairs = zip(forest._decision_path_lengths, forest._average_path_length_per_tree, strict=True)
+    return [lengths + averages - 1.0 for lengths, averages in pairs]
 
 
 def forest_normaliser(forest) -> float:

@@ -1,9 +1,5 @@
-"""What the scoring core takes and gives, shared by its parts, the sinks and the runtimes.
-
-In: :class:`RawMessage` lists; an :class:`EventStore` (what the core reads from the database);
-a :class:`Restored` state (what a restart reads back). Out: a :class:`BatchResult` a batch.
-:mod:`stream_processor.core` re-exports all of it.
-"""
+"""What the scoring core takes and gives, shared by its parts, the sinks and the runtimes
+(:mod:`stream_processor.core` re-exports all of it)."""
 
 from __future__ import annotations
 
@@ -72,15 +68,8 @@ class BatchResult:
     refit_s: float = 0.0
 
     def __bool__(self) -> bool:
-        return bool(
-            self.rows
-            or self.dead_letters
-            or self.pending_add
-            or self.pending_clear
-            or self.models
-            or self.labels
-            or self.labels_released
-        )
+        return any((self.rows, self.dead_letters, self.pending_add, self.pending_clear,
+                    self.models, self.labels, self.labels_released))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,21 +87,17 @@ class EventStore(Protocol):
 
     def known_ids(self, ids: list[str]) -> set[str]:
         """Which of ``ids`` are already stored or held for the first fit (duplicates)."""
-        ...
 
     def lookup_events(self, ids: list[str]) -> dict[str, LabelledEvent | None]:
         """Stored events among ``ids`` as the supervised model learns from them; None for one
         whose label was learned already."""
-        ...
 
     def account_events(self, ids: list[str]) -> list[Transaction]:
         """The stored events that rebuild these accounts (evicted from memory), oldest first."""
-        ...
 
 
 class MemoryStore:
-    """An :class:`EventStore` of what it is given (tests, a core without a database): by
-    default nothing is stored."""
+    """An :class:`EventStore` of what it is given (tests, a core without a database)."""
 
     def __init__(
         self,

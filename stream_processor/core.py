@@ -9,11 +9,6 @@ Before the first model exists, valid events are *held* (``BatchResult.pending_ad
 runtime stores in ``pending_events`` so a crash loses nothing). The first model is fit on them
 once ``warmup_events`` are held, or ``warmup_idle_s`` after the last event (:meth:`tick`); they are
 then scored like every later event. No event is ever stored unscored.
-
-:class:`ScoringCore` composes its parts, one job each: :class:`Decoder` and :func:`emit_rows`
-(here), :class:`~stream_processor.warmup.WarmUp`, :class:`~stream_processor.scoring.AnomalyScorer`,
-:class:`~stream_processor.labelling.LabelLearner` and its
-:class:`~stream_processor.labelling.SupervisedTrainer`.
 """
 
 from __future__ import annotations
@@ -120,11 +115,10 @@ def db_timestamp(ts: datetime) -> str:
 
 class Decoder:
     """Raw messages to events and labels: validates them, dead-letters the invalid ones, and
-    drops duplicate events (within the batch, already stored, or held)."""
+    drops duplicate events within the batch."""
 
-    def __init__(self, labels_topic: str, store: EventStore):
+    def __init__(self, labels_topic: str):
         self.labels_topic = labels_topic
-        self.store = store
 
     def decode(
         self, messages: Sequence[RawMessage], result: BatchResult
@@ -150,16 +144,6 @@ class Decoder:
             batch_ids.add(txn.transaction_id)
             fresh.append(HeldEvent(txn, msg.partition, msg.offset, msg.produced_at))
         return fresh, batch_ids, label_messages
-
-    def drop_known(
-        self, events: list[HeldEvent], ids: set[str], held_ids: set[str], result: BatchResult
-    ) -> list[HeldEvent]:
-        """``events`` (of ``ids``) but those stored already or among ``held_ids``."""
-        known = self.store.known_ids(list(ids)) | (ids & held_ids)
-        if not known:
-            return events
-        result.duplicate_ids.extend(known)
-        return [h for h in events if h.txn.transaction_id not in known]
 
     def labels(self, messages: list[RawMessage], result: BatchResult) -> list[Label]:
         """The valid labels of label messages, each with its row for the labels table."""
@@ -198,11 +182,9 @@ def emit_rows(
     probabilities = scores.probabilities
     probability_list = [None] * len(events) if probabilities is None else probabilities.tolist()
     threshold = model.threshold
-    supervised_version = supervised.version if supervised else None
     supervised_threshold = supervised.threshold if supervised else None
     for i, h in enumerate(events):
-        txn, score, flagged = h.txn, score_list[i], flag_list[i]
-        probability = probability_list[i]
+        txn, score, flagged, probability = h.txn, score_list[i], flag_list[i], probability_list[i]
         reasons = None
         if flagged:
             reasons = explain(
@@ -226,7 +208,7 @@ def emit_rows(
             is_flagged=int(flagged),
             reasons=json.dumps(reasons, ensure_ascii=False) if reasons else None,
             model_version=model.version,
-            supervised_version=supervised_version,
+            supervised_version=supervised.version if supervised else None,
             features=features_text[i],
             kafka_partition=h.partition,
             kafka_offset=h.offset,
@@ -240,11 +222,7 @@ def emit_rows(
 
 
 class ScoringCore:
-    """Features, scoring, thresholding and reasons over batches; refits in the background.
-
-    ``store``: what the core reads from the database (nothing is stored by default);
-    ``restored``: the state a restart reads back (a first start by default).
-    """
+    """Features, scoring, thresholding and reasons over batches; refits in the background."""
 
     def __init__(
         self,
@@ -272,7 +250,7 @@ class ScoringCore:
                 supervised.version + 1 if supervised else 1,
             )
         )
-        self.decoder = Decoder(settings.labels_topic, self.store)
+        self.decoder = Decoder(settings.labels_topic)
         self.warmup = WarmUp(settings, restored.held)
         self.scorer = AnomalyScorer(settings, self.refits, self.versions, self.counts, model)
         self.trainer = SupervisedTrainer(settings, self.refits, self.versions, supervised)
@@ -311,19 +289,20 @@ class ScoringCore:
         self.learner.labels_in_batch = bool(label_messages)
         if events:
             self.warmup.saw_events()
-            events = self.decoder.drop_known(events, ids, self.warmup.ids, result)
+            known = self.store.known_ids(list(ids)) | (ids & self.warmup.ids)  # stored or held
+            if known:
+                result.duplicate_ids.extend(known)
+                events = [h for h in events if h.txn.transaction_id not in known]
         if self.scorer.model is None:
             self.warmup.hold(events, result)
             if self.warmup.full():
                 self._fit_initial(result)
         elif events:
-            txns = [h.txn for h in events]
-            self._emit(events, txns, self._features(txns), result)
-        if label_messages:
-            labels = self.decoder.labels(label_messages, result)
-            self.counts["labels"] += len(labels)
-            for label in labels:
-                self.learner.queue(label)
+            self._emit(events, self._features([h.txn for h in events]), result)
+        labels = self.decoder.labels(label_messages, result)
+        self.counts["labels"] += len(labels)
+        for label in labels:
+            self.learner.queue(label)
         self.learner.release(result)
         self._start_refits(result)
         self.counts["dead_letters"] += len(result.dead_letters)
@@ -351,11 +330,10 @@ class ScoringCore:
 
     def _fit_initial(self, result: BatchResult) -> None:
         held = self.warmup.release()
-        txns = [h.txn for h in held]
-        features = self._features(txns)
+        features = self._features([h.txn for h in held])
         model = self.scorer.fit_first(features, result)
         log.info("first model v%d fit on %d held events", model.version, len(held))
-        self._emit(held, txns, features, result)
+        self._emit(held, features, result)
         self.scorer.since_fit = 0  # the model was fit on exactly these: no refit due for them
         result.pending_clear = True
 
@@ -367,15 +345,9 @@ class ScoringCore:
             )
         return self.states.transform(txns)
 
-    def _emit(
-        self,
-        events: list[HeldEvent],
-        txns: list[Transaction],
-        features: np.ndarray,
-        result: BatchResult,
-    ) -> None:
-        """Score ``events`` (``txns``, their transactions; ``features``), write their rows, and
-        learn what follows."""
+    def _emit(self, events: list[HeldEvent], features: np.ndarray, result: BatchResult) -> None:
+        """Score ``events`` (of ``features``), write their rows, and learn what follows."""
+        txns = [h.txn for h in events]
         scores = self.scorer.score(features, self.learner.memory.features(txns), self.supervised)
         emit_rows(events, scores, self.states, result)
         self.learner.keep(events, scores.inputs, result)

@@ -18,7 +18,7 @@ import signal
 import ssl
 import sys
 import tempfile
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import faust
@@ -148,12 +148,12 @@ class Acks:
     commit protocol releases a position at or past them."""
 
     def __init__(self) -> None:
-        self._waiting: dict[tuple[str, int], deque] = {}
+        self._waiting: defaultdict[tuple[str, int], deque] = defaultdict(deque)
 
     def add(self, stream, events) -> None:
         for event in events:
             m = event.message
-            self._waiting.setdefault((m.topic, m.partition), deque()).append((m.offset, stream, event))
+            self._waiting[m.topic, m.partition].append((m.offset, stream, event))
 
     async def release(self, positions: list[Position]) -> None:
         for topic, partition, offset in positions:

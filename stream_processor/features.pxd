@@ -77,8 +77,8 @@ cdef class AccountStates:
     cdef Row _row
 
     @cython.locals(
-        state=AccountState, merchant=MerchantState, t=double, amount=double, n=Py_ssize_t,
-        base=Py_ssize_t, out="double[::1]",
+        state=AccountState, merchant=MerchantState, t=double, amount=double, log_amount=double,
+        n=Py_ssize_t, base=Py_ssize_t, out="double[::1]",
     )
     cpdef object transform(self, object txns)
 
@@ -87,12 +87,6 @@ cdef class AccountStates:
 
     @cython.locals(state=MerchantState)
     cdef MerchantState _merchant(self, object name)
-
-    @cython.locals(log_amount=double)
-    @cython.final
-    cdef _features(
-        self, AccountState s, MerchantState m, object txn, double amount, double t
-    )
 
     @cython.locals(n=Py_ssize_t, mid=Py_ssize_t, median=double, c1=double, c7=double, c30=double)
     @cython.final
@@ -110,7 +104,7 @@ cdef class AccountStates:
     @cython.final
     cdef _travel(self, AccountState s, object txn, double t)
 
-    @cython.locals(hour=double, day=Py_ssize_t, weekday_sin=double, weekday_cos=double)
+    @cython.locals(hour=double, day=Py_ssize_t)
     @cython.final
     cdef _calendar(self, double t)
 
@@ -125,7 +119,7 @@ cdef class AccountStates:
     cpdef _learn_account(self, AccountState s, object txn, double amount, double t)
 
 
-@cython.locals(age=double, f7=double, f30=double)
+@cython.locals(age=double, f30=double)
 cdef _learn_merchant(MerchantState m, double amount, double t)
 
 

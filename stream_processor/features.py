@@ -14,12 +14,11 @@ stored events (:meth:`AccountStates.missing`, :meth:`AccountStates.restore`). Fe
 depend only on events seen before, so a replay into a fresh :class:`AccountStates` gives the
 same vectors.
 
-Compiled by Cython at install (setup.py; features.pxd types the code, and setup.py writes its
-struct ``Row``, one C double per declared feature, from :data:`FEATURES`), or run as plain
-Python with the same results. A misspelt or undeclared name raises at the first event either
-way; a declared feature an event leaves unset raises in plain Python, which
-tests/test_compiled.py runs beside the compiled module; a compiled module built before the
-declarations changed stops the import (:func:`_check_row`).
+Compiled by Cython at install (setup.py; typed by features.pxd, whose struct ``Row`` setup.py
+writes from :data:`FEATURES`), or run as plain Python with the same results. A misspelt or
+undeclared name raises at the first event; a declared feature left unset raises in plain Python
+(tests/test_compiled.py runs it beside the compiled module); a compiled module older than the
+declarations stops the import (:func:`_check_row`).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import attrgetter, getitem
 from sys import intern
 
 import cython
@@ -140,14 +139,8 @@ if not cython.compiled:  # compiled: features.pxd's inline C, on the arrays' dou
     # (Python's bisect on an array('d') makes a float object of every value it compares:
     # about 36 an event)
 
-    def _at(values: array, i: int) -> float:
-        return values[i]
-
-    def _bisect_left(values: array, x: float, lo: int, hi: int) -> int:
-        return bisect_left(values, x, lo, hi)
-
-    def _bisect_right(values: array, x: float, lo: int, hi: int) -> int:
-        return bisect_right(values, x, lo, hi)
+    _at = getitem
+    _bisect_left, _bisect_right = bisect_left, bisect_right
 
     class _PlainRow:
         """The row of the event being computed (compiled: features.pxd's struct ``Row``): a
@@ -229,10 +222,7 @@ class MerchantState:
 
 
 class AccountStates:
-    """The bounded per-account and per-merchant memory, and the feature computation over it.
-
-    Compiled by Cython when the package is installed (``features.pxd`` declares the types; the
-    code is this file's, so it also runs as plain Python, with the same results)."""
+    """The bounded per-account and per-merchant memory, and the feature computation over it."""
 
     def __init__(
         self,
@@ -259,10 +249,8 @@ class AccountStates:
 
     def transform(self, txns: list[Transaction]) -> np.ndarray:
         """Feature rows for ``txns`` in order, each computed before the event joins the state.
-
-        Accounts beyond ``max_accounts`` are evicted after the batch, never during it: the
-        batch is stored before the next one, so an evicted account can be rebuilt from its
-        stored events (:meth:`restore`)."""
+        Accounts beyond ``max_accounts`` are evicted after the batch, never during it: the batch
+        is stored before the next one, so an evicted account can be rebuilt (:meth:`restore`)."""
         n = len(txns)
         # Row after row into one buffer of doubles, seen by NumPy without a copy (compiled: a C
         # store a value; the list of floats this replaced cost ~1 us a row to build and convert).
@@ -274,7 +262,13 @@ class AccountStates:
             merchant = self._merchant(txn.merchant)
             t = txn.event_time  # once per event: about 0.3 us a call
             amount = txn.amount
-            self._features(state, merchant, txn, amount, t)
+            log_amount = log1p(amount)  # the event's features into the row, by name
+            self._row.log_amount = log_amount
+            self._account_amounts(state, log_amount)
+            self._account_windows(state, t)
+            self._travel(state, txn, t)
+            self._calendar(t)
+            self._merchant_profile(merchant, log_amount, t)
             _emit(self, out, base)  # the row into its columns
             self._learn_account(state, txn, amount, t)
             _learn_merchant(merchant, amount, t)
@@ -304,11 +298,9 @@ class AccountStates:
         self.evicted += max(0, count)
 
     def missing(self, account_ids: set[str]) -> list[str]:
-        """Which of ``account_ids`` may have been evicted: not in memory, once any account was.
-
-        Before the first eviction every account with stored events is in memory (loaded at
-        start, or counted by :meth:`not_loaded`), so an account not in memory is new and nothing
-        needs looking up."""
+        """Which of ``account_ids`` may have been evicted: those not in memory, once any was.
+        Before that, every account with stored events is in memory (or counted by
+        :meth:`not_loaded`): one not in memory is new, and nothing needs looking up."""
         if not self.evicted:
             return []
         accounts = self._accounts
@@ -345,18 +337,6 @@ class AccountStates:
         else:
             self._merchants.move_to_end(name)
         return state
-
-    def _features(
-        self, s: AccountState, m: MerchantState, txn: Transaction, amount: float, t: float
-    ) -> None:
-        """The event's features into the row (``self._row``), each in the field of its name."""
-        log_amount = log1p(amount)
-        self._row.log_amount = log_amount
-        self._account_amounts(s, log_amount)
-        self._account_windows(s, t)
-        self._travel(s, txn, t)
-        self._calendar(t)
-        self._merchant_profile(m, log_amount, t)
 
     def _account_amounts(self, s: AccountState, log_amount: float) -> None:
         """The amount against the account's median and decayed means; its history's length."""
@@ -426,9 +406,8 @@ class AccountStates:
         day = int(t // _DAY)
         self._row.hour_sin = sin(2 * _PI * hour / 24)
         self._row.hour_cos = cos(2 * _PI * hour / 24)
-        weekday_sin, weekday_cos = _WEEKDAYS[(day + 3) % 7]  # 1970-01-01: a Thursday
-        self._row.weekday_sin = weekday_sin
-        self._row.weekday_cos = weekday_cos
+        # 1970-01-01: a Thursday
+        self._row.weekday_sin, self._row.weekday_cos = _WEEKDAYS[(day + 3) % 7]
 
     def _merchant_profile(self, m: MerchantState, log_amount: float, t: float) -> None:
         """The amount against the merchant's usual, its volume: decayed to this event's time."""
@@ -475,22 +454,16 @@ class AccountStates:
             s.last_location = location
         # Decayed sums move forward in time only; a late event counts as if at decay_time.
         age = t - s.decay_time
+        f1 = f7 = f30 = 1.0  # a late event: no decay (x * 1.0 is exactly x)
         if age > 0:
             f1, f7, f30 = exp(-age / _TAU_1D), exp(-age / _TAU_7D), exp(-age / _TAU_30D)
-            s.count_1d = s.count_1d * f1 + 1.0
-            s.count_7d = s.count_7d * f7 + 1.0
-            s.count_30d = s.count_30d * f30 + 1.0
-            s.sum_1d = s.sum_1d * f1 + amount
-            s.sum_7d = s.sum_7d * f7 + amount
-            s.sum_30d = s.sum_30d * f30 + amount
             s.decay_time = t
-        else:
-            s.count_1d += 1.0
-            s.count_7d += 1.0
-            s.count_30d += 1.0
-            s.sum_1d += amount
-            s.sum_7d += amount
-            s.sum_30d += amount
+        s.count_1d = s.count_1d * f1 + 1.0
+        s.count_7d = s.count_7d * f7 + 1.0
+        s.count_30d = s.count_30d * f30 + 1.0
+        s.sum_1d = s.sum_1d * f1 + amount
+        s.sum_7d = s.sum_7d * f7 + amount
+        s.sum_30d = s.sum_30d * f30 + amount
 
 
 def _learn_merchant(m: MerchantState, amount: float, t: float) -> None:
@@ -498,8 +471,7 @@ def _learn_merchant(m: MerchantState, amount: float, t: float) -> None:
     if age > 0:
         m.count_1h *= exp(-age / 3600)
         m.count_1d *= exp(-age / _DAY)
-        f7 = exp(-age / _TAU_7D)
-        m.count_7d *= f7
+        m.count_7d *= exp(-age / _TAU_7D)
         f30 = exp(-age / _TAU_30D)
         m.count_30d *= f30
         m.sum_30d *= f30
@@ -513,10 +485,8 @@ def _learn_merchant(m: MerchantState, amount: float, t: float) -> None:
 
 class LabelMemory:
     """What confirmed labels taught so far: decayed fraud shares per merchant and account.
-
-    Windows run on the time a label was received (``labelled_at``), so a share over 7 days means
-    "among the labels that arrived in the last 7 days". Only received labels count.
-    """
+    Windows run on the time a label was received (``labelled_at``): a share over 7 days is
+    "among the labels that arrived in the last 7 days". Only received labels count."""
 
     def __init__(self, max_keys: int = 1_000_000):
         self.max_keys = max_keys
@@ -533,10 +503,12 @@ class LabelMemory:
             m = self._merchants[merchant] = [labelled_at, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
             if len(self._merchants) > self.max_keys:
                 self._merchants.popitem(last=False)
-        _decay_pairs(m, labelled_at)
-        for k in range(3):
-            m[1 + 2 * k] += is_fraud
-            m[2 + 2 * k] += 1.0
+        age = max(0.0, labelled_at - m[0])  # an older label counts as if received at m[0]
+        m[0] = max(m[0], labelled_at)
+        for k, tau in enumerate(_TAU):
+            f = math.exp(-age / tau)  # 1.0 for age 0: x * 1.0 is exactly x
+            m[1 + 2 * k] = m[1 + 2 * k] * f + is_fraud
+            m[2 + 2 * k] = m[2 + 2 * k] * f + 1.0
         if is_fraud:
             a = self._accounts.get(account_id)
             if a is None:
@@ -570,17 +542,6 @@ class LabelMemory:
             if a is not None:
                 out[i, account_30d] = a[1] * math.exp(-max(0.0, t - a[0]) / _TAU[2])
         return out
-
-
-def _decay_pairs(m: list[float], t: float) -> None:
-    age = t - m[0]
-    if age <= 0:
-        return
-    for k, tau in enumerate(_TAU):
-        f = math.exp(-age / tau)
-        m[1 + 2 * k] *= f
-        m[2 + 2 * k] *= f
-    m[0] = t
 
 
 def _bump(counts: dict, key: str, limit: int) -> str | None:

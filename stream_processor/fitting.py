@@ -184,13 +184,11 @@ def _flatten(trees) -> FlatTrees:
         own = np.arange(count)
         left, right = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
         leaf = left == -1
-        pairs = np.empty(2 * count, dtype=np.int64)
-        pairs[0::2] = np.where(leaf, own, left) + offset
-        pairs[1::2] = np.where(leaf, own, right) + offset
+        pairs = np.stack([np.where(leaf, own, left), np.where(leaf, own, right)], axis=1).ravel()
         roots.append(offset)
         features.append(np.where(leaf, 0, feature))
         thresholds.append(np.where(leaf, np.inf, threshold))
-        children.append(pairs)
+        children.append(pairs + offset)  # left, right of each node in turn
         values.append(np.asarray(value, dtype=np.float64))
         nan_right.append(np.zeros(count, dtype=bool) if nan is None else np.asarray(nan))
         offset += count

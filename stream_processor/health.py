@@ -16,8 +16,7 @@ log = logging.getLogger(__name__)
 
 
 class HealthServer:
-    """Serves ``{"status": "ok", **status()}`` at ``/health`` until :meth:`close`; port 0:
-    nothing."""
+    """Serves ``{"status": "ok", **status()}`` at ``/health`` until :meth:`close` (port 0: no)."""
 
     def __init__(self, host: str, port: int, status: Callable[[], dict]):
         self._server: ThreadingHTTPServer | None = None

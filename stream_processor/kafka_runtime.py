@@ -1,9 +1,7 @@
 """The throughput runtime: a confluent-kafka batch consumer feeding the scoring core.
 
 A thin adapter: ``consume(BATCH_SIZE)`` hands whole batches to the commit protocol
-(:mod:`stream_processor.commit`), which scores, stores, delivers and decides what may be
-committed; this module turns consumed records into the core's messages and the protocol's
-released positions into offset commits.
+(:mod:`stream_processor.commit`); the positions it releases become offset commits.
 """
 
 from __future__ import annotations
@@ -23,6 +21,7 @@ from stream_processor.pipeline import FETCH_MAX_WAIT_MS, BatchPipeline, produced
 from stream_processor.sink import SinkError
 
 log = logging.getLogger(__name__)
+
 
 def consumer_config(settings: Settings) -> dict:
     return {
@@ -98,8 +97,7 @@ def _describe(exc: BaseException) -> str:
 
 
 class ConsumerOffsets:
-    """The protocol's released positions, committed by the consumer (asynchronously, but the
-    last one at shutdown)."""
+    """The protocol's released positions, committed by the consumer (waiting only at shutdown)."""
 
     def __init__(self, consumer: Consumer):
         self.consumer = consumer

@@ -161,11 +161,9 @@ class LabelLearner:
         self.clock = max(self.clock, max(t.timestamp for t in txns).timestamp())
 
     def release(self, result: BatchResult) -> None:
-        """Learn from the queued labels whose labelled_at the event clock has reached.
-
-        The scored event comes from this batch, else from the store; a label whose event was
-        not scored yet waits for it (at most ``label_memory`` of them). Ends the batch.
-        """
+        """Learn from the queued labels whose labelled_at the event clock has reached, each
+        from its scored event: this batch's, else the store's; a label whose event was not
+        scored yet waits for it (at most ``label_memory`` of them). Ends the batch."""
         due: list[Label] = []
         while self._queue and self._queue[0][0] <= self.clock:
             due.append(heapq.heappop(self._queue)[2])

@@ -85,14 +85,14 @@ class BatchPipeline:
         if not features.COMPILED:
             log.warning(
                 "the feature code runs as plain Python (it was not compiled at install: no C "
-                "compiler?): the same results, about half the speed; see docs/development.md, Compiled parts"
+                "compiler?): the same results, about half the speed; see docs/development.md, "
+                "Compiled parts"
             )
 
     # -- batches -------------------------------------------------------------------------------
 
     def handle(self, messages: Sequence[RawMessage]) -> Outbound:
-        """Score and store a batch, all at once (tests and benchmarks; the runtimes pipeline
-        the steps through the commit protocol)."""
+        """Score and store a batch at once (tests, benchmarks; runtimes use the commit protocol)."""
         self.submit(self.score(messages))
         return self.collect()
 

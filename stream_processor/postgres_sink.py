@@ -52,9 +52,8 @@ TRANSIENT = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetecte
 
 
 class PostgresSink(Sink):
-    def __init__(self, engine: Engine, attempts: int = 5):
+    def __init__(self, engine: Engine):
         super().__init__(engine)
-        self.attempts = attempts
         self._compiled: dict = {}  # Step.key -> SQL
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="postgres-writer")
         self._pending: Future | None = None
@@ -84,7 +83,7 @@ class PostgresSink(Sink):
                 self._disconnect()  # the retry opens a new connection
 
         retry(lambda: self._transaction(steps), transient=lambda exc: isinstance(exc, TRANSIENT),
-              attempts=self.attempts, on_retry=retrying)  # fmt: skip
+              attempts=5, on_retry=retrying)  # fmt: skip
 
     def _transaction(self, steps: list[Step]) -> None:
         conn = self._connection()
@@ -139,7 +138,7 @@ class PostgresSink(Sink):
             rows = conn.exec_driver_sql(
                 ACCOUNT_HISTORY_POSTGRES, {"ids": account_ids, "n": per_account}
             ).all()
-        return [_history_event(*r) for r in rows]
+        return [_history_event(r) for r in rows]
 
     def close(self) -> None:
         try:

@@ -32,9 +32,7 @@ def explain(
     supervised_threshold: float | None = None,
 ) -> list[str]:
     """Reasons, strongest first; never empty (ends with the score that flagged the event).
-
-    ``row`` holds the model inputs then the label inputs (features.SUPERVISED_FEATURE_NAMES).
-    """
+    ``row``: the model inputs then the label inputs (features.SUPERVISED_FEATURE_NAMES)."""
     f = named(row)
     reasons = _account_reasons(txn, f, state)
     hour = txn.timestamp.hour

@@ -1,18 +1,15 @@
 """Background refits, in a worker process of their own (``fraud-refit``).
 
-A refit is CPU-bound Python and NumPy (Isolation Forest fit, threshold scoring, the
-gradient-boosted fit). In a thread it would hold the GIL for most of a second and every batch in
-that second would wait for it (``benchmarks.latency``'s refit pause measures it beside a thread
-baseline). In a worker process the batch path keeps the interpreter to itself; the worker runs
-at a lower priority (``nice`` 10) with one native thread, so on a small machine the stream
-still gets the CPU first. Callers name the function to run (``"module:function"``), so the
-processor itself never imports scikit-learn. Its arguments and result are pickled and unpickled
-in the caller's thread, not in a helper thread: the batch path pays for them at a moment it
-chooses and can measure.
+A refit is CPU-bound Python and NumPy: in a thread it would hold the GIL for most of a second,
+and every batch in that second would wait (``benchmarks.latency``'s refit pause). In a worker
+process, at a lower priority (``nice`` 10) with one native thread, the stream still gets the CPU
+first. Callers name the function to run (``"module:function"``), so the processor never imports
+scikit-learn. Arguments and results are pickled in the caller's thread, not a helper thread: the
+batch path pays for them at a moment it chooses and can measure.
 
-Each :class:`RefitRunner` starts its worker when it is made, off the batch path; the worker
-(a :class:`fraudstream.processes.Worker`) exits with the processor, and is replaced if it ever
-dies: the fit that was running then fails, is logged, and the current model is kept.
+The worker (a :class:`fraudstream.processes.Worker`) starts when its :class:`RefitRunner` is
+made, exits with the processor, and is replaced if it dies: the fit it was running fails, is
+logged, and the current model is kept.
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
-"""The scoring core, the sink and the commit protocol in a process of its own, for the faust
-runtime.
+"""The commit protocol (scoring, the sink, deliveries) in a child process, for the faust runtime.
 
-faust-streaming spends about 240 us of Python per event before any work (its stream, its
-consumer bookkeeping), and the scoring core about as much again. In one interpreter the two take
-turns on the GIL, so the runtime ran at under half of bare faust's rate. Here faust keeps its
-process and consumes; the commit protocol (:mod:`stream_processor.commit`: scoring, the sink,
-delivering alerts and dead letters) runs in a child process (a
-:class:`~fraudstream.processes.Worker`), which answers each batch with the positions it releases:
-faust acknowledges the events up to them. While the child works on one batch, faust reads the
-next on the other core.
+faust-streaming spends about 240 us of Python per event before any work, and the scoring core
+about as much again: in one interpreter the two take turns on the GIL (under half of bare faust's
+rate). So faust consumes in its process, and the protocol (:mod:`stream_processor.commit`) runs
+in a :class:`~fraudstream.processes.Worker` that answers each batch with the positions it
+releases: faust acknowledges the events up to them, and reads the next batch meanwhile.
 """
 
 from __future__ import annotations
@@ -92,9 +88,8 @@ class ProtocolServer:
 
 
 class PipelineProcess:
-    """A :class:`ProtocolServer` in a child process: :meth:`batch` and :meth:`idle` awaited,
-    :meth:`status`; :meth:`finish` and :meth:`close` at shutdown. Exceptions raised in the child
-    are raised again here.
+    """A :class:`ProtocolServer` in a child process; exceptions raised in the child are raised
+    again here.
 
     The faust runtime awaits it on its event loop (:meth:`_acall`), not from an executor thread,
     whose every call waited for the GIL to come back from the busy loop (docs/benchmarks.md)."""
@@ -108,8 +103,7 @@ class PipelineProcess:
         try:
             ok, value = self._worker.receive(START_TIMEOUT_S)
         except WorkerGone as exc:
-            self._worker.stop(5.0)
-            raise CoreProcessError(f"the scoring process did not start: {exc}") from None
+            ok, value = False, CoreProcessError(f"the scoring process did not start: {exc}")
         if not ok:
             self._worker.stop(5.0)
             raise value

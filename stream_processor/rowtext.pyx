@@ -41,17 +41,14 @@ def features_rows(bytes numbers, list keys):
     cdef const char **key_ptr = <const char **>PyMem_Malloc((width + 1) * sizeof(char *))
     cdef Py_ssize_t *key_len = <Py_ssize_t *>PyMem_Malloc((width + 1) * sizeof(Py_ssize_t))
     cdef char *buf = <char *>PyMem_Malloc(keys_len + n + 1)
-    if key_ptr == NULL or key_len == NULL or buf == NULL:
-        PyMem_Free(key_ptr)
-        PyMem_Free(key_len)
-        PyMem_Free(buf)
-        raise MemoryError()
-    for k in range(width + 1):
-        key_ptr[k] = PyBytes_AS_STRING(keys[k])
-        key_len[k] = PyBytes_GET_SIZE(keys[k])
     out = []
     cdef Py_ssize_t i = 1, start, size, column
-    try:
+    try:  # freed below, whichever failed (PyMem_Free(NULL) does nothing)
+        if key_ptr == NULL or key_len == NULL or buf == NULL:
+            raise MemoryError()
+        for k in range(width + 1):
+            key_ptr[k] = PyBytes_AS_STRING(keys[k])
+            key_len[k] = PyBytes_GET_SIZE(keys[k])
         while i < n and src[i] == b'[':  # a row
             i += 1
             size = 0
@@ -98,20 +95,15 @@ def utc_text(datetime ts, object utc):
     if ts is None or datetime_tzinfo(ts) is not utc:
         return None
     cdef char buf[26]
+    memcpy(buf, b"0000-00-00 00:00:00.", 20)  # the separators; the digits are written over
     _digits(buf, datetime_year(ts), 4)
-    buf[4] = b'-'
     _digits(buf + 5, datetime_month(ts), 2)
-    buf[7] = b'-'
     _digits(buf + 8, datetime_day(ts), 2)
-    buf[10] = b' '
     _digits(buf + 11, datetime_hour(ts), 2)
-    buf[13] = b':'
     _digits(buf + 14, datetime_minute(ts), 2)
-    buf[16] = b':'
     _digits(buf + 17, datetime_second(ts), 2)
     cdef int micro = datetime_microsecond(ts)
     if micro == 0:
         return PyUnicode_DecodeASCII(buf, 19, NULL)
-    buf[19] = b'.'
     _digits(buf + 20, micro, 6)
     return PyUnicode_DecodeASCII(buf, 26, NULL)

@@ -40,8 +40,7 @@ class Versions:
 
 
 class BackgroundFit:
-    """One fit at a time in the refit worker: started, then its model taken (and numbered) once
-    it is done."""
+    """One fit at a time in the refit worker: started, then its model taken (and numbered)."""
 
     def __init__(self, what: str, versions: Versions):
         self.what = what  # for the log: "refit", "supervised refit"
@@ -99,8 +98,7 @@ class DriftWatch:
 
 
 class TrainingWindow:
-    """The newest feature vectors (FEATURE_NAMES), a ring buffer: the next refit's training
-    window."""
+    """A ring buffer of the newest feature vectors (FEATURE_NAMES): the next refit's data."""
 
     def __init__(self, size: int):
         self._rows = np.empty((max(size, 1), len(FEATURE_NAMES)))
@@ -108,18 +106,14 @@ class TrainingWindow:
         self._len = 0
 
     def add(self, features: np.ndarray) -> None:
-        size = len(self._rows)
-        for start in range(0, len(features), size):
-            chunk = features[start : start + size]
-            end = self._pos + len(chunk)
-            if end <= size:
-                self._rows[self._pos : end] = chunk
-            else:
-                split = size - self._pos
-                self._rows[self._pos :] = chunk[:split]
-                self._rows[: end - size] = chunk[split:]
-            self._pos = end % size
-            self._len = min(size, self._len + len(chunk))
+        size, n = len(self._rows), len(features)
+        newest = features[-size:]  # the older rows would be overwritten by this batch
+        start = (self._pos + n - len(newest)) % size
+        split = min(len(newest), size - start)  # the rest wraps around to the buffer's start
+        self._rows[start : start + split] = newest[:split]
+        self._rows[: len(newest) - split] = newest[split:]
+        self._pos = (self._pos + n) % size
+        self._len = min(size, self._len + n)
 
     def anomaly_inputs(self) -> np.ndarray:
         """A copy of the window's anomaly-model columns (its rows in ring order)."""
@@ -128,8 +122,7 @@ class TrainingWindow:
 
 @dataclass(slots=True)
 class Scores:
-    """A batch's scores: the anomaly model's, the supervised model's when there is one, and
-    the verdict of both."""
+    """A batch's scores by the anomaly model and the supervised one if any, and the verdict."""
 
     model: FittedModel
     supervised: SupervisedModel | None
@@ -188,8 +181,7 @@ class AnomalyScorer:
         self.drift.watch(scores)
 
     def fit_first(self, features: np.ndarray, result: BatchResult) -> FittedModel:
-        """Fit the first model on ``features`` (the held events), waiting for it, and install
-        it."""
+        """Fit the first model on ``features`` (the held events), wait for it and install it."""
         inputs = features[:, ANOMALY_COLUMNS]  # fit in the refit worker too; this batch waits
         model = self._fit(self.refits.run, inputs, version=self.versions.next, reason="initial")
         self._install(model, result)
@@ -228,11 +220,8 @@ class AnomalyScorer:
         if self.drift.detected and self.since_fit >= MIN_EVENTS_BEFORE_DRIFT_REFIT:
             return "drift"
         since_last = time.monotonic() - self.last_fit
-        if (
-            s.refit_every_events
-            and self.since_fit >= s.refit_every_events
-            and since_last >= s.refit_min_interval_s
-        ):
+        events_due = s.refit_every_events and self.since_fit >= s.refit_every_events
+        if events_due and since_last >= s.refit_min_interval_s:
             return "events"
         if s.refit_interval_s and since_last >= s.refit_interval_s:
             return "interval"

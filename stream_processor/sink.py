@@ -1,8 +1,6 @@
-"""The processor's database: one interface (:class:`Sink`), two implementations.
+"""The processor's database: one interface (:class:`Sink`), two implementations
+(:mod:`~stream_processor.sqlite_sink`, :mod:`~stream_processor.postgres_sink`).
 
-:func:`open_sink` opens ``DATABASE_URL``: a SQLite file
-(:class:`~stream_processor.sqlite_sink.SqliteSink`, written by a child process) or PostgreSQL
-(:class:`~stream_processor.postgres_sink.PostgresSink`, written by a thread, rows by COPY).
 Inserts ignore rows whose key already exists, so a replayed event never makes a second row.
 Only SQLAlchemy Core and parameterised statements.
 """
@@ -86,8 +84,7 @@ class Sink:
 
     def submit(self, result: BatchResult, published: Mapping[str, float] | None = None) -> None:
         """Start writing ``result`` and recording ``published`` (earlier alerts delivered:
-        transaction id -> epoch s) in one transaction; a write still in flight is waited for
-        first."""
+        transaction id -> epoch s) in one transaction, after waiting for the write in flight."""
         if result or published:
             self.wait()
             self._start(write_plan(result, published))
@@ -133,17 +130,12 @@ class Sink:
         topic was never recorded."""
         t = transactions
         undelivered = select(t).where(t.c.is_flagged == 1, t.c.alert_published_at.is_(None))
-        queries = (
-            [undelivered]
-            if ids is None
-            else [undelivered.where(t.c.transaction_id.in_(chunk)) for chunk in _chunks(ids)]
-        )
+        queries = [undelivered]
+        if ids is not None:
+            queries = [undelivered.where(t.c.transaction_id.in_(chunk)) for chunk in _chunks(ids)]
         with self.engine.connect() as conn:
-            return [
-                alert_payload(TransactionRow(**r._mapping))
-                for q in queries
-                for r in conn.execute(q)
-            ]
+            rows = [r for q in queries for r in conn.execute(q)]
+        return [alert_payload(TransactionRow(**r._mapping)) for r in rows]
 
     def latest_model(self, run: Callable = call) -> FittedModel | None:
         """The newest saved anomaly model; ``run(name, *args, **kwargs)`` runs the loader where
@@ -263,16 +255,13 @@ class Sink:
         )
         with self.engine.connect() as conn:
             for r in conn.execute(q):
-                yield _history_event(
-                    r.transaction_id, r.account_id, r.amount, r.merchant, r.location, r.timestamp
-                )
+                yield _history_event(r)
 
     def account_count(self) -> int:
         """Distinct accounts with stored transactions."""
+        count = select(func.count(func.distinct(transactions.c.account_id)))
         with self.engine.connect() as conn:
-            return conn.execute(
-                select(func.count(func.distinct(transactions.c.account_id)))
-            ).scalar()
+            return conn.execute(count).scalar()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -289,10 +278,7 @@ class SinkStore:
         self.in_flight_ids: frozenset[str] = frozenset()
 
     def known_ids(self, ids: list[str]) -> set[str]:
-        found = self.sink.known_ids(ids)
-        if self.in_flight_ids:
-            found |= self.in_flight_ids.intersection(ids)
-        return found
+        return self.sink.known_ids(ids) | self.in_flight_ids.intersection(ids)
 
     def lookup_events(self, ids: list[str]) -> dict[str, LabelledEvent | None]:
         self.sink.wait()
@@ -307,7 +293,7 @@ class SinkStore:
 
 
 class Step:
-    """One statement of a batch's write: its ``name`` (what :meth:`statement` builds) and its
+    """One statement of a batch's write: its ``name`` (what :meth:`compile` builds) and its
     ``rows`` (parameter dicts; TransactionRow tuples for ``"rows"``). ``key`` names the
     statement for the sinks' caches of compiled SQL: the same name and columns, the same SQL."""
 
@@ -317,29 +303,27 @@ class Step:
         self.name, self.rows = name, rows
         self.key = (name, ROW_COLUMNS if name == "rows" else tuple(rows[0]))
 
-    def statement(self, insert):
-        """The statement, SQLAlchemy Core, from the dialect's ``insert``."""
+    def compile(self, insert, dialect):
+        """The statement, SQLAlchemy Core from the dialect's ``insert``, compiled for it."""
         if self.name in _INSERTS:
             table, keys = _INSERTS[self.name]
-            return insert(table).on_conflict_do_nothing(index_elements=keys)
-        if self.name == "published":
-            return (
+            statement = insert(table).on_conflict_do_nothing(index_elements=keys)
+        elif self.name == "published":
+            statement = (
                 update(transactions)
                 .where(transactions.c.transaction_id == bindparam("tid"))
                 .values(alert_published_at=bindparam("delivered_at"))
             )
-        if self.name == "labels_released":
+        elif self.name == "labels_released":
             # Only the first label of an id is stored; a later duplicate updates nothing new.
-            return (
+            statement = (
                 update(labels)
                 .where(labels.c.transaction_id == bindparam("tid"), labels.c.learned.is_(None))
                 .values(learned=bindparam("learned_value"))
             )
-        return delete(pending_events)  # "pending_clear"
-
-    def compile(self, insert, dialect):
-        columns = list(self.key[1]) or None
-        return self.statement(insert).compile(dialect=dialect, column_keys=columns)
+        else:
+            statement = delete(pending_events)  # "pending_clear"
+        return statement.compile(dialect=dialect, column_keys=list(self.key[1]) or None)
 
 
 # Inserts that skip rows whose key is stored already: the table, and its key.
@@ -368,14 +352,14 @@ def write_plan(result: BatchResult, published: Mapping[str, float] | None) -> li
     return [Step(name, rows) for name, rows in plan.items() if rows]
 
 
-def _history_event(transaction_id, account_id, amount, merchant, location, timestamp):
+def _history_event(row) -> Transaction:
     return Transaction(
-        transaction_id=transaction_id,
-        account_id=account_id,
-        amount=amount,
-        merchant=merchant,
-        timestamp=parse_timestamp(timestamp),
-        location=location,
+        transaction_id=row.transaction_id,
+        account_id=row.account_id,
+        amount=row.amount,
+        merchant=row.merchant,
+        timestamp=parse_timestamp(row.timestamp),
+        location=row.location,
     )
 
 
@@ -398,6 +382,6 @@ def _labelled(r) -> LabelledEvent:
     return LabelledEvent(r.merchant, r.account_id, vector)
 
 
-def _chunks(items: list, size: int = CHUNK):
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def _chunks(items: list):
+    for i in range(0, len(items), CHUNK):
+        yield items[i : i + CHUNK]

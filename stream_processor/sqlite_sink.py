@@ -55,7 +55,13 @@ class SqliteSink(Sink):
             raise SinkError(f"cannot start the SQLite writer process: {exc}") from exc
 
     def _start(self, steps: list[Step]) -> None:
-        self.writer.submit(self.statements(steps))
+        statements = []  # (SQL, parameter tuples) pairs: what the writer process takes
+        for step in steps:
+            sql, values = self._statement(step)
+            # "rows": tuples in the statement's order already (checked when compiled)
+            params = step.rows if step.name == "rows" else list(map(values, step.rows))
+            statements.append((sql, params))
+        self.writer.submit(statements)
 
     def wait(self) -> None:
         self.writer.wait()
@@ -63,18 +69,6 @@ class SqliteSink(Sink):
     @property
     def in_flight(self) -> bool:
         return self.writer.in_flight
-
-    def statements(self, steps: list[Step]) -> list[tuple[str, list[tuple]]]:
-        """The write as (SQL, parameter tuples) pairs, in the order one transaction runs them:
-        what the writer process takes."""
-        out = []
-        for step in steps:
-            sql, values = self._statement(step)
-            if step.name == "rows":
-                out.append((sql, step.rows))  # tuples in the statement's order (checked)
-            else:
-                out.append((sql, list(map(values, step.rows))))
-        return out
 
     def _statement(self, step):
         """(SQL, dict -> parameter tuple) of a step, compiled once."""
@@ -103,7 +97,7 @@ class SqliteSink(Sink):
             rows = conn.exec_driver_sql(
                 ACCOUNT_HISTORY_SQLITE, (orjson.dumps(account_ids).decode(), per_account)
             ).all()
-        return [_history_event(*r) for r in rows]
+        return [_history_event(r) for r in rows]
 
     def close(self) -> None:
         self.writer.close()  # a write in flight is finished first; the log copied back

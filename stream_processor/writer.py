@@ -2,12 +2,10 @@
 
 Python's sqlite3 takes the GIL back after every row it steps, so a write in a thread of the
 processor would wait for the scoring thread at every row (docs/benchmarks.md). Here a child
-process (``fraud-writer``) runs each batch's statements, compiled by
-:meth:`stream_processor.sqlite_sink.SqliteSink.statements`, in one transaction while the
-processor scores the next batch on the other core; it also runs the write-ahead log's
-checkpoints (:class:`_Checkpoints`; the processor's own connections never checkpoint). It exits
-when the processor's end of the pipe closes, however the processor ended; a write in progress
-then still commits or rolls back as a whole.
+process (``fraud-writer``) runs each batch's statements in one transaction while the processor
+scores the next batch on the other core, and runs the write-ahead log's checkpoints (the
+processor's own connections never checkpoint). It exits when the processor's end of the pipe
+closes; a write in progress then still commits or rolls back as a whole.
 """
 
 from __future__ import annotations
@@ -23,6 +21,8 @@ from stream_processor import WORKER_PRELOAD
 from stream_processor.sink import SinkError
 
 WRITER_PROCESS_NAME = "fraud-writer"  # what ps shows
+CHECKPOINT_EVERY_WRITES = 8  # the log copied back whole at least this often
+CHECKPOINT_EVERY_S = 1.0  # ... and once the writes pause this long
 
 
 # -- the processor's side -----------------------------------------------------------------------
@@ -31,21 +31,14 @@ WRITER_PROCESS_NAME = "fraud-writer"  # what ps shows
 class WriterProcess:
     """The child process: :meth:`submit` a transaction, :meth:`wait` for it."""
 
-    def __init__(
-        self,
-        path: str,
-        busy_timeout_ms: int,
-        checkpoint_every_writes: int = 8,  # the log copied back whole at least this often
-        checkpoint_every_s: float = 1.0,  # ... and once the writes pause this long
-        start_timeout_s: float = 30.0,
-    ):
+    def __init__(self, path: str, busy_timeout_ms: int):
         self._worker = Worker(WRITER_PROCESS_NAME, serve, path, busy_timeout_ms,
-                              checkpoint_every_writes, checkpoint_every_s, preload=WORKER_PRELOAD)  # fmt: skip
+                              preload=WORKER_PRELOAD)  # fmt: skip
         self.pid = self._worker.pid
         self.in_flight = False  # a write was submitted and not waited for
         self.checkpoints = 0
         try:
-            kind, detail = self._worker.receive(start_timeout_s)
+            kind, detail = self._worker.receive(timeout_s=30.0)
         except WorkerGone as exc:
             kind, detail = "error", str(exc)
         if kind != "ready":
@@ -147,8 +140,7 @@ class _Checkpoints:
         self._thread.start()
 
     def before_write(self) -> None:
-        """Before each write: copy back what is left first when no checkpoint copied the whole
-        log for ``every_writes`` writes."""
+        """Before each write: first the catch-up, when it is due."""
         with self._cv:
             if self._complete:  # this write rewinds the log
                 self._complete, self._since_complete = False, 0
@@ -161,8 +153,7 @@ class _Checkpoints:
             self._writing = True
 
     def after_write(self) -> None:
-        """After each write (committed or not): a checkpoint in the background, unless one
-        runs already (it is run again once it ends)."""
+        """After each write (committed or not): a background checkpoint, after any running."""
         with self._cv:
             self._writing = False
             self._due = True
@@ -221,14 +212,14 @@ class _Checkpoints:
         return busy == 0 and frames == copied
 
 
-def serve(inbox, outbox, path: str, busy_timeout_ms: int, every_writes: int, every_s: float) -> None:
+def serve(inbox, outbox, path: str, busy_timeout_ms: int) -> None:
     try:
         # timeout: sqlite3_busy_timeout, what the processor's "PRAGMA busy_timeout" sets
         conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints: _Checkpoints
-        checkpoints = _Checkpoints(conn, path, busy_timeout_ms / 1000, every_writes)
+        checkpoints = _Checkpoints(conn, path, busy_timeout_ms / 1000, CHECKPOINT_EVERY_WRITES)
     except sqlite3.Error as exc:
         outbox.send(("error", f"{type(exc).__name__}: {exc}"))
         return
@@ -236,7 +227,7 @@ def serve(inbox, outbox, path: str, busy_timeout_ms: int, every_writes: int, eve
     idle_since_write = False  # writes since the log was last copied back while idle
     try:
         while True:
-            if not inbox.poll(every_s):
+            if not inbox.poll(CHECKPOINT_EVERY_S):
                 if idle_since_write:  # idle: copy back what the last writes left in the log
                     checkpoints.catch_up()
                     idle_since_write = False
