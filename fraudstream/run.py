@@ -46,9 +46,7 @@ class RunSummary:
     csv: Path
     database: Path | None  # the SQLite file
     database_url: str = ""  # as shown: without a password
-    produced: int = 0
-    rejected_rows: int = 0
-    rejects_path: Path | None = None
+    replay: object | None = None  # producer.replay.ReplayStats
     wall_s: float = 0.0
     stored_rows: int = 0
     new_rows: int = 0
@@ -62,12 +60,7 @@ class RunSummary:
     runtime: str = "confluent"
     dbt: object | None = None  # batch.build.BuildOutcome
     marts: dict = field(default_factory=dict)  # table -> rows
-    labels_sent: int = 0
     labels_stored: int = 0
-
-    @property
-    def events_per_s(self) -> float:
-        return self.produced / self.wall_s if self.wall_s else 0.0
 
 
 def run_pipeline(
@@ -120,7 +113,6 @@ def run_pipeline(
 
 
 def _open_database(settings: Settings, fresh: bool) -> Engine:
-    """An engine on the database, created with its tables if need be (``fresh``: tables dropped)."""
     try:
         if ensure_database(settings.database_url):
             print(f"created the database {shown_url(settings.database_url)}", file=sys.stderr)
@@ -132,14 +124,12 @@ def _open_database(settings: Settings, fresh: bool) -> Engine:
 
 
 def _count(conn, table, *where) -> int:
-    """The rows in ``table`` that match every condition in ``where``."""
     return conn.execute(select(func.count()).select_from(table).where(*where)).scalar()
 
 
 def _replay_and_process(
     csv_path: Path, settings: Settings, engine, summary: RunSummary, options, timeout_s: float
 ) -> None:
-    """Start the processor, replay the CSV and wait until the processor has processed it all."""
     from producer.replay import replay
 
     proc = start_processor(settings, summary.processor_log)
@@ -151,8 +141,7 @@ def _replay_and_process(
         )  # fmt: skip
         if stats.failed:
             raise RunError(f"{stats.failed} events were not delivered: {stats.errors[:3]}")
-        summary.produced, summary.rejected_rows = stats.produced, stats.rejected
-        summary.rejects_path, summary.labels_sent = stats.rejects_path, stats.labels_sent
+        summary.replay = stats
         wait_until_processed(
             settings, engine, proc, summary.processor_log, stats.last_offsets, timeout_s,
             stats.label_offsets,
@@ -163,7 +152,6 @@ def _replay_and_process(
 
 
 def _build_marts(summary: RunSummary, engine: Engine, settings: Settings, fresh: bool) -> None:
-    """Build the dbt marts on the stored rows and count each mart's rows (None: missing)."""
     from batch.build import dbt_build
 
     # After --fresh the incremental marts start over too (PostgreSQL keeps dbt's tables).
@@ -177,19 +165,19 @@ def _build_marts(summary: RunSummary, engine: Engine, settings: Settings, fresh:
 
 
 def start_processor(settings: Settings, log_path: Path) -> subprocess.Popen:
-    log_file = open(log_path, "ab")  # noqa: SIM115 - the child holds it; closed on our exit
-    return subprocess.Popen(
-        [sys.executable, "-m", "fraudstream", "process"],
-        env={**os.environ, **settings.to_env()},
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        preexec_fn=die_with_parent,
-    )
+    with open(log_path, "ab") as log_file:  # the child writes through its own copy
+        return subprocess.Popen(
+            [sys.executable, "-m", "fraudstream", "process"],
+            env={**os.environ, **settings.to_env()},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
 
 
-def consumer_lag(settings: Settings, last_offsets: dict[int, int], topic: str | None = None) -> int:
-    """Events up to ``last_offsets`` (partition -> highest produced offset) not yet committed.
+def consumer_lag(settings: Settings, last_offsets: dict[str, dict[int, int]]) -> int:
+    """Events up to ``last_offsets`` (topic -> partition -> last produced offset) not committed.
 
     Measured against the producer's delivery reports, not the topic's high watermark: the embedded
     broker's ListOffsets answers with the start of the last record batch, not the end.
@@ -202,12 +190,10 @@ def consumer_lag(settings: Settings, last_offsets: dict[int, int], topic: str | 
         }
     )
     try:
-        topic = topic or settings.transactions_topic
-        parts = [TopicPartition(topic, p) for p in last_offsets]
-        committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)}
-        return sum(
-            max(0, last + 1 - max(committed.get(p, 0), 0)) for p, last in last_offsets.items()
-        )
+        wanted = {(t, p): last for t, parts in last_offsets.items() for p, last in parts.items()}
+        answered = consumer.committed([TopicPartition(t, p) for t, p in wanted], timeout=10)
+        committed = {(tp.topic, tp.partition): tp.offset for tp in answered}
+        return sum(max(0, last + 1 - max(committed.get(key, 0), 0)) for key, last in wanted.items())
     finally:
         consumer.close()
 
@@ -221,6 +207,7 @@ def wait_until_processed(
     timeout_s: float,
     label_offsets: dict[int, int] | None = None,
 ) -> None:
+    topics = {settings.transactions_topic: last_offsets, settings.labels_topic: label_offsets or {}}
     deadline = time.monotonic() + timeout_s
     last_report = time.monotonic()
     while True:
@@ -229,9 +216,7 @@ def wait_until_processed(
                 f"the stream processor exited with code {proc.returncode}; see {log_path}:\n"
                 + _tail(log_path)
             )
-        lag = consumer_lag(settings, last_offsets)
-        if label_offsets:
-            lag += consumer_lag(settings, label_offsets, settings.labels_topic)
+        lag = consumer_lag(settings, topics)
         with engine.connect() as conn:
             held = _count(conn, pending_events)
         if lag == 0 and held == 0:
@@ -289,11 +274,9 @@ def detection_quality(rows) -> dict:
     }
 
 
-def alert_ids_on_topic(settings: Settings, idle_s: float = 3.0) -> set[str]:
-    """``transaction_id`` of every alert on the alerts topic."""
+def alert_ids_on_topic(settings: Settings) -> set[str]:
     return {
-        json.loads(m.value())["transaction_id"]
-        for m in read_topic(settings, settings.alerts_topic, idle_s)
+        json.loads(m.value())["transaction_id"] for m in read_topic(settings, settings.alerts_topic)
     }
 
 
@@ -306,17 +289,19 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 def format_summary(s: RunSummary) -> str:
     out = ["", "=== fraudstream run ===", f"input                {s.csv}"]
-    out.append(f"events produced      {s.produced:,}   (bad CSV rows skipped: {s.rejected_rows:,}"
-               + (f", kept in {s.rejects_path})" if s.rejects_path else ")"))  # fmt: skip
+    feed = s.replay
+    out.append(f"events produced      {feed.produced:,}   (bad CSV rows skipped: {feed.rejected:,}"
+               + (f", kept in {feed.rejects_path})" if feed.rejects_path else ")"))  # fmt: skip
     out.append(f"rows stored          {s.new_rows:,} new, {s.stored_rows:,} in total "
                f"(a replayed transaction_id adds no row)")  # fmt: skip
     out.append(f"flagged              {s.flagged:,}   alerts on topic: {s.alerts_on_topic:,}")
     out.append(f"dead-lettered        {s.dead_letters:,}")
-    if s.labels_sent or s.labels_stored:
-        out.append(f"labels               {s.labels_sent:,} sent, {s.labels_stored:,} stored "
+    if feed.labels_sent or s.labels_stored:
+        out.append(f"labels               {feed.labels_sent:,} sent, {s.labels_stored:,} stored "
                    "(delayed outcomes; `fraudstream evaluate` measures with them)")  # fmt: skip
     out.append(f"runtime              {s.runtime}")
-    out.append(f"wall time            {s.wall_s:.1f} s   ({s.events_per_s:,.0f} events/s, "
+    events_per_s = feed.produced / s.wall_s if s.wall_s else 0.0
+    out.append(f"wall time            {s.wall_s:.1f} s   ({events_per_s:,.0f} events/s, "
                "produce to last offset committed)")  # fmt: skip
     if q := s.quality:
         out.append(f"against is_fraud     precision {q['precision']:.3f}  "
@@ -341,12 +326,10 @@ def format_summary(s: RunSummary) -> str:
             f"{k} {v:,}" if v is not None else f"{k} missing" for k, v in s.marts.items()
         )
         out.append(f"marts (rows)         {marts}")
+    out.append(f"database             {s.database or s.database_url}")
     if s.database:
-        out.append(f"database             {s.database}")
         out.append(f"  query it:          sqlite3 {s.database} 'select * from transactions "
                    "where is_flagged = 1 order by score desc limit 20'")  # fmt: skip
-    else:
-        out.append(f"database             {s.database_url}")
     out.append(f"processor log        {s.processor_log}")
     if s.database:
         out.append(f"dashboard            make dashboard DB={s.database}   "

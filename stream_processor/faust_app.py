@@ -11,6 +11,7 @@ idempotent sink makes at-least-once effectively-once.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -44,9 +45,8 @@ def faust_credentials(settings: Settings):
     protocol = settings.security_protocol  # None or one of the four Settings allows
     if protocol in (None, "PLAINTEXT"):
         return None
-    context = None
-    if protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=settings.ssl_ca_location)
+    tls = protocol in ("SSL", "SASL_SSL")
+    context = ssl.create_default_context(cafile=settings.ssl_ca_location) if tls else None
     if protocol == "SSL":
         return faust.SSLCredentials(context)
     return faust.SASLCredentials(
@@ -72,11 +72,7 @@ async def store_while_reading(
     stored as soon as it is read. When ``size`` events wait, reading waits too. On the way out
     (cancelled, or ``stop()``), the batch being stored is finished; events still waiting are
     dropped unacknowledged, so they are consumed again after a restart."""
-    batcher = _Batcher(store, size, stop)
-    try:
-        await batcher.read(batches)
-    finally:
-        await batcher.close()
+    await _Batcher(store, size, stop).run(batches)
 
 
 class _Batcher:
@@ -95,21 +91,30 @@ class _Batcher:
         self._storing: asyncio.Future | None = None
         self._sender = asyncio.ensure_future(self._send())
 
-    async def read(self, batches: AsyncIterator[list]) -> None:
+    async def run(self, batches: AsyncIterator[list]) -> None:
         """Queue what ``batches`` yields, pausing while ``size`` wait, then store the rest."""
-        async for events in batches:
-            if self._sender.done():  # stopped (a fatal error): take nothing more
-                return
-            self._pending.extend(events)
-            self._idle.clear()
-            self._ready.set()
-            if len(self._pending) >= self._size:
-                self._room.clear()
-                await self._until(self._room)
-        await self._until(self._idle)
+        try:
+            async for events in batches:
+                if self._sender.done():  # stopped (a fatal error): take nothing more
+                    return
+                self._pending.extend(events)
+                self._idle.clear()
+                self._ready.set()
+                if len(self._pending) >= self._size:
+                    self._room.clear()
+                    await self._until(self._room)
+            await self._until(self._idle)
+        finally:  # drop what is queued, finish the batch being stored, raise the sender's error
+            self._pending.clear()
+            self._ready.clear()
+            self._sender.cancel()
+            if self._storing is not None and not self._storing.done():
+                await asyncio.wait([self._storing])
+            sender = self._sender
+            if sender.done() and not sender.cancelled() and sender.exception() is not None:
+                raise sender.exception()
 
     async def _send(self) -> None:
-        """Store the queued events, up to ``size`` at a time, until ``stop()``."""
         while not self._stop():
             await self._ready.wait()
             batch = self._pending[: self._size]  # the oldest queued events
@@ -127,17 +132,6 @@ class _Batcher:
         waiting = asyncio.ensure_future(event.wait())
         await asyncio.wait([waiting, self._sender], return_when=asyncio.FIRST_COMPLETED)
         waiting.cancel()
-
-    async def close(self) -> None:
-        """Drop what is queued, finish the batch being stored, and raise the sender's error."""
-        self._pending.clear()
-        self._ready.clear()
-        self._sender.cancel()
-        if self._storing is not None and not self._storing.done():
-            await asyncio.wait([self._storing])
-        sender = self._sender
-        if sender.done() and not sender.cancelled() and sender.exception() is not None:
-            raise sender.exception()
 
 
 IDLE_CHECK_S = 0.2  # how soon a last batch is finished when no other follows
@@ -173,10 +167,6 @@ class BatchRunner:
         self.acks = Acks()
         self.lock = asyncio.Lock()  # the agents and the timer share the core and the sink
 
-    def failed(self) -> bool:
-        """Whether a call has failed (the worker is stopping)."""
-        return self.app.fatal is not None  # type: ignore[attr-defined]
-
     async def store_and_ack(self, stream, events) -> None:
         """Store ``events``, acknowledged once released (stored, delivered, recorded)."""
         self.acks.add(stream, events)
@@ -188,23 +178,20 @@ class BatchRunner:
             await self._released(self.pipeline.idle)
 
     async def _released(self, request: Callable[[], Awaitable[list[Position]]]) -> None:
-        """Make a request of the scoring process and acknowledge the positions it releases."""
+        """Make a request of the scoring process and acknowledge the positions it releases; after
+        a failure, stop the worker before anything more is acknowledged, holding the lock."""
         async with self.lock:
             try:
                 await self.acks.release(await request())
             except Exception as exc:  # noqa: BLE001 - whatever failed, stop acking
-                await self._stop(exc)
-
-    async def _stop(self, exc: Exception) -> None:
-        """Stop the worker before anything more is acknowledged, holding the lock meanwhile."""
-        # The unwritten batch is redelivered on restart (the protocol in the child refuses to go
-        # on after a failure, too).
-        known = isinstance(exc, (SinkError, DeliveryError, CoreProcessError))
-        log.critical("FATAL: %s. Stopping; no offset past the last stored batch.",
-                     exc if known else f"{type(exc).__name__}: {exc}")  # fmt: skip
-        self.app.fatal = exc  # type: ignore[attr-defined]
-        os.kill(os.getpid(), signal.SIGTERM)
-        await asyncio.sleep(3600)
+                # The unwritten batch is redelivered on restart (the protocol in the child
+                # refuses to go on after a failure, too).
+                known = isinstance(exc, (SinkError, DeliveryError, CoreProcessError))
+                log.critical("FATAL: %s. Stopping; no offset past the last stored batch.",
+                             exc if known else f"{type(exc).__name__}: {exc}")  # fmt: skip
+                self.app.fatal = exc  # type: ignore[attr-defined]
+                os.kill(os.getpid(), signal.SIGTERM)
+                await asyncio.sleep(3600)
 
 
 def raw_batch(events) -> list[tuple]:
@@ -237,12 +224,11 @@ def create_app(settings: Settings) -> faust.App:
         batches = stream.noack_take(settings.batch_size, within=settings.batch_timeout_s)
         await store_while_reading(
             batches, lambda events: runner.store_and_ack(stream, events), settings.batch_size,
-            stop=runner.failed,
+            stop=lambda: app.fatal is not None,  # a call failed: the worker is stopping
         )  # fmt: skip
 
     @app.agent(_raw_topic(app, settings.labels_topic), name="learn_labels")
     async def learn_labels(stream):
-        """Store the labels, batch by batch."""
         # Same path: the core tells labels from transactions by topic; acked once released.
         async for events in stream.noack_take(settings.batch_size, within=settings.batch_timeout_s):
             await runner.store_and_ack(stream, events)
@@ -295,9 +281,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     health = HealthServer(settings.web_host, settings.web_port, app.pipeline.status)
     worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     try:
-        worker.execute_from_commandline()
-    except SystemExit:
-        pass
+        with contextlib.suppress(SystemExit):
+            worker.execute_from_commandline()
     finally:
         if app.fatal is None:
             try:

@@ -68,7 +68,6 @@ def fit_supervised(
     *,
     version: int,
     threshold: float = 0.5,
-    reason: str = "labels",
     seed: int = 42,
 ) -> SupervisedModel:
     """Fit P(fraud | features) on labelled events (both classes must be present)."""
@@ -98,7 +97,7 @@ def fit_supervised(
         training_rows=len(labels),
         frauds=int(labels.sum()),
         fit_seconds=time.perf_counter() - started,
-        reason=reason,
+        reason="labels",
     )
 
 
@@ -113,25 +112,23 @@ def load_supervised(blob: bytes, **fields) -> SupervisedModel:
 
 def anomaly_model(forest: IsolationForest, blob: bytes, **fields) -> FittedModel:
     """The forest as flat arrays; a leaf's value is the depth scikit-learn scores it with."""
-    trees = []
-    for estimator, depths, columns in zip(
-        forest.estimators_,
-        compat.forest_node_depths(forest),
-        forest.estimators_features_,
-        strict=True,
-    ):
-        tree = estimator.tree_
-        trees.append(
-            (
-                tree.children_left,
-                tree.children_right,
-                np.asarray(columns)[np.maximum(tree.feature, 0)],  # the forest's own columns
-                tree.threshold,
-                depths,
-                None,
-                tree.max_depth,
-            )
+    trees = [
+        (
+            tree.children_left,
+            tree.children_right,
+            np.asarray(columns)[np.maximum(tree.feature, 0)],  # the forest's own columns
+            tree.threshold,
+            depths,
+            None,
+            tree.max_depth,
         )
+        for tree, depths, columns in zip(
+            [estimator.tree_ for estimator in forest.estimators_],
+            compat.forest_node_depths(forest),
+            forest.estimators_features_,
+            strict=True,
+        )
+    ]
     flat = _flatten(trees)
     # scikit-learn compares float32 inputs with float64 thresholds; comparing with each
     # threshold rounded down to float32 gives the same answers at half the memory traffic.

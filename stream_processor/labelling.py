@@ -65,7 +65,6 @@ class SupervisedTrainer:
         self.since_fit = 0 if self.model is not None else self._len
 
     def maybe_refit(self) -> None:
-        """Start a refit in the background if one is due and none is running."""
         s = self.settings
         if self.refit.running or self.since_fit < s.supervised_refit_labels:
             return
@@ -84,7 +83,6 @@ class SupervisedTrainer:
         )
 
     def swap_in(self, result: BatchResult) -> None:
-        """Install the model of a finished refit."""
         model = self.refit.take()
         if model is None:
             return
@@ -157,7 +155,6 @@ class LabelLearner:
                 result.labels_released.setdefault(txn.transaction_id, 1)
 
     def advance(self, txns: list[Transaction]) -> None:
-        """The event clock moves to the newest of ``txns`` (just scored)."""
         self.clock = max(self.clock, max(t.timestamp for t in txns).timestamp())
 
     def release(self, result: BatchResult) -> None:

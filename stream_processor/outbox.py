@@ -31,25 +31,6 @@ class Outbound:
         return [a["transaction_id"] for a in self.alerts]
 
 
-def alert_message(alert: dict) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
-    """(key, value, headers) of an alert: keyed by account, JSON value."""
-    value = json.dumps(alert, ensure_ascii=False, separators=(",", ":")).encode()
-    headers = [("transaction_id", alert["transaction_id"].encode())]
-    return alert["account_id"].encode(), value, headers
-
-
-def dead_letter_message(dl: dict) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
-    """(key, value, headers) of a dead letter: the original bytes, the error in headers."""
-    headers = [
-        ("error", dl["error"].encode()),
-        ("error_field", (dl["error_field"] or "").encode()),
-        ("source_topic", dl["source_topic"].encode()),
-        ("source_partition", str(dl["source_partition"]).encode()),
-        ("source_offset", str(dl["source_offset"]).encode()),
-    ]
-    return dl["message_key"], dl["message_value"], headers
-
-
 class KafkaDelivery:
     """The delivery of one batch's messages, waited for with :meth:`wait`."""
 
@@ -61,10 +42,9 @@ class KafkaDelivery:
         if err is not None:
             self.failures.append(f"{msg.topic()}: {err}")
 
-    def wait(self, timeout_s: float = DELIVERY_TIMEOUT_S) -> None:
-        """Until everything produced is delivered; :class:`DeliveryError` if a delivery failed
-        or did not end within ``timeout_s``."""
-        remaining = self._producer.flush(timeout_s)
+    def wait(self) -> None:
+        """Until all is delivered; :class:`DeliveryError` if a delivery failed or timed out."""
+        remaining = self._producer.flush(DELIVERY_TIMEOUT_S)
         if remaining or self.failures:
             raise DeliveryError(
                 f"{remaining} undelivered, {len(self.failures)} failed: {self.failures[:3]}; "
@@ -85,10 +65,19 @@ class KafkaOutbox:
     def produce(self, out: Outbound) -> KafkaDelivery:
         delivery = KafkaDelivery(self.producer)
         send = partial(produce, self.producer, on_delivery=delivery.on_delivery)
-        for alert in out.alerts:
-            send(self.settings.alerts_topic, *alert_message(alert))
-        for dl in out.dead_letters:
-            send(self.settings.dlq_topic, *dead_letter_message(dl))
+        for alert in out.alerts:  # keyed by account, a JSON value
+            value = json.dumps(alert, ensure_ascii=False, separators=(",", ":")).encode()
+            headers = [("transaction_id", alert["transaction_id"].encode())]
+            send(self.settings.alerts_topic, alert["account_id"].encode(), value, headers)
+        for dl in out.dead_letters:  # the original bytes, the error in headers
+            headers = [
+                ("error", dl["error"].encode()),
+                ("error_field", (dl["error_field"] or "").encode()),
+                ("source_topic", dl["source_topic"].encode()),
+                ("source_partition", str(dl["source_partition"]).encode()),
+                ("source_offset", str(dl["source_offset"]).encode()),
+            ]
+            send(self.settings.dlq_topic, dl["message_key"], dl["message_value"], headers)
         return delivery
 
     def close(self) -> None:

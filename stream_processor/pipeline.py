@@ -135,15 +135,13 @@ class BatchPipeline:
         alerts = list(result.alerts)
         if result.duplicate_ids:
             alerts.extend(self.sink.unpublished_alerts(result.duplicate_ids))
-        if self._undelivered:
-            alerts.extend(self._undelivered)
-            self._undelivered = []
+        alerts.extend(self._undelivered)
+        self._undelivered = []
         unique = list({a["transaction_id"]: a for a in alerts}.values())
         return Outbound(alerts=unique, dead_letters=result.dead_letters, refit_s=result.refit_s)
 
     @property
     def in_flight(self) -> bool:
-        """A write was submitted and not collected yet."""
         return self._submitted is not None
 
     def published(self, published: Mapping[str, float]) -> None:
@@ -181,10 +179,8 @@ class BatchPipeline:
 
 def produced_at(headers) -> float | None:
     """The producer's ``produced_at`` header (epoch s), if present and readable."""
-    for key, value in headers or ():
-        if key == "produced_at":
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                return None
-    return None
+    value = next((v for k, v in headers or () if k == "produced_at"), None)
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # not there (None), or not a number
+        return None

@@ -17,9 +17,8 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects.postgresql import insert
 
 from fraudstream.retry import retry
-from fraudstream.schema import Transaction
 from stream_processor.core import ROW_COLUMNS
-from stream_processor.sink import Sink, SinkError, Step, _history_event
+from stream_processor.sink import Sink, SinkError, Step
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +51,8 @@ TRANSIENT = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetecte
 
 
 class PostgresSink(Sink):
+    KNOWN_IDS, ACCOUNT_HISTORY = KNOWN_IDS_POSTGRES, ACCOUNT_HISTORY_POSTGRES
+
     def __init__(self, engine: Engine):
         super().__init__(engine)
         self._compiled: dict = {}  # Step.key -> SQL
@@ -86,7 +87,12 @@ class PostgresSink(Sink):
               attempts=5, on_retry=retrying)  # fmt: skip
 
     def _transaction(self, steps: list[Step]) -> None:
-        conn = self._connection()
+        if self._conn is None or self._conn.closed:  # the first write, or the last one broke it
+            url = self.engine.url.set(drivername="postgresql")
+            self._conn = psycopg.connect(url.render_as_string(hide_password=False))
+            self._conn.execute(CREATE_INCOMING)
+            self._conn.commit()
+        conn = self._conn
         try:
             with conn.cursor() as cur:
                 for step in steps:
@@ -106,14 +112,6 @@ class PostgresSink(Sink):
                     self._disconnect()
             raise
 
-    def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed:
-            url = self.engine.url.set(drivername="postgresql")
-            self._conn = psycopg.connect(url.render_as_string(hide_password=False))
-            self._conn.execute(CREATE_INCOMING)
-            self._conn.commit()
-        return self._conn
-
     def _disconnect(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -127,18 +125,9 @@ class PostgresSink(Sink):
 
     # -- reading -------------------------------------------------------------------------------
 
-    def known_ids(self, ids: list[str]) -> set[str]:
+    def _by_ids(self, sql: str, ids: list[str], **more) -> list:
         with self.engine.connect() as conn:
-            return {tid for (tid,) in conn.exec_driver_sql(KNOWN_IDS_POSTGRES, {"ids": ids})}
-
-    def account_history(self, account_ids: list[str], per_account: int) -> list[Transaction]:
-        if not account_ids:
-            return []
-        with self.engine.connect() as conn:
-            rows = conn.exec_driver_sql(
-                ACCOUNT_HISTORY_POSTGRES, {"ids": account_ids, "n": per_account}
-            ).all()
-        return [_history_event(r) for r in rows]
+            return conn.exec_driver_sql(sql, {"ids": ids, **more}).all()
 
     def close(self) -> None:
         try:

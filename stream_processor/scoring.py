@@ -78,8 +78,7 @@ class DriftWatch:
     def __init__(self, delta: float, counts: dict[str, int]):
         self.delta = delta
         self.counts = counts
-        self._adwin = compat.adwin(delta) if delta > 0 else None
-        self.detected = False
+        self.new_model()
 
     def watch(self, scores: np.ndarray) -> None:
         if self._adwin is None or self.detected:
@@ -92,8 +91,7 @@ class DriftWatch:
                 return
 
     def new_model(self) -> None:
-        if self._adwin is not None:
-            self._adwin = compat.adwin(self.delta)
+        self._adwin = compat.adwin(self.delta) if self.delta > 0 else None
         self.detected = False
 
 
@@ -102,16 +100,13 @@ class TrainingWindow:
 
     def __init__(self, size: int):
         self._rows = np.empty((max(size, 1), len(FEATURE_NAMES)))
-        self._pos = 0
-        self._len = 0
+        self._pos = self._len = 0
 
     def add(self, features: np.ndarray) -> None:
         size, n = len(self._rows), len(features)
         newest = features[-size:]  # the older rows would be overwritten by this batch
-        start = (self._pos + n - len(newest)) % size
-        split = min(len(newest), size - start)  # the rest wraps around to the buffer's start
-        self._rows[start : start + split] = newest[:split]
-        self._rows[: len(newest) - split] = newest[split:]
+        # their slots, after the rows this batch overwrote itself, wrapping around to the start
+        self._rows[(self._pos + n - len(newest) + np.arange(len(newest))) % size] = newest
         self._pos = (self._pos + n) % size
         self._len = min(size, self._len + n)
 
@@ -201,7 +196,6 @@ class AnomalyScorer:
         )
 
     def maybe_refit(self) -> None:
-        """Start a refit in the background if one is due and none is running."""
         if self.model is None or self.refit.running or self.since_fit == 0:
             return
         reason = self._due()
@@ -228,7 +222,6 @@ class AnomalyScorer:
         return None
 
     def swap_in(self, result: BatchResult) -> None:
-        """Install the model of a finished refit."""
         model = self.refit.take()
         if model is None:
             return

@@ -47,6 +47,9 @@ CHUNK = 500  # ids per IN (...) list, far below every dialect's parameter limit
 # A model's attributes kept in the model_versions columns of the same names.
 _MODEL_FIELDS = ("version", "threshold", "flag_quantile", "fitted_at", "training_rows",
                  "fit_seconds", "reason")  # fmt: skip
+# The columns of a stored transaction that rebuild it as an event: a Transaction's fields, all
+# that the reads of history select (_history_event passes them on by name).
+_HISTORY_COLUMNS = ("transaction_id", "account_id", "amount", "merchant", "timestamp", "location")
 
 
 class SinkError(RuntimeError):
@@ -54,8 +57,7 @@ class SinkError(RuntimeError):
 
 
 def open_sink(database_url: str) -> Sink:
-    """The sink of ``database_url`` (SQLite or PostgreSQL), its tables created;
-    :class:`SinkError` when it cannot be opened."""
+    """The sink of ``database_url``, its tables created; :class:`SinkError` if it cannot."""
     try:
         engine = make_engine(database_url, auto_checkpoint=False)
     except OperationalError as exc:
@@ -118,11 +120,19 @@ class Sink:
 
     def known_ids(self, ids: list[str]) -> set[str]:
         """Which of ``ids`` are already stored or held for the first fit."""
-        raise NotImplementedError
+        return {tid for (tid,) in self._by_ids(self.KNOWN_IDS, ids)}
 
     def account_history(self, account_ids: list[str], per_account: int) -> list[Transaction]:
         """The newest ``per_account`` stored transactions of each of ``account_ids``, oldest
         first: what rebuilds an account evicted from memory when it comes back."""
+        if not account_ids:
+            return []
+        rows = self._by_ids(self.ACCOUNT_HISTORY, account_ids, n=per_account)
+        return [_history_event(r) for r in rows]
+
+    def _by_ids(self, sql: str, ids: list[str], **more) -> list:
+        """The rows of ``sql``, the dialect's ``KNOWN_IDS`` or ``ACCOUNT_HISTORY`` (one statement
+        a batch), given ``ids`` as one parameter and then ``more``."""
         raise NotImplementedError
 
     def unpublished_alerts(self, ids: list[str] | None = None) -> list[dict]:
@@ -189,18 +199,15 @@ class Sink:
         """Stored events among ``ids``, as the supervised model learns from them; None for an
         event whose label was learned already (a repeated label teaches nothing)."""
         t, lb = transactions, labels
-        out: dict[str, LabelledEvent | None] = {}
+        stored = (
+            select(t.c.transaction_id, t.c.merchant, t.c.account_id, t.c.features, t.c.score,
+                   lb.c.learned)
+            .outerjoin(lb, lb.c.transaction_id == t.c.transaction_id)
+        )  # fmt: skip
+        queries = [stored.where(t.c.transaction_id.in_(chunk)) for chunk in _chunks(ids)]
         with self.engine.connect() as conn:
-            for chunk in _chunks(ids):
-                q = (
-                    select(t.c.transaction_id, t.c.merchant, t.c.account_id, t.c.features,
-                           t.c.score, lb.c.learned)
-                    .outerjoin(lb, lb.c.transaction_id == t.c.transaction_id)
-                    .where(t.c.transaction_id.in_(chunk))
-                )  # fmt: skip
-                for r in conn.execute(q):
-                    out[r.transaction_id] = None if r.learned == 1 else _labelled(r)
-        return out
+            rows = [r for q in queries for r in conn.execute(q)]
+        return {r.transaction_id: None if r.learned == 1 else _labelled(r) for r in rows}
 
     def queued_labels(self, limit: int):
         """The newest ``limit`` labels not learned yet, to queue again after a restart."""
@@ -237,8 +244,7 @@ class Sink:
                   order_by=[t.c.timestamp.desc(), t.c.kafka_offset.desc()])
             .label("rn")
         )  # fmt: skip
-        cols = [t.c[c] for c in ("account_id", "amount", "merchant", "location")]
-        inner = select(t.c.transaction_id, t.c.timestamp, t.c.kafka_offset, *cols, rn)
+        inner = select(*(t.c[c] for c in _HISTORY_COLUMNS), t.c.kafka_offset, rn)
         if accounts is not None:
             recent = (
                 select(t.c.account_id)
@@ -249,7 +255,7 @@ class Sink:
             inner = inner.where(t.c.account_id.in_(recent.scalar_subquery()))
         inner = inner.subquery()
         q = (
-            select(inner)
+            select(*(inner.c[c] for c in _HISTORY_COLUMNS))
             .where(inner.c.rn <= per_account)
             .order_by(inner.c.timestamp, inner.c.kafka_offset)
         )
@@ -353,14 +359,7 @@ def write_plan(result: BatchResult, published: Mapping[str, float] | None) -> li
 
 
 def _history_event(row) -> Transaction:
-    return Transaction(
-        transaction_id=row.transaction_id,
-        account_id=row.account_id,
-        amount=row.amount,
-        merchant=row.merchant,
-        timestamp=parse_timestamp(row.timestamp),
-        location=row.location,
-    )
+    return Transaction(**{**row._mapping, "timestamp": parse_timestamp(row.timestamp)})
 
 
 def _model_row(m: FittedModel | SupervisedModel) -> dict:

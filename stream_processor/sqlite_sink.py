@@ -13,10 +13,9 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.sqlite import insert
 
-from fraudstream.schema import Transaction
 from fraudstream.tables import SQLITE_BUSY_TIMEOUT_MS
 from stream_processor.core import ROW_COLUMNS
-from stream_processor.sink import Sink, SinkError, Step, _history_event
+from stream_processor.sink import Sink, SinkError, Step
 from stream_processor.writer import WriterProcess
 
 # One statement for a whole batch (about 10x faster than SQLAlchemy IN lists of 500): each id
@@ -42,6 +41,8 @@ ACCOUNT_HISTORY_SQLITE = (
 
 
 class SqliteSink(Sink):
+    KNOWN_IDS, ACCOUNT_HISTORY = KNOWN_IDS_SQLITE, ACCOUNT_HISTORY_SQLITE
+
     def __init__(self, engine: Engine):
         super().__init__(engine)
         path = engine.url.database
@@ -55,13 +56,7 @@ class SqliteSink(Sink):
             raise SinkError(f"cannot start the SQLite writer process: {exc}") from exc
 
     def _start(self, steps: list[Step]) -> None:
-        statements = []  # (SQL, parameter tuples) pairs: what the writer process takes
-        for step in steps:
-            sql, values = self._statement(step)
-            # "rows": tuples in the statement's order already (checked when compiled)
-            params = step.rows if step.name == "rows" else list(map(values, step.rows))
-            statements.append((sql, params))
-        self.writer.submit(statements)
+        self.writer.submit([self._statement(step) for step in steps])
 
     def wait(self) -> None:
         self.writer.wait()
@@ -70,8 +65,8 @@ class SqliteSink(Sink):
     def in_flight(self) -> bool:
         return self.writer.in_flight
 
-    def _statement(self, step):
-        """(SQL, dict -> parameter tuple) of a step, compiled once."""
+    def _statement(self, step: Step) -> tuple[str, list[tuple]]:
+        """(SQL, parameter tuples) of a step, what the writer process takes; compiled once."""
         found = self._compiled.get(step.key)
         if found is None:
             compiled = step.compile(insert, sqlite.dialect())
@@ -83,21 +78,13 @@ class SqliteSink(Sink):
             else:
                 values = lambda row: tuple(row[n] for n in names)  # noqa: E731
             found = self._compiled[step.key] = (str(compiled), values)
-        return found
+        sql, values = found
+        # "rows": tuples in the statement's order already (checked when compiled)
+        return sql, step.rows if step.name == "rows" else list(map(values, step.rows))
 
-    def known_ids(self, ids: list[str]) -> set[str]:
-        with self.engine.connect() as conn:  # the ids as one JSON array parameter
-            rows = conn.exec_driver_sql(KNOWN_IDS_SQLITE, (orjson.dumps(ids).decode(),))
-            return {tid for (tid,) in rows}
-
-    def account_history(self, account_ids: list[str], per_account: int) -> list[Transaction]:
-        if not account_ids:
-            return []
-        with self.engine.connect() as conn:
-            rows = conn.exec_driver_sql(
-                ACCOUNT_HISTORY_SQLITE, (orjson.dumps(account_ids).decode(), per_account)
-            ).all()
-        return [_history_event(r) for r in rows]
+    def _by_ids(self, sql: str, ids: list[str], **more) -> list:
+        with self.engine.connect() as conn:  # ?1: the ids as one JSON array; ?2...: more's values
+            return conn.exec_driver_sql(sql, (orjson.dumps(ids).decode(), *more.values())).all()
 
     def close(self) -> None:
         self.writer.close()  # a write in flight is finished first; the log copied back

@@ -72,9 +72,9 @@ class WriterProcess:
         self.submit(statements)
         self.wait()
 
-    def close(self, timeout_s: float = 60.0) -> None:
+    def close(self) -> None:
         """Let a write in flight finish, then stop the child (it checkpoints the log first)."""
-        self._worker.stop(timeout_s)
+        self._worker.stop(60.0)
 
 
 def _dumps(message) -> bytes:
@@ -140,7 +140,6 @@ class _Checkpoints:
         self._thread.start()
 
     def before_write(self) -> None:
-        """Before each write: first the catch-up, when it is due."""
         with self._cv:
             if self._complete:  # this write rewinds the log
                 self._complete, self._since_complete = False, 0
@@ -180,8 +179,7 @@ class _Checkpoints:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._due and not self._stop:
-                    self._cv.wait()
+                self._cv.wait_for(lambda: self._due or self._stop)
                 self._due = False
                 if self._stop:
                     self._cv.notify_all()
