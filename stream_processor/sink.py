@@ -79,6 +79,10 @@ class Sink:
     a time, so the next batch is scored meanwhile; a failed one raises :class:`SinkError`
     there). Reads: the queries below, what a restart needs."""
 
+    # Each dialect's one-statement-a-batch reads, run by its _by_ids.
+    KNOWN_IDS: str  # which of the ids are stored or held
+    ACCOUNT_HISTORY: str  # the newest n stored transactions of each account
+
     def __init__(self, engine: Engine):
         self.engine = engine
 
