@@ -13,8 +13,9 @@ from producer.csv_source import read_transactions
 from producer.generate import GeneratorConfig, write_csv
 from stream_processor.core import RawMessage, ScoringCore
 from stream_processor.features import ANOMALY_FEATURE_NAMES
-from stream_processor.sink import SinkStore, open_sink
+from stream_processor.sink import SinkStore, open_sink, write_plan
 from stream_processor.sqlite_sink import KNOWN_IDS_SQLITE
+from stream_processor.writer import _dumps
 
 
 def msgs(csv_path, n):
@@ -56,6 +57,22 @@ def test_writing_the_same_result_twice_adds_no_rows(db_settings, small_csv):
     assert query(settings, "select count(*) from model_versions") == [(1,)]
     assert query(settings, "select count(*) from transactions where score is null") == [(0,)]
     sink.close()
+
+
+def test_a_batch_goes_to_the_sqlite_writer_marshalled_not_pickled(settings, small_csv):
+    """Every statement of a scored batch reaches the writer process in marshal's form: a value
+    marshal refuses (a tuple subclass such as TransactionRow) would send the whole batch
+    pickled, at several times the cost per row."""
+    sink = open_sink(settings.database_url)
+    try:
+        core = ScoringCore(settings.replace(warmup_events=1))
+        result = core.process(msgs(small_csv, 50) + [RawMessage(b"nope", offset=999)])
+        assert result.rows and result.dead_letters and result.models
+        statements = [sink._statement(step) for step in write_plan(result, {"t-1": 1.0})]
+        assert [type(row) for row in statements[-1][1]] == [tuple]  # the dead letter
+        assert _dumps(statements)[:1] == b"m"
+    finally:
+        sink.close()
 
 
 def test_held_events_survive_a_restart_and_are_recognised_as_known(db_settings, small_csv):
