@@ -36,6 +36,7 @@ from stream_processor.contracts import (
     TransactionRow,
     alert_payload,
     dead_letter,
+    rows_from_columns,
 )
 from stream_processor.features import SUPERVISED_FEATURE_NAMES, AccountStates, LabelMemory
 from stream_processor.labelling import LabelLearner, SupervisedTrainer
@@ -174,51 +175,50 @@ def emit_rows(
     """The transactions rows of scored ``events`` into ``result``, and an
     alert, with the reasons, for each flagged one."""
     model, supervised = scores.model, scores.supervised
-    now = time.time()
-    features_text = features_json(scores.inputs)
+    n = len(events)
+    txns = [h.txn for h in events]
     # Python floats and bools once per batch: NumPy scalars, one a row, would cost more
-    score_list, flag_list = scores.anomaly.tolist(), scores.flags.tolist()
-    risk_list = scores.risks.tolist()
+    score_list = scores.anomaly.tolist()
     probabilities = scores.probabilities
-    probability_list = [None] * len(events) if probabilities is None else probabilities.tolist()
-    threshold = model.threshold
-    supervised_threshold = supervised.threshold if supervised else None
-    for i, h in enumerate(events):
-        txn, score, flagged, probability = h.txn, score_list[i], flag_list[i], probability_list[i]
-        reasons = None
-        if flagged:
-            reasons = explain(
-                txn, scores.inputs[i], score, threshold, states.get(txn.account_id),
-                anomalous=bool(scores.anomalous[i]), probability=probability,
-                supervised_threshold=supervised_threshold,
-            )  # fmt: skip
-        row = TransactionRow(
-            transaction_id=txn.transaction_id,
-            account_id=txn.account_id,
-            amount=txn.amount,
-            merchant=txn.merchant,
-            timestamp=db_timestamp(txn.timestamp),
-            location=txn.location,
-            is_fraud=txn.is_fraud,
-            extras=_json(txn.extras) if txn.extras else None,
-            score=score,
-            threshold=threshold,
-            supervised_score=probability,
-            risk_score=risk_list[i],
-            is_flagged=int(flagged),
-            reasons=json.dumps(reasons, ensure_ascii=False) if reasons else None,
-            model_version=model.version,
-            supervised_version=supervised.version if supervised else None,
-            features=features_text[i],
-            kafka_partition=h.partition,
-            kafka_offset=h.offset,
-            produced_at=h.produced_at,
-            scored_at=now,
-            alert_published_at=None,
-        )
-        result.rows.append(row)
-        if flagged:
-            result.alerts.append(alert_payload(row))
+    probability_list = [None] * n if probabilities is None else probabilities.tolist()
+    flagged = np.flatnonzero(scores.flags).tolist()
+    reasons: list[str | None] = [None] * n
+    for i in flagged:
+        txn = txns[i]
+        explained = explain(
+            txn, scores.inputs[i], score_list[i], model.threshold, states.get(txn.account_id),
+            anomalous=bool(scores.anomalous[i]), probability=probability_list[i],
+            supervised_threshold=supervised.threshold if supervised else None,
+        )  # fmt: skip
+        reasons[i] = json.dumps(explained, ensure_ascii=False) if explained else None
+    rows = rows_from_columns(
+        {
+            "transaction_id": [t.transaction_id for t in txns],
+            "account_id": [t.account_id for t in txns],
+            "amount": [t.amount for t in txns],
+            "merchant": [t.merchant for t in txns],
+            "timestamp": [db_timestamp(t.timestamp) for t in txns],
+            "location": [t.location for t in txns],
+            "is_fraud": [t.is_fraud for t in txns],
+            "extras": [_json(t.extras) if t.extras else None for t in txns],
+            "score": score_list,
+            "threshold": [model.threshold] * n,
+            "supervised_score": probability_list,
+            "risk_score": scores.risks.tolist(),
+            "is_flagged": scores.flags.astype(int).tolist(),
+            "reasons": reasons,
+            "model_version": [model.version] * n,
+            "supervised_version": [supervised.version if supervised else None] * n,
+            "features": features_json(scores.inputs),
+            "kafka_partition": [h.partition for h in events],
+            "kafka_offset": [h.offset for h in events],
+            "produced_at": [h.produced_at for h in events],
+            "scored_at": [time.time()] * n,
+            "alert_published_at": [None] * n,
+        }
+    )
+    result.rows += rows
+    result.alerts += [alert_payload(rows[i]) for i in flagged]
 
 
 class ScoringCore:
