@@ -46,31 +46,34 @@ class HeldEvent:
 
 
 TransactionRow = namedtuple("TransactionRow", [column.name for column in transactions.columns])
-"""A row of the transactions table, its fields named after the table's columns, in the table's
-order: the row goes to the database as the tuple it is. Built by name, one at a time
-(``TransactionRow(transaction_id=..., ...)``) or a batch at a time (:func:`rows_from_columns`)."""
+"""A row of the transactions table read by name: its fields are the table's columns, in the
+table's order. ``TransactionRow(*row)`` names a stored row's values (:attr:`BatchResult.named_rows`)."""
 ROW_COLUMNS: tuple[str, ...] = TransactionRow._fields
 
 
-def rows_from_columns(columns: dict[str, list]) -> list[TransactionRow]:
-    """The rows whose values ``columns`` holds by column name, every column of the table once.
+def rows_from_columns(columns: dict[str, list]) -> list[tuple]:
+    """The rows whose values ``columns`` holds by column name (every column of the transactions
+    table once), each a plain tuple in ROW_COLUMNS order.
 
-    The scoring core builds a batch's rows this way: a row built by keyword, one per event, costs
-    more than the rest of making it (Python binds 22 keywords per call)."""
+    A batch's rows are built this way, a column at a time: a row built by keyword, one per event,
+    costs more than the rest of making it (Python binds 22 keywords per call). Plain tuples, not
+    TransactionRows: the SQLite writer process is sent them with marshal, which takes no tuple
+    subclass, and a second copy of each row would make marshal track every shared value."""
     if columns.keys() != _COLUMN_SET:
         raise ValueError(
             f"not the transactions table's columns: missing {sorted(_COLUMN_SET - columns.keys())}"
             f", unknown {sorted(columns.keys() - _COLUMN_SET)}"
         )
-    return list(map(TransactionRow._make, zip(*(columns[c] for c in ROW_COLUMNS), strict=True)))
+    return list(zip(*(columns[c] for c in ROW_COLUMNS), strict=True))
 
 
 _COLUMN_SET = frozenset(ROW_COLUMNS)
+TRANSACTION_ID = ROW_COLUMNS.index("transaction_id")  # where a row holds its id
 
 
 @dataclass
 class BatchResult:
-    rows: list[TransactionRow] = field(default_factory=list)  # for the transactions table
+    rows: list[tuple] = field(default_factory=list)  # for the transactions table (ROW_COLUMNS)
     alerts: list[dict] = field(default_factory=list)  # for the alerts topic
     dead_letters: list[dict] = field(default_factory=list)  # for dead_letters and the DLQ
     pending_add: list[dict] = field(default_factory=list)  # held until the first fit
@@ -82,6 +85,11 @@ class BatchResult:
     # Seconds this batch spent on refits: starting one (copying and sending the training
     # window), swapping one in (receiving and installing it), recording it (the sink adds that).
     refit_s: float = 0.0
+
+    @property
+    def named_rows(self) -> list[TransactionRow]:
+        """:attr:`rows`, each read by column name."""
+        return list(map(TransactionRow._make, self.rows))
 
     def __bool__(self) -> bool:
         return any((self.rows, self.dead_letters, self.pending_add, self.pending_clear,

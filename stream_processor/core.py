@@ -218,7 +218,7 @@ def emit_rows(
         }
     )
     result.rows += rows
-    result.alerts += [alert_payload(rows[i]) for i in flagged]
+    result.alerts += [alert_payload(TransactionRow._make(rows[i])) for i in flagged]
 
 
 class ScoringCore:

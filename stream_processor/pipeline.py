@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from fraudstream.settings import Settings
 from stream_processor import features
+from stream_processor.contracts import TRANSACTION_ID
 from stream_processor.core import BatchResult, RawMessage, Restored, ScoringCore
 from stream_processor.outbox import Outbound
 from stream_processor.refit import RefitRunner
@@ -112,7 +113,7 @@ class BatchPipeline:
         self.sink.submit(result, published)
         self._submitted = result
         if self.sink.in_flight:
-            ids = [r.transaction_id for r in result.rows]
+            ids = [r[TRANSACTION_ID] for r in result.rows]
             ids += [p["transaction_id"] for p in result.pending_add]
             self.store.in_flight_ids = frozenset(ids)
 

@@ -304,7 +304,7 @@ class SinkStore:
 
 class Step:
     """One statement of a batch's write: its ``name`` (what :meth:`compile` builds) and its
-    ``rows`` (parameter dicts; TransactionRow tuples for ``"rows"``). ``key`` names the
+    ``rows`` (parameter dicts; tuples in ROW_COLUMNS order for ``"rows"``). ``key`` names the
     statement for the sinks' caches of compiled SQL: the same name and columns, the same SQL."""
 
     __slots__ = ("name", "rows", "key")

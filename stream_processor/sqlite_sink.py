@@ -79,11 +79,8 @@ class SqliteSink(Sink):
                 values = lambda row: tuple(row[n] for n in names)  # noqa: E731
             found = self._compiled[step.key] = (str(compiled), values)
         sql, values = found
-        if step.name == "rows":  # in the statement's order already (checked when compiled)
-            # as plain tuples: the writer process is sent them with marshal (writer._dumps),
-            # which takes no tuple subclass and would fall back to pickling each row's class
-            return sql, list(map(tuple, step.rows))
-        return sql, list(map(values, step.rows))
+        # "rows": tuples in the statement's order already (checked when compiled)
+        return sql, step.rows if step.name == "rows" else list(map(values, step.rows))
 
     def _by_ids(self, sql: str, ids: list[str], **more) -> list:
         with self.engine.connect() as conn:  # ?1: the ids as one JSON array; ?2...: more's values

@@ -154,8 +154,8 @@ def test_out_of_order_and_late_events_are_stored_with_event_time_features(settin
     ]
     result = core.process(msgs)
     sink.write(result)
-    assert [r.transaction_id for r in result.rows] == ["T1", "T2", "T3"]
-    gaps = [json.loads(r.features)["log_gap_s"] for r in result.rows]
+    assert [r.transaction_id for r in result.named_rows] == ["T1", "T2", "T3"]
+    gaps = [json.loads(r.features)["log_gap_s"] for r in result.named_rows]
     assert all(g >= 0 and math.isfinite(g) for g in gaps)
 
 

@@ -50,7 +50,7 @@ def test_events_are_held_until_the_first_fit_then_all_scored(settings, small_csv
     assert second.pending_clear
     assert [m.version for m in second.models] == [1]
     assert len(second.rows) == 300  # the held ones and this batch, none unscored
-    assert all(r.model_version == 1 for r in second.rows)
+    assert all(r.model_version == 1 for r in second.named_rows)
 
 
 def test_idle_warmup_fits_on_what_is_held(settings, small_csv):
@@ -63,7 +63,7 @@ def test_idle_warmup_fits_on_what_is_held(settings, small_csv):
 def test_scores_are_higher_for_anomalies_and_flags_carry_reasons(settings, small_csv):
     core = ScoringCore(settings)
     results = run_all(core, messages(small_csv))
-    rows = [r for res in results for r in res.rows]
+    rows = [r for res in results for r in res.named_rows]
     alerts = [a for res in results for a in res.alerts]
     assert len(rows) == 1500
     flagged = [r for r in rows if r.is_flagged]
@@ -117,7 +117,7 @@ def test_labels_are_never_model_inputs(settings, small_csv):
         and "fraud_scenario" not in SUPERVISED_FEATURE_NAMES
     )
     core = ScoringCore(settings)
-    rows = [r for res in run_all(core, messages(small_csv, stop=400)) for r in res.rows]
+    rows = [r for res in run_all(core, messages(small_csv, stop=400)) for r in res.named_rows]
     assert {"is_fraud", "fraud_scenario"}.isdisjoint(json.loads(rows[0].features))
 
 
@@ -132,7 +132,7 @@ def test_periodic_refit_swaps_in_new_versions(settings, small_csv):
     assert versions[:3] == [1, 2, 3]
     reasons = [m.reason for res in results for m in res.models]
     assert reasons[0] == "initial" and set(reasons[1:]) == {"events"}
-    used = {r.model_version for res in results for r in res.rows}
+    used = {r.model_version for res in results for r in res.named_rows}
     assert len(used) >= 3
 
 
@@ -202,7 +202,7 @@ def test_duplicates_are_dropped_within_a_batch_and_against_the_store(settings, s
     core = ScoringCore(settings.replace(warmup_events=1), MemoryStore(ids=stored))
     msgs = messages(small_csv, stop=10)
     result = core.process(msgs + msgs[:3])
-    ids = [r.transaction_id for r in result.rows]
+    ids = [r.transaction_id for r in result.named_rows]
     assert len(ids) == len(set(ids)) == 9
     assert "T00000005" not in ids
     assert sorted(result.duplicate_ids) == sorted(
@@ -216,14 +216,14 @@ def test_batch_size_does_not_change_the_scores(settings, small_csv, size):
     ref = {
         r.transaction_id: r.score
         for res in run_all(base, messages(small_csv), 100)
-        for r in res.rows
+        for r in res.named_rows
     }
     other = ScoringCore(settings.replace(refit_every_events=0, warmup_events=200))
     msgs = messages(small_csv)
     # Warm-up must see the same 200 events for the same first model.
     got = {}
     for res in [other.process(msgs[:200])] + run_all(other, msgs[200:], size):
-        got.update({r.transaction_id: r.score for r in res.rows})
+        got.update({r.transaction_id: r.score for r in res.named_rows})
     assert got == pytest.approx(ref)
 
 

@@ -87,7 +87,7 @@ def test_confirmed_fraud_at_a_merchant_raises_its_risk_for_later_events_only(lse
     now = T0 + timedelta(minutes=20 * 209)  # the clock: released with this batch
     frauds = [label_message(f"T{i:05d}", 1, now, i) for i in range(0, 210, 7)]  # merchant M0
     process(core, frauds)
-    rows = [r for res in feed(core, events(14, start=210)) for r in res.rows]
+    rows = [r for res in feed(core, events(14, start=210)) for r in res.named_rows]
     shares = {r.merchant: json.loads(r.features)["merchant_fraud_share_7d"] for r in rows}
     assert shares["M0"] == pytest.approx(1.0)
     assert all(shares[m] == 0 for m in shares if m != "M0")
@@ -100,8 +100,8 @@ def test_without_labels_the_scores_and_flags_are_the_isolation_forests(lsettings
     feed(plain, first)
     feed(taught, first)
     process(taught, [label_message(f"T{i:05d}", i % 2, T0, i) for i in range(100)])
-    rows_plain = [r for res in feed(plain, events(100, start=300)) for r in res.rows]
-    rows_taught = [r for res in feed(taught, events(100, start=300)) for r in res.rows]
+    rows_plain = [r for res in feed(plain, events(100, start=300)) for r in res.named_rows]
+    rows_taught = [r for res in feed(taught, events(100, start=300)) for r in res.named_rows]
     # The forest never sees a label: the same anomaly scores either way.
     assert [r.score for r in rows_plain] == [r.score for r in rows_taught]
     assert all(r.supervised_score is None for r in rows_plain)
@@ -133,7 +133,8 @@ def test_a_supervised_model_is_fit_on_labels_and_scores_later_events(lsettings):
     assert [m.kind for m in models] == ["supervised"] * 4  # after 200, 400, 600, 800 labels
     assert models[-1].frauds == 80 and models[-1].training_rows == 800
     models = models[-1:]
-    rows = [r for res in feed(core, events(100, start=900, merchant_of=merchant)) for r in res.rows]
+    fed = feed(core, events(100, start=900, merchant_of=merchant))
+    rows = [r for res in fed for r in res.named_rows]
     assert all(r.supervised_version == models[0].version for r in rows)
     assert all(r.risk_score == r.supervised_score for r in rows)
     at_fraud = [r.supervised_score for r in rows if r.merchant == fraud_merchant]
@@ -216,7 +217,7 @@ def test_labels_waiting_for_their_event_are_bounded(lsettings):
 
 def test_features_of_label_columns_are_zero_without_labels(lsettings):
     core = scoring_core(lsettings)
-    rows = [r for res in feed(core, events(150)) for r in res.rows]
+    rows = [r for res in feed(core, events(150)) for r in res.named_rows]
     values = np.array([[json.loads(r.features)[n] for n in (
         "merchant_fraud_share_1d", "merchant_fraud_share_7d", "merchant_fraud_share_30d",
         "merchant_log_labels_30d", "account_fraud_30d")] for r in rows])  # fmt: skip
@@ -243,6 +244,6 @@ def test_a_label_whose_event_comes_late_is_learned_right_after_the_event_is_scor
     result = process(core, [label_message("LATE1", 1, T0)])
     assert not result.labels_released and core.label_memory.labels == 0  # waits for its event
     result = process(core, [late])
-    assert result.rows[0].transaction_id == "LATE1"
-    assert result.rows[0].features and result.labels_released == {"LATE1": 1}
+    assert result.named_rows[0].transaction_id == "LATE1"
+    assert result.named_rows[0].features and result.labels_released == {"LATE1": 1}
     assert core.label_memory.frauds == 1

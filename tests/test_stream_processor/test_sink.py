@@ -69,7 +69,7 @@ def test_a_batch_goes_to_the_sqlite_writer_marshalled_not_pickled(settings, smal
         result = core.process(msgs(small_csv, 50) + [RawMessage(b"nope", offset=999)])
         assert result.rows and result.dead_letters and result.models
         statements = [sink._statement(step) for step in write_plan(result, {"t-1": 1.0})]
-        assert [type(row) for row in statements[-1][1]] == [tuple]  # the dead letter
+        assert {type(row) for _sql, rows in statements for row in rows} == {tuple}
         assert _dumps(statements)[:1] == b"m"
     finally:
         sink.close()
@@ -146,7 +146,7 @@ def test_unpublished_alerts_are_found_until_marked(db_settings, small_csv):
     core = ScoringCore(settings.replace(warmup_events=1, flag_quantile=0.5))
     result = core.process(msgs(small_csv, 100))
     sink.write(result)
-    ids = [r.transaction_id for r in result.rows]
+    ids = [r.transaction_id for r in result.named_rows]
     pending = sink.unpublished_alerts(ids)
     assert {a["transaction_id"] for a in pending} == {a["transaction_id"] for a in result.alerts}
     sink.mark_published(a["transaction_id"] for a in pending[:3])

@@ -89,7 +89,7 @@ def test_a_read_of_stored_events_waits_for_the_write_in_flight(settings, small_c
         pipeline.collect()
         with WriteLock(settings):
             result = pipeline.score(events[100:200])
-            account = result.rows[-1].account_id
+            account = result.named_rows[-1].account_id
             pipeline.submit(result)
             found: list = []
             reader = threading.Thread(
@@ -99,7 +99,7 @@ def test_a_read_of_stored_events_waits_for_the_write_in_flight(settings, small_c
             reader.join(0.5)
             assert reader.is_alive()  # waiting for the write
         reader.join(30)
-        assert result.rows[-1].transaction_id in {t.transaction_id for t in found}
+        assert result.named_rows[-1].transaction_id in {t.transaction_id for t in found}
         pipeline.collect()
     finally:
         pipeline.close()
