@@ -98,17 +98,22 @@ def test_the_features_column_is_json_of_the_rounded_values_in_column_order():
         ).replace("e+", "e")
 
 
-def test_a_row_is_built_by_the_tables_column_names():
-    from stream_processor.core import TransactionRow
+def test_rows_are_built_by_the_tables_column_names():
+    from fraudstream.tables import transactions
+    from stream_processor.contracts import ROW_COLUMNS, TransactionRow, rows_from_columns
 
-    values = {c: None for c in TransactionRow._fields}
-    row = TransactionRow(**values)
-    assert tuple(row) == (None,) * len(values)  # the tuple the database takes
-    del values["risk_score"]
-    with pytest.raises(TypeError, match="risk_score"):
-        TransactionRow(**values)
-    with pytest.raises(TypeError, match="risk"):
-        TransactionRow(**values, risk=0.5)
+    assert ROW_COLUMNS == tuple(c.name for c in transactions.columns)
+    columns = {c: [f"{c}-1", f"{c}-2"] for c in ROW_COLUMNS}
+    rows = rows_from_columns(columns)
+    assert [type(r) for r in rows] == [tuple, tuple]  # what the database takes, in table order
+    assert TransactionRow._make(rows[1]).risk_score == "risk_score-2"
+    del columns["risk_score"]
+    with pytest.raises(ValueError, match=r"missing \['risk_score'\], unknown \[\]"):
+        rows_from_columns(columns)
+    with pytest.raises(ValueError, match=r"missing \['risk_score'\], unknown \['risk'\]"):
+        rows_from_columns({**columns, "risk": [0.5, 0.5]})
+    with pytest.raises(ValueError, match="shorter"):  # a column of another length
+        rows_from_columns({**columns, "risk_score": [0.5]})
 
 
 def test_labels_are_never_model_inputs(settings, small_csv):
