@@ -260,8 +260,10 @@ def refit_pause(
     values = raw_messages(frame)
     settings = Settings().replace(
         database_url=f"sqlite:///{work / f'refit-{uuid.uuid4().hex[:6]}.db'}",
-        refit_every_events=10_000,
-        refit_min_interval_s=0.0,  # a refit every 10,000 events, however fast they come
+        # a refit every 20,000 events, however fast they come: a fit takes about ten batches
+        # here, so every 10,000 left no batch between one refit and the next to compare with
+        refit_every_events=20_000,
+        refit_min_interval_s=0.0,
         batch_size=batch,
     )
     pipeline = BatchPipeline(settings, refits=ThreadRefits() if worker == "thread" else None)
@@ -297,6 +299,8 @@ def refit_pause(
 def _pause_summary(batch, worker, quiet, busy, swaps, starts, installs, versions) -> dict:
     """refit_pause's figures from its batch times (ms): quiet, during a refit, swapping one in;
     and the refit work itself (starting one, installing one)."""
+    if not quiet:
+        raise RuntimeError("no batch ran without a refit: refits ran back to back")
     median = statistics.median(quiet)
     worst = max(busy + swaps)
     return {
