@@ -258,6 +258,9 @@ def run(args: argparse.Namespace, parts: set[str], work: Path) -> None:
         worker = big["worker_peak_rss_mb"] or float("nan")
         print(f"| its refit worker processes, {big['rows']:,} distinct accounts | {worker:.0f} | "
               f"{worker:.0f} | |")  # fmt: skip
+        pss = big["pss_mb"] or float("nan")
+        print(f"| all its processes, PSS at the end (each page once), {big['rows']:,} distinct "
+              f"accounts | {pss:.0f} | {pss:.0f} | |")  # fmt: skip
     if lat:
         print_latency(lat)
     if pauses:

@@ -385,6 +385,7 @@ def million(s: Settings, work: Path, rows: int, runtime: str = "confluent") -> d
         stream_s = time.monotonic() - started
         rss = processor_peak_rss_mb(proc.pid)
         worker_rss = workers_peak_rss_mb(proc.pid)
+        pss = processor_pss_mb(proc.pid)
         with engine.connect() as conn:
             stored = conn.exec_driver_sql("select count(*) from transactions").scalar()
     finally:
@@ -402,5 +403,6 @@ def million(s: Settings, work: Path, rows: int, runtime: str = "confluent") -> d
         "total_s": stream_s + dbt_s,
         "peak_rss_mb": rss,
         "worker_peak_rss_mb": worker_rss,
+        "pss_mb": pss,
         "produced_per_s": stats.events_per_s,
     }
