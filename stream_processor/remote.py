@@ -1,8 +1,7 @@
 """The commit protocol (scoring, the sink, deliveries) in a child process, for the faust runtime.
 
-faust-streaming spends about 240 us of Python per event before any work, and the scoring core
-about as much again: in one interpreter the two take turns on the GIL (under half of bare faust's
-rate). So faust consumes in its process, and the protocol (:mod:`stream_processor.commit`) runs
+faust-streaming spends as much Python per event before any work as the scoring core spends on
+the event: in one interpreter the two take turns on the GIL (docs/benchmarks.md). So faust consumes in its process, and the protocol (:mod:`stream_processor.commit`) runs
 in a :class:`~fraudstream.processes.Worker` that answers each batch with the positions it
 releases: faust acknowledges the events up to them, and reads the next batch meanwhile.
 """

@@ -18,7 +18,7 @@ from stream_processor.core import ROW_COLUMNS
 from stream_processor.sink import Sink, SinkError, Step
 from stream_processor.writer import WriterProcess
 
-# One statement for a whole batch (about 10x faster than SQLAlchemy IN lists of 500): each id
+# One statement for a whole batch (not SQLAlchemy IN lists of a few hundred ids each): each id
 # of the JSON array looked up in the two tables' keys. A join, not ``in (select value from
 # json_each(?1))``, which sorts the ids into a temporary index first; CROSS JOIN keeps the ids
 # the outer loop whatever SQLite's statistics say.
