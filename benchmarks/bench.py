@@ -177,13 +177,54 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def run(args: argparse.Namespace, parts: set[str], work: Path) -> None:
-    csv = work / "events.csv"
-    write_csv(csv, GeneratorConfig(rows=args.events, days=max(30, args.events // 700), seed=3))
+def throughput(
+    args: argparse.Namespace, s: Settings, offsets: dict, work: Path, repeat: int
+) -> tuple[dict, dict, dict, dict]:
+    """The throughput part, ``repeat`` times: events/s, wall times, memory and latency runs,
+    each a dict of figure name -> runs."""
     results: dict[str, list[float]] = {}
     walls: dict[str, list[float]] = {}
     rss: dict[str, list[float]] = {}
     lat: dict[str, list[dict]] = {}
+    for r in range(repeat):
+        print(f"repeat {r + 1}/{args.repeat}", file=sys.stderr)
+        results.setdefault("baseline: confluent consume + JSON decode", []).append(
+            confluent_baseline(s, args.events)
+        )
+        results.setdefault("baseline: bare faust-streaming (take_events)", []).append(
+            faust_baseline(s, args.events)
+        )
+        for runtime in args.runtimes.split(","):
+            done = pipeline(s, args.events, runtime, offsets, work)
+            name = f"pipeline, {runtime} runtime"
+            results.setdefault(name, []).append(done.events_per_s)
+            walls.setdefault(name, []).append(done.wall_s)
+            memory = {
+                f"{name}: peak RSS, runtime and data path": done.peak_rss_mb,
+                f"{name}: peak RSS, its refit worker and forkservers": done.workers_peak_rss_mb,
+                f"{name}: PSS at the end, all its processes": done.pss_mb,
+            }
+            for figure, mb in memory.items():
+                rss.setdefault(figure, []).append(mb or float("nan"))
+            for feed in [int(x) for x in args.latency_rates.split(",") if x]:
+                lat.setdefault(f"{runtime} runtime, {feed:,} events/s", []).append(
+                    latency(s, work, feed, args.latency_seconds, runtime)
+                )
+        if args.postgres:
+            name = "pipeline, confluent runtime, PostgreSQL"
+            done = pipeline(s, args.events, "confluent", offsets, work, database="postgresql")
+            results.setdefault(name, []).append(done.events_per_s)
+            walls.setdefault(name, []).append(done.wall_s)
+        for feed in [int(x) for x in args.latency_rates.split(",") if x]:
+            lat.setdefault(f"baseline: bare confluent consumer, {feed:,} events/s", []).append(
+                kafka_latency(s, work, feed, args.latency_seconds)
+            )
+    return results, walls, rss, lat
+
+
+def run(args: argparse.Namespace, parts: set[str], work: Path) -> None:
+    csv = work / "events.csv"
+    write_csv(csv, GeneratorConfig(rows=args.events, days=max(30, args.events // 700), seed=3))
     big = None
     with EmbeddedBroker(log_path=work / "broker.log") as broker:
         s = Settings.from_env({k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"},
@@ -194,41 +235,9 @@ def run(args: argparse.Namespace, parts: set[str], work: Path) -> None:
         t = time.perf_counter()
         stats = replay(csv, broker.bootstrap, s.transactions_topic, ReplayOptions(progress=False))
         produce_rate = stats.produced / (time.perf_counter() - t)
-        for r in range(args.repeat if "throughput" in parts else 0):
-            print(f"repeat {r + 1}/{args.repeat}", file=sys.stderr)
-            results.setdefault("baseline: confluent consume + JSON decode", []).append(
-                confluent_baseline(s, args.events)
-            )
-            results.setdefault("baseline: bare faust-streaming (take_events)", []).append(
-                faust_baseline(s, args.events)
-            )
-            for runtime in args.runtimes.split(","):
-                done = pipeline(s, args.events, runtime, stats.last_offsets, work)
-                name = f"pipeline, {runtime} runtime"
-                results.setdefault(name, []).append(done.events_per_s)
-                walls.setdefault(name, []).append(done.wall_s)
-                memory = {
-                    f"{name}: peak RSS, runtime and data path": done.peak_rss_mb,
-                    f"{name}: peak RSS, its refit worker and forkservers": done.workers_peak_rss_mb,
-                    f"{name}: PSS at the end, all its processes": done.pss_mb,
-                }
-                for figure, mb in memory.items():
-                    rss.setdefault(figure, []).append(mb or float("nan"))
-                for feed in [int(x) for x in args.latency_rates.split(",") if x]:
-                    lat.setdefault(f"{runtime} runtime, {feed:,} events/s", []).append(
-                        latency(s, work, feed, args.latency_seconds, runtime)
-                    )
-            if args.postgres:
-                name = "pipeline, confluent runtime, PostgreSQL"
-                done = pipeline(
-                    s, args.events, "confluent", stats.last_offsets, work, database="postgresql"
-                )
-                results.setdefault(name, []).append(done.events_per_s)
-                walls.setdefault(name, []).append(done.wall_s)
-            for feed in [int(x) for x in args.latency_rates.split(",") if x]:
-                lat.setdefault(f"baseline: bare confluent consumer, {feed:,} events/s", []).append(
-                    kafka_latency(s, work, feed, args.latency_seconds)
-                )
+        results, walls, rss, lat = throughput(
+            args, s, stats.last_offsets, work, args.repeat if "throughput" in parts else 0
+        )
         pauses = {}
         if "refit" in parts:
             print("refit pause (in process)", file=sys.stderr)
