@@ -6,11 +6,14 @@ CSV ?= data/transactions.csv
 DB ?= finance.db
 PYTEST_ARGS ?=
 RUN_ARGS ?= --fresh
+WORKERS ?= 1
 
 .PHONY: help install browser-deps bench run test lint generate alerts broker batch dashboard evaluate clean
 
 help:
 	@echo "make run [CSV=path] [DB=path]  replay a CSV through the whole pipeline on the embedded broker"
+	@echo "                               (on DATABASE_URL instead of DB when it is set)"
+	@echo "         [WORKERS=n]           n stream processors in one group (DATABASE_URL: PostgreSQL)"
 	@echo "make test                      the whole test suite"
 	@echo "make dashboard [DB=path]       serve the dashboard on http://127.0.0.1:8001"
 	@echo "make batch [DB=path]           dbt build (models and tests) once"
@@ -30,7 +33,7 @@ $(VENV)/.installed: pyproject.toml setup.py requirements.lock stream_processor/f
 	touch $@
 
 run: install
-	$(BIN)/fraudstream run --csv '$(CSV)' --db '$(DB)' $(RUN_ARGS)
+	$(BIN)/fraudstream run --csv '$(CSV)' $(if $(DATABASE_URL),,--db '$(DB)') --workers $(WORKERS) $(RUN_ARGS)
 
 test: install browser-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -116,7 +116,7 @@ def pipeline(
     started = time.monotonic()
     proc = start_processor(ps, log)
     try:
-        wait_until_processed(ps, engine, proc, log, offsets, timeout_s=3600)
+        wait_until_processed(ps, engine, [proc], [log], offsets, timeout_s=3600)
         rss = processor_peak_rss_mb(proc.pid)
         worker_rss = workers_peak_rss_mb(proc.pid)
         pss = processor_pss_mb(proc.pid)

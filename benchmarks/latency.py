@@ -157,7 +157,7 @@ def latency(s: Settings, work: Path, rate: int, seconds: float, runtime: str) ->
         stats = replay(
             warm, ls.bootstrap_servers, ls.transactions_topic, ReplayOptions(progress=False)
         )
-        wait_until_processed(ls, engine, proc, log, stats.last_offsets, timeout_s=600)
+        wait_until_processed(ls, engine, [proc], [log], stats.last_offsets, timeout_s=600)
         poller.start()
         time.sleep(0.5)
         poller.recording = True
@@ -165,7 +165,7 @@ def latency(s: Settings, work: Path, rate: int, seconds: float, runtime: str) ->
             feed, ls.bootstrap_servers, ls.transactions_topic,
             ReplayOptions(progress=False, rate=rate),
         )  # fmt: skip
-        wait_until_processed(ls, engine, proc, log, stats.last_offsets, timeout_s=3600)
+        wait_until_processed(ls, engine, [proc], [log], stats.last_offsets, timeout_s=3600)
         time.sleep(0.2)
         rss = processor_peak_rss_mb(proc.pid)
     finally:
@@ -381,7 +381,7 @@ def million(s: Settings, work: Path, rows: int, runtime: str = "confluent") -> d
         stats = replay(
             csv, ms.bootstrap_servers, ms.transactions_topic, ReplayOptions(progress=False)
         )
-        wait_until_processed(ms, engine, proc, log, stats.last_offsets, timeout_s=7200)
+        wait_until_processed(ms, engine, [proc], [log], stats.last_offsets, timeout_s=7200)
         stream_s = time.monotonic() - started
         rss = processor_peak_rss_mb(proc.pid)
         worker_rss = workers_peak_rss_mb(proc.pid)

@@ -87,6 +87,12 @@ def main(verbose: bool) -> None:
     is_flag=True,
     help="Feed the CSV's is_fraud back as delayed labels (LABEL_DELAY_DAYS) to the processor.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Stream processors in the consumer group (more than one needs PostgreSQL).",
+)
 def run(csv_path, db, runtime, no_progress, no_dbt, **options) -> None:
     """Run the whole pipeline once on a CSV and print a summary.
 
@@ -98,7 +104,7 @@ def run(csv_path, db, runtime, no_progress, no_dbt, **options) -> None:
     with _reported(RunError):
         summary = run_pipeline(
             csv_path, settings, progress=not no_progress, dbt=not no_dbt, **options
-        )  # fresh, rate, speedup, limit, timeout_s, labels
+        )  # fresh, rate, speedup, limit, timeout_s, labels, workers
     click.echo(format_summary(summary))
     if summary.dbt is not None and not summary.dbt.ok:
         sys.exit(1)

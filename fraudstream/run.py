@@ -56,8 +56,9 @@ class RunSummary:
     models: list[dict] = field(default_factory=list)
     top_alerts: list[dict] = field(default_factory=list)
     quality: dict | None = None
-    processor_log: Path | None = None
+    processor_logs: list[Path] = field(default_factory=list)  # one a processor
     runtime: str = "confluent"
+    workers: int = 1
     dbt: object | None = None  # batch.build.BuildOutcome
     marts: dict = field(default_factory=dict)  # table -> rows
     labels_stored: int = 0
@@ -71,6 +72,7 @@ def run_pipeline(
     timeout_s: float = 900.0,
     dbt: bool = True,
     labels: bool = False,
+    workers: int = 1,
     **replay,  # rate, speedup, limit, progress: as in producer.replay.ReplayOptions
 ) -> RunSummary:
     """Replay ``csv_path`` through the stream processor (and dbt); summarise what was stored."""
@@ -79,6 +81,13 @@ def run_pipeline(
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise RunError(f"{csv_path}: no such file (generate one with `fraudstream generate`)")
+    if workers > 1 and (settings.sqlite_path or settings.database_url.startswith("sqlite")):
+        raise RunError(
+            f"--workers {workers}: several processors need a database they can share; SQLite "
+            "is for one. Set DATABASE_URL to PostgreSQL (docs/running.md)."
+        )
+    if workers > 1 and settings.runtime != "confluent":
+        raise RunError(f"--workers {workers}: several processors run on the confluent runtime")
     db = Path(settings.sqlite_path).resolve() if settings.sqlite_path else None
     if db is not None:
         settings = settings.replace(database_url=f"sqlite:///{db}")
@@ -91,8 +100,10 @@ def run_pipeline(
         csv=csv_path,
         database=db,
         database_url=shown_url(settings.database_url),
-        processor_log=log_dir / "processor.log",
+        processor_logs=[log_dir / f"processor-{i}.log" for i in range(workers)]
+        if workers > 1 else [log_dir / "processor.log"],
         runtime=settings.runtime,
+        workers=workers,
     )
     options = ReplayOptions(
         **replay,
@@ -102,8 +113,6 @@ def run_pipeline(
     with kafka_cluster(settings, log_path=log_dir / "broker.log") as bootstrap:
         settings = settings.replace(bootstrap_servers=bootstrap)
         ensure_topics(bootstrap, settings)
-        if settings.web_port:  # the processor's health page, on a free port
-            settings = settings.replace(web_port=free_port())
         _replay_and_process(csv_path, settings, engine, summary, options, timeout_s)
         read_back(summary, engine, settings, rows_before)
     if dbt:
@@ -132,7 +141,12 @@ def _replay_and_process(
 ) -> None:
     from producer.replay import replay
 
-    proc = start_processor(settings, summary.processor_log)
+    procs = [
+        # each processor's health page on a free port of its own
+        start_processor(settings.replace(web_port=free_port()) if settings.web_port else settings,
+                        log)  # fmt: skip
+        for log in summary.processor_logs
+    ]
     try:
         started = time.monotonic()
         stats = replay(
@@ -143,12 +157,13 @@ def _replay_and_process(
             raise RunError(f"{stats.failed} events were not delivered: {stats.errors[:3]}")
         summary.replay = stats
         wait_until_processed(
-            settings, engine, proc, summary.processor_log, stats.last_offsets, timeout_s,
+            settings, engine, procs, summary.processor_logs, stats.last_offsets, timeout_s,
             stats.label_offsets,
         )  # fmt: skip
         summary.wall_s = time.monotonic() - started
     finally:
-        stop_processor(proc)
+        for proc in procs:
+            stop_processor(proc)
 
 
 def _build_marts(summary: RunSummary, engine: Engine, settings: Settings, fresh: bool) -> None:
@@ -201,21 +216,25 @@ def consumer_lag(settings: Settings, last_offsets: dict[str, dict[int, int]]) ->
 def wait_until_processed(
     settings,
     engine,
-    proc,
-    log_path: Path,
+    procs: list[subprocess.Popen],
+    log_paths: list[Path],
     last_offsets: dict[int, int],
     timeout_s: float,
     label_offsets: dict[int, int] | None = None,
 ) -> None:
+    """Until the group has committed every event up to ``last_offsets`` (and the labels up to
+    ``label_offsets``) and holds none for the first fit; :class:`RunError` if one of ``procs``
+    (the processors, writing to ``log_paths``) exits, or after ``timeout_s``."""
     topics = {settings.transactions_topic: last_offsets, settings.labels_topic: label_offsets or {}}
     deadline = time.monotonic() + timeout_s
     last_report = time.monotonic()
     while True:
-        if proc.poll() is not None:
-            raise RunError(
-                f"the stream processor exited with code {proc.returncode}; see {log_path}:\n"
-                + _tail(log_path)
-            )
+        for proc, log_path in zip(procs, log_paths, strict=True):
+            if proc.poll() is not None:
+                raise RunError(
+                    f"the stream processor exited with code {proc.returncode}; see {log_path}:\n"
+                    + _tail(log_path)
+                )
         lag = consumer_lag(settings, topics)
         with engine.connect() as conn:
             held = _count(conn, pending_events)
@@ -224,7 +243,7 @@ def wait_until_processed(
         if time.monotonic() > deadline:
             raise RunError(
                 f"the stream processor did not catch up within {timeout_s:.0f} s "
-                f"(lag {lag} events, {held} held); see {log_path}"
+                f"(lag {lag} events, {held} held); see {', '.join(map(str, log_paths))}"
             )
         if time.monotonic() - last_report > 10:
             print(f"stream processor: {lag:,} events to go, {held:,} held for the first fit",
@@ -299,7 +318,7 @@ def format_summary(s: RunSummary) -> str:
     if feed.labels_sent or s.labels_stored:
         out.append(f"labels               {feed.labels_sent:,} sent, {s.labels_stored:,} stored "
                    "(delayed outcomes; `fraudstream evaluate` measures with them)")  # fmt: skip
-    out.append(f"runtime              {s.runtime}")
+    out.append(f"runtime              {s.runtime}, {s.workers} processor(s)")
     events_per_s = feed.produced / s.wall_s if s.wall_s else 0.0
     out.append(f"wall time            {s.wall_s:.1f} s   ({events_per_s:,.0f} events/s, "
                "produce to last offset committed)")  # fmt: skip
@@ -330,7 +349,7 @@ def format_summary(s: RunSummary) -> str:
     if s.database:
         out.append(f"  query it:          sqlite3 {s.database} 'select * from transactions "
                    "where is_flagged = 1 order by score desc limit 20'")  # fmt: skip
-    out.append(f"processor log        {s.processor_log}")
+    out.append(f"processor log        {', '.join(map(str, s.processor_logs))}")
     if s.database:
         out.append(f"dashboard            make dashboard DB={s.database}   "
                    "(then open http://127.0.0.1:8001)")  # fmt: skip

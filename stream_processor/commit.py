@@ -103,9 +103,10 @@ class CommitProtocol:
                 self._last_idle_work = self.clock()
                 self._advance(self.pipeline.idle_work(), [])
 
-    def close(self) -> None:
-        """At shutdown: finish the write and the deliveries in flight, record them, commit
-        what they release (waiting for the broker's answer), then let the pipeline finish."""
+    def flush(self) -> None:
+        """Before partitions move to another processor (a rebalance), and at shutdown: finish
+        the write and the deliveries in flight, record them, and commit what they release,
+        waiting for the broker's answer. Every batch consumed so far is then committed."""
         with self._step():
             self._drain()
             if self._unrecorded:  # no later write to ride with: a transaction of their own
@@ -114,6 +115,11 @@ class CommitProtocol:
                     batch.recorded = True
                 self._unrecorded = []
             self._release(final=True)
+
+    def close(self) -> None:
+        """At shutdown: :meth:`flush`, then let the pipeline finish."""
+        self.flush()
+        with self._step():
             self.pipeline.finish()
 
     @contextmanager

@@ -77,7 +77,7 @@ class BatchResult:
     alerts: list[dict] = field(default_factory=list)  # for the alerts topic
     dead_letters: list[dict] = field(default_factory=list)  # for dead_letters and the DLQ
     pending_add: list[dict] = field(default_factory=list)  # held until the first fit
-    pending_clear: bool = False  # the held events were scored: empty pending_events
+    pending_clear: list[str] = field(default_factory=list)  # held events scored: their ids
     models: list[Model] = field(default_factory=list)  # to record
     duplicate_ids: list[str] = field(default_factory=list)  # already stored or held
     labels: list[dict] = field(default_factory=list)  # for the labels table

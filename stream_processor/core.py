@@ -41,7 +41,7 @@ from stream_processor.contracts import (
 from stream_processor.features import SUPERVISED_FEATURE_NAMES, AccountStates, LabelMemory
 from stream_processor.labelling import LabelLearner, SupervisedTrainer
 from stream_processor.labels import Label, decode_label
-from stream_processor.model import FittedModel, SupervisedModel
+from stream_processor.model import FittedModel, Model, SupervisedModel
 from stream_processor.reasons import explain
 from stream_processor.refit import RefitRunner
 from stream_processor.scoring import AnomalyScorer, Scores, Versions
@@ -250,6 +250,7 @@ class ScoringCore:
                 supervised.version + 1 if supervised else 1,
             )
         )
+        self.trains = True  # see train()
         self.decoder = Decoder(settings.labels_topic)
         self.warmup = WarmUp(settings, restored.held)
         self.scorer = AnomalyScorer(settings, self.refits, self.versions, self.counts, model)
@@ -295,10 +296,12 @@ class ScoringCore:
                 events = [h for h in events if h.txn.transaction_id not in known]
         if self.scorer.model is None:
             self.warmup.hold(events, result)
-            if self.warmup.full():
+            if self.trains and self.warmup.full():
                 self._fit_initial(result)
-        elif events:
-            self._emit(events, self._features([h.txn for h in events]), result)
+        else:
+            self._release_held(result)
+            if events:
+                self._emit(events, self._features([h.txn for h in events]), result)
         labels = self.decoder.labels(label_messages, result)
         self.counts["labels"] += len(labels)
         for label in labels:
@@ -312,8 +315,11 @@ class ScoringCore:
     def tick(self) -> BatchResult:
         """Work due without new events: the idle first fit, and swapping in a finished refit."""
         result = self._collect_refits()
-        if self.scorer.model is None and self.warmup.idle():
-            self._fit_initial(result)
+        if self.scorer.model is None:
+            if self.trains and self.warmup.idle():
+                self._fit_initial(result)
+        else:
+            self._release_held(result)
         self._start_refits(result)
         return result
 
@@ -322,6 +328,25 @@ class ScoringCore:
         self.scorer.refit.wait(timeout_s)
         self.trainer.refit.wait(timeout_s)
         return self._collect_refits()
+
+    def train(self, trains: bool) -> None:
+        """Whether this processor fits the models (it holds the trainer's lease, see
+        :class:`~stream_processor.sink.TrainerLease`) or takes those another one records
+        (:meth:`adopt`). Losing the lease drops a fit in progress: the new trainer numbers the
+        next version."""
+        if not trains:
+            self.scorer.refit.future = self.trainer.refit.future = None
+        self.trains = trains
+
+    def adopt(self, model: Model) -> None:
+        """A model the trainer recorded: it scores from the next batch on (the trainer recorded
+        it; it is not recorded again). Events held for the first fit are scored then."""
+        if isinstance(model, SupervisedModel):
+            self.trainer.model = model
+        else:
+            self.scorer.adopt(model)
+        self.versions.next = max(self.versions.next, model.version + 1)
+        log.info("%s v%d taken from the trainer", model.kind, model.version)
 
     def close(self) -> None:
         self.refits.close()
@@ -335,7 +360,15 @@ class ScoringCore:
         log.info("first model v%d fit on %d held events", model.version, len(held))
         self._emit(held, features, result)
         self.scorer.since_fit = 0  # the model was fit on exactly these: no refit due for them
-        result.pending_clear = True
+        result.pending_clear = [h.txn.transaction_id for h in held]
+
+    def _release_held(self, result: BatchResult) -> None:
+        """Score the events held before a model came from the trainer (or held by another
+        processor for partitions this one took over)."""
+        if self.warmup.held:
+            held = self.warmup.release()
+            self._emit(held, self._features([h.txn for h in held]), result)
+            result.pending_clear = [h.txn.transaction_id for h in held]
 
     def _features(self, txns: list[Transaction]) -> np.ndarray:
         missing = self.states.missing({t.account_id for t in txns})
@@ -351,7 +384,7 @@ class ScoringCore:
         scores = self.scorer.score(features, self.learner.memory.features(txns), self.supervised)
         emit_rows(events, scores, self.states, result)
         self.learner.keep(events, scores.inputs, result)
-        self.scorer.observe(features, scores.anomaly)
+        self.scorer.observe(features, scores.anomaly, watch_drift=self.trains)
         self.learner.advance(txns)
         self.counts["scored"] += len(events)
         self.counts["flagged"] += int(scores.flags.sum())
@@ -367,6 +400,8 @@ class ScoringCore:
 
     def _start_refits(self, result: BatchResult) -> None:
         """Start the refits that are due (supervised first), timed for the batch."""
+        if not self.trains:
+            return
         started = time.perf_counter()
         self.trainer.maybe_refit()
         self.scorer.maybe_refit()

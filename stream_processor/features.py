@@ -292,6 +292,12 @@ class AccountStates:
             accounts.popitem(last=False)
             self.evicted += 1
 
+    def drop_accounts(self) -> None:
+        """Forget every account (partitions moved between processors: what is in memory may be
+        stale); the caller restores them from their stored events (:meth:`restore`,
+        :meth:`not_loaded`). The merchants stay."""
+        self._accounts.clear()
+
     def not_loaded(self, count: int) -> None:
         """``count`` accounts with stored events were not loaded at start (beyond
         ``max_accounts``): counted as evicted, so they are rebuilt when they come back."""

@@ -42,7 +42,13 @@ class HealthServer:
             def log_message(self, *args) -> None:  # the healthchecks every few seconds: not logged
                 pass
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:  # e.g. a second processor on this machine, on the same port
+            raise OSError(
+                f"the health page cannot listen on {host}:{port} ({exc.strerror}): give each "
+                "processor on a machine a PROCESSOR_WEB_PORT of its own (0: none)"
+            ) from exc
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name="health", daemon=True).start()
         log.info("health page on http://%s:%d/health", host, port)

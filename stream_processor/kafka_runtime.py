@@ -114,11 +114,35 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
             signal.signal(sig, lambda *_: stop.set())
     pipeline = BatchPipeline(settings)
     tune_gc()
-    health = HealthServer(settings.web_host, settings.web_port, pipeline.status)
+    try:
+        health = HealthServer(settings.web_host, settings.web_port, pipeline.status)
+    except OSError as exc:
+        log.critical("FATAL: %s", exc)
+        pipeline.close()
+        return 1
     consumer = Consumer(consumer_config(settings))
     outbox = KafkaOutbox(settings)
     protocol = CommitProtocol(pipeline, outbox, ConsumerOffsets(consumer))
-    consumer.subscribe([settings.transactions_topic, settings.labels_topic])
+
+    # Partitions move between the group's processors (librdkafka's eager rebalance: all are
+    # revoked, then the new share assigned), in these calls from inside consume(); close()
+    # revokes them once more, after the protocol closed or failed.
+    consuming = True
+
+    def revoked(_consumer, _partitions) -> None:
+        if consuming:
+            protocol.flush()  # what was consumed is stored and committed before another takes it
+
+    def assigned(_consumer, partitions) -> None:
+        if consuming:
+            protocol.flush()  # the idle work in flight, on the first assignment
+            topic = settings.transactions_topic
+            pipeline.partitions_assigned([p.partition for p in partitions if p.topic == topic])
+
+    consumer.subscribe(
+        [settings.transactions_topic, settings.labels_topic],
+        on_assign=assigned, on_revoke=revoked,
+    )  # fmt: skip
     log.info(
         "consuming %s and %s as group %s",
         settings.transactions_topic, settings.labels_topic, settings.consumer_group,
@@ -139,6 +163,7 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
                      _describe(exc), exc_info=not isinstance(exc, EXPECTED))  # fmt: skip
         code = 1
     finally:
+        consuming = False
         health.close()
         consumer.close()
         outbox.close()

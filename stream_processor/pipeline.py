@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import Mapping, Sequence
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from fraudstream.settings import Settings
 from stream_processor import features
@@ -19,6 +22,13 @@ from stream_processor.sink import SinkStore, open_sink
 
 log = logging.getLogger(__name__)
 
+
+MODEL_SYNC_S = 1.0
+"""How often a processor checks the trainer's lease and, without it, the models the trainer
+recorded: a new version scores every processor's events within about this long."""
+
+TRAINER = "this processor fits the models now (it holds the trainer's lease)"
+FOLLOWER = "another processor fits the models (it holds the trainer's lease): taking its versions"
 
 FETCH_MAX_WAIT_MS = 20
 """How long a runtime's consumer lets the broker hold a fetch that has no data yet: short, so an
@@ -71,6 +81,10 @@ class BatchPipeline:
         )
         self.core = ScoringCore(settings, self.store, restored=restored, refits=refits)
         self.core.states.not_loaded(self.sink.account_count() - len(self.core.states))
+        self.lease = self.sink.trainer_lease()
+        self._trains: bool | None = None  # holds the lease (None: not asked yet)
+        self._synced = float("-inf")  # when the lease and the models were last checked
+        self._partitions: set[int] = set()  # of the transactions topic, assigned by Kafka
         # Stored alerts whose delivery was never recorded, sent with the first batch: a crash
         # between a write and its alerts' delivery loses nothing, also for events whose offsets
         # were committed before that write (those held for the first fit).
@@ -83,6 +97,7 @@ class BatchPipeline:
             f"v{supervised.version}" if supervised else "none yet", len(self.core.states),
             len(restored.history), len(restored.held), self.core.label_memory.labels,
         )  # fmt: skip
+        self._sync_models()
         if not features.COMPILED:
             log.warning(
                 "the feature code runs as plain Python (it was not compiled at install: no C "
@@ -99,11 +114,72 @@ class BatchPipeline:
 
     def score(self, messages: Sequence[RawMessage]) -> BatchResult:
         """Score a batch (no write): :meth:`submit` the result next."""
+        self._sync_models()
         return self.core.process(messages)
 
     def idle_work(self) -> BatchResult:
         """What is due without new events (the idle first fit, a finished refit)."""
+        self._sync_models()
         return self.core.tick()
+
+    # -- several processors ----------------------------------------------------------------------
+
+    def _sync_models(self) -> None:
+        """Every MODEL_SYNC_S: take the trainer's lease if it is free; without it, score with
+        the newest models the trainer recorded (loaded here: the batch never waits for a fit)."""
+        now = time.monotonic()
+        if now - self._synced < MODEL_SYNC_S:
+            return
+        self._synced = now
+        try:
+            self._check_models()
+        except SQLAlchemyError as exc:  # the database is away: the sink's writes say so if it stays
+            log.warning("cannot read the trainer's models (%s); scoring on with these", exc)
+
+    def _check_models(self) -> None:
+        core = self.core
+        trains = self.lease.held()
+        if trains != self._trains:
+            if trains:
+                core.versions.next = max(core.versions.next, self.sink.next_version())
+            log.info(TRAINER if trains else FOLLOWER)
+            self._trains = trains
+        core.train(trains)
+        if trains:
+            return
+        newest = self.sink.newest_versions()
+        run = core.refits.run
+        if newest.get("isolation_forest", 0) > (core.model.version if core.model else 0):
+            self._adopt(self.sink.latest_model(run))
+        if newest.get("supervised", 0) > (core.supervised.version if core.supervised else 0):
+            self._adopt(self.sink.latest_supervised(run))
+
+    def _adopt(self, model) -> None:
+        if model is not None:  # None: saved with other features (logged)
+            self.core.adopt(model)
+
+    def partitions_assigned(self, partitions: list[int]) -> None:
+        """The transactions topic's partitions this processor consumes now, after a rebalance
+        (the batches consumed before it finished). Until now another processor scored the
+        events of a partition this one gained, so every account's state is rebuilt from the
+        stored events of the partitions held (the ``max_accounts`` most recently active; any
+        other when it comes back), and events held there for the first fit are held here too."""
+        if self._submitted is not None:
+            raise RuntimeError("collect() the write in flight before partitions move")
+        gained = set(partitions) - self._partitions
+        self._partitions = set(partitions)
+        if not gained:
+            return
+        s, states = self.settings, self.core.states
+        history = self.sink.recent_history(s.account_history, s.max_accounts, sorted(partitions))
+        states.drop_accounts()
+        states.restore(list(history))
+        states.not_loaded(self.sink.account_count(sorted(partitions)) - len(states))
+        self.core.warmup.claim(self.sink.held_events(sorted(gained)))
+        log.info(
+            "partitions %s assigned (%s new): %d accounts rebuilt from the database",
+            sorted(partitions), sorted(gained), len(states),
+        )  # fmt: skip
 
     def submit(self, result: BatchResult, published: Mapping[str, float] | None = None) -> None:
         """Start storing ``result`` (and recording ``published``) in one transaction; committed
@@ -175,6 +251,7 @@ class BatchPipeline:
 
     def close(self) -> None:
         self.core.close()
+        self.lease.close()
         self.sink.close()
 
 

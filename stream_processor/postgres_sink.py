@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from fraudstream.retry import retry
 from stream_processor.core import ROW_COLUMNS
-from stream_processor.sink import Sink, SinkError, Step
+from stream_processor.sink import Sink, SinkError, Step, TrainerLease
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ INSERT_INCOMING = (
     f" select {', '.join(ROW_COLUMNS)} from {INCOMING}"
     " on conflict (transaction_id) do nothing"
 )
+TRAINER_LOCK = 0x6672617564747261  # the advisory lock of the models' trainer ("fraudtra")
 TRANSIENT = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
              psycopg.OperationalError)  # fmt: skip
 
@@ -88,8 +89,7 @@ class PostgresSink(Sink):
 
     def _transaction(self, steps: list[Step]) -> None:
         if self._conn is None or self._conn.closed:  # the first write, or the last one broke it
-            url = self.engine.url.set(drivername="postgresql")
-            self._conn = psycopg.connect(url.render_as_string(hide_password=False))
+            self._conn = psycopg.connect(self._url())
             self._conn.execute(CREATE_INCOMING)
             self._conn.commit()
         conn = self._conn
@@ -123,6 +123,13 @@ class PostgresSink(Sink):
             sql = self._compiled[step.key] = str(step.compile(insert, self.engine.dialect))
         return sql
 
+    def trainer_lease(self) -> TrainerLease:
+        return AdvisoryLease(self._url())
+
+    def _url(self) -> str:
+        url = self.engine.url.set(drivername="postgresql")
+        return url.render_as_string(hide_password=False)
+
     # -- reading -------------------------------------------------------------------------------
 
     def _by_ids(self, sql: str, ids: list[str], **more) -> list:
@@ -136,3 +143,37 @@ class PostgresSink(Sink):
             self._executor.submit(self._disconnect).result()
             self._executor.shutdown()
             super().close()
+
+
+class AdvisoryLease:
+    """The trainer's lease on PostgreSQL: an advisory lock (``pg_try_advisory_lock``) held by a
+    session of its own. One session at a time holds it, and the server releases it when that
+    session ends, as it does when its processor is killed: another processor takes it at its
+    next :meth:`held`. A processor that loses its connection loses the lease with it."""
+
+    def __init__(self, url: str):
+        self._url = url
+        self._conn: psycopg.Connection | None = None
+        self._held = False
+
+    def held(self) -> bool:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._held = False
+                self._conn = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+            if self._held:  # held while the session lives
+                self._conn.execute("select 1")
+            else:
+                lock = self._conn.execute("select pg_try_advisory_lock(%s)", [TRAINER_LOCK])
+                self._held = lock.fetchone()[0]
+        except psycopg.OperationalError as exc:
+            if self._held:
+                log.warning("the trainer's lease is lost with its connection (%s)", exc)
+            self.close()
+        return self._held
+
+    def close(self) -> None:
+        self._held = False
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

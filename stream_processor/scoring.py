@@ -169,11 +169,13 @@ class AnomalyScorer:
             model, supervised, scores, anomalous, inputs, probabilities, flags, probabilities
         )
 
-    def observe(self, features: np.ndarray, scores: np.ndarray) -> None:
-        """A scored batch: its features join the training window, its scores the drift watch."""
+    def observe(self, features: np.ndarray, scores: np.ndarray, *, watch_drift: bool) -> None:
+        """A scored batch: its features join the training window, its scores the drift watch
+        (``watch_drift``: where this processor fits the models)."""
         self.window.add(features)
         self.since_fit += len(features)
-        self.drift.watch(scores)
+        if watch_drift:
+            self.drift.watch(scores)
 
     def fit_first(self, features: np.ndarray, result: BatchResult) -> FittedModel:
         """Fit the first model on ``features`` (the held events), wait for it and install it."""
@@ -230,6 +232,13 @@ class AnomalyScorer:
             "model v%d swapped in (%s refit on %d events, threshold %.4f, %.2f s)",
             model.version, model.reason, model.training_rows, model.threshold, model.fit_seconds,
         )  # fmt: skip
+
+    def adopt(self, model: FittedModel) -> None:
+        """Score with a model another processor fitted (and recorded)."""
+        self.model = model
+        self.since_fit = 0
+        self.last_fit = time.monotonic()
+        self.drift.new_model()
 
     def _install(self, model: FittedModel, result: BatchResult) -> None:
         self.model = model  # one reference assignment: the swap is atomic for the batch path

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 from sqlalchemy import Engine, bindparam, delete, func, select, update
@@ -224,21 +225,42 @@ class Sink:
             ).all()
         return [Label(r.transaction_id, r.is_fraud, parse_timestamp(r.labelled_at)) for r in rows]
 
+    def newest_versions(self) -> dict[str, int]:
+        """The newest recorded version of each kind of model (``isolation_forest``,
+        ``supervised``): what another processor's trainer may have recorded."""
+        m = model_versions
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(m.c.kind, func.max(m.c.version)).group_by(m.c.kind)).all()
+        return dict(rows)
+
+    def trainer_lease(self) -> TrainerLease:
+        """Whether this processor fits the models (see :class:`TrainerLease`)."""
+        return SoleTrainer()
+
     def next_version(self) -> int:
         with self.engine.connect() as conn:
             return (conn.execute(select(func.max(model_versions.c.version))).scalar() or 0) + 1
 
-    def held_events(self) -> list[HeldEvent]:
+    def held_events(self, partitions: list[int] | None = None) -> list[HeldEvent]:
+        """The events held for the first fit (of ``partitions`` when given), each account's in
+        the order they were consumed."""
+        p = pending_events
+        held = select(p).order_by(p.c.kafka_partition, p.c.kafka_offset)
+        if partitions is not None:
+            held = held.where(p.c.kafka_partition.in_(partitions))
         with self.engine.connect() as conn:
-            rows = conn.execute(select(pending_events).order_by(pending_events.c.seq)).all()
+            rows = conn.execute(held).all()
         return [
             HeldEvent(decode(r.event.encode()), r.kafka_partition, r.kafka_offset, r.produced_at)
             for r in rows
         ]
 
-    def recent_history(self, per_account: int, accounts: int | None = None):
+    def recent_history(
+        self, per_account: int, accounts: int | None = None, partitions: list[int] | None = None
+    ):
         """The newest ``per_account`` transactions of each of the ``accounts`` most recently
-        active accounts (all when None), oldest first."""
+        active accounts (all when None), oldest first; only those consumed from ``partitions``
+        of the transactions topic when given (an account's events all come from one)."""
         t = transactions
         # Events of one time in the order they were consumed: one account's events come from
         # one partition, in offset order.
@@ -252,11 +274,13 @@ class Sink:
         if accounts is not None:
             recent = (
                 select(t.c.account_id)
+                .where(*_in_partitions(partitions))
                 .group_by(t.c.account_id)
                 .order_by(func.max(t.c.timestamp).desc())
                 .limit(accounts)
             )
             inner = inner.where(t.c.account_id.in_(recent.scalar_subquery()))
+        inner = inner.where(*_in_partitions(partitions))
         inner = inner.subquery()
         q = (
             select(*(inner.c[c] for c in _HISTORY_COLUMNS))
@@ -267,14 +291,38 @@ class Sink:
             for r in conn.execute(q):
                 yield _history_event(r)
 
-    def account_count(self) -> int:
-        """Distinct accounts with stored transactions."""
-        count = select(func.count(func.distinct(transactions.c.account_id)))
+    def account_count(self, partitions: list[int] | None = None) -> int:
+        """Distinct accounts with stored transactions (of ``partitions`` when given)."""
+        count = select(func.count(func.distinct(transactions.c.account_id))).where(
+            *_in_partitions(partitions)
+        )
         with self.engine.connect() as conn:
             return conn.execute(count).scalar()
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+class TrainerLease(Protocol):
+    """One trainer fits the models for every processor of a database; the others take the
+    versions it records. Whoever holds the lease is the trainer; a lease is released when its
+    holder dies, and another processor takes it over at its next :meth:`held`."""
+
+    def held(self) -> bool:
+        """Whether this processor holds the lease now (taking it if it is free)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SoleTrainer:
+    """The lease where one processor is all there is (SQLite): always held."""
+
+    def held(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
 
 
 class SinkStore:
@@ -331,8 +379,10 @@ class Step:
                 .where(labels.c.transaction_id == bindparam("tid"), labels.c.learned.is_(None))
                 .values(learned=bindparam("learned_value"))
             )
-        else:
-            statement = delete(pending_events)  # "pending_clear"
+        else:  # "pending_clear": held events now scored (other processors may hold others)
+            statement = delete(pending_events).where(
+                pending_events.c.transaction_id == bindparam("tid")
+            )
         return statement.compile(dialect=dialect, column_keys=list(self.key[1]) or None)
 
 
@@ -354,12 +404,17 @@ def write_plan(result: BatchResult, published: Mapping[str, float] | None) -> li
         "models": [_model_row(m) for m in result.models],
         "pending_add": result.pending_add,
         "rows": result.rows,
-        "pending_clear": [{}] if result.pending_clear else [],  # one run, without parameters
+        "pending_clear": [{"tid": t} for t in result.pending_clear],
         "labels": result.labels,
         "labels_released": [{"tid": t, "learned_value": v} for t, v in released],
         "dead_letters": result.dead_letters,
     }
     return [Step(name, rows) for name, rows in plan.items() if rows]
+
+
+def _in_partitions(partitions: list[int] | None) -> list:
+    """The condition selecting stored transactions of ``partitions`` (none: every one)."""
+    return [] if partitions is None else [transactions.c.kafka_partition.in_(partitions)]
 
 
 def _history_event(row) -> Transaction:

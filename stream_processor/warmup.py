@@ -40,6 +40,13 @@ class WarmUp:
             self.held.append(h)
             self.ids.add(h.txn.transaction_id)
 
+    def claim(self, events: Iterable[HeldEvent]) -> None:
+        """Hold events another processor held (and stored) for partitions this one took over."""
+        for h in events:
+            if h.txn.transaction_id not in self.ids:
+                self.held.append(h)
+                self.ids.add(h.txn.transaction_id)
+
     def full(self) -> bool:
         """Enough events are held for the first fit."""
         return len(self.held) >= self.size

@@ -116,7 +116,7 @@ def test_sigkill_mid_replay_loses_and_duplicates_nothing(
             proc = start_processor(s, logs[-1])
         feed(parts[KILLS])
         produce_bad(range(BAD_EVENTS // 2, BAD_EVENTS))
-        wait_until_processed(s, db, proc, logs[-1], offsets, timeout_s=600)
+        wait_until_processed(s, db, [proc], [logs[-1]], offsets, timeout_s=600)
     finally:
         stop_processor(proc)
 

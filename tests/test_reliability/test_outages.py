@@ -64,7 +64,7 @@ def test_broker_pause_and_database_lock_lose_nothing(settings, small_csv, tmp_pa
             [stats] = results
             assert stats.failed == 0 and stats.produced == 1500  # the producer rode it out too
             engine = make_engine(s.database_url)
-            wait_until_processed(s, engine, proc, log, stats.last_offsets, timeout_s=180)
+            wait_until_processed(s, engine, [proc], [log], stats.last_offsets, timeout_s=180)
             engine.dispose()
         finally:
             stop_processor(proc)

@@ -63,7 +63,7 @@ def test_killed_producer_resumes_without_a_gap(kafka_settings, tmp_path):
     engine = make_engine(s.database_url)
     proc = start_processor(s, tmp_path / "processor.log")
     try:
-        wait_until_processed(s, engine, proc, tmp_path / "processor.log", offsets, timeout_s=300)
+        wait_until_processed(s, engine, [proc], [tmp_path / "processor.log"], offsets, timeout_s=300)
     finally:
         stop_processor(proc)
     with engine.connect() as conn:

@@ -56,7 +56,7 @@ def produce(settings, csv_path):
 def drain(settings, proc, log, last_offsets, timeout_s=180, label_offsets=None):
     engine = make_engine(settings.database_url)
     try:
-        wait_until_processed(settings, engine, proc, log, last_offsets, timeout_s, label_offsets)
+        wait_until_processed(settings, engine, [proc], [log], last_offsets, timeout_s, label_offsets)
     finally:
         engine.dispose()
 

@@ -1,0 +1,155 @@
+"""Two stream processors in one consumer group on PostgreSQL, one of them killed with SIGKILL
+again and again mid-replay, the trainer first: nothing lost, nothing twice, one model for both.
+
+The events are replayed in KILLS + 1 parts, one as each round starts. In each round the
+processor that holds the trainer's lease is killed once the round's events are being stored, and
+started again; the other takes its partitions and the lease. At the end every valid event is exactly one scored row, by a model the
+trainer recorded, every flagged row reached the alerts topic, and every bad event is dead-lettered
+once.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from confluent_kafka import Producer
+from sqlalchemy import text
+
+from fraudstream.run import (
+    RunError,
+    alert_ids_on_topic,
+    run_pipeline,
+    start_processor,
+    stop_processor,
+    wait_until_processed,
+)
+from fraudstream.tables import make_engine
+from fraudstream.topics import read_topic
+from stream_processor.pipeline import FOLLOWER, TRAINER
+from producer.generate import GeneratorConfig, write_csv
+from producer.replay import ReplayOptions, replay
+
+KILLS = 3
+BAD_EVENTS = 20
+
+
+def trains(log) -> bool:
+    """Whether the processor writing ``log`` holds the trainer's lease, as it last said."""
+    said = [line for line in log.read_text().splitlines() if line.endswith((TRAINER, FOLLOWER))]
+    return bool(said) and said[-1].endswith(TRAINER)
+
+
+def scalar(engine, sql):
+    with engine.connect() as conn:
+        return conn.execute(text(sql)).scalar()
+
+
+def column(engine, sql) -> list:
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(text(sql))]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_two_processors_one_killed_again_and_again_lose_and_duplicate_nothing(
+    kafka_settings, postgres_url, tmp_path
+):
+    rng = random.Random(20261206)
+    s = kafka_settings.replace(warmup_events=2000, refit_every_events=15000,
+                               refit_min_interval_s=0.0, training_window=15000, n_estimators=50,
+                               batch_size=1000, database_url=postgres_url)  # fmt: skip
+    db = make_engine(s.database_url)
+    csv = tmp_path / "events.csv"
+    frame = write_csv(csv, GeneratorConfig(rows=60_000, days=40, seed=7))
+    header, *lines = csv.read_text().splitlines(keepends=True)
+    parts = []
+    for k, chunk in enumerate(np.array_split(np.arange(len(lines)), KILLS + 1)):
+        parts.append(tmp_path / f"part-{k}.csv")
+        parts[-1].write_text(header + "".join(lines[i] for i in chunk))
+
+    offsets: dict[int, int] = {}
+    bad_offsets: set[tuple[int, int]] = set()
+    bad = Producer({"bootstrap.servers": s.bootstrap_servers})
+
+    def keep(err, msg):
+        assert err is None, err
+        bad_offsets.add((msg.partition(), msg.offset()))
+        offsets[msg.partition()] = max(offsets.get(msg.partition(), -1), msg.offset())
+
+    def produce_bad(numbers):
+        for i in numbers:
+            bad.produce(s.transactions_topic, key=f"AC{i:06d}".encode(), value=b"\x00bad %d" % i,
+                        on_delivery=keep)  # fmt: skip
+        bad.flush(30)
+
+    def feed(part):
+        stats = replay(part, s.bootstrap_servers, s.transactions_topic,
+                       ReplayOptions(progress=False, rate=10_000))  # fmt: skip
+        assert stats.failed == 0
+        for p, o in stats.last_offsets.items():
+            offsets[p] = max(offsets.get(p, -1), o)
+
+    logs = [tmp_path / "processor-a0.log", tmp_path / "processor-b0.log"]
+    procs = [start_processor(s, log) for log in logs]  # the first one started takes the lease
+    time.sleep(1.0)
+    produce_bad(range(BAD_EVENTS // 2))
+    try:
+        for kill in range(KILLS):
+            before = scalar(db, "select count(*) from transactions")
+            feeder = threading.Thread(target=feed, args=(parts[kill],))
+            feeder.start()
+            deadline = time.monotonic() + 180
+            while scalar(db, "select count(*) from transactions") <= before + 2000:
+                for proc, log in zip(procs, logs, strict=True):
+                    assert proc.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "the processors made no progress"
+                time.sleep(0.2)
+            time.sleep(rng.uniform(0.2, 1.5))
+            trainer = next(i for i, log in enumerate(logs) if trains(log))
+            victim = procs.pop(trainer)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            logs.pop(trainer)
+            logs.append(tmp_path / f"processor-{kill + 1}.log")
+            procs.append(start_processor(s, logs[-1]))
+            feeder.join(300)
+        feed(parts[KILLS])
+        produce_bad(range(BAD_EVENTS // 2, BAD_EVENTS))
+        wait_until_processed(s, db, procs, logs, offsets, timeout_s=600)
+    finally:
+        for proc in procs:
+            stop_processor(proc)
+
+    every_log = "".join(p.read_text() for p in tmp_path.glob("processor-*.log"))
+    assert every_log.count(TRAINER) >= KILLS + 1  # the first trainer, then one at each kill
+    assert scalar(db, "select count(*) from transactions") == len(frame)  # 0 lost
+    assert scalar(db, "select count(distinct transaction_id) from transactions") == len(frame)
+    assert scalar(db, "select count(*) from transactions where score is null") == 0
+    assert scalar(db, "select count(*) from pending_events") == 0
+    # one model for the group: every row scored by a version the trainer recorded
+    assert scalar(db, "select count(*) from transactions where model_version not in "
+                      "(select version from model_versions)") == 0  # fmt: skip
+    assert scalar(db, "select count(distinct model_version) from transactions") >= 2
+    assert scalar(db, "select count(*) from dead_letters") == BAD_EVENTS
+    dead = set(map(tuple, column(db, "select array[source_partition, source_offset] "
+                                     "from dead_letters")))  # fmt: skip
+    assert dead == bad_offsets
+    on_dlq = [m.value() for m in read_topic(s, s.dlq_topic)]
+    assert len(on_dlq) >= BAD_EVENTS
+    flagged = set(column(db, "select transaction_id from transactions where is_flagged = 1"))
+    unpublished = "select count(*) from transactions where is_flagged = 1 and alert_published_at is null"
+    assert scalar(db, unpublished) == 0
+    db.dispose()
+    assert flagged and flagged <= alert_ids_on_topic(s)
+
+
+def test_several_processors_on_sqlite_are_refused_with_the_reason(settings, tmp_path, small_csv):
+    s = settings.replace(database_url=f"sqlite:///{tmp_path / 'finance.db'}")
+    with pytest.raises(RunError, match="SQLite is for one. Set DATABASE_URL to PostgreSQL"):
+        run_pipeline(small_csv, s, workers=2, dbt=False)
+    assert not (tmp_path / "finance.db").exists()  # refused before anything started
