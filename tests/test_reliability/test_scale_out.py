@@ -30,9 +30,9 @@ from fraudstream.run import (
 )
 from fraudstream.tables import make_engine
 from fraudstream.topics import read_topic
-from stream_processor.pipeline import FOLLOWER, TRAINER
 from producer.generate import GeneratorConfig, write_csv
 from producer.replay import ReplayOptions, replay
+from stream_processor.pipeline import FOLLOWER, TRAINER
 
 KILLS = 3
 BAD_EVENTS = 20
