@@ -1,0 +1,118 @@
+"""Processors of one consumer group on one PostgreSQL database, as pipelines side by side (the
+Kafka side, rebalances and kills, is tests/test_reliability/test_scale_out.py): one trainer, the
+others taking its models; partitions changing hands with their accounts' state."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+
+from fraudstream.schema import Transaction
+from producer.csv_source import read_transactions
+from stream_processor import pipeline as pipeline_module
+from stream_processor.core import RawMessage
+from stream_processor.pipeline import BatchPipeline
+from stream_processor.postgres_sink import AdvisoryLease
+
+PARTITIONS = 2
+
+
+@pytest.fixture
+def events(small_csv) -> list[Transaction]:
+    return [t for _l, t in read_transactions(small_csv) if isinstance(t, Transaction)]
+
+
+def partition_of(txn: Transaction) -> int:
+    """As a keyed producer spreads accounts: each account's events in one partition."""
+    return zlib.crc32(txn.account_id.encode()) % PARTITIONS
+
+
+def batch(txns: list[Transaction], start: int, partition: int | None = None) -> list[RawMessage]:
+    return [
+        RawMessage(t.encode(), partition=partition_of(t), offset=start + i)
+        for i, t in enumerate(txns)
+        if partition is None or partition_of(t) == partition
+    ]
+
+
+def stored(pipeline: BatchPipeline, messages: list[RawMessage]):
+    """Score and store ``messages``: the batch's result."""
+    result = pipeline.score(messages)
+    pipeline.submit(result)
+    pipeline.collect()
+    return result
+
+
+@pytest.fixture
+def group_settings(settings, postgres_url, monkeypatch):
+    monkeypatch.setattr(pipeline_module, "MODEL_SYNC_S", 0.0)  # check at every batch
+    return settings.replace(database_url=postgres_url, warmup_events=200)
+
+
+def test_one_lease_at_a_time_taken_over_when_its_holder_goes(postgres_url):
+    first, second = AdvisoryLease(postgres_url), AdvisoryLease(postgres_url)
+    try:
+        assert first.held() and first.held()  # and it stays held
+        assert not second.held()
+        first.close()  # as the server does when its processor dies
+        assert second.held()
+        assert not first.held()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_one_trainer_fits_the_others_score_with_its_versions(group_settings, events):
+    trainer = BatchPipeline(group_settings)
+    follower = BatchPipeline(group_settings)
+    try:
+        assert trainer.core.trains and not follower.core.trains
+        # The follower holds its events: only the trainer fits a first model.
+        held = stored(follower, batch(events[:600], 0, partition=1))
+        assert held.rows == [] and held.models == [] and follower.core.held
+        fitted = stored(trainer, batch(events[:600], 0, partition=0))
+        assert [m.version for m in fitted.models] == [1]
+        # The follower takes v1 and scores what it held with it; it records no model itself.
+        scored = stored(follower, batch(events[600:700], 600, partition=1))
+        assert scored.models == [] and not follower.core.held
+        assert {r.model_version for r in scored.named_rows} == {1}
+        assert len(scored.named_rows) == len(batch(events[:700], 0, partition=1))
+        assert scored.pending_clear  # and what it held is no longer held in the database
+        # The trainer goes: the follower takes the lease and numbers the next version.
+        trainer.close()
+        trainer = None
+        follower.handle(batch(events[700:710], 700, partition=1))
+        assert follower.core.trains and follower.core.versions.next == 2
+    finally:
+        follower.close()
+        if trainer is not None:
+            trainer.close()
+
+
+def test_a_processor_gaining_a_partition_rebuilds_its_accounts_from_the_database(
+    group_settings, events
+):
+    a = BatchPipeline(group_settings)
+    b = BatchPipeline(group_settings)
+    try:
+        a.partitions_assigned([0, 1])
+        b.partitions_assigned([])
+        a.handle(batch(events[:800], 0))  # a scores everything: b knows no account
+        a.partitions_assigned([0])
+        b.partitions_assigned([1])  # b gains partition 1 and its accounts' stored events
+        moved = {t.account_id for t in events[:800] if partition_of(t) == 1}
+        stayed = {t.account_id for t in events[:800] if partition_of(t) == 0}
+        assert {a for a in moved if b.core.states.get(a)} == moved
+        assert not any(b.core.states.get(a) for a in stayed)
+        for account in moved:
+            stored = sum(t.account_id == account for t in events[:800])
+            assert b.core.states.get(account).seen == min(stored, group_settings.account_history)
+        b.handle(batch(events[800:1000], 800, partition=1))
+        a.partitions_assigned([0, 1])  # a gains partition 1 back: b's events are in its state
+        for account in moved:
+            stored = sum(t.account_id == account for t in events[:1000])
+            assert a.core.states.get(account).seen == min(stored, group_settings.account_history)
+    finally:
+        a.close()
+        b.close()
