@@ -46,6 +46,7 @@ from benchmarks.latency import (
     refit_pause,
     workers_peak_rss_mb,
 )
+from benchmarks.scaling import rebalance_pause
 from fraudstream.broker import EmbeddedBroker, ensure_topics
 from fraudstream.run import start_processor, stop_processor, wait_until_processed
 from fraudstream.settings import Settings
@@ -99,10 +100,17 @@ class PipelineRun(NamedTuple):
 
 
 def pipeline(
-    s: Settings, n: int, runtime: str, offsets: dict, work: Path, database: str = "sqlite"
+    s: Settings,
+    n: int,
+    runtime: str,
+    offsets: dict,
+    work: Path,
+    database: str = "sqlite",
+    workers: int = 1,
 ) -> PipelineRun:
     """The processor over the ``n`` replayed events; ``database``: ``sqlite`` (a new file) or
-    ``postgresql`` (a new database on POSTGRES_SERVER, dropped after)."""
+    ``postgresql`` (a new database on POSTGRES_SERVER, dropped after); ``workers`` processors
+    in the group (memory: the first one's)."""
     tag = uuid.uuid4().hex[:6]
     if database == "sqlite":
         url = f"sqlite:///{work / f'bench-{runtime}-{tag}.db'}"
@@ -112,16 +120,17 @@ def pipeline(
     ps = s.replace(runtime=runtime, database_url=url,
                    consumer_group=f"bench-{runtime}-{tag}", web_port=0)  # fmt: skip
     engine = make_engine(ps.database_url)
-    log = work / f"bench-{runtime}-{database}-{tag}.log"
+    logs = [work / f"bench-{runtime}-{database}-{tag}-{i}.log" for i in range(workers)]
     started = time.monotonic()
-    proc = start_processor(ps, log)
+    procs = [start_processor(ps, log) for log in logs]
     try:
-        wait_until_processed(ps, engine, [proc], [log], offsets, timeout_s=3600)
-        rss = processor_peak_rss_mb(proc.pid)
-        worker_rss = workers_peak_rss_mb(proc.pid)
-        pss = processor_pss_mb(proc.pid)
+        wait_until_processed(ps, engine, procs, logs, offsets, timeout_s=3600)
+        rss = processor_peak_rss_mb(procs[0].pid)
+        worker_rss = workers_peak_rss_mb(procs[0].pid)
+        pss = processor_pss_mb(procs[0].pid)
     finally:
-        stop_processor(proc)
+        for proc in procs:
+            stop_processor(proc)
     wall = time.monotonic() - started
     with engine.connect() as conn:
         times = list(conn.execute(text("select scored_at from transactions order by scored_at")))
@@ -156,8 +165,9 @@ def main() -> None:
         help="rows of the end-to-end run with dbt, each a new account (0 = skip)",
     )  # fmt: skip
     ap.add_argument(
-        "--parts", default="throughput,refit,eviction,million",
-        help="what to run: throughput (with the latency feeds and memory), refit, eviction, million",
+        "--parts", default="throughput,refit,eviction,scaling,million",
+        help="what to run: throughput (with the latency feeds and memory), refit, eviction, "
+        "scaling (1 and 2 processors on PostgreSQL, a rebalance's pause), million",
     )  # fmt: skip
     ap.add_argument(
         "--keep-work", action="store_true",
@@ -245,6 +255,10 @@ def run(args: argparse.Namespace, parts: set[str], work: Path) -> None:
                 worker: [refit_pause(work, worker=worker) for _ in range(args.repeat)]
                 for worker in ("thread", "process")
             }
+        scaled: dict[str, list[float]] = {}
+        if "scaling" in parts:
+            print("scaling out on PostgreSQL", file=sys.stderr)
+            scaled = scaling(s, args.events, stats.last_offsets, work, args.repeat)
         evictions = []
         if "eviction" in parts:
             print("eviction cost (in process)", file=sys.stderr)
@@ -274,10 +288,44 @@ def run(args: argparse.Namespace, parts: set[str], work: Path) -> None:
         print_latency(lat)
     if pauses:
         print_pauses(pauses)
+    if scaled:
+        print_scaling(scaled)
     if evictions:
         print_evictions(evictions)
     if big:
         print_million(big)
+
+
+def scaling(s: Settings, n: int, offsets: dict, work: Path, repeat: int) -> dict:
+    """1 and 2 processors on PostgreSQL over the same ``n`` events, alternately, and the
+    pause of a rebalance (:func:`benchmarks.scaling.rebalance_pause`): figure -> runs."""
+    out: dict[str, list[float]] = {}
+    for r in range(repeat):
+        print(f"scaling, repeat {r + 1}/{repeat}", file=sys.stderr)
+        for workers in (1, 2):
+            done = pipeline(s, n, "confluent", offsets, work, "postgresql", workers=workers)
+            out.setdefault(f"{workers} processor(s), events/s", []).append(done.events_per_s)
+            out.setdefault(f"{workers} processor(s), wall s incl. start-up", []).append(done.wall_s)
+        pause = rebalance_pause(s, work, POSTGRES_SERVER)
+        rate = f"{pause['rate']:,} events/s"
+        for key, label in (
+            ("steady_p50_ms", f"latency ms at {rate}, one processor: median"),
+            ("steady_max_ms", f"latency ms at {rate}, one processor: longest"),
+            ("join_max_ms", "longest while a second processor joins (a rebalance)"),
+            ("kill_max_ms", "longest after one of two is killed (session timeout, rebalance)"),
+        ):
+            out.setdefault(label, []).append(pause[key])
+    return out
+
+
+def print_scaling(scaled: dict) -> None:
+    one = statistics.median(scaled["1 processor(s), events/s"])
+    print("\n| scaling out, confluent runtime on PostgreSQL | runs | median | vs 1 processor |")
+    print("| --- | --- | --- | --- |")
+    for name, runs in scaled.items():
+        med = statistics.median(runs)
+        ratio = f"{med / one:.2f}" if name.endswith("events/s") else ""
+        print(f"| {name} | {', '.join(f'{x:,.0f}' for x in runs)} | {med:,.0f} | {ratio} |")
 
 
 def print_throughput(results: dict, walls: dict, rss: dict, events: int) -> None:

@@ -318,7 +318,8 @@ def format_summary(s: RunSummary) -> str:
     if feed.labels_sent or s.labels_stored:
         out.append(f"labels               {feed.labels_sent:,} sent, {s.labels_stored:,} stored "
                    "(delayed outcomes; `fraudstream evaluate` measures with them)")  # fmt: skip
-    out.append(f"runtime              {s.runtime}, {s.workers} processor(s)")
+    workers = f", {s.workers} processors in one group" if s.workers > 1 else ""
+    out.append(f"runtime              {s.runtime}{workers}")
     events_per_s = feed.produced / s.wall_s if s.wall_s else 0.0
     out.append(f"wall time            {s.wall_s:.1f} s   ({events_per_s:,.0f} events/s, "
                "produce to last offset committed)")  # fmt: skip
