@@ -131,3 +131,68 @@ def test_dockerfile_copies_files_that_exist():
     for path in copied:
         assert (ROOT / path).exists(), f"Dockerfile copies missing {path}"
     assert "-c requirements.lock" in text
+
+
+# -- docker-compose.scale.yml: several processors on PostgreSQL, over docker-compose.yml --------
+
+
+class _Override(list):
+    """A sequence tagged ``!override``: replaces the base file's instead of adding to it."""
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    pass
+
+
+_ComposeLoader.add_constructor(
+    "!override", lambda loader, node: _Override(loader.construct_sequence(node))
+)
+
+
+def _merged(base, extra):
+    """Compose's merge of an override file, as far as these files use it: mappings merged key by
+    key, sequences added to unless tagged ``!override``, anything else replaced."""
+    if isinstance(base, dict) and isinstance(extra, dict):
+        return {k: _merged(base[k], v) if k in base else v for k, v in extra.items()} | {
+            k: v for k, v in base.items() if k not in extra
+        }
+    if isinstance(base, list) and isinstance(extra, list) and not isinstance(extra, _Override):
+        return base + [x for x in extra if x not in base]
+    return list(extra) if isinstance(extra, _Override) else extra
+
+
+SCALE = yaml.load((ROOT / "docker-compose.scale.yml").read_text(), Loader=_ComposeLoader)
+SCALED = _merged(COMPOSE, SCALE)["services"]
+
+
+def test_scaled_out_two_processors_share_the_official_postgres_image():
+    pg = SCALED["postgres"]
+    assert pg["image"].startswith("postgres:") and pg["healthcheck"]["test"]
+    assert SCALED["stream-processor"]["deploy"]["replicas"] == 2
+    url = "postgresql://fraudstream:${POSTGRES_PASSWORD}@postgres:5432/fraudstream"
+    for name in ("stream-processor", "batch"):
+        svc = SCALED[name]
+        assert svc["environment"]["DATABASE_URL"] == url, name
+        assert svc["depends_on"]["postgres"] == {"condition": "service_healthy"}, name
+        assert svc["volumes"] == [], name  # no SQLite file
+    assert pg["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    assert SCALED["dashboard"]["profiles"]  # it reads SQLite: not started
+    assert "postgres-data" in SCALE["volumes"]
+
+
+def test_scaled_out_each_replica_has_a_health_port_and_nothing_leaves_loopback():
+    assert SCALED["stream-processor"]["ports"] == ["127.0.0.1:6066-6067:6066"]
+    for name, svc in SCALED.items():
+        for mapping in svc.get("ports", []):
+            if name != "dashboard":
+                assert mapping.startswith("127.0.0.1:"), f"{name}: {mapping}"
+
+
+@pytest.mark.parametrize("name", ["stream-processor", "batch"])
+def test_scaled_out_services_read_only_known_settings_and_run_on_postgres(name, monkeypatch):
+    env = SCALED[name]["environment"]
+    assert not set(env) - ENV_READ_BY_CODE
+    monkeypatch.setenv("POSTGRES_PASSWORD", "secret")
+    resolved = {k: str(v).replace("${POSTGRES_PASSWORD}", "secret") for k, v in env.items()}
+    settings = Settings.from_env(resolved)
+    assert settings.database_url.startswith("postgresql://") and not settings.sqlite_path
