@@ -354,13 +354,17 @@ class ScoringCore:
     # -- internals -----------------------------------------------------------------------------
 
     def _fit_initial(self, result: BatchResult) -> None:
-        held = self.warmup.release()
-        features = self._features([h.txn for h in held])
-        model = self.scorer.fit_first(features, result)
-        log.info("first model v%d fit on %d held events", model.version, len(held))
-        self._emit(held, features, result)
-        self.scorer.since_fit = 0  # the model was fit on exactly these: no refit due for them
-        result.pending_clear = [h.txn.transaction_id for h in held]
+        """Fit the first model on the events held here and by the group, then score those held
+        here (the group's processors score theirs with it). Nothing was scored before, so the
+        features of every held event, on a state of their own, are the ones a single processor
+        would compute."""
+        training = self.warmup.training()
+        accounts = AccountStates(self.states.max_accounts, self.states.history)
+        model = self.scorer.fit_first(accounts.transform([h.txn for h in training]), result)
+        log.info("first model v%d fit on %d held events", model.version, len(training))
+        self.warmup.group = []
+        self._release_held(result)
+        self.scorer.since_fit = 0  # the model was fit on these: no refit due for them
 
     def _release_held(self, result: BatchResult) -> None:
         """Score the events held before a model came from the trainer (or held by another

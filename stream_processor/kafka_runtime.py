@@ -133,6 +133,11 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
         if consuming:
             protocol.flush()  # what was consumed is stored and committed before another takes it
 
+    def lost(_consumer, _partitions) -> None:
+        if consuming:
+            protocol.flush()  # its commits fail: the batches are consumed again, and recognised
+            pipeline.partitions_lost()
+
     def assigned(_consumer, partitions) -> None:
         if consuming:
             protocol.flush()  # the idle work in flight, on the first assignment
@@ -141,7 +146,7 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
 
     consumer.subscribe(
         [settings.transactions_topic, settings.labels_topic],
-        on_assign=assigned, on_revoke=revoked,
+        on_assign=assigned, on_revoke=revoked, on_lost=lost,
     )  # fmt: skip
     log.info(
         "consuming %s and %s as group %s",

@@ -146,6 +146,8 @@ class BatchPipeline:
             self._trains = trains
         core.train(trains)
         if trains:
+            if core.model is None and self.sink.SHARED:  # the group's held events, to fit on
+                core.warmup.group = self.sink.held_events()
             return
         newest = self.sink.newest_versions()
         run = core.refits.run
@@ -153,6 +155,11 @@ class BatchPipeline:
             self._adopt(self.sink.latest_model(run))
         if newest.get("supervised", 0) > (core.supervised.version if core.supervised else 0):
             self._adopt(self.sink.latest_supervised(run))
+
+    def partitions_lost(self) -> None:
+        """The group moved on without this processor (it missed its session timeout): others
+        may have scored its partitions since, so whatever it is assigned next is rebuilt."""
+        self._partitions = set()
 
     def _adopt(self, model) -> None:
         if model is not None:  # None: saved with other features (logged)
@@ -166,8 +173,11 @@ class BatchPipeline:
         other when it comes back), and events held there for the first fit are held here too."""
         if self._submitted is not None:
             raise RuntimeError("collect() the write in flight before partitions move")
+        if not self.sink.SHARED:  # one processor on the database: what it holds is current
+            return
         gained = set(partitions) - self._partitions
         self._partitions = set(partitions)
+        self.core.warmup.reassigned(self._partitions, self.sink.held_events(sorted(gained)))
         if not gained:
             return
         s, states = self.settings, self.core.states
@@ -175,7 +185,7 @@ class BatchPipeline:
         states.drop_accounts()
         states.restore(list(history))
         states.not_loaded(self.sink.account_count(sorted(partitions)) - len(states))
-        self.core.warmup.claim(self.sink.held_events(sorted(gained)))
+        gc.freeze()  # the rebuilt state lives on: out of the collector's full passes (tune_gc)
         log.info(
             "partitions %s assigned (%s new): %d accounts rebuilt from the database",
             sorted(partitions), sorted(gained), len(states),

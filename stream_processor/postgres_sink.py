@@ -53,6 +53,7 @@ TRANSIENT = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetecte
 
 class PostgresSink(Sink):
     KNOWN_IDS, ACCOUNT_HISTORY = KNOWN_IDS_POSTGRES, ACCOUNT_HISTORY_POSTGRES
+    SHARED = True
 
     def __init__(self, engine: Engine):
         super().__init__(engine)

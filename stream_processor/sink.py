@@ -80,6 +80,9 @@ class Sink:
     a time, so the next batch is scored meanwhile; a failed one raises :class:`SinkError`
     there). Reads: the queries below, what a restart needs."""
 
+    SHARED = False
+    """Whether several processors may share the database (PostgreSQL; a SQLite file is one
+    processor's): then partitions move between them, and one of them fits the models."""
     # Each dialect's one-statement-a-batch reads, run by its _by_ids.
     KNOWN_IDS: str  # which of the ids are stored or held
     ACCOUNT_HISTORY: str  # the newest n stored transactions of each account
@@ -242,10 +245,10 @@ class Sink:
             return (conn.execute(select(func.max(model_versions.c.version))).scalar() or 0) + 1
 
     def held_events(self, partitions: list[int] | None = None) -> list[HeldEvent]:
-        """The events held for the first fit (of ``partitions`` when given), each account's in
-        the order they were consumed."""
+        """The events held for the first fit (of ``partitions`` when given), in the order their
+        processor consumed them."""
         p = pending_events
-        held = select(p).order_by(p.c.kafka_partition, p.c.kafka_offset)
+        held = select(p).order_by(p.c.seq, p.c.kafka_partition, p.c.kafka_offset)
         if partitions is not None:
             held = held.where(p.c.kafka_partition.in_(partitions))
         with self.engine.connect() as conn:

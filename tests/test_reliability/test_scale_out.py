@@ -35,6 +35,7 @@ from producer.replay import ReplayOptions, replay
 from stream_processor.pipeline import FOLLOWER, TRAINER
 
 KILLS = 3
+STORED_OR_HELD = "select (select count(*) from transactions) + (select count(*) from pending_events)"
 BAD_EVENTS = 20
 
 
@@ -60,7 +61,8 @@ def test_two_processors_one_killed_again_and_again_lose_and_duplicate_nothing(
     kafka_settings, postgres_url, tmp_path
 ):
     rng = random.Random(20261206)
-    s = kafka_settings.replace(warmup_events=2000, refit_every_events=15000,
+    # A first model after 10,000 events: the first kill may come while events are held.
+    s = kafka_settings.replace(warmup_events=10000, refit_every_events=15000,
                                refit_min_interval_s=0.0, training_window=15000, n_estimators=50,
                                batch_size=1000, database_url=postgres_url)  # fmt: skip
     db = make_engine(s.database_url)
@@ -100,11 +102,11 @@ def test_two_processors_one_killed_again_and_again_lose_and_duplicate_nothing(
     produce_bad(range(BAD_EVENTS // 2))
     try:
         for kill in range(KILLS):
-            before = scalar(db, "select count(*) from transactions")
+            before = scalar(db, STORED_OR_HELD)
             feeder = threading.Thread(target=feed, args=(parts[kill],))
             feeder.start()
             deadline = time.monotonic() + 180
-            while scalar(db, "select count(*) from transactions") <= before + 2000:
+            while scalar(db, STORED_OR_HELD) <= before + 1000:
                 for proc, log in zip(procs, logs, strict=True):
                     assert proc.poll() is None, log.read_text()[-3000:]
                 assert time.monotonic() < deadline, "the processors made no progress"
@@ -127,8 +129,7 @@ def test_two_processors_one_killed_again_and_again_lose_and_duplicate_nothing(
 
     every_log = "".join(p.read_text() for p in tmp_path.glob("processor-*.log"))
     assert every_log.count(TRAINER) >= KILLS + 1  # the first trainer, then one at each kill
-    assert scalar(db, "select count(*) from transactions") == len(frame)  # 0 lost
-    assert scalar(db, "select count(distinct transaction_id) from transactions") == len(frame)
+    assert scalar(db, "select count(*) from transactions") == len(frame)  # 0 lost (0 twice: the key)
     assert scalar(db, "select count(*) from transactions where score is null") == 0
     assert scalar(db, "select count(*) from pending_events") == 0
     # one model for the group: every row scored by a version the trainer recorded

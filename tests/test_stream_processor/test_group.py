@@ -4,6 +4,7 @@ others taking its models; partitions changing hands with their accounts' state."
 
 from __future__ import annotations
 
+import time
 import zlib
 
 import pytest
@@ -50,13 +51,23 @@ def group_settings(settings, postgres_url, monkeypatch):
     return settings.replace(database_url=postgres_url, warmup_events=200)
 
 
+def eventually(check, timeout_s: float = 10.0) -> bool:
+    """``check()`` polled until true (the server releases a lock just after its session ends)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def test_one_lease_at_a_time_taken_over_when_its_holder_goes(postgres_url):
     first, second = AdvisoryLease(postgres_url), AdvisoryLease(postgres_url)
     try:
         assert first.held() and first.held()  # and it stays held
         assert not second.held()
         first.close()  # as the server does when its processor dies
-        assert second.held()
+        assert eventually(second.held)
         assert not first.held()
     finally:
         first.close()
@@ -82,8 +93,8 @@ def test_one_trainer_fits_the_others_score_with_its_versions(group_settings, eve
         # The trainer goes: the follower takes the lease and numbers the next version.
         trainer.close()
         trainer = None
-        follower.handle(batch(events[700:710], 700, partition=1))
-        assert follower.core.trains and follower.core.versions.next == 2
+        assert eventually(lambda: follower.handle([]) is not None and follower.core.trains)
+        assert follower.core.versions.next == 2
     finally:
         follower.close()
         if trainer is not None:
@@ -113,6 +124,45 @@ def test_a_processor_gaining_a_partition_rebuilds_its_accounts_from_the_database
         for account in moved:
             stored = sum(t.account_id == account for t in events[:1000])
             assert a.core.states.get(account).seen == min(stored, group_settings.account_history)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_trainer_fits_the_first_model_on_what_the_group_holds(group_settings, events):
+    trainer = BatchPipeline(group_settings)  # with no partition, nothing comes to it
+    follower = BatchPipeline(group_settings)
+    try:
+        trainer.partitions_assigned([])
+        follower.partitions_assigned([0, 1])
+        held = stored(follower, batch(events[:300], 0))
+        assert held.rows == [] and len(follower.core.held) == 300
+        fitted = stored(trainer, [])
+        assert [m.training_rows for m in fitted.models] == [300] and fitted.rows == []
+        scored = stored(follower, batch(events[300:320], 300))
+        assert len(scored.rows) == 320 and {r.model_version for r in scored.named_rows} == {1}
+    finally:
+        follower.close()
+        trainer.close()
+
+
+def test_events_held_for_a_partition_that_moves_are_scored_by_its_new_processor_only(
+    group_settings, events
+):
+    a = BatchPipeline(group_settings)  # the trainer
+    b = BatchPipeline(group_settings)
+    try:
+        a.partitions_assigned([0])
+        b.partitions_assigned([1])
+        stored(b, batch(events[:150], 0, partition=1))  # b holds these (no model yet) ...
+        b.partitions_assigned([])  # ... and loses partition 1 to a
+        a.partitions_assigned([0, 1])
+        assert not b.core.held
+        moved = {h.txn.transaction_id for h in a.core.held}
+        assert moved == {t.transaction_id for t in events[:150] if partition_of(t) == 1}
+        fitted = stored(a, batch(events[150:400], 150))
+        assert fitted.models and moved <= {r.transaction_id for r in fitted.named_rows}
+        assert stored(b, []).rows == []  # b took model v1 and had nothing left to score
     finally:
         a.close()
         b.close()
