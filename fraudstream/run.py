@@ -14,7 +14,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 from sqlalchemy import Engine, func, select
 from sqlalchemy import table as sa_table
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from fraudstream.broker import ensure_topics, free_port, kafka_cluster
 from fraudstream.processes import die_with_parent
@@ -236,8 +236,11 @@ def wait_until_processed(
                     + _tail(log_path)
                 )
         lag = consumer_lag(settings, topics)
-        with engine.connect() as conn:
-            held = _count(conn, pending_events)
+        try:
+            with engine.connect() as conn:
+                held = _count(conn, pending_events)
+        except OperationalError:  # the server restarts, say: the processors wait for it too
+            held = None
         if lag == 0 and held == 0:
             return
         if time.monotonic() > deadline:
@@ -246,7 +249,8 @@ def wait_until_processed(
                 f"(lag {lag} events, {held} held); see {', '.join(map(str, log_paths))}"
             )
         if time.monotonic() - last_report > 10:
-            print(f"stream processor: {lag:,} events to go, {held:,} held for the first fit",
+            held_text = "?" if held is None else f"{held:,}"  # ? while the database is away
+            print(f"stream processor: {lag:,} events to go, {held_text} held for the first fit",
                   file=sys.stderr)  # fmt: skip
             last_report = time.monotonic()
         time.sleep(0.25)

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from fraudstream.retry import retry
 from stream_processor.core import ROW_COLUMNS
-from stream_processor.sink import Sink, SinkError, Step, TrainerLease
+from stream_processor.sink import OUTAGE_ATTEMPTS, Sink, SinkError, Step, TrainerLease
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class PostgresSink(Sink):
                 self._disconnect()  # the retry opens a new connection
 
         retry(lambda: self._transaction(steps), transient=lambda exc: isinstance(exc, TRANSIENT),
-              attempts=5, on_retry=retrying)  # fmt: skip
+              attempts=OUTAGE_ATTEMPTS, on_retry=retrying)  # fmt: skip
 
     def _transaction(self, steps: list[Step]) -> None:
         if self._conn is None or self._conn.closed:  # the first write, or the last one broke it

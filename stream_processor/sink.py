@@ -7,6 +7,7 @@ Only SQLAlchemy Core and parameterised statements.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -17,6 +18,7 @@ import numpy as np
 from sqlalchemy import Engine, bindparam, delete, func, select, update
 from sqlalchemy.exc import OperationalError
 
+from fraudstream.retry import retry
 from fraudstream.schema import Transaction, decode, parse_timestamp
 from fraudstream.tables import (
     OutdatedDatabase,
@@ -51,6 +53,31 @@ _MODEL_FIELDS = ("version", "threshold", "flag_quantile", "fitted_at", "training
 # The columns of a stored transaction that rebuild it as an event: a Transaction's fields, all
 # that the reads of history select (_history_event passes them on by name).
 _HISTORY_COLUMNS = ("transaction_id", "account_id", "amount", "merchant", "timestamp", "location")
+
+
+OUTAGE_ATTEMPTS = 35
+"""Tries of a read or a write while a shared database (PostgreSQL) cannot be reached, the waits
+doubling to 2 s: about a minute, what a server restart or a fail-over takes; then the processor
+stops (FATAL) and a restart resumes where it was."""
+
+
+def while_away(read: Callable) -> Callable:
+    """A read tried again while a shared database cannot be reached (a SQLite file is never
+    away: its errors are raised at once)."""
+
+    @functools.wraps(read)
+    def tried(self, *args, **kwargs):
+        if not self.SHARED:
+            return read(self, *args, **kwargs)
+        return retry(lambda: read(self, *args, **kwargs), attempts=OUTAGE_ATTEMPTS,
+                     transient=lambda exc: isinstance(exc, OperationalError),
+                     on_retry=_log_away)  # fmt: skip
+
+    return tried
+
+
+def _log_away(exc: BaseException, attempt: int) -> None:
+    log.warning("the database cannot be read (%s; attempt %d); waiting", exc, attempt)
 
 
 class SinkError(RuntimeError):
@@ -126,10 +153,12 @@ class Sink:
 
     # -- reading -------------------------------------------------------------------------------
 
+    @while_away
     def known_ids(self, ids: list[str]) -> set[str]:
         """Which of ``ids`` are already stored or held for the first fit."""
         return {tid for (tid,) in self._by_ids(self.KNOWN_IDS, ids)}
 
+    @while_away
     def account_history(self, account_ids: list[str], per_account: int) -> list[Transaction]:
         """The newest ``per_account`` stored transactions of each of ``account_ids``, oldest
         first: what rebuilds an account evicted from memory when it comes back."""
@@ -143,6 +172,7 @@ class Sink:
         a batch), given ``ids`` as one parameter and then ``more``."""
         raise NotImplementedError
 
+    @while_away
     def unpublished_alerts(self, ids: list[str] | None = None) -> list[dict]:
         """Alerts of stored flagged rows (among ``ids``; None: all) whose delivery to the alerts
         topic was never recorded."""
@@ -203,6 +233,7 @@ class Sink:
         for r in rows:
             yield _labelled(r), Label(r.transaction_id, r.is_fraud, parse_timestamp(r.labelled_at))
 
+    @while_away
     def lookup_events(self, ids: list[str]) -> dict[str, LabelledEvent | None]:
         """Stored events among ``ids``, as the supervised model learns from them; None for an
         event whose label was learned already (a repeated label teaches nothing)."""
@@ -244,6 +275,7 @@ class Sink:
         with self.engine.connect() as conn:
             return (conn.execute(select(func.max(model_versions.c.version))).scalar() or 0) + 1
 
+    @while_away
     def held_events(self, partitions: list[int] | None = None) -> list[HeldEvent]:
         """The events held for the first fit (of ``partitions`` when given), in the order their
         processor consumed them."""
@@ -294,6 +326,7 @@ class Sink:
             for r in conn.execute(q):
                 yield _history_event(r)
 
+    @while_away
     def account_count(self, partitions: list[int] | None = None) -> int:
         """Distinct accounts with stored transactions (of ``partitions`` when given)."""
         count = select(func.count(func.distinct(transactions.c.account_id))).where(

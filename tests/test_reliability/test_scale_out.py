@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 from confluent_kafka import Producer
-from sqlalchemy import text
+from sqlalchemy import create_engine, make_url, text
 
 from fraudstream.run import (
     RunError,
@@ -154,3 +154,52 @@ def test_several_processors_on_sqlite_are_refused_with_the_reason(settings, tmp_
     with pytest.raises(RunError, match="SQLite is for one. Set DATABASE_URL to PostgreSQL"):
         run_pipeline(small_csv, s, workers=2, dbt=False)
     assert not (tmp_path / "finance.db").exists()  # refused before anything started
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_two_processors_wait_while_the_database_is_away_and_go_on(
+    kafka_settings, postgres_url, tmp_path
+):
+    # The database refuses every connection for 5 s and its sessions are ended, as a server
+    # restart does to its clients, while two processors store a feed.
+    s = kafka_settings.replace(warmup_events=2000, refit_every_events=15000, n_estimators=50,
+                               training_window=15000, batch_size=1000, database_url=postgres_url)  # fmt: skip
+    db = make_engine(s.database_url)
+    csv = tmp_path / "events.csv"
+    frame = write_csv(csv, GeneratorConfig(rows=30_000, days=30, seed=8))
+    name = make_url(postgres_url).database
+    admin = create_engine(make_url(postgres_url).set(database="postgres"),
+                          isolation_level="AUTOCOMMIT")  # fmt: skip
+    logs = [tmp_path / "processor-a.log", tmp_path / "processor-b.log"]
+    procs = [start_processor(s, log) for log in logs]
+    fed: dict = {}
+    feeder = threading.Thread(target=lambda: fed.update(stats=replay(
+        csv, s.bootstrap_servers, s.transactions_topic, ReplayOptions(progress=False, rate=5000),
+    )))  # fmt: skip
+    try:
+        feeder.start()
+        deadline = time.monotonic() + 120
+        while scalar(db, "select count(*) from transactions") < 5000:
+            assert time.monotonic() < deadline, "the processors made no progress"
+            time.sleep(0.1)
+        with admin.connect() as conn:
+            conn.execute(text(f'alter database "{name}" allow_connections false'))
+            conn.execute(text("select pg_terminate_backend(pid) from pg_stat_activity "
+                              "where datname = :name"), {"name": name})  # fmt: skip
+            time.sleep(5)
+            conn.execute(text(f'alter database "{name}" allow_connections true'))
+        feeder.join(120)
+        wait_until_processed(s, db, procs, logs, fed["stats"].last_offsets, timeout_s=300)
+    finally:
+        for proc in procs:
+            stop_processor(proc)
+        admin.dispose()
+    waited = ("attempt", "cannot read the trainer's models")
+    assert all(any(w in log.read_text() for w in waited) for log in logs)  # each saw it away
+    assert scalar(db, "select count(*) from transactions") == len(frame)
+    assert scalar(db, "select count(*) from transactions where score is null") == 0
+    assert scalar(db, "select count(*) from pending_events") == 0
+    flagged = set(column(db, "select transaction_id from transactions where is_flagged = 1"))
+    db.dispose()
+    assert flagged and flagged <= alert_ids_on_topic(s)
