@@ -11,12 +11,11 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import uuid
 from pathlib import Path
 
 from sqlalchemy import text
 
-from fraudstream.broker import ensure_topics
+from benchmarks.latency import fresh
 from fraudstream.run import start_processor, stop_processor, wait_until_processed
 from fraudstream.settings import Settings
 from fraudstream.tables import drop_database, ensure_database, make_engine
@@ -28,19 +27,11 @@ WARM_EVENTS = 3000
 
 def group_settings(s: Settings, postgres_server: str, name: str) -> Settings:
     """``s`` on topics, a consumer group and a PostgreSQL database of their own."""
-    tag = uuid.uuid4().hex[:6]
-    gs = s.replace(
-        runtime="confluent",
-        database_url=f"{postgres_server}/fraudstream_{name}_{tag}",
-        consumer_group=f"bench-{name}-{tag}",
-        transactions_topic=f"bench-{name}-{tag}",
-        alerts_topic=f"bench-{name}-alerts-{tag}",
-        dlq_topic=f"bench-{name}-dlq-{tag}",
-        labels_topic=f"bench-{name}-labels-{tag}",
-        web_port=0,
+    gs = fresh(s, Path(), name, "confluent")
+    gs = gs.replace(
+        database_url=f"{postgres_server}/fraudstream_{gs.consumer_group.replace('-', '_')}"
     )
     ensure_database(gs.database_url)
-    ensure_topics(gs.bootstrap_servers, gs)
     return gs
 
 
@@ -62,7 +53,9 @@ def rebalance_pause(
     procs = [start_processor(gs, logs[0])]
     marks: dict[str, float] = {}
     try:
-        stats = replay(warm, gs.bootstrap_servers, gs.transactions_topic, ReplayOptions(progress=False))
+        stats = replay(
+            warm, gs.bootstrap_servers, gs.transactions_topic, ReplayOptions(progress=False)
+        )
         wait_until_processed(gs, engine, procs, logs[:1], stats.last_offsets, timeout_s=600)
         fed: dict = {}
         feeder = threading.Thread(target=lambda: fed.update(stats=replay(
