@@ -106,6 +106,31 @@ class ConsumerOffsets:
         commit(self.consumer, positions, asynchronous=not final)
 
 
+class GroupMember:
+    """The consumer's rebalance callbacks: partitions move between the group's processors
+    (librdkafka's eager rebalance: all revoked, then the new share assigned), in calls from inside
+    ``consume()``; ``close()`` revokes them once more, after the protocol closed or failed."""
+
+    def __init__(self, protocol: CommitProtocol, pipeline: BatchPipeline, transactions_topic: str):
+        self.protocol, self.pipeline, self.topic = protocol, pipeline, transactions_topic
+        self.consuming = True  # False once the loop has ended
+
+    def revoked(self, _consumer, _partitions) -> None:
+        if self.consuming:  # what was consumed is stored and committed before another takes it
+            self.protocol.flush()
+
+    def lost(self, _consumer, _partitions) -> None:
+        if self.consuming:  # its commits fail: the batches are consumed again, and recognised
+            self.protocol.flush()
+            self.pipeline.partitions_lost()
+
+    def assigned(self, _consumer, partitions) -> None:
+        if self.consuming:
+            self.protocol.flush()  # the idle work in flight, on the first assignment
+            topic = self.topic
+            self.pipeline.partitions_assigned([p.partition for p in partitions if p.topic == topic])
+
+
 def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int:
     """Consume until SIGTERM/SIGINT (or ``stop``); non-zero exit code after a fatal error."""
     stop = stop or threading.Event()
@@ -123,30 +148,10 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
     consumer = Consumer(consumer_config(settings))
     outbox = KafkaOutbox(settings)
     protocol = CommitProtocol(pipeline, outbox, ConsumerOffsets(consumer))
-
-    # Partitions move between the group's processors (librdkafka's eager rebalance: all are
-    # revoked, then the new share assigned), in these calls from inside consume(); close()
-    # revokes them once more, after the protocol closed or failed.
-    consuming = True
-
-    def revoked(_consumer, _partitions) -> None:
-        if consuming:
-            protocol.flush()  # what was consumed is stored and committed before another takes it
-
-    def lost(_consumer, _partitions) -> None:
-        if consuming:
-            protocol.flush()  # its commits fail: the batches are consumed again, and recognised
-            pipeline.partitions_lost()
-
-    def assigned(_consumer, partitions) -> None:
-        if consuming:
-            protocol.flush()  # the idle work in flight, on the first assignment
-            topic = settings.transactions_topic
-            pipeline.partitions_assigned([p.partition for p in partitions if p.topic == topic])
-
+    member = GroupMember(protocol, pipeline, settings.transactions_topic)
     consumer.subscribe(
         [settings.transactions_topic, settings.labels_topic],
-        on_assign=assigned, on_revoke=revoked, on_lost=lost,
+        on_assign=member.assigned, on_revoke=member.revoked, on_lost=member.lost,
     )  # fmt: skip
     log.info(
         "consuming %s and %s as group %s",
@@ -168,7 +173,7 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
                      _describe(exc), exc_info=not isinstance(exc, EXPECTED))  # fmt: skip
         code = 1
     finally:
-        consuming = False
+        member.consuming = False
         health.close()
         consumer.close()
         outbox.close()
