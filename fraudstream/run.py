@@ -81,13 +81,7 @@ def run_pipeline(
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise RunError(f"{csv_path}: no such file (generate one with `fraudstream generate`)")
-    if workers > 1 and (settings.sqlite_path or settings.database_url.startswith("sqlite")):
-        raise RunError(
-            f"--workers {workers}: several processors need a database they can share; SQLite "
-            "is for one. Set DATABASE_URL to PostgreSQL (docs/running.md)."
-        )
-    if workers > 1 and settings.runtime != "confluent":
-        raise RunError(f"--workers {workers}: several processors run on the confluent runtime")
+    _check_workers(settings, workers)
     db = Path(settings.sqlite_path).resolve() if settings.sqlite_path else None
     if db is not None:
         settings = settings.replace(database_url=f"sqlite:///{db}")
@@ -119,6 +113,17 @@ def run_pipeline(
         _build_marts(summary, engine, settings, fresh)
     engine.dispose()
     return summary
+
+
+def _check_workers(settings: Settings, workers: int) -> None:
+    """:class:`RunError` unless ``workers`` processors can run on these settings."""
+    if workers > 1 and (settings.sqlite_path or settings.database_url.startswith("sqlite")):
+        raise RunError(
+            f"--workers {workers}: several processors need a database they can share; SQLite "
+            "is for one. Set DATABASE_URL to PostgreSQL (docs/running.md)."
+        )
+    if workers > 1 and settings.runtime != "confluent":
+        raise RunError(f"--workers {workers}: several processors run on the confluent runtime")
 
 
 def _open_database(settings: Settings, fresh: bool) -> Engine:
