@@ -115,9 +115,10 @@ class GroupMember:
         self.protocol, self.pipeline, self.topic = protocol, pipeline, transactions_topic
         self.consuming = True  # False once the loop has ended
 
-    def revoked(self, _consumer, _partitions) -> None:
+    def revoked(self, _consumer, partitions) -> None:
         if self.consuming:  # what was consumed is stored and committed before another takes it
             self.protocol.flush()
+            log.info("partitions revoked, their batches committed: %s", _names(partitions))
 
     def lost(self, _consumer, _partitions) -> None:
         if self.consuming:  # its commits fail: the batches are consumed again, and recognised
@@ -126,9 +127,14 @@ class GroupMember:
 
     def assigned(self, _consumer, partitions) -> None:
         if self.consuming:
+            log.info("partitions assigned: %s", _names(partitions))
             self.protocol.flush()  # the idle work in flight, on the first assignment
             topic = self.topic
             self.pipeline.partitions_assigned([p.partition for p in partitions if p.topic == topic])
+
+
+def _names(partitions) -> str:
+    return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "none"
 
 
 def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int:
