@@ -156,11 +156,6 @@ class BatchPipeline:
         if newest.get("supervised", 0) > (core.supervised.version if core.supervised else 0):
             self._adopt(self.sink.latest_supervised(run))
 
-    def partitions_lost(self) -> None:
-        """The group moved on without this processor (it missed its session timeout): others
-        may have scored its partitions since, so whatever it is assigned next is rebuilt."""
-        self._partitions = set()
-
     def _adopt(self, model) -> None:
         if model is not None:  # None: saved with other features (logged)
             self.core.adopt(model)
@@ -181,15 +176,20 @@ class BatchPipeline:
         if not gained:
             return
         s, states = self.settings, self.core.states
-        history = self.sink.recent_history(s.account_history, s.max_accounts, sorted(partitions))
+        history = self.sink.partition_history(s.account_history, s.max_accounts, sorted(partitions))
         states.drop_accounts()
-        states.restore(list(history))
+        states.restore(history)
         states.not_loaded(self.sink.account_count(sorted(partitions)) - len(states))
         gc.freeze()  # the rebuilt state lives on: out of the collector's full passes (tune_gc)
         log.info(
             "partitions %s assigned (%s new): %d accounts rebuilt from the database",
             sorted(partitions), sorted(gained), len(states),
         )  # fmt: skip
+
+    def partitions_lost(self) -> None:
+        """The group moved on without this processor (it missed its session timeout): others
+        may have scored its partitions since, so whatever it is assigned next is rebuilt."""
+        self._partitions = set()
 
     def submit(self, result: BatchResult, published: Mapping[str, float] | None = None) -> None:
         """Start storing ``result`` (and recording ``published``) in one transaction; committed

@@ -327,6 +327,12 @@ class Sink:
                 yield _history_event(r)
 
     @while_away
+    def partition_history(self, per_account: int, accounts: int, partitions: list[int]):
+        """:meth:`recent_history` of ``partitions``, read whole: what rebuilds the accounts of
+        partitions a processor gained."""
+        return list(self.recent_history(per_account, accounts, partitions))
+
+    @while_away
     def account_count(self, partitions: list[int] | None = None) -> int:
         """Distinct accounts with stored transactions (of ``partitions`` when given)."""
         count = select(func.count(func.distinct(transactions.c.account_id))).where(
