@@ -42,13 +42,7 @@ def rebalance_pause(
     """A feed of ``rate`` events/s for ``seconds``: one processor for the first third, a second
     one joining then, and killed (SIGKILL) at two thirds. Latencies in ms."""
     gs = group_settings(s, postgres_server, "rebalance")
-    n = int(rate * seconds)
-    csv = work / f"rebalance-{rate}.csv"
-    write_csv(csv, GeneratorConfig(rows=WARM_EVENTS + n, days=max(10, n // 2000), seed=9))
-    header, *lines = csv.read_text().splitlines(keepends=True)
-    warm, feed = work / "rebalance-warm.csv", work / "rebalance-feed.csv"
-    warm.write_text(header + "".join(lines[:WARM_EVENTS]))
-    feed.write_text(header + "".join(lines[WARM_EVENTS:]))
+    warm, feed = warm_and_feed(work, int(rate * seconds))
     engine = make_engine(gs.database_url)
     logs = [work / "rebalance-0.log", work / "rebalance-1.log"]
     procs = [start_processor(gs, logs[0])]
@@ -86,13 +80,29 @@ def rebalance_pause(
         ).all()
     engine.dispose()
     drop_database(gs.database_url)
+    return {"rate": rate, **pauses(rows, marks)}
+
+
+def warm_and_feed(work: Path, n: int) -> tuple[Path, Path]:
+    """Two CSVs of generated events: WARM_EVENTS to fit the first model on, then ``n``."""
+    csv = work / "rebalance.csv"
+    write_csv(csv, GeneratorConfig(rows=WARM_EVENTS + n, days=max(10, n // 2000), seed=9))
+    header, *lines = csv.read_text().splitlines(keepends=True)
+    warm, feed = work / "rebalance-warm.csv", work / "rebalance-feed.csv"
+    warm.write_text(header + "".join(lines[:WARM_EVENTS]))
+    feed.write_text(header + "".join(lines[WARM_EVENTS:]))
+    return warm, feed
+
+
+def pauses(rows: list, marks: dict[str, float]) -> dict:
+    """Latencies in ms of the (produced_at, scored_at) ``rows``: steady with one processor,
+    and the longest around the join and the kill (``marks``: when each began, epoch s)."""
 
     def longest(start: float, end: float) -> float:
         return 1000 * max((sc - p for p, sc in rows if start <= p < end), default=float("nan"))
 
     steady = sorted(sc - p for p, sc in rows if marks["feed"] + 2 <= p < marks["join"])
     return {
-        "rate": rate,
         "events": len(rows),
         "steady_p50_ms": 1000 * steady[len(steady) // 2],
         "steady_max_ms": 1000 * steady[-1],
