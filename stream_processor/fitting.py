@@ -101,6 +101,21 @@ def fit_supervised(
     )
 
 
+def fit_supervised_stored(
+    database_url: str, window: int, *, min_frauds: int, **fit
+) -> SupervisedModel | None:
+    """:func:`fit_supervised` on the newest ``window`` labels the group learned, read from the
+    shared database here in the worker; None while they hold fewer than ``min_frauds`` frauds
+    (or nothing but frauds)."""
+    from stream_processor.sink import stored_labels  # the worker's own connection
+
+    features, labels = stored_labels(database_url, window)
+    frauds = int(labels.sum())
+    if frauds < min_frauds or frauds == len(labels):
+        return None
+    return fit_supervised(features, labels, **fit)
+
+
 def load_model(blob: bytes, **fields) -> FittedModel:
     """A model saved in ``model_versions`` (its joblib dump and the row's other columns)."""
     return anomaly_model(joblib.load(io.BytesIO(blob)), blob, **fields)

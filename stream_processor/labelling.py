@@ -21,7 +21,7 @@ from fraudstream.settings import Settings
 from stream_processor.contracts import BatchResult, EventStore, HeldEvent, LabelledEvent
 from stream_processor.features import SUPERVISED_FEATURE_NAMES, LabelMemory
 from stream_processor.labels import Label
-from stream_processor.model import FIT_SUPERVISED, SupervisedModel
+from stream_processor.model import FIT_SUPERVISED, FIT_SUPERVISED_STORED, SupervisedModel
 from stream_processor.refit import RefitRunner
 from stream_processor.scoring import BackgroundFit, Versions
 
@@ -50,6 +50,11 @@ class SupervisedTrainer:
         self._pos = self._len = 0
         self.since_fit = 0  # labels added since the last fit started
         self.refit = BackgroundFit("supervised refit", versions)
+        # Several processors: each learns the labels of its own partitions, so the trainer fits
+        # on the group's, stored in this database (read by the refit worker), counted by
+        # group_learned(); its own window above is a share of them.
+        self.group_database: str | None = None
+        self._group_at_fit = 0  # the group's count when the last fit started
 
     def add(self, features: np.ndarray, is_fraud: int) -> None:
         size = len(self._y)
@@ -57,16 +62,35 @@ class SupervisedTrainer:
         self._y[self._pos] = is_fraud
         self._pos = (self._pos + 1) % size
         self._len = min(size, self._len + 1)
-        self.since_fit += 1
+        if self.group_database is None:  # else counted by group_learned()
+            self.since_fit += 1
 
     def restored(self) -> None:
         """The window was refilled from the stored labels: with a stored model, only new labels
         count towards the next refit; without one, all of them."""
         self.since_fit = 0 if self.model is not None else self._len
 
+    def group_learned(self, total: int) -> None:
+        """The group has learned ``total`` labels so far (several processors share the
+        database): the count towards the next refit."""
+        self.since_fit = total - self._group_at_fit
+
     def maybe_refit(self) -> None:
         s = self.settings
         if self.refit.running or self.since_fit < s.supervised_refit_labels:
+            return
+        if self.group_database is not None:
+            self._group_at_fit += self.since_fit
+            self.since_fit = 0
+            self.refit.future = self.refits.submit(
+                FIT_SUPERVISED_STORED,
+                self.group_database,
+                s.supervised_window,
+                min_frauds=s.supervised_min_frauds,
+                version=0,  # numbered when swapped in
+                threshold=s.supervised_flag_threshold,
+                seed=s.model_seed,
+            )
             return
         y = self._y[: self._len]
         frauds = int(y.sum())

@@ -27,6 +27,7 @@ _NO_NAN_RULE = np.zeros(0, dtype=np.uint8)
 # scikit-learn.
 FIT_ANOMALY = "stream_processor.fitting:fit_model"
 FIT_SUPERVISED = "stream_processor.fitting:fit_supervised"
+FIT_SUPERVISED_STORED = "stream_processor.fitting:fit_supervised_stored"
 LOAD_ANOMALY = "stream_processor.fitting:load_model"
 LOAD_SUPERVISED = "stream_processor.fitting:load_supervised"
 

@@ -81,6 +81,8 @@ class BatchPipeline:
         )
         self.core = ScoringCore(settings, self.store, restored=restored, refits=refits)
         self.core.states.not_loaded(self.sink.account_count() - len(self.core.states))
+        if self.sink.SHARED:  # the labels are spread over the processors: fit on the stored ones
+            self.core.trainer.group_database = settings.database_url
         self.lease = self.sink.trainer_lease()
         self._trains: bool | None = None  # holds the lease (None: not asked yet)
         self._synced = float("-inf")  # when the lease and the models were last checked
@@ -146,8 +148,10 @@ class BatchPipeline:
             self._trains = trains
         core.train(trains)
         if trains:
-            if core.model is None and self.sink.SHARED:  # the group's held events, to fit on
-                core.warmup.group = self.sink.held_events()
+            if self.sink.SHARED:
+                core.trainer.group_learned(self.sink.labels_learned())
+                if core.model is None:  # the group's held events, to fit on
+                    core.warmup.group = self.sink.held_events()
             return
         newest = self.sink.newest_versions()
         run = core.refits.run

@@ -46,6 +46,7 @@ INSERT_INCOMING = (
     f" select {', '.join(ROW_COLUMNS)} from {INCOMING}"
     " on conflict (transaction_id) do nothing"
 )
+COUNT_LEARNED = "select nextval('labels_learned') from generate_series(1, %s)"
 TRAINER_LOCK = 0x6672617564747261  # the advisory lock of the models' trainer ("fraudtra")
 TRANSIENT = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
              psycopg.OperationalError)  # fmt: skip
@@ -104,6 +105,8 @@ class PostgresSink(Sink):
                         cur.execute(INSERT_INCOMING)
                     else:
                         cur.executemany(self._sql(step), step.rows)
+                    if step.name == "labels_released":  # the group's count (tables.labels_learned)
+                        cur.execute(COUNT_LEARNED, [len(step.rows)])
             conn.commit()
         except BaseException:
             if not conn.closed:
@@ -132,6 +135,14 @@ class PostgresSink(Sink):
         return url.render_as_string(hide_password=False)
 
     # -- reading -------------------------------------------------------------------------------
+
+    def labels_learned(self) -> int:
+        """How many labels the processors sharing the database learned (tables.labels_learned;
+        a little more after a write that was tried again): one sequence read, not a count."""
+        with self.engine.connect() as conn:
+            return conn.exec_driver_sql(
+                "select coalesce(pg_sequence_last_value('labels_learned'), 0)"
+            ).scalar()
 
     def _by_ids(self, sql: str, ids: list[str], **more) -> list:
         with self.engine.connect() as conn:

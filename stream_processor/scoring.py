@@ -64,6 +64,8 @@ class BackgroundFit:
         except Exception:
             log.exception("%s failed; keeping the current model", self.what)
             return None
+        if model is None:  # it found too little to fit on
+            return None
         return replace(model, version=self.versions.take())
 
     def wait(self, timeout_s: float) -> None:

@@ -271,6 +271,11 @@ class Sink:
         """Whether this processor fits the models (see :class:`TrainerLease`)."""
         return SoleTrainer()
 
+    def labels_learned(self) -> int:
+        """How many labels the processors sharing the database learned (SHARED sinks only:
+        one processor counts its own)."""
+        raise NotImplementedError
+
     def next_version(self) -> int:
         with self.engine.connect() as conn:
             return (conn.execute(select(func.max(model_versions.c.version))).scalar() or 0) + 1
@@ -472,6 +477,19 @@ def _model_row(m: FittedModel | SupervisedModel) -> dict:
         "feature_names": json.dumps(list(names)),
         "model": m.dumps(),
     }
+
+
+def stored_labels(database_url: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The supervised inputs and labels of the newest ``limit`` learned labels (every
+    processor's): what the trainer of a group fits on, read on a connection of its own."""
+    engine = make_engine(database_url)
+    try:
+        pairs = list(Sink(engine).label_history(limit))
+    finally:
+        engine.dispose()
+    features = np.array([event.features for event, _ in pairs])
+    features = features.reshape(len(pairs), len(SUPERVISED_FEATURE_NAMES))
+    return features, np.array([label.is_fraud for _, label in pairs], dtype=np.int8)
 
 
 def _labelled(r) -> LabelledEvent:

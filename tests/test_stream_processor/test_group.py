@@ -4,6 +4,7 @@ others taking its models; partitions changing hands with their accounts' state."
 
 from __future__ import annotations
 
+import json
 import time
 import zlib
 
@@ -17,6 +18,7 @@ from stream_processor.pipeline import BatchPipeline
 from stream_processor.postgres_sink import AdvisoryLease
 
 PARTITIONS = 2
+LABELS = "labels-group"
 
 
 @pytest.fixture
@@ -34,6 +36,18 @@ def batch(txns: list[Transaction], start: int, partition: int | None = None) -> 
         RawMessage(t.encode(), partition=partition_of(t), offset=start + i)
         for i, t in enumerate(txns)
         if partition is None or partition_of(t) == partition
+    ]
+
+
+def labels(txns: list[Transaction]) -> list[RawMessage]:
+    """Each event's outcome, known at its own time, on the partition of its account."""
+    return [
+        RawMessage(
+            json.dumps({"transaction_id": t.transaction_id, "is_fraud": t.is_fraud,
+                        "labelled_at": t.timestamp.isoformat()}).encode(),
+            t.account_id.encode(), LABELS, partition_of(t), i,
+        )  # fmt: skip
+        for i, t in enumerate(txns)
     ]
 
 
@@ -166,3 +180,31 @@ def test_events_held_for_a_partition_that_moves_are_scored_by_its_new_processor_
     finally:
         a.close()
         b.close()
+
+
+def test_the_trainer_fits_the_supervised_model_on_the_labels_the_group_learned(
+    group_settings, events
+):
+    s = group_settings.replace(labels_topic=LABELS, supervised_refit_labels=300,
+                               supervised_min_frauds=3)  # fmt: skip
+    trainer = BatchPipeline(s)  # with no partition, no event and no label comes to it
+    follower = BatchPipeline(s)
+    try:
+        trainer.partitions_assigned([])
+        follower.partitions_assigned([0, 1])
+        stored(follower, batch(events[:300], 0))  # held for the first fit ...
+        assert [m.kind for m in stored(trainer, []).models] == ["isolation_forest"]  # ... v1
+        learned = stored(follower, batch(events[300:1000], 300) + labels(events[:800]))
+        assert len(learned.labels_released) == 800 and trainer.core.label_memory.labels == 0
+        stored(trainer, [])  # the trainer counts the group's labels: a refit is due
+        fitted = trainer.core.wait_for_refit()
+        trainer.submit(fitted)
+        trainer.collect()
+        [model] = fitted.models
+        assert model.kind == "supervised" and model.training_rows == 800
+        assert model.frauds == sum(t.is_fraud for t in events[:800])
+        scored = stored(follower, batch(events[1000:1100], 1000))
+        assert {r.supervised_version for r in scored.named_rows} == {model.version}
+    finally:
+        follower.close()
+        trainer.close()
