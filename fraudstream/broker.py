@@ -121,6 +121,8 @@ def ensure_topics(bootstrap: str, settings: Settings) -> None:
         NewTopic(settings.alerts_topic, 1, 1),
         NewTopic(settings.dlq_topic, 1, 1),
         NewTopic(settings.labels_topic, settings.topic_partitions, 1),
+        # a table: the newest share of each (partition, merchant) is all a reader needs
+        NewTopic(settings.merchants_topic, 1, 1, config={"cleanup.policy": "compact"}),
     ]
     missing = [t for t in wanted if t.topic not in existing]
     if not missing:

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
         "labels",
         "Topic of confirmed outcomes (transaction_id, is_fraud, labelled_at), e.g. chargebacks.",
     )
+    merchants_topic: str = _setting(
+        "MERCHANTS_TOPIC",
+        "merchants",
+        "Compacted topic of merchant profiles shared by several processors (one share each "
+        "partition and merchant).",
+    )
     label_delay_days: float = _setting(
         "LABEL_DELAY_DAYS",
         7.0,

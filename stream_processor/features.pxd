@@ -120,7 +120,7 @@ cdef class AccountStates:
 
 
 @cython.locals(age=double, f30=double)
-cdef _learn_merchant(MerchantState m, double amount, double t)
+cpdef learn_merchant(MerchantState m, double amount, double t)
 
 
 cdef inline int _emit(AccountStates states, double[::1] out, Py_ssize_t base) except -1:

@@ -271,7 +271,7 @@ class AccountStates:
             self._merchant_profile(merchant, log_amount, t)
             _emit(self, out, base)  # the row into its columns
             self._learn_account(state, txn, amount, t)
-            _learn_merchant(merchant, amount, t)
+            learn_merchant(merchant, amount, t)
             base += _WIDTH
         self.trim()
         return np.frombuffer(values, dtype=np.float64).reshape(n, _WIDTH)
@@ -282,7 +282,7 @@ class AccountStates:
             t = txn.event_time
             amount = txn.amount
             self._learn_account(self._state(txn.account_id), txn, amount, t)
-            _learn_merchant(self._merchant(txn.merchant), amount, t)
+            learn_merchant(self._merchant(txn.merchant), amount, t)
         self.trim()
 
     def trim(self) -> None:
@@ -297,6 +297,15 @@ class AccountStates:
         stale); the caller restores them from their stored events (:meth:`restore`,
         :meth:`not_loaded`). The merchants stay."""
         self._accounts.clear()
+
+    def drop_merchants(self) -> None:
+        """Forget every merchant (several processors: a :class:`~stream_processor.merchants.
+        MerchantTable` rebuilds them from every processor's shares)."""
+        self._merchants.clear()
+
+    def merchant(self, name: str) -> MerchantState:
+        """The merchant's state (a new one if unknown), as the features read it."""
+        return self._merchant(name)
 
     def not_loaded(self, count: int) -> None:
         """``count`` accounts with stored events were not loaded at start (beyond
@@ -472,7 +481,8 @@ class AccountStates:
         s.sum_30d = s.sum_30d * f30 + amount
 
 
-def _learn_merchant(m: MerchantState, amount: float, t: float) -> None:
+def learn_merchant(m: MerchantState, amount: float, t: float) -> None:
+    """Add one sale (``t``: its event time) to the merchant's decayed counters."""
     age = t - m.decay_time
     if age > 0:
         m.count_1h *= exp(-age / 3600)
@@ -487,6 +497,24 @@ def _learn_merchant(m: MerchantState, amount: float, t: float) -> None:
     m.count_7d += 1
     m.count_30d += 1
     m.sum_30d += amount
+
+
+def add_merchant(m: MerchantState, part: MerchantState, sign: float = 1.0) -> None:
+    """Add ``part`` (another share of the merchant's sales) to ``m``, or take it away (``sign``
+    -1). Decayed sums add up once decayed to one time: the later of the two."""
+    t = max(m.decay_time, part.decay_time)
+    mine, theirs = _decays(t - m.decay_time), _decays(t - part.decay_time)
+    m.count_1h = max(0.0, m.count_1h * mine[0] + sign * part.count_1h * theirs[0])
+    m.count_1d = max(0.0, m.count_1d * mine[1] + sign * part.count_1d * theirs[1])
+    m.count_7d = max(0.0, m.count_7d * mine[2] + sign * part.count_7d * theirs[2])
+    m.count_30d = max(0.0, m.count_30d * mine[3] + sign * part.count_30d * theirs[3])
+    m.sum_30d = max(0.0, m.sum_30d * mine[3] + sign * part.sum_30d * theirs[3])
+    m.decay_time = t
+
+
+def _decays(age: float) -> tuple[float, float, float, float]:
+    """What a merchant's 1-hour, 1-day, 7-day and 30-day counters keep after ``age`` seconds."""
+    return exp(-age / 3600), exp(-age / _DAY), exp(-age / _TAU_7D), exp(-age / _TAU_30D)
 
 
 class LabelMemory:

@@ -9,13 +9,22 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 from fraudstream.settings import Settings
 from stream_processor.commit import CommitProtocol, Position, last_positions
 from stream_processor.core import RawMessage
 from stream_processor.health import HealthServer
+from stream_processor.merchants import MerchantTable
 from stream_processor.outbox import DeliveryError, KafkaOutbox
 from stream_processor.pipeline import FETCH_MAX_WAIT_MS, BatchPipeline, produced_at, tune_gc
 from stream_processor.sink import SinkError
@@ -106,18 +115,84 @@ class ConsumerOffsets:
         commit(self.consumer, positions, asynchronous=not final)
 
 
+class MerchantTopic:
+    """The merchant table's topic (:mod:`stream_processor.merchants`): read whole, from the
+    start, by every processor (no group: each needs every record); this processor's changed
+    shares published after every batch, and before its partitions move."""
+
+    def __init__(self, settings: Settings, table: MerchantTable):
+        self.topic, self.table = settings.merchants_topic, table
+        # Sent and fetched at once: a share read later is a share staler.
+        self._producer = Producer({**settings.kafka_config(), "linger.ms": 5})
+        self._reader = Consumer({**settings.kafka_config(), "enable.auto.commit": False,
+                                 "group.id": f"{settings.consumer_group}-merchants",
+                                 "fetch.wait.max.ms": FETCH_MAX_WAIT_MS})  # fmt: skip
+        meta = self._reader.list_topics(self.topic, timeout=10).topics[self.topic]
+        self._reader.assign(
+            [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions]
+        )
+
+    def catch_up(self, idle_s: float = 1.0, timeout_s: float = 60.0) -> int:
+        """Read what the topic holds before scoring (the embedded broker's high watermark is
+        not its end: until nothing new comes for ``idle_s``). Returns the records read."""
+        read, last, deadline = 0, time.monotonic(), time.monotonic() + timeout_s
+        while time.monotonic() - last < idle_s and time.monotonic() < deadline:
+            n = self.read(timeout_s=0.2)
+            if n:
+                read, last = read + n, time.monotonic()
+        return read
+
+    def read(self, timeout_s: float = 0.0) -> int:
+        """Apply the records that arrived; a malformed one is logged and skipped."""
+        msgs = self._reader.consume(10_000, timeout=timeout_s)
+        for msg in msgs:
+            if msg.error() is None:
+                try:
+                    self.table.apply(msg.key(), msg.value())
+                except (ValueError, TypeError) as exc:
+                    log.warning("skipped a malformed merchant share at %s[%d]@%d: %s",
+                                msg.topic(), msg.partition(), msg.offset(), exc)  # fmt: skip
+        return len(msgs)
+
+    def sync(self) -> None:
+        """Between batches: read the others' shares, and publish ours."""
+        self.read()
+        self.publish()
+
+    def publish(self, wait_s: float = 0.0) -> None:
+        for key, value in self.table.changes():
+            self._producer.produce(self.topic, key=key, value=value)
+        if wait_s:
+            self._producer.flush(wait_s)
+        else:
+            self._producer.poll(0)  # deliveries: nothing waits for them
+
+    def close(self) -> None:
+        self.publish(wait_s=10.0)
+        self._reader.close()
+
+
 class GroupMember:
     """The consumer's rebalance callbacks: partitions move between the group's processors
     (librdkafka's eager rebalance: all revoked, then the new share assigned), in calls from inside
     ``consume()``; ``close()`` revokes them once more, after the protocol closed or failed."""
 
-    def __init__(self, protocol: CommitProtocol, pipeline: BatchPipeline, transactions_topic: str):
+    def __init__(
+        self,
+        protocol: CommitProtocol,
+        pipeline: BatchPipeline,
+        transactions_topic: str,
+        merchants: MerchantTopic | None = None,
+    ):
         self.protocol, self.pipeline, self.topic = protocol, pipeline, transactions_topic
+        self.merchants = merchants
         self.consuming = True  # False once the loop has ended
 
     def revoked(self, _consumer, partitions) -> None:
         if self.consuming:  # what was consumed is stored and committed before another takes it
             self.protocol.flush()
+            if self.merchants is not None:  # and its merchant shares published
+                self.merchants.publish(wait_s=10.0)
             log.info("partitions revoked, their batches committed: %s", _names(partitions))
 
     def lost(self, _consumer, _partitions) -> None:
@@ -154,7 +229,11 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
     consumer = Consumer(consumer_config(settings))
     outbox = KafkaOutbox(settings)
     protocol = CommitProtocol(pipeline, outbox, ConsumerOffsets(consumer))
-    member = GroupMember(protocol, pipeline, settings.transactions_topic)
+    merchants = None
+    if pipeline.merchants is not None:  # several processors: the merchants seen whole
+        merchants = MerchantTopic(settings, pipeline.merchants)
+        log.info("merchant table: %d shares read from %s", merchants.catch_up(), merchants.topic)
+    member = GroupMember(protocol, pipeline, settings.transactions_topic, merchants)
     consumer.subscribe(
         [settings.transactions_topic, settings.labels_topic],
         on_assign=member.assigned, on_revoke=member.revoked, on_lost=member.lost,
@@ -173,6 +252,8 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
                 protocol.on_batch(raws, positions)
             else:
                 protocol.on_idle()
+            if merchants is not None:
+                merchants.sync()
         protocol.close()
     except Exception as exc:  # noqa: BLE001 - whatever failed, stop before committing more
         log.critical("FATAL: %s. Stopping; no offset past the last stored batch.",
@@ -180,6 +261,8 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
         code = 1
     finally:
         member.consuming = False
+        if merchants is not None:
+            merchants.close()
         health.close()
         consumer.close()
         outbox.close()

@@ -54,6 +54,7 @@ def kafka_settings(settings: Settings, kafka_bootstrap: str) -> Settings:
         alerts_topic=f"alerts-{tag}",
         dlq_topic=f"transactions.dlq-{tag}",
         labels_topic=f"labels-{tag}",
+        merchants_topic=f"merchants-{tag}",
         consumer_group=f"processor-{tag}",
         topic_partitions=2,
         web_port=0,

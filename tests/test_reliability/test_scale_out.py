@@ -10,12 +10,14 @@ once.
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import threading
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 from confluent_kafka import Producer
 from sqlalchemy import create_engine, make_url, text
@@ -28,15 +30,21 @@ from fraudstream.run import (
     stop_processor,
     wait_until_processed,
 )
+from fraudstream.schema import Transaction
 from fraudstream.tables import make_engine
 from fraudstream.topics import read_topic
+from producer.csv_source import read_transactions
 from producer.generate import GeneratorConfig, write_csv
 from producer.replay import ReplayOptions, replay
+from stream_processor.features import SLOT, AccountStates
 from stream_processor.pipeline import FOLLOWER, TRAINER
 
 KILLS = 3
-STORED_OR_HELD = "select (select count(*) from transactions) + (select count(*) from pending_events)"
+STORED_OR_HELD = (
+    "select (select count(*) from transactions) + (select count(*) from pending_events)"
+)
 BAD_EVENTS = 20
+MERCHANT_FEATURES = ("merchant_log_count_1d", "merchant_amount_vs_30d", "merchant_volume_1h_vs_7d")
 
 
 def trains(log) -> bool:
@@ -140,7 +148,8 @@ def test_two_processors_one_killed_again_and_again_lose_and_duplicate_nothing(
 
     every_log = "".join(p.read_text() for p in tmp_path.glob("processor-*.log"))
     assert every_log.count(TRAINER) >= KILLS + 1  # the first trainer, then one at each kill
-    assert scalar(db, "select count(*) from transactions") == len(frame)  # 0 lost (0 twice: the key)
+    rows = scalar(db, "select count(*) from transactions")
+    assert rows == len(frame)  # 0 lost (0 twice: the key)
     assert scalar(db, "select count(*) from transactions where score is null") == 0
     assert scalar(db, "select count(*) from pending_events") == 0
     # one model for the group: every row scored by a version the trainer recorded
@@ -154,7 +163,9 @@ def test_two_processors_one_killed_again_and_again_lose_and_duplicate_nothing(
     on_dlq = [m.value() for m in read_topic(s, s.dlq_topic)]
     assert len(on_dlq) >= BAD_EVENTS
     flagged = set(column(db, "select transaction_id from transactions where is_flagged = 1"))
-    unpublished = "select count(*) from transactions where is_flagged = 1 and alert_published_at is null"
+    unpublished = (
+        "select count(*) from transactions where is_flagged = 1 and alert_published_at is null"
+    )
     assert scalar(db, unpublished) == 0
     db.dispose()
     assert flagged and flagged <= alert_ids_on_topic(s)
@@ -214,3 +225,59 @@ def test_two_processors_wait_while_the_database_is_away_and_go_on(
     flagged = set(column(db, "select transaction_id from transactions where is_flagged = 1"))
     db.dispose()
     assert flagged and flagged <= alert_ids_on_topic(s)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_two_processors_compute_the_merchant_features_of_one(
+    kafka_settings, postgres_url, tmp_path
+):
+    # A warm-up replayed and scored first, then a live feed at 1,000 events a second, where a
+    # processor reads the other's shares a batch or two (tens of milliseconds) late.
+    s = kafka_settings.replace(warmup_events=1000, n_estimators=50, batch_size=200,
+                               database_url=postgres_url)  # fmt: skip
+    db = make_engine(s.database_url)
+    csv = tmp_path / "events.csv"
+    frame = write_csv(tmp_path / "days.csv", GeneratorConfig(rows=12_000, days=6, seed=12))
+    # Six days' traffic in six hours: at 1,000 events a second, a second of wall time is six
+    # minutes of event time (six days: two and a half hours, more than the shortest window).
+    times = pd.to_datetime(frame["timestamp"])
+    frame["timestamp"] = (times.min() + (times - times.min()) / 24).dt.strftime("%Y-%m-%dT%H:%M:%S")
+    frame.to_csv(csv, index=False)
+    header, *lines = csv.read_text().splitlines(keepends=True)
+    (tmp_path / "warm-up.csv").write_text(header + "".join(lines[:1000]))
+    (tmp_path / "live.csv").write_text(header + "".join(lines[1000:]))
+    txns = [t for _line, t in read_transactions(csv) if isinstance(t, Transaction)]
+    logs = [tmp_path / "processor-a.log", tmp_path / "processor-b.log"]
+    procs = [start_processor(s, log) for log in logs]
+    try:
+        offsets: dict[int, int] = {}
+        for part, rate in (("warm-up.csv", None), ("live.csv", 1000)):
+            stats = replay(tmp_path / part, s.bootstrap_servers, s.transactions_topic,
+                           ReplayOptions(progress=False, rate=rate))  # fmt: skip
+            offsets.update(stats.last_offsets)
+            wait_until_processed(s, db, procs, logs, offsets, timeout_s=300)
+    finally:
+        for proc in procs:
+            stop_processor(proc)
+    with db.connect() as conn:
+        stored = {r.transaction_id: (r.kafka_partition, json.loads(r.features)) for r in conn.execute(
+            text("select transaction_id, kafka_partition, features from transactions"))}  # fmt: skip
+    db.dispose()
+    assert len(stored) == len(txns)
+    assert all("merchant table:" in log.read_text() for log in logs)
+    # One processor's features (the same code, every event in order), and those of a processor
+    # that sees one partition's sales only: what each of the two would compute without the table.
+    one = dict(zip([t.transaction_id for t in txns], AccountStates().transform(txns), strict=True))
+    part = [t for t in txns if stored[t.transaction_id][0] == 0]
+    alone = dict(
+        zip([t.transaction_id for t in part], AccountStates().transform(part), strict=True)
+    )
+    live = {t.transaction_id for t in txns[1000:]}
+    for name in MERCHANT_FEATURES:
+        shared = [abs(stored[tid][1][name] - one[tid][SLOT[name]]) for tid in live]
+        unshared = [abs(alone[tid][SLOT[name]] - one[tid][SLOT[name]]) for tid in live & set(alone)]
+        # The table leaves a processor a few minutes of event time behind the other's sales
+        # here (one processor: 0); without it a processor counts half of every merchant's.
+        assert np.median(shared) < np.median(unshared) / 3, name
+        assert np.percentile(shared, 90) < np.percentile(unshared, 90) / 2, name
