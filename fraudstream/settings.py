@@ -75,6 +75,11 @@ class Settings(BaseSettings):
         "Compacted topic of merchant profiles shared by several processors (one share each "
         "partition and merchant).",
     )
+    learned_labels_topic: str = _setting(
+        "LEARNED_LABELS_TOPIC",
+        "labels.learned",
+        "Labels each of several processors learned (merchant, account, outcome), for the others.",
+    )
     label_delay_days: float = _setting(
         "LABEL_DELAY_DAYS",
         7.0,

@@ -39,9 +39,9 @@ from stream_processor.contracts import (
     rows_from_columns,
 )
 from stream_processor.features import SUPERVISED_FEATURE_NAMES, AccountStates, LabelMemory
+from stream_processor.group import GroupState
 from stream_processor.labelling import LabelLearner, SupervisedTrainer
 from stream_processor.labels import Label, decode_label
-from stream_processor.merchants import MerchantTable
 from stream_processor.model import FittedModel, Model, SupervisedModel
 from stream_processor.reasons import explain
 from stream_processor.refit import RefitRunner
@@ -259,7 +259,7 @@ class ScoringCore:
         clock = max((t.event_time for t in history), default=float("-inf"))
         self.learner = LabelLearner(settings, self.store, self.trainer, self.counts, clock)
         self.learner.restore(restored.label_history, restored.queued_labels)
-        self.merchants: MerchantTable | None = None  # several processors: the shares of each
+        self.group: GroupState | None = None  # several processors: what they share (share())
 
     # -- what runtimes, the pipeline and tests read ------------------------------------------
 
@@ -350,6 +350,11 @@ class ScoringCore:
         self.versions.next = max(self.versions.next, model.version + 1)
         log.info("%s v%d taken from the trainer", model.kind, model.version)
 
+    def share(self, group: GroupState) -> None:
+        """Several processors: the merchant shares and labels learned here go to ``group``
+        (and the others' come from it)."""
+        self.group = self.learner.group = group
+
     def close(self) -> None:
         self.refits.close()
 
@@ -390,8 +395,8 @@ class ScoringCore:
         scores = self.scorer.score(features, self.learner.memory.features(txns), self.supervised)
         emit_rows(events, scores, self.states, result)
         self.learner.keep(events, scores.inputs, result)
-        if self.merchants is not None:
-            self.merchants.learned(events)
+        if self.group is not None:
+            self.group.learned(events)
         self.scorer.observe(features, scores.anomaly, watch_drift=self.trains)
         self.learner.advance(txns)
         self.counts["scored"] += len(events)

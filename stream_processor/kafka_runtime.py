@@ -13,6 +13,7 @@ import time
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
+    OFFSET_END,
     Consumer,
     KafkaError,
     KafkaException,
@@ -23,8 +24,8 @@ from confluent_kafka import (
 from fraudstream.settings import Settings
 from stream_processor.commit import CommitProtocol, Position, last_positions
 from stream_processor.core import RawMessage
+from stream_processor.group import GroupState
 from stream_processor.health import HealthServer
-from stream_processor.merchants import MerchantTable
 from stream_processor.outbox import DeliveryError, KafkaOutbox
 from stream_processor.pipeline import FETCH_MAX_WAIT_MS, BatchPipeline, produced_at, tune_gc
 from stream_processor.sink import SinkError
@@ -115,53 +116,55 @@ class ConsumerOffsets:
         commit(self.consumer, positions, asynchronous=not final)
 
 
-class MerchantTopic:
-    """The merchant table's topic (:mod:`stream_processor.merchants`): read whole, from the
-    start, by every processor (no group: each needs every record); this processor's changed
-    shares published after every batch, and before its partitions move."""
+class GroupTopics:
+    """What the processors of a group share (:mod:`stream_processor.group`), on two topics no
+    group consumes (each processor needs every record): the merchant shares, read whole from
+    the start, and the labels learned, read from now on (those learned before are in the
+    database, where the processor's label memory started from). This processor's are published
+    after every batch, and before its partitions move."""
 
-    def __init__(self, settings: Settings, table: MerchantTable):
-        self.topic, self.table = settings.merchants_topic, table
-        # Sent and fetched at once: a share read later is a share staler.
+    def __init__(self, settings: Settings, group: GroupState):
+        self.group = group
+        self.shares, self.labels = settings.merchants_topic, settings.learned_labels_topic
+        # Sent and fetched at once: what is read later is staler.
         self._producer = Producer({**settings.kafka_config(), "linger.ms": 5})
         self._reader = Consumer({**settings.kafka_config(), "enable.auto.commit": False,
-                                 "group.id": f"{settings.consumer_group}-merchants",
+                                 "group.id": f"{settings.consumer_group}-shared",
                                  "fetch.wait.max.ms": FETCH_MAX_WAIT_MS})  # fmt: skip
-        meta = self._reader.list_topics(self.topic, timeout=10).topics[self.topic]
-        self._reader.assign(
-            [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions]
-        )
+        start = {self.shares: OFFSET_BEGINNING, self.labels: OFFSET_END}
+        self._reader.assign([
+            TopicPartition(topic, p, offset)
+            for topic, offset in start.items()
+            for p in self._reader.list_topics(topic, timeout=10).topics[topic].partitions
+        ])  # fmt: skip
 
-    def catch_up(self, idle_s: float = 1.0, timeout_s: float = 60.0) -> int:
-        """Read what the topic holds before scoring (the embedded broker's high watermark is
-        not its end: until nothing new comes for ``idle_s``). Returns the records read."""
-        read, last, deadline = 0, time.monotonic(), time.monotonic() + timeout_s
-        while time.monotonic() - last < idle_s and time.monotonic() < deadline:
-            n = self.read(timeout_s=0.2)
-            if n:
-                read, last = read + n, time.monotonic()
+    def catch_up(self, timeout_s: float = 60.0) -> int:
+        """Read the merchant shares published before this processor started, up to the end
+        offsets the broker gives now (the embedded broker's is the start of its last record
+        batch, whose few records follow with the first batches). Returns the records read."""
+        meta = self._reader.list_topics(self.shares, timeout=10).topics[self.shares]
+        parts = [TopicPartition(self.shares, p) for p in meta.partitions]
+        ends = [self._reader.get_watermark_offsets(tp, timeout=10)[1] for tp in parts]
+        read, deadline = 0, time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            positions = self._reader.position(parts)
+            if all(tp.offset >= end for tp, end in zip(positions, ends, strict=True) if end > 0):
+                break
+            msgs = self._reader.consume(10_000, timeout=0.2)
+            self._apply(msgs)
+            read += len(msgs)
         return read
 
-    def read(self, timeout_s: float = 0.0) -> int:
-        """Apply the records that arrived; a malformed one is logged and skipped."""
-        msgs = self._reader.consume(10_000, timeout=timeout_s)
-        for msg in msgs:
-            if msg.error() is None:
-                try:
-                    self.table.apply(msg.key(), msg.value())
-                except (ValueError, TypeError) as exc:
-                    log.warning("skipped a malformed merchant share at %s[%d]@%d: %s",
-                                msg.topic(), msg.partition(), msg.offset(), exc)  # fmt: skip
-        return len(msgs)
-
     def sync(self) -> None:
-        """Between batches: read the others' shares, and publish ours."""
-        self.read()
+        """Between batches: read what the others published, and publish ours."""
+        self._apply(self._reader.consume(10_000, timeout=0))
         self.publish()
 
     def publish(self, wait_s: float = 0.0) -> None:
-        for key, value in self.table.changes():
-            self._producer.produce(self.topic, key=key, value=value)
+        for key, value in self.group.changes():
+            self._producer.produce(self.shares, key=key, value=value)
+        for value in self.group.learned_labels():
+            self._producer.produce(self.labels, value=value)
         if wait_s:
             self._producer.flush(wait_s)
         else:
@@ -170,6 +173,20 @@ class MerchantTopic:
     def close(self) -> None:
         self.publish(wait_s=10.0)
         self._reader.close()
+
+    def _apply(self, msgs: list) -> None:
+        """Records read: into the group state; a malformed one is logged and skipped."""
+        for msg in msgs:
+            if msg.error() is not None:
+                continue
+            try:
+                if msg.topic() == self.shares:
+                    self.group.apply_share(msg.key(), msg.value())
+                else:
+                    self.group.apply_label(msg.value())
+            except (ValueError, TypeError) as exc:
+                log.warning("skipped a malformed record at %s[%d]@%d: %s",
+                            msg.topic(), msg.partition(), msg.offset(), exc)  # fmt: skip
 
 
 class GroupMember:
@@ -182,17 +199,17 @@ class GroupMember:
         protocol: CommitProtocol,
         pipeline: BatchPipeline,
         transactions_topic: str,
-        merchants: MerchantTopic | None = None,
+        shared: GroupTopics | None = None,
     ):
         self.protocol, self.pipeline, self.topic = protocol, pipeline, transactions_topic
-        self.merchants = merchants
+        self.shared = shared
         self.consuming = True  # False once the loop has ended
 
     def revoked(self, _consumer, partitions) -> None:
         if self.consuming:  # what was consumed is stored and committed before another takes it
             self.protocol.flush()
-            if self.merchants is not None:  # and its merchant shares published
-                self.merchants.publish(wait_s=10.0)
+            if self.shared is not None:  # and what it learned from them published
+                self.shared.publish(wait_s=10.0)
             log.info("partitions revoked, their batches committed: %s", _names(partitions))
 
     def lost(self, _consumer, _partitions) -> None:
@@ -229,11 +246,11 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
     consumer = Consumer(consumer_config(settings))
     outbox = KafkaOutbox(settings)
     protocol = CommitProtocol(pipeline, outbox, ConsumerOffsets(consumer))
-    merchants = None
-    if pipeline.merchants is not None:  # several processors: the merchants seen whole
-        merchants = MerchantTopic(settings, pipeline.merchants)
-        log.info("merchant table: %d shares read from %s", merchants.catch_up(), merchants.topic)
-    member = GroupMember(protocol, pipeline, settings.transactions_topic, merchants)
+    shared = None
+    if pipeline.group is not None:  # several processors: what each learns, for the others
+        shared = GroupTopics(settings, pipeline.group)
+        log.info("merchant table: %d shares read from %s", shared.catch_up(), shared.shares)
+    member = GroupMember(protocol, pipeline, settings.transactions_topic, shared)
     consumer.subscribe(
         [settings.transactions_topic, settings.labels_topic],
         on_assign=member.assigned, on_revoke=member.revoked, on_lost=member.lost,
@@ -252,8 +269,8 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
                 protocol.on_batch(raws, positions)
             else:
                 protocol.on_idle()
-            if merchants is not None:
-                merchants.sync()
+            if shared is not None:
+                shared.sync()
         protocol.close()
     except Exception as exc:  # noqa: BLE001 - whatever failed, stop before committing more
         log.critical("FATAL: %s. Stopping; no offset past the last stored batch.",
@@ -261,8 +278,8 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
         code = 1
     finally:
         member.consuming = False
-        if merchants is not None:
-            merchants.close()
+        if shared is not None:
+            shared.close()
         health.close()
         consumer.close()
         outbox.close()

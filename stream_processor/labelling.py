@@ -20,6 +20,7 @@ from fraudstream.schema import Transaction
 from fraudstream.settings import Settings
 from stream_processor.contracts import BatchResult, EventStore, HeldEvent, LabelledEvent
 from stream_processor.features import SUPERVISED_FEATURE_NAMES, LabelMemory
+from stream_processor.group import GroupState
 from stream_processor.labels import Label
 from stream_processor.model import FIT_SUPERVISED, FIT_SUPERVISED_STORED, SupervisedModel
 from stream_processor.refit import RefitRunner
@@ -142,6 +143,7 @@ class LabelLearner:
         # learned right after that event is scored, never before.
         self.orphans: OrderedDict[str, Label] = OrderedDict()
         self._batch_events: dict[str, LabelledEvent] = {}  # scored in the batch in progress
+        self.group: GroupState | None = None  # several processors: told what is learned here
         self.labels_in_batch = False  # the batch in progress brought labels
 
     def restore(self, learned: Iterable[tuple[LabelledEvent, Label]], queued: Iterable[Label]):
@@ -208,7 +210,8 @@ class LabelLearner:
             result.labels_released[tid] = 1
 
     def _learn(self, event: LabelledEvent, label: Label) -> None:
-        self.memory.add(
-            event.merchant, event.account_id, label.is_fraud, label.labelled_at.timestamp()
-        )
+        at = label.labelled_at.timestamp()
+        self.memory.add(event.merchant, event.account_id, label.is_fraud, at)
         self.trainer.add(event.features, label.is_fraud)
+        if self.group is not None:
+            self.group.label_learned(event.merchant, event.account_id, label.is_fraud, at)

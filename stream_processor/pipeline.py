@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -16,7 +17,7 @@ from fraudstream.settings import Settings
 from stream_processor import features
 from stream_processor.contracts import TRANSACTION_ID
 from stream_processor.core import BatchResult, RawMessage, Restored, ScoringCore
-from stream_processor.merchants import MerchantTable
+from stream_processor.group import GroupState
 from stream_processor.outbox import Outbound
 from stream_processor.refit import RefitRunner
 from stream_processor.sink import SinkStore, open_sink
@@ -82,12 +83,13 @@ class BatchPipeline:
         )
         self.core = ScoringCore(settings, self.store, restored=restored, refits=refits)
         self.core.states.not_loaded(self.sink.account_count() - len(self.core.states))
-        self.merchants: MerchantTable | None = None
+        self.group: GroupState | None = None
         if self.sink.SHARED:  # events and labels are spread over the processors:
             self.core.trainer.group_database = settings.database_url  # fit on the stored labels
-            self.merchants = self.core.merchants = MerchantTable(  # and share merchants
-                self.core.states, clock=self.core.learner.clock
-            )
+            core = self.core  # and share what each learns
+            self.group = GroupState(core.states, core.label_memory, core.learner.clock,
+                                    sender=uuid.uuid4().hex)  # fmt: skip
+            core.share(self.group)
         self.lease = self.sink.trainer_lease()
         self._trains: bool | None = None  # holds the lease (None: not asked yet)
         self._synced = float("-inf")  # when the lease and the models were last checked
@@ -181,7 +183,7 @@ class BatchPipeline:
             return
         gained = set(partitions) - self._partitions
         self._partitions = set(partitions)
-        self.merchants.assigned(partitions)
+        self.group.assigned(partitions)
         self.core.warmup.reassigned(self._partitions, self.sink.held_events(sorted(gained)))
         if not gained:
             return
@@ -200,8 +202,8 @@ class BatchPipeline:
         """The group moved on without this processor (it missed its session timeout): others
         may have scored its partitions since, so whatever it is assigned next is rebuilt."""
         self._partitions = set()
-        if self.merchants is not None:
-            self.merchants.assigned([])
+        if self.group is not None:
+            self.group.assigned([])
 
     def submit(self, result: BatchResult, published: Mapping[str, float] | None = None) -> None:
         """Start storing ``result`` (and recording ``published``) in one transaction; committed

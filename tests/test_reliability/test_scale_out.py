@@ -36,7 +36,12 @@ from fraudstream.topics import read_topic
 from producer.csv_source import read_transactions
 from producer.generate import GeneratorConfig, write_csv
 from producer.replay import ReplayOptions, replay
-from stream_processor.features import SLOT, AccountStates
+from stream_processor.features import (
+    FEATURE_NAMES,
+    LABEL_FEATURE_NAMES,
+    AccountStates,
+    LabelMemory,
+)
 from stream_processor.pipeline import FOLLOWER, TRAINER
 
 KILLS = 3
@@ -229,11 +234,12 @@ def test_two_processors_wait_while_the_database_is_away_and_go_on(
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_two_processors_compute_the_merchant_features_of_one(
+def test_two_processors_compute_the_merchant_and_label_features_of_one(
     kafka_settings, postgres_url, tmp_path
 ):
-    # A warm-up replayed and scored first, then a live feed at 1,000 events a second, where a
-    # processor reads the other's shares a batch or two (tens of milliseconds) late.
+    # A warm-up replayed and scored first, then a live feed at 1,000 events a second with each
+    # event's label 20 minutes later in event time, where a processor reads what the other
+    # published a batch or two (tens of milliseconds) late.
     s = kafka_settings.replace(warmup_events=1000, n_estimators=50, batch_size=200,
                                database_url=postgres_url)  # fmt: skip
     db = make_engine(s.database_url)
@@ -248,13 +254,15 @@ def test_two_processors_compute_the_merchant_features_of_one(
     (tmp_path / "warm-up.csv").write_text(header + "".join(lines[:1000]))
     (tmp_path / "live.csv").write_text(header + "".join(lines[1000:]))
     txns = [t for _line, t in read_transactions(csv) if isinstance(t, Transaction)]
+    delay = 1200.0
     logs = [tmp_path / "processor-a.log", tmp_path / "processor-b.log"]
     procs = [start_processor(s, log) for log in logs]
     try:
         offsets: dict[int, int] = {}
         for part, rate in (("warm-up.csv", None), ("live.csv", 1000)):
-            stats = replay(tmp_path / part, s.bootstrap_servers, s.transactions_topic,
-                           ReplayOptions(progress=False, rate=rate))  # fmt: skip
+            options = ReplayOptions(progress=False, rate=rate, labels_topic=s.labels_topic,
+                                    label_delay_s=delay)  # fmt: skip
+            stats = replay(tmp_path / part, s.bootstrap_servers, s.transactions_topic, options)
             offsets.update(stats.last_offsets)
             wait_until_processed(s, db, procs, logs, offsets, timeout_s=300)
     finally:
@@ -266,18 +274,38 @@ def test_two_processors_compute_the_merchant_features_of_one(
     db.dispose()
     assert len(stored) == len(txns)
     assert all("merchant table:" in log.read_text() for log in logs)
+    live = txns[1000:]
     # One processor's features (the same code, every event in order), and those of a processor
-    # that sees one partition's sales only: what each of the two would compute without the table.
-    one = dict(zip([t.transaction_id for t in txns], AccountStates().transform(txns), strict=True))
-    part = [t for t in txns if stored[t.transaction_id][0] == 0]
-    alone = dict(
-        zip([t.transaction_id for t in part], AccountStates().transform(part), strict=True)
-    )
-    live = {t.transaction_id for t in txns[1000:]}
-    for name in MERCHANT_FEATURES:
-        shared = [abs(stored[tid][1][name] - one[tid][SLOT[name]]) for tid in live]
-        unshared = [abs(alone[tid][SLOT[name]] - one[tid][SLOT[name]]) for tid in live & set(alone)]
-        # The table leaves a processor a few minutes of event time behind the other's sales
-        # here (one processor: 0); without it a processor counts half of every merchant's.
-        assert np.median(shared) < np.median(unshared) / 3, name
+    # that sees one partition's sales and half the labels only: what each of the two would
+    # compute without sharing.
+    one = features_of_one(txns, txns, delay)
+    half = [t for t in txns if stored[t.transaction_id][0] == 0]
+    alone = features_of_one(half, txns[::2], delay)
+    for name in MERCHANT_FEATURES + ("merchant_log_labels_30d", "merchant_fraud_share_7d"):
+        shared = [
+            abs(stored[t.transaction_id][1][name] - one[t.transaction_id][name]) for t in live
+        ]
+        unshared = [abs(alone[t.transaction_id][name] - one[t.transaction_id][name])
+                    for t in live if t.transaction_id in alone]  # fmt: skip
+        # Sharing leaves a processor a few minutes of event time behind what the other knows
+        # here (one processor: 0); without it a processor knows half of it.
+        assert np.median(shared) <= np.median(unshared) / 3, name
         assert np.percentile(shared, 90) < np.percentile(unshared, 90) / 2, name
+
+
+def features_of_one(txns: list[Transaction], labelled: list[Transaction], delay: float) -> dict:
+    """Each event's features as one processor computes them, with the labels of ``labelled``
+    known ``delay`` seconds after their events (those known before an event count for it)."""
+    states, memory = AccountStates(), LabelMemory()
+    due = sorted(((t.event_time + delay, t) for t in labelled), key=lambda d: d[0])
+    out, k = {}, 0
+    for txn in txns:
+        while k < len(due) and due[k][0] < txn.event_time:
+            at, known = due[k]
+            memory.add(known.merchant, known.account_id, known.is_fraud, at)
+            k += 1
+        row = states.transform([txn])[0]
+        values = dict(zip(FEATURE_NAMES, row.tolist(), strict=True))
+        values.update(zip(LABEL_FEATURE_NAMES, memory.features([txn])[0].tolist(), strict=False))
+        out[txn.transaction_id] = values
+    return out

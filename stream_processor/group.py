@@ -1,22 +1,25 @@
-"""Merchant profiles that every processor of a group sees whole (Kafka Streams' GlobalKTable).
+"""What the processors of one consumer group share through Kafka, so that each scores an event
+with what one processor would know: every partition's merchant sales, and every label learned.
 
-Events are keyed by account, so one merchant's sales are spread over every partition, and a
-processor sees only the share of its own partitions. Each processor keeps what the events it
+**Merchant shares** (Kafka Streams' GlobalKTable pattern). Events are keyed by account, so one
+merchant's sales are spread over every partition. Each processor keeps what the events it
 scored in each partition added to each merchant's decayed counters (a *share*, keyed by
 partition and merchant) and publishes the shares that changed, after every batch, on a
 compacted topic; every processor reads the whole topic and adds the shares of the partitions it
-does not hold to its own merchant state (decayed sums add up once decayed to one time).
-
-A share counts here once this processor's event clock (the newest event it scored) reaches the
-share's time: a processor ahead in event time (with less backlog, say) does not make the
-merchants' sales arrive early for one behind it. An event's merchant features then count every
-partition's sales up to the newest share published before the event's time: what one processor
-would count, but for the sales of the other processors' last batch (a share is about two
-batches old when read, a second at most with the broker's delays).
-
-When a partition moves, the shares stay counted: the processor losing it publishes its shares
-first (the rebalance's flush) and keeps the last ones as another's; the one gaining it takes the
+does not hold to its own merchant state (decayed sums add up once decayed to one time). When a
+partition moves, the shares stay counted: the processor losing it publishes its shares first
+(the rebalance's flush) and keeps the last ones as another's; the one gaining it takes the
 newest share it read as its own and adds to it from there.
+
+**Learned labels.** Labels are keyed by transaction, so each processor learns those of its own
+label partitions. Each publishes what it learned (the event's merchant and account, the
+outcome, when it became known) after every batch; the others add it to their label memory.
+
+Both count here once this processor's event clock (the newest event it scored) reaches their
+time: a processor ahead in event time (with less backlog, say) does not hand its future to one
+behind it. An event's features then count what the other processors knew up to their last
+published batch before the event's time (a batch or two of wall time late when read, a second
+at most with the broker's delays).
 """
 
 from __future__ import annotations
@@ -27,25 +30,42 @@ import json
 from collections.abc import Iterable
 
 from stream_processor.contracts import HeldEvent
-from stream_processor.features import AccountStates, MerchantState, add_merchant, learn_merchant
+from stream_processor.features import (
+    AccountStates,
+    LabelMemory,
+    MerchantState,
+    add_merchant,
+    learn_merchant,
+)
 
 _FIELDS = ("decay_time", "count_1h", "count_1d", "count_7d", "count_30d", "sum_30d")
 
 
-class MerchantTable:
-    """The shares of every partition: this processor's (``own``, kept up to date by
-    :meth:`learned`) and the others' (read from the topic by :meth:`apply`; ``others``: those
-    counted so far), summed into the merchant state that ``states`` computes features from."""
+class GroupState:
+    """Merchant shares (this processor's, ``own``, kept up to date by :meth:`learned`; the
+    others', read by :meth:`apply_share`, ``others`` those counted so far) summed into the
+    merchant state ``states`` computes features from; labels learned here (:meth:`label_learned`)
+    and by the others (:meth:`apply_label`), all in ``memory``."""
 
-    def __init__(self, states: AccountStates, clock: float = float("-inf")):
-        self.states = states
+    def __init__(
+        self,
+        states: AccountStates,
+        memory: LabelMemory,
+        clock: float = float("-inf"),
+        sender: str = "",
+    ):
+        self.states, self.memory = states, memory
         states.drop_merchants()  # what was rebuilt from stored events: the shares replace it
         self.clock = clock  # the newest event time scored here (epoch s)
+        self.sender = sender  # names this processor's records: its own are not counted twice
         self.own: dict[int, dict[str, MerchantState]] = {}  # partition -> merchant -> share
         self.others: dict[int, dict[str, MerchantState]] = {}
-        self._later: list[tuple[float, int, int, str, MerchantState]] = []  # shares ahead of clock
-        self._arrivals = itertools.count()  # shares of one time: in the order they came
+        # What others published ahead of the clock: (time, arrival, partition, merchant, share)
+        # for a share, (time, arrival, None, merchant, label) for a learned label.
+        self._later: list[tuple] = []
+        self._arrivals = itertools.count()  # records of one time: in the order they came
         self._changed: set[tuple[int, str]] = set()
+        self._labels: list[bytes] = []  # learned here, not published yet
 
     def learned(self, events: Iterable[HeldEvent]) -> None:
         """Events just scored here (their features computed): into their partitions' shares."""
@@ -69,8 +89,11 @@ class MerchantTable:
         self.clock = clock = max(self.clock, clock)
         later = self._later
         while later and later[0][0] <= clock:
-            _t, _n, partition, merchant, share = heapq.heappop(later)
-            self._count(partition, merchant, share)
+            _t, _n, partition, merchant, what = heapq.heappop(later)
+            if partition is None:
+                self.memory.add(merchant, *what)
+            else:
+                self._count(partition, merchant, what)
 
     def changes(self) -> list[tuple[bytes, bytes]]:
         """The shares changed since the last call, as the topic's records (key, value)."""
@@ -82,7 +105,33 @@ class MerchantTable:
         self._changed = set()
         return records
 
-    def apply(self, key: bytes, value: bytes) -> None:
+    def label_learned(self, merchant: str, account_id: str, is_fraud: int, at: float) -> None:
+        """A label learned here (into ``memory`` already), for the others."""
+        self._labels.append(json.dumps([self.sender, merchant, account_id, is_fraud, at]).encode())
+
+    def learned_labels(self) -> list[bytes]:
+        """The labels learned since the last call, as the learned-labels topic's values."""
+        values, self._labels = self._labels, []
+        return values
+
+    def apply_label(self, value: bytes) -> None:
+        """A record of the learned-labels topic: another processor's label, into the label
+        memory once the event clock reaches the time it became known. A malformed record raises
+        ValueError and changes nothing."""
+        sender, merchant, account_id, is_fraud, at = json.loads(value)
+        if not (isinstance(merchant, str) and isinstance(account_id, str)
+                and is_fraud in (0, 1) and isinstance(at, int | float)):  # fmt: skip
+            raise ValueError(f"a learned label is [sender, merchant, account, 0 or 1, time], "
+                             f"not {value[:80]!r}")  # fmt: skip
+        if sender == self.sender:
+            return
+        if at <= self.clock:
+            self.memory.add(merchant, account_id, is_fraud, float(at))
+        else:
+            entry = (float(at), next(self._arrivals), None, merchant, (account_id, is_fraud, at))
+            heapq.heappush(self._later, entry)
+
+    def apply_share(self, key: bytes, value: bytes) -> None:
         """A record of the topic: another processor's share, counted once the event clock
         reaches its time (this processor's own partitions are counted here, newer than any
         record of them). A malformed record raises ValueError and changes nothing."""
@@ -109,7 +158,7 @@ class MerchantTable:
         gained = held - set(self.own)
         if gained:  # their newest shares, also those ahead of the clock, count from now
             for _t, _n, partition, merchant, share in sorted(self._later):
-                if partition in gained:
+                if partition in gained:  # (None for a label: not a partition)
                     self._count(partition, merchant, share)
             self._later = [entry for entry in self._later if entry[2] not in gained]
             heapq.heapify(self._later)

@@ -1,6 +1,6 @@
-"""The merchant table of several processors: each processor's merchant profiles count every
-partition's sales, as one processor's would, once the shares are exchanged (the topic that
-carries them is tests/test_reliability/test_scale_out.py's)."""
+"""What several processors share: each processor's merchant profiles count every partition's
+sales, and its label memory every label learned, as one processor's would, once exchanged (the
+topics that carry them: tests/test_reliability/test_scale_out.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from fraudstream.schema import Transaction
 from producer.csv_source import read_transactions
 from stream_processor.contracts import HeldEvent
-from stream_processor.features import AccountStates, MerchantState, add_merchant
-from stream_processor.merchants import MerchantTable
+from stream_processor.features import AccountStates, LabelMemory, MerchantState, add_merchant
+from stream_processor.group import GroupState
 
 FIELDS = ("count_1h", "count_1d", "count_7d", "count_30d", "sum_30d")
 
@@ -31,9 +31,9 @@ def held(txns: list[Transaction]) -> list[HeldEvent]:
 
 
 class Processor:
-    def __init__(self, partitions: list[int]):
+    def __init__(self, partitions: list[int], name: str = ""):
         self.states = AccountStates()
-        self.table = MerchantTable(self.states)
+        self.table = GroupState(self.states, LabelMemory(), sender=name)
         self.partitions = partitions
         self.table.assigned(partitions)
 
@@ -55,7 +55,7 @@ def exchange(*processors: Processor) -> None:
         for receiver in processors:
             if receiver is not sender:
                 for key, value in records:
-                    receiver.table.apply(key, value)
+                    receiver.table.apply_share(key, value)
     clock = max(p.table.clock for p in processors)
     for p in processors:
         p.table.advance(clock)
@@ -127,7 +127,7 @@ def test_a_malformed_share_is_refused_and_changes_nothing(events):
     before = {m: at(a.states.merchant(m), 0.0) for m in {t.merchant for t in events[:100]}}
     for key, value in [(b"not json", b"[]"), (b'[1, "M"]', b"[1, 2]"), (b"[1]", b"[]")]:
         with pytest.raises((ValueError, TypeError)):
-            a.table.apply(key, value)
+            a.table.apply_share(key, value)
     assert before == {m: at(a.states.merchant(m), 0.0) for m in before}
 
 
@@ -139,9 +139,35 @@ def test_a_share_ahead_of_the_event_clock_waits_for_it(events):
     merchant = consumed[999].txn.merchant
     before = at(a.states.merchant(merchant), consumed[999].txn.event_time)
     for key, value in b.table.changes():
-        a.table.apply(key, value)
+        a.table.apply_share(key, value)
     assert at(a.states.merchant(merchant), consumed[999].txn.event_time) == before
     a.score(consumed[200:1000])  # a's clock reaches b's: b's share counts
     alone = AccountStates()
     alone.transform(events[:1000])
     assert_same_merchants(a, alone, {t.merchant for t in events[:1000]}, events[999].event_time)
+
+
+def test_labels_learned_by_one_processor_reach_the_others_label_memory(events):
+    a, b = Processor([0], "a"), Processor([1], "b")
+    consumed = held(events)
+    a.score(consumed[:800])
+    b.score(consumed[:400])  # b is behind in event time
+    alone = LabelMemory()
+    for t in events[:300]:  # a learns these labels, known 3 days after their events
+        at = t.event_time + 3 * 86400
+        a.table.memory.add(t.merchant, t.account_id, t.is_fraud, at)
+        a.table.label_learned(t.merchant, t.account_id, t.is_fraud, at)
+        alone.add(t.merchant, t.account_id, t.is_fraud, at)
+    records = a.table.learned_labels()
+    assert len(records) == 300 and a.table.learned_labels() == []
+    for value in records:
+        a.table.apply_label(value)  # its own: not counted twice
+        b.table.apply_label(value)
+    later = events[800:900]
+    assert (a.table.memory.features(later) == alone.features(later)).all()
+    assert b.table.memory.labels < 300  # those known after b's clock wait for it
+    b.score(consumed[400:800])
+    assert (b.table.memory.features(later) == alone.features(later)).all()
+    for bad in (b"not json", b'["x", "M", "A", 2, 1.0]', b'["x", "M", "A", 1]'):
+        with pytest.raises((ValueError, TypeError)):
+            b.table.apply_label(bad)
