@@ -123,7 +123,7 @@ def ensure_topics(bootstrap: str, settings: Settings) -> None:
         NewTopic(settings.labels_topic, settings.topic_partitions, 1),
         # a table: the newest share of each (partition, merchant) is all a reader needs
         NewTopic(settings.merchants_topic, 1, 1, config={"cleanup.policy": "compact"}),
-        NewTopic(settings.learned_labels_topic, 1, 1),
+        NewTopic(settings.learned_topic, 1, 1),
     ]
     missing = [t for t in wanted if t.topic not in existing]
     if not missing:

@@ -75,10 +75,11 @@ class Settings(BaseSettings):
         "Compacted topic of merchant profiles shared by several processors (one share each "
         "partition and merchant).",
     )
-    learned_labels_topic: str = _setting(
-        "LEARNED_LABELS_TOPIC",
-        "labels.learned",
-        "Labels each of several processors learned (merchant, account, outcome), for the others.",
+    learned_topic: str = _setting(
+        "LEARNED_TOPIC",
+        "learned",
+        "What each of several processors learned, for the others: labels (merchant, account, "
+        "outcome) and drift in its anomaly scores.",
     )
     label_delay_days: float = _setting(
         "LABEL_DELAY_DAYS",

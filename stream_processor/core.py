@@ -397,10 +397,27 @@ class ScoringCore:
         self.learner.keep(events, scores.inputs, result)
         if self.group is not None:
             self.group.learned(events)
-        self.scorer.observe(features, scores.anomaly, watch_drift=self.trains)
+        group = self.group
+        self.scorer.observe(features, scores.anomaly, watch_drift=self.trains or bool(group))
+        if group is not None:
+            self._share_drift(group)
         self.learner.advance(txns)
         self.counts["scored"] += len(events)
         self.counts["flagged"] += int(scores.flags.sum())
+
+    def _share_drift(self, group: GroupState) -> None:
+        """Several processors: drift another one saw is the trainer's too; drift seen here by
+        a processor that does not fit the models goes to the trainer (and it watches anew)."""
+        drift, model = self.scorer.drift, self.scorer.model
+        if self.trains:
+            if group.drift_in >= model.version and not drift.detected:
+                drift.detected = True
+                log.info("drift in another processor's anomaly scores: a refit is due")
+            group.drift_in = 0
+        elif drift.detected:
+            group.drift_seen(model.version)
+            drift.new_model()
+            log.info("drift in the anomaly scores of model v%d: told the trainer", model.version)
 
     def _collect_refits(self) -> BatchResult:
         """A new batch result with the models of finished refits (supervised first), timed."""

@@ -11,9 +11,11 @@ partition moves, the shares stay counted: the processor losing it publishes its 
 (the rebalance's flush) and keeps the last ones as another's; the one gaining it takes the
 newest share it read as its own and adds to it from there.
 
-**Learned labels.** Labels are keyed by transaction, so each processor learns those of its own
-label partitions. Each publishes what it learned (the event's merchant and account, the
+**What each learned.** Labels are keyed by transaction, so each processor learns those of its
+own label partitions. Each publishes what it learned (the event's merchant and account, the
 outcome, when it became known) after every batch; the others add it to their label memory.
+A processor that does not fit the models publishes drift it sees in its anomaly scores too:
+the trainer refits early on it, as on its own.
 
 Both count here once this processor's event clock (the newest event it scored) reaches their
 time: a processor ahead in event time (with less backlog, say) does not hand its future to one
@@ -45,7 +47,7 @@ class GroupState:
     """Merchant shares (this processor's, ``own``, kept up to date by :meth:`learned`; the
     others', read by :meth:`apply_share`, ``others`` those counted so far) summed into the
     merchant state ``states`` computes features from; labels learned here (:meth:`label_learned`)
-    and by the others (:meth:`apply_label`), all in ``memory``."""
+    and by the others (:meth:`apply_learned`), all in ``memory``; drift seen by the others."""
 
     def __init__(
         self,
@@ -65,7 +67,8 @@ class GroupState:
         self._later: list[tuple] = []
         self._arrivals = itertools.count()  # records of one time: in the order they came
         self._changed: set[tuple[int, str]] = set()
-        self._labels: list[bytes] = []  # learned here, not published yet
+        self._learned: list[list] = []  # labels learned and drifts seen here, to publish
+        self.drift_in = 0  # the newest model version another processor saw drift in
 
     def learned(self, events: Iterable[HeldEvent]) -> None:
         """Events just scored here (their features computed): into their partitions' shares."""
@@ -107,18 +110,33 @@ class GroupState:
 
     def label_learned(self, merchant: str, account_id: str, is_fraud: int, at: float) -> None:
         """A label learned here (into ``memory`` already), for the others."""
-        self._labels.append(json.dumps([self.sender, merchant, account_id, is_fraud, at]).encode())
+        self._learned.append(["label", self.sender, merchant, account_id, is_fraud, at])
 
-    def learned_labels(self) -> list[bytes]:
-        """The labels learned since the last call, as the learned-labels topic's values."""
-        values, self._labels = self._labels, []
-        return values
+    def drift_seen(self, version: int) -> None:
+        """Drift in the scores of model ``version`` here (a processor that does not fit the
+        models): for the trainer, which refits early."""
+        self._learned.append(["drift", self.sender, version])
 
-    def apply_label(self, value: bytes) -> None:
-        """A record of the learned-labels topic: another processor's label, into the label
-        memory once the event clock reaches the time it became known. A malformed record raises
-        ValueError and changes nothing."""
-        sender, merchant, account_id, is_fraud, at = json.loads(value)
+    def learned_records(self) -> list[bytes]:
+        """What was learned here since the last call, as the learned topic's values."""
+        values, self._learned = self._learned, []
+        return [json.dumps(v).encode() for v in values]
+
+    def apply_learned(self, value: bytes) -> None:
+        """A record of the learned topic: another processor's label, into the label memory
+        once the event clock reaches the time it became known, or the model version it saw
+        drift in (``drift_in``). A malformed record raises ValueError and changes nothing."""
+        record = json.loads(value)
+        if not isinstance(record, list) or not record or record[0] not in ("label", "drift"):
+            raise ValueError(f"a learned record is a label or a drift, not {value[:80]!r}")
+        if record[0] == "drift":
+            _kind, sender, version = record
+            if not isinstance(version, int):
+                raise ValueError(f"a drift names a model version, not {value[:80]!r}")
+            if sender != self.sender:
+                self.drift_in = max(self.drift_in, version)
+            return
+        _kind, sender, merchant, account_id, is_fraud, at = record
         if not (isinstance(merchant, str) and isinstance(account_id, str)
                 and is_fraud in (0, 1) and isinstance(at, int | float)):  # fmt: skip
             raise ValueError(f"a learned label is [sender, merchant, account, 0 or 1, time], "

@@ -119,19 +119,19 @@ class ConsumerOffsets:
 class GroupTopics:
     """What the processors of a group share (:mod:`stream_processor.group`), on two topics no
     group consumes (each processor needs every record): the merchant shares, read whole from
-    the start, and the labels learned, read from now on (those learned before are in the
-    database, where the processor's label memory started from). This processor's are published
+    the start, and what each learned (labels, drift), read from now on (the labels learned
+    before are in the database, where the processor's label memory started from). This processor's are published
     after every batch, and before its partitions move."""
 
     def __init__(self, settings: Settings, group: GroupState):
         self.group = group
-        self.shares, self.labels = settings.merchants_topic, settings.learned_labels_topic
+        self.shares, self.learned = settings.merchants_topic, settings.learned_topic
         # Sent and fetched at once: what is read later is staler.
         self._producer = Producer({**settings.kafka_config(), "linger.ms": 5})
         self._reader = Consumer({**settings.kafka_config(), "enable.auto.commit": False,
                                  "group.id": f"{settings.consumer_group}-shared",
                                  "fetch.wait.max.ms": FETCH_MAX_WAIT_MS})  # fmt: skip
-        start = {self.shares: OFFSET_BEGINNING, self.labels: OFFSET_END}
+        start = {self.shares: OFFSET_BEGINNING, self.learned: OFFSET_END}
         self._reader.assign([
             TopicPartition(topic, p, offset)
             for topic, offset in start.items()
@@ -163,8 +163,8 @@ class GroupTopics:
     def publish(self, wait_s: float = 0.0) -> None:
         for key, value in self.group.changes():
             self._producer.produce(self.shares, key=key, value=value)
-        for value in self.group.learned_labels():
-            self._producer.produce(self.labels, value=value)
+        for value in self.group.learned_records():
+            self._producer.produce(self.learned, value=value)
         if wait_s:
             self._producer.flush(wait_s)
         else:
@@ -183,7 +183,7 @@ class GroupTopics:
                 if msg.topic() == self.shares:
                     self.group.apply_share(msg.key(), msg.value())
                 else:
-                    self.group.apply_label(msg.value())
+                    self.group.apply_learned(msg.value())
             except (ValueError, TypeError) as exc:
                 log.warning("skipped a malformed record at %s[%d]@%d: %s",
                             msg.topic(), msg.partition(), msg.offset(), exc)  # fmt: skip

@@ -89,7 +89,7 @@ class DriftWatch:
             if self._adwin.update(value):
                 self.detected = True
                 self.counts["drifts"] += 1
-                log.info("drift in the anomaly scores (ADWIN): refitting early")
+                log.info("drift in the anomaly scores (ADWIN): a refit is due")
                 return
 
     def new_model(self) -> None:

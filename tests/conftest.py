@@ -55,7 +55,7 @@ def kafka_settings(settings: Settings, kafka_bootstrap: str) -> Settings:
         dlq_topic=f"transactions.dlq-{tag}",
         labels_topic=f"labels-{tag}",
         merchants_topic=f"merchants-{tag}",
-        learned_labels_topic=f"labels.learned-{tag}",
+        learned_topic=f"learned-{tag}",
         consumer_group=f"processor-{tag}",
         topic_partitions=2,
         web_port=0,

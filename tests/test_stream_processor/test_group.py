@@ -13,6 +13,7 @@ import pytest
 from fraudstream.schema import Transaction
 from producer.csv_source import read_transactions
 from stream_processor import pipeline as pipeline_module
+from stream_processor import scoring
 from stream_processor.core import RawMessage
 from stream_processor.pipeline import BatchPipeline
 from stream_processor.postgres_sink import AdvisoryLease
@@ -43,9 +44,17 @@ def labels(txns: list[Transaction]) -> list[RawMessage]:
     """Each event's outcome, known at its own time, on the partition of its account."""
     return [
         RawMessage(
-            json.dumps({"transaction_id": t.transaction_id, "is_fraud": t.is_fraud,
-                        "labelled_at": t.timestamp.isoformat()}).encode(),
-            t.account_id.encode(), LABELS, partition_of(t), i,
+            json.dumps(
+                {
+                    "transaction_id": t.transaction_id,
+                    "is_fraud": t.is_fraud,
+                    "labelled_at": t.timestamp.isoformat(),
+                }
+            ).encode(),
+            t.account_id.encode(),
+            LABELS,
+            partition_of(t),
+            i,
         )  # fmt: skip
         for i, t in enumerate(txns)
     ]
@@ -205,6 +214,31 @@ def test_the_trainer_fits_the_supervised_model_on_the_labels_the_group_learned(
         assert model.frauds == sum(t.is_fraud for t in events[:800])
         scored = stored(follower, batch(events[1000:1100], 1000))
         assert {r.supervised_version for r in scored.named_rows} == {model.version}
+    finally:
+        follower.close()
+        trainer.close()
+
+
+def test_drift_a_follower_sees_makes_the_trainer_refit(group_settings, events, monkeypatch):
+    monkeypatch.setattr(scoring, "MIN_EVENTS_BEFORE_DRIFT_REFIT", 100)
+    s = group_settings.replace(refit_every_events=0, refit_interval_s=0.0)
+    trainer = BatchPipeline(s)
+    follower = BatchPipeline(s)
+    try:
+        trainer.partitions_assigned([0])
+        follower.partitions_assigned([1])
+        assert [m.version for m in stored(trainer, batch(events[:600], 0, 0)).models] == [1]
+        stored(follower, batch(events[:700], 0, 1))  # v1 taken
+        follower.core.scorer.drift.detected = True  # as its ADWIN would set it
+        stored(follower, batch(events[700:800], 700, 1))
+        [record] = follower.group.learned_records()
+        assert not follower.core.scorer.drift.detected  # told the trainer; watching anew
+        follower.group.apply_learned(record)  # its own record: nothing
+        assert follower.group.drift_in == 0
+        trainer.group.apply_learned(record)
+        stored(trainer, batch(events[600:1200], 600, 0))
+        [model] = trainer.core.wait_for_refit().models
+        assert model.reason == "drift"
     finally:
         follower.close()
         trainer.close()

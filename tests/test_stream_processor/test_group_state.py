@@ -158,16 +158,21 @@ def test_labels_learned_by_one_processor_reach_the_others_label_memory(events):
         a.table.memory.add(t.merchant, t.account_id, t.is_fraud, at)
         a.table.label_learned(t.merchant, t.account_id, t.is_fraud, at)
         alone.add(t.merchant, t.account_id, t.is_fraud, at)
-    records = a.table.learned_labels()
-    assert len(records) == 300 and a.table.learned_labels() == []
+    records = a.table.learned_records()
+    assert len(records) == 300 and a.table.learned_records() == []
     for value in records:
-        a.table.apply_label(value)  # its own: not counted twice
-        b.table.apply_label(value)
+        a.table.apply_learned(value)  # its own: not counted twice
+        b.table.apply_learned(value)
     later = events[800:900]
     assert (a.table.memory.features(later) == alone.features(later)).all()
     assert b.table.memory.labels < 300  # those known after b's clock wait for it
     b.score(consumed[400:800])
     assert (b.table.memory.features(later) == alone.features(later)).all()
-    for bad in (b"not json", b'["x", "M", "A", 2, 1.0]', b'["x", "M", "A", 1]'):
+    for bad in (
+        b"not json",
+        b'["label", "x", "M", "A", 2, 1.0]',
+        b'["label", "x", "M", "A", 1]',
+        b'["drift", "x", "v1"]',
+    ):
         with pytest.raises((ValueError, TypeError)):
-            b.table.apply_label(bad)
+            b.table.apply_learned(bad)
