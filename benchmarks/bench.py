@@ -117,8 +117,11 @@ def pipeline(
     else:
         url = f"{POSTGRES_SERVER}/fraudstream_bench_{tag}"
         ensure_database(url)
-    ps = s.replace(runtime=runtime, database_url=url,
-                   consumer_group=f"bench-{runtime}-{tag}", web_port=0)  # fmt: skip
+    # A group's shared topics of its own: another run's merchant shares would count here.
+    ps = s.replace(runtime=runtime, database_url=url, consumer_group=f"bench-{runtime}-{tag}",
+                   merchants_topic=f"bench-merchants-{tag}", learned_topic=f"bench-learned-{tag}",
+                   web_port=0)  # fmt: skip
+    ensure_topics(ps.bootstrap_servers, ps)
     engine = make_engine(ps.database_url)
     logs = [work / f"bench-{runtime}-{database}-{tag}-{i}.log" for i in range(workers)]
     started = time.monotonic()

@@ -99,6 +99,8 @@ def fresh(s: Settings, work: Path, name: str, runtime: str) -> Settings:
         alerts_topic=f"bench-{name}-alerts-{tag}",
         dlq_topic=f"bench-{name}-dlq-{tag}",
         labels_topic=f"bench-{name}-labels-{tag}",
+        merchants_topic=f"bench-{name}-merchants-{tag}",
+        learned_topic=f"bench-{name}-learned-{tag}",
         web_port=0,
     )
     ensure_topics(ns.bootstrap_servers, ns)
