@@ -20,8 +20,12 @@ the trainer refits early on it, as on its own.
 Both count here once this processor's event clock (the newest event it scored) reaches their
 time: a processor ahead in event time (with less backlog, say) does not hand its future to one
 behind it. An event's features then count what the other processors knew up to their last
-published batch before the event's time (a batch or two of wall time late when read, a second
-at most with the broker's delays).
+published batch before this processor's clock (a batch or two of wall time late when read, a
+second at most with the broker's delays). Each processor publishes a batch's shares once its
+events are stored: the events a killed processor consumed and did not store are counted once,
+by the processor that consumes them again. Not exact: an event older than a merchant's newest
+counts undecayed (as :func:`~stream_processor.features.learn_merchant` does with one
+processor), and another processor's share can make a merchant's newest time newer.
 """
 
 from __future__ import annotations
@@ -29,7 +33,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import math
+import sys
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from stream_processor.contracts import HeldEvent
 from stream_processor.features import (
@@ -41,6 +48,14 @@ from stream_processor.features import (
 )
 
 _FIELDS = ("decay_time", "count_1h", "count_1d", "count_7d", "count_30d", "sum_30d")
+MAX_LATER = 100_000  # records kept for the event clock; beyond, the oldest count at once
+
+
+class Outgoing(NamedTuple):
+    """What to publish for the others: changed shares (key, value) and learned records."""
+
+    shares: list[tuple[bytes, bytes]]
+    learned: list[bytes]
 
 
 class GroupState:
@@ -58,6 +73,9 @@ class GroupState:
     ):
         self.states, self.memory = states, memory
         states.drop_merchants()  # what was rebuilt from stored events: the shares replace it
+        # A merchant's state is the sum of its shares: one evicted could not be rebuilt from
+        # them, and the shares of every merchant are kept anyway.
+        states.max_merchants = sys.maxsize
         self.clock = clock  # the newest event time scored here (epoch s)
         self.sender = sender  # names this processor's records: its own are not counted twice
         self.own: dict[int, dict[str, MerchantState]] = {}  # partition -> merchant -> share
@@ -68,6 +86,7 @@ class GroupState:
         self._arrivals = itertools.count()  # records of one time: in the order they came
         self._changed: set[tuple[int, str]] = set()
         self._learned: list[list] = []  # labels learned and drifts seen here, to publish
+        self._stored: list[Outgoing] = []  # snapshots whose events are stored: publishable
         self.drift_in = 0  # the newest model version another processor saw drift in
 
     def learned(self, events: Iterable[HeldEvent]) -> None:
@@ -93,20 +112,31 @@ class GroupState:
         later = self._later
         while later and later[0][0] <= clock:
             _t, _n, partition, merchant, what = heapq.heappop(later)
-            if partition is None:
-                self.memory.add(merchant, *what)
-            else:
-                self._count(partition, merchant, what)
+            self._release(partition, merchant, what)
 
-    def changes(self) -> list[tuple[bytes, bytes]]:
-        """The shares changed since the last call, as the topic's records (key, value)."""
-        records = []
+    def snapshot(self) -> Outgoing:
+        """What changed here since the last snapshot (the shares as they are now): to publish
+        once the events it counts are stored (:meth:`stored`). Published sooner, a processor
+        killed before its write would hand the next holder a share that counts events it will
+        consume and count again."""
+        shares = []
         for partition, merchant in self._changed:
             share = self.own.get(partition, {}).get(merchant)
             if share is not None:
-                records.append((encode_key(partition, merchant), encode_share(share)))
-        self._changed = set()
-        return records
+                shares.append((encode_key(partition, merchant), encode_share(share)))
+        learned = [json.dumps(v).encode() for v in self._learned]
+        self._changed, self._learned = set(), []
+        return Outgoing(shares, learned)
+
+    def stored(self, outgoing: Outgoing) -> None:
+        """The events of ``outgoing`` (a :meth:`snapshot`) are stored: it may be published."""
+        if outgoing.shares or outgoing.learned:
+            self._stored.append(outgoing)
+
+    def publishable(self) -> list[Outgoing]:
+        """The snapshots stored since the last call, oldest first."""
+        out, self._stored = self._stored, []
+        return out
 
     def label_learned(self, merchant: str, account_id: str, is_fraud: int, at: float) -> None:
         """A label learned here (into ``memory`` already), for the others."""
@@ -116,11 +146,6 @@ class GroupState:
         """Drift in the scores of model ``version`` here (a processor that does not fit the
         models): for the trainer, which refits early."""
         self._learned.append(["drift", self.sender, version])
-
-    def learned_records(self) -> list[bytes]:
-        """What was learned here since the last call, as the learned topic's values."""
-        values, self._learned = self._learned, []
-        return [json.dumps(v).encode() for v in values]
 
     def apply_learned(self, value: bytes) -> None:
         """A record of the learned topic: another processor's label, into the label memory
@@ -138,7 +163,7 @@ class GroupState:
             return
         _kind, sender, merchant, account_id, is_fraud, at = record
         if not (isinstance(merchant, str) and isinstance(account_id, str)
-                and is_fraud in (0, 1) and isinstance(at, int | float)):  # fmt: skip
+                and is_fraud in (0, 1) and _finite(at)):  # fmt: skip
             raise ValueError(f"a learned label is [sender, merchant, account, 0 or 1, time], "
                              f"not {value[:80]!r}")  # fmt: skip
         if sender == self.sender:
@@ -146,8 +171,7 @@ class GroupState:
         if at <= self.clock:
             self.memory.add(merchant, account_id, is_fraud, float(at))
         else:
-            entry = (float(at), next(self._arrivals), None, merchant, (account_id, is_fraud, at))
-            heapq.heappush(self._later, entry)
+            self._wait(float(at), None, merchant, (account_id, is_fraud, float(at)))
 
     def apply_share(self, key: bytes, value: bytes) -> None:
         """A record of the topic: another processor's share, counted once the event clock
@@ -162,9 +186,7 @@ class GroupState:
         if share.decay_time <= self.clock:
             self._count(partition, merchant, share)
         else:
-            heapq.heappush(
-                self._later, (share.decay_time, next(self._arrivals), partition, merchant, share)
-            )
+            self._wait(share.decay_time, partition, merchant, share)
 
     def assigned(self, partitions: Iterable[int]) -> None:
         """The partitions this processor holds now: the newest share read for a gained one
@@ -182,6 +204,20 @@ class GroupState:
             heapq.heapify(self._later)
         for partition in gained:
             self.own[partition] = self.others.pop(partition, {})
+
+    def _wait(self, t: float, partition: int | None, merchant: str, what) -> None:
+        """Keep a record until the event clock reaches ``t`` (a processor whose clock stands
+        still, one with no partition say, counts the oldest at once beyond MAX_LATER)."""
+        heapq.heappush(self._later, (t, next(self._arrivals), partition, merchant, what))
+        if len(self._later) > MAX_LATER:
+            _t, _n, partition, merchant, what = heapq.heappop(self._later)
+            self._release(partition, merchant, what)
+
+    def _release(self, partition: int | None, merchant: str, what) -> None:
+        if partition is None:
+            self.memory.add(merchant, *what)
+        else:
+            self._count(partition, merchant, what)
 
     def _count(self, partition: int, merchant: str, share: MerchantState) -> None:
         """``share`` replaces the partition's last one in the merchant's state."""
@@ -203,7 +239,16 @@ def encode_share(share: MerchantState) -> bytes:
 
 
 def decode_share(value: bytes) -> MerchantState:
+    """A share from its record; ValueError unless it is six finite numbers, counts not below 0."""
+    numbers = json.loads(value)
+    if not (isinstance(numbers, list) and len(numbers) == len(_FIELDS)
+            and all(_finite(x) for x in numbers) and min(numbers[1:]) >= 0):  # fmt: skip
+        raise ValueError(f"a share is {len(_FIELDS)} finite numbers, not {value[:80]!r}")
     share = MerchantState()
-    for field, number in zip(_FIELDS, json.loads(value), strict=True):
+    for field, number in zip(_FIELDS, numbers, strict=True):
         setattr(share, field, float(number))
     return share
+
+
+def _finite(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)

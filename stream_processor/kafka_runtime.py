@@ -120,8 +120,8 @@ class GroupTopics:
     """What the processors of a group share (:mod:`stream_processor.group`), on two topics no
     group consumes (each processor needs every record): the merchant shares, read whole from
     the start, and what each learned (labels, drift), read from now on (the labels learned
-    before are in the database, where the processor's label memory started from). This processor's are published
-    after every batch, and before its partitions move."""
+    before are in the database, where the label memory started from). What this processor
+    learned is published once stored: after every batch, and before its partitions move."""
 
     def __init__(self, settings: Settings, group: GroupState):
         self.group = group
@@ -132,18 +132,21 @@ class GroupTopics:
                                  "group.id": f"{settings.consumer_group}-shared",
                                  "fetch.wait.max.ms": FETCH_MAX_WAIT_MS})  # fmt: skip
         start = {self.shares: OFFSET_BEGINNING, self.learned: OFFSET_END}
-        self._reader.assign([
-            TopicPartition(topic, p, offset)
-            for topic, offset in start.items()
-            for p in self._reader.list_topics(topic, timeout=10).topics[topic].partitions
-        ])  # fmt: skip
+        self._reader.assign([TopicPartition(topic, p, offset) for topic, offset in start.items()
+                             for p in self._partitions(topic)])  # fmt: skip
+
+    def _partitions(self, topic: str) -> list[int]:
+        meta = self._reader.list_topics(topic, timeout=10).topics[topic]
+        if meta.error is not None:  # not there: what the others share would never arrive
+            raise KafkaException(meta.error)
+        return list(meta.partitions)
 
     def catch_up(self, timeout_s: float = 60.0) -> int:
-        """Read the merchant shares published before this processor started, up to the end
-        offsets the broker gives now (the embedded broker's is the start of its last record
-        batch, whose few records follow with the first batches). Returns the records read."""
-        meta = self._reader.list_topics(self.shares, timeout=10).topics[self.shares]
-        parts = [TopicPartition(self.shares, p) for p in meta.partitions]
+        """Read the merchant shares published so far, up to the end offsets the broker gives
+        now (the embedded broker's is the start of its last record batch, whose few records
+        follow with the next batches): at start, and before taking partitions, whose last
+        holder published its shares as it let them go. Returns the records read."""
+        parts = [TopicPartition(self.shares, p) for p in self._partitions(self.shares)]
         ends = [self._reader.get_watermark_offsets(tp, timeout=10)[1] for tp in parts]
         read, deadline = 0, time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -161,10 +164,11 @@ class GroupTopics:
         self.publish()
 
     def publish(self, wait_s: float = 0.0) -> None:
-        for key, value in self.group.changes():
-            self._producer.produce(self.shares, key=key, value=value)
-        for value in self.group.learned_records():
-            self._producer.produce(self.learned, value=value)
+        for outgoing in self.group.publishable():
+            for key, value in outgoing.shares:
+                self._producer.produce(self.shares, key=key, value=value)
+            for value in outgoing.learned:
+                self._producer.produce(self.learned, value=value)
         if wait_s:
             self._producer.flush(wait_s)
         else:
@@ -184,7 +188,7 @@ class GroupTopics:
                     self.group.apply_share(msg.key(), msg.value())
                 else:
                     self.group.apply_learned(msg.value())
-            except (ValueError, TypeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - never stop on one bad record
                 log.warning("skipped a malformed record at %s[%d]@%d: %s",
                             msg.topic(), msg.partition(), msg.offset(), exc)  # fmt: skip
 
@@ -221,6 +225,9 @@ class GroupMember:
         if self.consuming:
             log.info("partitions assigned: %s", _names(partitions))
             self.protocol.flush()  # the idle work in flight, on the first assignment
+            if self.shared is not None:  # with the shares their last holders published
+                read = self.shared.catch_up()
+                log.info("merchant shares: %d records read from %s", read, self.shared.shares)
             topic = self.topic
             self.pipeline.partitions_assigned([p.partition for p in partitions if p.topic == topic])
 
@@ -247,20 +254,19 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
     outbox = KafkaOutbox(settings)
     protocol = CommitProtocol(pipeline, outbox, ConsumerOffsets(consumer))
     shared = None
-    if pipeline.group is not None:  # several processors: what each learns, for the others
-        shared = GroupTopics(settings, pipeline.group)
-        log.info("merchant table: %d shares read from %s", shared.catch_up(), shared.shares)
-    member = GroupMember(protocol, pipeline, settings.transactions_topic, shared)
-    consumer.subscribe(
-        [settings.transactions_topic, settings.labels_topic],
-        on_assign=member.assigned, on_revoke=member.revoked, on_lost=member.lost,
-    )  # fmt: skip
-    log.info(
-        "consuming %s and %s as group %s",
-        settings.transactions_topic, settings.labels_topic, settings.consumer_group,
-    )  # fmt: skip
+    member = GroupMember(protocol, pipeline, settings.transactions_topic)
     code = 0
     try:
+        if pipeline.sink.SHARED:  # several processors may share the database: and what they learn
+            shared = member.shared = GroupTopics(settings, pipeline.join_group())
+        consumer.subscribe(
+            [settings.transactions_topic, settings.labels_topic],
+            on_assign=member.assigned, on_revoke=member.revoked, on_lost=member.lost,
+        )  # fmt: skip
+        log.info(
+            "consuming %s and %s as group %s",
+            settings.transactions_topic, settings.labels_topic, settings.consumer_group,
+        )  # fmt: skip
         while not stop.is_set():
             raws, positions = core_messages(
                 consumer.consume(settings.batch_size, timeout=settings.batch_timeout_s)
@@ -278,10 +284,12 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
         code = 1
     finally:
         member.consuming = False
-        if shared is not None:
-            shared.close()
-        health.close()
-        consumer.close()
-        outbox.close()
-        pipeline.close()
+        try:
+            if shared is not None:  # what was stored is published, also after a failure
+                shared.close()
+        finally:
+            health.close()
+            consumer.close()
+            outbox.close()
+            pipeline.close()
     return code

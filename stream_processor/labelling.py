@@ -55,7 +55,7 @@ class SupervisedTrainer:
         # on the group's, stored in this database (read by the refit worker), counted by
         # group_learned(); its own window above is a share of them.
         self.group_database: str | None = None
-        self._group_at_fit = 0  # the group's count when the last fit started
+        self._group_at_fit: int | None = None  # the group's count when the last fit started
 
     def add(self, features: np.ndarray, is_fraud: int) -> None:
         size = len(self._y)
@@ -73,7 +73,10 @@ class SupervisedTrainer:
 
     def group_learned(self, total: int) -> None:
         """The group has learned ``total`` labels so far (several processors share the
-        database): the count towards the next refit."""
+        database): the count towards the next refit. Counted from now at the first call (this
+        processor took the lease) when a model exists: it was fit on the labels before."""
+        if self._group_at_fit is None:
+            self._group_at_fit = total if self.model is not None else 0
         self.since_fit = total - self._group_at_fit
 
     def maybe_refit(self) -> None:
@@ -81,6 +84,8 @@ class SupervisedTrainer:
         if self.refit.running or self.since_fit < s.supervised_refit_labels:
             return
         if self.group_database is not None:
+            if self._group_at_fit is None:  # the group's labels not counted yet
+                return
             self._group_at_fit += self.since_fit
             self.since_fit = 0
             self.refit.future = self.refits.submit(

@@ -17,7 +17,7 @@ from fraudstream.settings import Settings
 from stream_processor import features
 from stream_processor.contracts import TRANSACTION_ID
 from stream_processor.core import BatchResult, RawMessage, Restored, ScoringCore
-from stream_processor.group import GroupState
+from stream_processor.group import GroupState, Outgoing
 from stream_processor.outbox import Outbound
 from stream_processor.refit import RefitRunner
 from stream_processor.sink import SinkStore, open_sink
@@ -83,13 +83,10 @@ class BatchPipeline:
         )
         self.core = ScoringCore(settings, self.store, restored=restored, refits=refits)
         self.core.states.not_loaded(self.sink.account_count() - len(self.core.states))
-        self.group: GroupState | None = None
-        if self.sink.SHARED:  # events and labels are spread over the processors:
-            self.core.trainer.group_database = settings.database_url  # fit on the stored labels
-            core = self.core  # and share what each learns
-            self.group = GroupState(core.states, core.label_memory, core.learner.clock,
-                                    sender=uuid.uuid4().hex)  # fmt: skip
-            core.share(self.group)
+        if self.sink.SHARED:  # the labels are spread over the processors: fit on the stored ones
+            self.core.trainer.group_database = settings.database_url
+        self.group: GroupState | None = None  # see join_group()
+        self._snapshots: dict[str, Outgoing | None] = {"scored": None, "writing": None}
         self.lease = self.sink.trainer_lease()
         self._trains: bool | None = None  # holds the lease (None: not asked yet)
         self._synced = float("-inf")  # when the lease and the models were last checked
@@ -124,12 +121,27 @@ class BatchPipeline:
     def score(self, messages: Sequence[RawMessage]) -> BatchResult:
         """Score a batch (no write): :meth:`submit` the result next."""
         self._sync_models()
-        return self.core.process(messages)
+        return self._snapshot(self.core.process(messages))
 
     def idle_work(self) -> BatchResult:
         """What is due without new events (the idle first fit, a finished refit)."""
         self._sync_models()
-        return self.core.tick()
+        return self._snapshot(self.core.tick())
+
+    def join_group(self) -> GroupState:
+        """Several processors on this database (a runtime that carries what they share, see
+        :class:`~stream_processor.group.GroupState`): what this one learns goes to the others,
+        publishable once stored."""
+        core = self.core
+        self.group = GroupState(core.states, core.label_memory, core.learner.clock,
+                                sender=uuid.uuid4().hex)  # fmt: skip
+        core.share(self.group)
+        return self.group
+
+    def _snapshot(self, result: BatchResult) -> BatchResult:
+        if self.group is not None:  # what the batch taught, published once it is stored
+            self._snapshots["scored"] = self.group.snapshot()
+        return result
 
     # -- several processors ----------------------------------------------------------------------
 
@@ -183,7 +195,8 @@ class BatchPipeline:
             return
         gained = set(partitions) - self._partitions
         self._partitions = set(partitions)
-        self.group.assigned(partitions)
+        if self.group is not None:
+            self.group.assigned(partitions)
         self.core.warmup.reassigned(self._partitions, self.sink.held_events(sorted(gained)))
         if not gained:
             return
@@ -212,6 +225,7 @@ class BatchPipeline:
             raise RuntimeError("collect() the write in flight before submitting another")
         self.sink.submit(result, published)
         self._submitted = result
+        self._snapshots["writing"], self._snapshots["scored"] = self._snapshots["scored"], None
         if self.sink.in_flight:
             ids = [r[TRANSACTION_ID] for r in result.rows]
             ids += [p["transaction_id"] for p in result.pending_add]
@@ -227,6 +241,9 @@ class BatchPipeline:
             self.store.in_flight_ids = frozenset()
         if result is None:
             return Outbound()
+        snapshot, self._snapshots["writing"] = self._snapshots["writing"], None
+        if snapshot is not None:
+            self.group.stored(snapshot)
         for m in result.models:
             log.info(
                 "model v%d recorded (%s, %d training events, threshold %.4f; refit work in "

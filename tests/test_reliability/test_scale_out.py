@@ -245,8 +245,8 @@ def test_two_processors_compute_the_merchant_and_label_features_of_one(
     db = make_engine(s.database_url)
     csv = tmp_path / "events.csv"
     frame = write_csv(tmp_path / "days.csv", GeneratorConfig(rows=12_000, days=6, seed=12))
-    # Six days' traffic in six hours: at 1,000 events a second, a second of wall time is six
-    # minutes of event time (six days: two and a half hours, more than the shortest window).
+    # Six days' traffic in six hours: at 1,000 events a second, a second of wall time is half
+    # an hour of event time (six days: twelve hours, far more than the shortest window).
     times = pd.to_datetime(frame["timestamp"])
     frame["timestamp"] = (times.min() + (times - times.min()) / 24).dt.strftime("%Y-%m-%dT%H:%M:%S")
     frame.to_csv(csv, index=False)
@@ -273,7 +273,7 @@ def test_two_processors_compute_the_merchant_and_label_features_of_one(
             text("select transaction_id, kafka_partition, features from transactions"))}  # fmt: skip
     db.dispose()
     assert len(stored) == len(txns)
-    assert all("merchant table:" in log.read_text() for log in logs)
+    assert all("merchant shares:" in log.read_text() for log in logs)
     live = txns[1000:]
     # One processor's features (the same code, every event in order), and those of a processor
     # that sees one partition's sales and half the labels only: what each of the two would

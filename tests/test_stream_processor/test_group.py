@@ -225,13 +225,15 @@ def test_drift_a_follower_sees_makes_the_trainer_refit(group_settings, events, m
     trainer = BatchPipeline(s)
     follower = BatchPipeline(s)
     try:
+        trainer.join_group()
+        follower.join_group()
         trainer.partitions_assigned([0])
         follower.partitions_assigned([1])
         assert [m.version for m in stored(trainer, batch(events[:600], 0, 0)).models] == [1]
         stored(follower, batch(events[:700], 0, 1))  # v1 taken
         follower.core.scorer.drift.detected = True  # as its ADWIN would set it
         stored(follower, batch(events[700:800], 700, 1))
-        [record] = follower.group.learned_records()
+        [record] = [v for stored_ in follower.group.publishable() for v in stored_.learned]
         assert not follower.core.scorer.drift.detected  # told the trainer; watching anew
         follower.group.apply_learned(record)  # its own record: nothing
         assert follower.group.drift_in == 0
@@ -242,3 +244,22 @@ def test_drift_a_follower_sees_makes_the_trainer_refit(group_settings, events, m
     finally:
         follower.close()
         trainer.close()
+
+
+def test_what_a_batch_taught_is_published_once_the_batch_is_stored(group_settings, events):
+    pipeline = BatchPipeline(group_settings)
+    try:
+        state = pipeline.join_group()
+        pipeline.partitions_assigned([0, 1])
+        stored(pipeline, batch(events[:300], 0))  # the first model: 300 events scored
+        state.publishable()
+        result = pipeline.score(batch(events[300:400], 300))
+        assert state.publishable() == []  # scored, its write not even started
+        pipeline.submit(result)
+        assert state.publishable() == []  # written, not committed yet
+        pipeline.collect()
+        [outgoing] = state.publishable()
+        merchants = {json.loads(key)[1] for key, _value in outgoing.shares}
+        assert merchants == {t.merchant for t in events[300:400]}
+    finally:
+        pipeline.close()

@@ -11,6 +11,7 @@ import pytest
 
 from fraudstream.schema import Transaction
 from producer.csv_source import read_transactions
+from stream_processor import group
 from stream_processor.contracts import HeldEvent
 from stream_processor.features import AccountStates, LabelMemory, MerchantState, add_merchant
 from stream_processor.group import GroupState
@@ -50,7 +51,7 @@ class Processor:
 def exchange(*processors: Processor) -> None:
     """Every processor's changed shares to every other one, through the topic's records; then
     every clock at the newest event scored (a share of a time no event reached waits)."""
-    published = [(p, p.table.changes()) for p in processors]
+    published = [(p, p.table.snapshot().shares) for p in processors]
     for sender, records in published:
         for receiver in processors:
             if receiver is not sender:
@@ -125,7 +126,13 @@ def test_a_malformed_share_is_refused_and_changes_nothing(events):
     a = Processor([0])
     a.score(held(events[:100]))
     before = {m: at(a.states.merchant(m), 0.0) for m in {t.merchant for t in events[:100]}}
-    for key, value in [(b"not json", b"[]"), (b'[1, "M"]', b"[1, 2]"), (b"[1]", b"[]")]:
+    nan = b"[1.0, NaN, 1.0, 1.0, 1.0, 1.0]"
+    infinite = b"[Infinity, 1.0, 1.0, 1.0, 1.0, 1.0]"
+    negative = b"[1.0, 1.0, -5.0, 1.0, 1.0, 1.0]"
+    key = b'[1, "M"]'
+    bad = [(b"not json", b"[]"), (key, b"[1, 2]"), (b"[1]", b"[]"), (b'["1", "M"]', b"[]"),
+           (key, nan), (key, infinite), (key, negative), (key, b"[true, 1, 1, 1, 1, 1]")]  # fmt: skip
+    for key, value in bad:
         with pytest.raises((ValueError, TypeError)):
             a.table.apply_share(key, value)
     assert before == {m: at(a.states.merchant(m), 0.0) for m in before}
@@ -138,7 +145,7 @@ def test_a_share_ahead_of_the_event_clock_waits_for_it(events):
     a.score(consumed[:200])
     merchant = consumed[999].txn.merchant
     before = at(a.states.merchant(merchant), consumed[999].txn.event_time)
-    for key, value in b.table.changes():
+    for key, value in b.table.snapshot().shares:
         a.table.apply_share(key, value)
     assert at(a.states.merchant(merchant), consumed[999].txn.event_time) == before
     a.score(consumed[200:1000])  # a's clock reaches b's: b's share counts
@@ -158,8 +165,8 @@ def test_labels_learned_by_one_processor_reach_the_others_label_memory(events):
         a.table.memory.add(t.merchant, t.account_id, t.is_fraud, at)
         a.table.label_learned(t.merchant, t.account_id, t.is_fraud, at)
         alone.add(t.merchant, t.account_id, t.is_fraud, at)
-    records = a.table.learned_records()
-    assert len(records) == 300 and a.table.learned_records() == []
+    records = a.table.snapshot().learned
+    assert len(records) == 300 and a.table.snapshot().learned == []
     for value in records:
         a.table.apply_learned(value)  # its own: not counted twice
         b.table.apply_learned(value)
@@ -176,3 +183,17 @@ def test_labels_learned_by_one_processor_reach_the_others_label_memory(events):
     ):
         with pytest.raises((ValueError, TypeError)):
             b.table.apply_learned(bad)
+
+
+def test_a_processor_whose_clock_stands_still_keeps_a_bounded_number_of_records(
+    events, monkeypatch
+):
+    monkeypatch.setattr(group, "MAX_LATER", 10)
+    a, idle = Processor([0]), Processor([])  # idle scores nothing: its clock stays
+    a.score(held(events[:300]))
+    shares = a.table.snapshot().shares
+    assert len(shares) > 10
+    for key, value in shares:
+        idle.table.apply_share(key, value)
+    assert len(idle.table._later) == 10  # the oldest counted at once
+    assert sum(len(m) for m in idle.table.others.values()) == len(shares) - 10
