@@ -2,6 +2,7 @@
 the p99 latency at a steady feed beside a bare consumer with the same client settings.
 
     python -m benchmarks.compare --base f0d4698 [--events 200000] [--repeat 3] [--rate 1000]
+        [--database sqlite|postgresql]
 
 The base commit is checked out in a temporary git worktree and its compiled modules are built
 there with this environment's Cython; both trees then run the same measurement (the functions of
@@ -35,6 +36,7 @@ from producer.generate import GeneratorConfig, write_csv
 from producer.replay import ReplayOptions, replay
 
 events, rate, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+database = sys.argv[4]
 work = Path(tempfile.mkdtemp(prefix="fraudstream-compare-"))
 csv = work / "events.csv"
 write_csv(csv, GeneratorConfig(rows=events, days=max(30, events // 700), seed=3))
@@ -45,7 +47,7 @@ with EmbeddedBroker(log_path=work / "broker.log") as broker:
                           alerts_topic="bench-alerts", dlq_topic="bench-dlq")
     ensure_topics(broker.bootstrap, s)
     stats = replay(csv, broker.bootstrap, s.transactions_topic, ReplayOptions(progress=False))
-    eps = pipeline(s, events, "confluent", stats.last_offsets, work)[0]  # events/s, in both
+    eps = pipeline(s, events, "confluent", stats.last_offsets, work, database)[0]  # events/s
     runtime = latency(s, work, rate, seconds, "confluent")
     bare = kafka_latency(s, work, rate, seconds)
 print(json.dumps({"events_per_s": eps, "p50_ms": runtime["p50_ms"], "p99_ms": runtime["p99_ms"],
@@ -70,9 +72,10 @@ def checkout(rev: str, into: Path) -> Path:
     return tree
 
 
-def measure(tree: Path, events: int, rate: int, seconds: float) -> dict:
+def measure(tree: Path, events: int, rate: int, seconds: float, database: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    done = subprocess.run([sys.executable, "-c", DRIVER, str(events), str(rate), str(seconds)],
+    args = [str(events), str(rate), str(seconds), database]
+    done = subprocess.run([sys.executable, "-c", DRIVER, *args],
                           cwd=tree, env=env, capture_output=True, text=True, timeout=7200)  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"{tree.name}: {done.stderr[-3000:]}")
@@ -89,6 +92,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--rate", type=int, default=1000, help="the steady feed's events/s")
     ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
+                    help="where the throughput run stores (the latency runs: SQLite)")  # fmt: skip
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fraudstream-compare-"))
     revs = {"base": args.base, "head": args.head}
@@ -98,13 +103,13 @@ def main() -> None:
         for r in range(args.repeat):
             for name, tree in trees.items():  # alternated
                 print(f"repeat {r + 1}/{args.repeat}: {name} ({revs[name]})", file=sys.stderr)
-                runs[name].append(measure(tree, args.events, args.rate, args.seconds))
+                runs[name].append(measure(tree, args.events, args.rate, args.seconds, args.database))
     finally:
         for tree in work.glob("tree-*"):
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
                            capture_output=True)  # fmt: skip
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{args.events:,} events; steady feed {args.rate:,} events/s for {args.seconds:.0f} s; "
+    print(f"\n{args.events:,} events stored in {args.database}; steady feed {args.rate:,} events/s for {args.seconds:.0f} s; "
           f"{args.repeat} runs each, alternated; {os.cpu_count()} cores\n")  # fmt: skip
     print(f"| figure | base {args.base} (runs) | median | head {args.head} (runs) | median "
           "| head / base |")  # fmt: skip
