@@ -123,6 +123,10 @@ cdef class AccountStates:
 cpdef learn_merchant(MerchantState m, double amount, double t)
 
 
+@cython.locals(t=double, a=double, b=double, f30=double, g30=double)
+cpdef add_merchant(MerchantState m, MerchantState part, double sign=*)
+
+
 cdef inline int _emit(AccountStates states, double[::1] out, Py_ssize_t base) except -1:
     """The row into ``out[base:base + WIDTH]``: column k is the row's k-th double."""
     cdef double* row = <double*>&states._row

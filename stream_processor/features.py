@@ -503,18 +503,14 @@ def add_merchant(m: MerchantState, part: MerchantState, sign: float = 1.0) -> No
     """Add ``part`` (another share of the merchant's sales) to ``m``, or take it away (``sign``
     -1). Decayed sums add up once decayed to one time: the later of the two."""
     t = max(m.decay_time, part.decay_time)
-    mine, theirs = _decays(t - m.decay_time), _decays(t - part.decay_time)
-    m.count_1h = max(0.0, m.count_1h * mine[0] + sign * part.count_1h * theirs[0])
-    m.count_1d = max(0.0, m.count_1d * mine[1] + sign * part.count_1d * theirs[1])
-    m.count_7d = max(0.0, m.count_7d * mine[2] + sign * part.count_7d * theirs[2])
-    m.count_30d = max(0.0, m.count_30d * mine[3] + sign * part.count_30d * theirs[3])
-    m.sum_30d = max(0.0, m.sum_30d * mine[3] + sign * part.sum_30d * theirs[3])
+    a, b = t - m.decay_time, t - part.decay_time  # each one's age at t
+    m.count_1h = max(0.0, m.count_1h * exp(-a / 3600) + sign * part.count_1h * exp(-b / 3600))
+    m.count_1d = max(0.0, m.count_1d * exp(-a / _DAY) + sign * part.count_1d * exp(-b / _DAY))
+    f30, g30 = exp(-a / _TAU_30D), exp(-b / _TAU_30D)
+    m.count_7d = max(0.0, m.count_7d * exp(-a / _TAU_7D) + sign * part.count_7d * exp(-b / _TAU_7D))
+    m.count_30d = max(0.0, m.count_30d * f30 + sign * part.count_30d * g30)
+    m.sum_30d = max(0.0, m.sum_30d * f30 + sign * part.sum_30d * g30)
     m.decay_time = t
-
-
-def _decays(age: float) -> tuple[float, float, float, float]:
-    """What a merchant's 1-hour, 1-day, 7-day and 30-day counters keep after ``age`` seconds."""
-    return exp(-age / 3600), exp(-age / _DAY), exp(-age / _TAU_7D), exp(-age / _TAU_30D)
 
 
 class LabelMemory:

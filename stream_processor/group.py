@@ -34,6 +34,7 @@ import heapq
 import itertools
 import json
 import math
+import struct
 import sys
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -47,7 +48,6 @@ from stream_processor.features import (
     learn_merchant,
 )
 
-_FIELDS = ("decay_time", "count_1h", "count_1d", "count_7d", "count_30d", "sum_30d")
 MAX_LATER = 100_000  # records kept for the event clock; beyond, the oldest count at once
 
 
@@ -163,7 +163,7 @@ class GroupState:
             return
         _kind, sender, merchant, account_id, is_fraud, at = record
         if not (isinstance(merchant, str) and isinstance(account_id, str)
-                and is_fraud in (0, 1) and _finite(at)):  # fmt: skip
+                and is_fraud in (0, 1) and isinstance(at, int | float) and math.isfinite(at)):  # fmt: skip
             raise ValueError(f"a learned label is [sender, merchant, account, 0 or 1, time], "
                              f"not {value[:80]!r}")  # fmt: skip
         if sender == self.sender:
@@ -177,12 +177,10 @@ class GroupState:
         """A record of the topic: another processor's share, counted once the event clock
         reaches its time (this processor's own partitions are counted here, newer than any
         record of them). A malformed record raises ValueError and changes nothing."""
-        partition, merchant = json.loads(key)
-        if not isinstance(partition, int) or not isinstance(merchant, str):
-            raise ValueError(f"a share's key is [partition, merchant], not {key[:80]!r}")
-        share = decode_share(value)
+        partition, merchant = decode_key(key)
         if partition in self.own:
             return
+        share = decode_share(value)
         if share.decay_time <= self.clock:
             self._count(partition, merchant, share)
         else:
@@ -230,25 +228,38 @@ class GroupState:
         shares[merchant] = share
 
 
+# A share's record: the key "partition:merchant" (UTF-8; the first colon ends the partition),
+# the value its six counters as little-endian doubles. Tens of thousands a second go through a
+# processor: JSON took most of the cost of sharing.
+_SHARE = struct.Struct("<6d")
+
+
 def encode_key(partition: int, merchant: str) -> bytes:
-    return json.dumps([partition, merchant]).encode()
+    return b"%d:%s" % (partition, merchant.encode())
+
+
+def decode_key(key: bytes | None) -> tuple[int, str]:
+    """ValueError unless ``key`` is "partition:merchant"."""
+    partition, colon, merchant = (key or b"").partition(b":")
+    if not colon or not partition.isdigit():
+        raise ValueError(f"a share's key is partition:merchant, not {(key or b'')[:80]!r}")
+    return int(partition), merchant.decode()
 
 
 def encode_share(share: MerchantState) -> bytes:
-    return json.dumps([getattr(share, f) for f in _FIELDS]).encode()
+    return _SHARE.pack(share.decay_time, share.count_1h, share.count_1d, share.count_7d,
+                       share.count_30d, share.sum_30d)  # fmt: skip
 
 
-def decode_share(value: bytes) -> MerchantState:
+def decode_share(value: bytes | None) -> MerchantState:
     """A share from its record; ValueError unless it is six finite numbers, counts not below 0."""
-    numbers = json.loads(value)
-    if not (isinstance(numbers, list) and len(numbers) == len(_FIELDS)
-            and all(_finite(x) for x in numbers) and min(numbers[1:]) >= 0):  # fmt: skip
-        raise ValueError(f"a share is {len(_FIELDS)} finite numbers, not {value[:80]!r}")
+    try:
+        numbers = _SHARE.unpack(value or b"")
+    except struct.error as exc:
+        raise ValueError(f"a share is {_SHARE.size} bytes, not {len(value or b'')}") from exc
+    if not all(math.isfinite(x) for x in numbers) or min(numbers[1:]) < 0:
+        raise ValueError(f"a share's counters are finite and not below 0, not {numbers}")
     share = MerchantState()
-    for field, number in zip(_FIELDS, numbers, strict=True):
-        setattr(share, field, float(number))
+    (share.decay_time, share.count_1h, share.count_1d, share.count_7d, share.count_30d,
+     share.sum_30d) = numbers  # fmt: skip
     return share
-
-
-def _finite(x) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)

@@ -15,6 +15,7 @@ from producer.csv_source import read_transactions
 from stream_processor import pipeline as pipeline_module
 from stream_processor import scoring
 from stream_processor.core import RawMessage
+from stream_processor.group import decode_key
 from stream_processor.pipeline import BatchPipeline
 from stream_processor.postgres_sink import AdvisoryLease
 
@@ -259,7 +260,7 @@ def test_what_a_batch_taught_is_published_once_the_batch_is_stored(group_setting
         assert state.publishable() == []  # written, not committed yet
         pipeline.collect()
         [outgoing] = state.publishable()
-        merchants = {json.loads(key)[1] for key, _value in outgoing.shares}
+        merchants = {decode_key(key)[1] for key, _value in outgoing.shares}
         assert merchants == {t.merchant for t in events[300:400]}
     finally:
         pipeline.close()

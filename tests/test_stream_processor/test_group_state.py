@@ -5,6 +5,7 @@ topics that carry them: tests/test_reliability/test_scale_out.py)."""
 from __future__ import annotations
 
 import math
+import struct
 import zlib
 
 import pytest
@@ -126,12 +127,12 @@ def test_a_malformed_share_is_refused_and_changes_nothing(events):
     a = Processor([0])
     a.score(held(events[:100]))
     before = {m: at(a.states.merchant(m), 0.0) for m in {t.merchant for t in events[:100]}}
-    nan = b"[1.0, NaN, 1.0, 1.0, 1.0, 1.0]"
-    infinite = b"[Infinity, 1.0, 1.0, 1.0, 1.0, 1.0]"
-    negative = b"[1.0, 1.0, -5.0, 1.0, 1.0, 1.0]"
-    key = b'[1, "M"]'
-    bad = [(b"not json", b"[]"), (key, b"[1, 2]"), (b"[1]", b"[]"), (b'["1", "M"]', b"[]"),
-           (key, nan), (key, infinite), (key, negative), (key, b"[true, 1, 1, 1, 1, 1]")]  # fmt: skip
+    share = struct.Struct("<6d").pack
+    key = b"1:M"
+    bad = [(b"no colon", share(1, 1, 1, 1, 1, 1)), (b"x:M", share(1, 1, 1, 1, 1, 1)),
+           (None, share(1, 1, 1, 1, 1, 1)), (key, b"[1, 2]"), (key, None),
+           (key, share(1, math.nan, 1, 1, 1, 1)), (key, share(math.inf, 1, 1, 1, 1, 1)),
+           (key, share(1, 1, -5, 1, 1, 1)), (b"1:\xff", share(1, 1, 1, 1, 1, 1))]  # fmt: skip
     for key, value in bad:
         with pytest.raises((ValueError, TypeError)):
             a.table.apply_share(key, value)
