@@ -263,21 +263,7 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
             [settings.transactions_topic, settings.labels_topic],
             on_assign=member.assigned, on_revoke=member.revoked, on_lost=member.lost,
         )  # fmt: skip
-        log.info(
-            "consuming %s and %s as group %s",
-            settings.transactions_topic, settings.labels_topic, settings.consumer_group,
-        )  # fmt: skip
-        while not stop.is_set():
-            raws, positions = core_messages(
-                consumer.consume(settings.batch_size, timeout=settings.batch_timeout_s)
-            )
-            if raws:
-                protocol.on_batch(raws, positions)
-            else:
-                protocol.on_idle()
-            if shared is not None:
-                shared.sync()
-        protocol.close()
+        _consume(settings, consumer, protocol, shared, stop)
     except Exception as exc:  # noqa: BLE001 - whatever failed, stop before committing more
         log.critical("FATAL: %s. Stopping; no offset past the last stored batch.",
                      _describe(exc), exc_info=not isinstance(exc, EXPECTED))  # fmt: skip
@@ -293,3 +279,23 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
             outbox.close()
             pipeline.close()
     return code
+
+
+def _consume(settings: Settings, consumer: Consumer, protocol: CommitProtocol,
+             shared: GroupTopics | None, stop: threading.Event) -> None:  # fmt: skip
+    """Batches to the commit protocol, and what the group shares between them, until ``stop``."""
+    log.info(
+        "consuming %s and %s as group %s",
+        settings.transactions_topic, settings.labels_topic, settings.consumer_group,
+    )  # fmt: skip
+    while not stop.is_set():
+        raws, positions = core_messages(
+            consumer.consume(settings.batch_size, timeout=settings.batch_timeout_s)
+        )
+        if raws:
+            protocol.on_batch(raws, positions)
+        else:
+            protocol.on_idle()
+        if shared is not None:
+            shared.sync()
+    protocol.close()
