@@ -150,10 +150,12 @@ labels = Table(
 labels_table = labels  # for modules with a local variable called labels
 
 # PostgreSQL only (SQLite has no sequences; its one processor counts its own): advanced by every
-# processor's write for each label it learned, so the trainer knows how many the group learned
-# without counting the table. Not transactional: a write tried again counts twice, which only
-# brings a refit forward.
+# processor's write for each event it stored and each label it learned, so the trainer knows
+# how much the group saw without counting the tables. Not transactional: a write tried again
+# counts twice, which only brings a refit forward.
+events_scored = Sequence("events_scored", metadata=metadata)
 labels_learned = Sequence("labels_learned", metadata=metadata)
+GROUP_COUNTERS = (events_scored, labels_learned)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 BUSY_TIMEOUT_PRAGMA = f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}"
@@ -276,7 +278,8 @@ def drop_tables(database_url: str) -> None:
                 # tables' own, quoted by the dialect.
                 name = engine.dialect.identifier_preparer.format_table(table)
                 conn.exec_driver_sql(f"drop table if exists {name} cascade")
-            conn.exec_driver_sql(f"drop sequence if exists {labels_learned.name}")
+            for sequence in GROUP_COUNTERS:
+                conn.exec_driver_sql(f"drop sequence if exists {sequence.name}")
     finally:
         engine.dispose()
 

@@ -45,7 +45,7 @@ from stream_processor.labels import Label, decode_label
 from stream_processor.model import FittedModel, Model, SupervisedModel
 from stream_processor.reasons import explain
 from stream_processor.refit import RefitRunner
-from stream_processor.scoring import AnomalyScorer, Scores, Versions
+from stream_processor.scoring import AnomalyScorer, GroupCount, Scores, Versions
 from stream_processor.warmup import WarmUp
 
 __all__ = [
@@ -349,6 +349,13 @@ class ScoringCore:
             self.scorer.adopt(model)
         self.versions.next = max(self.versions.next, model.version + 1)
         log.info("%s v%d taken from the trainer", model.kind, model.version)
+
+    def fit_on_group(self, database_url: str) -> None:
+        """Several processors share ``database_url``: the trainer fits both models on what the
+        whole group stored there, and counts what the group stored towards each refit
+        (``scorer.group_scored``, ``trainer.group_learned``)."""
+        self.scorer.group = GroupCount(database_url)
+        self.trainer.group = GroupCount(database_url)
 
     def share(self, group: GroupState) -> None:
         """Several processors: the merchant shares and labels learned here go to ``group``

@@ -62,6 +62,15 @@ def fit_model(
     return replace(model, threshold=threshold, fit_seconds=time.perf_counter() - started)
 
 
+def fit_model_stored(database_url: str, window: int, **fit) -> FittedModel | None:
+    """:func:`fit_model` on the newest ``window`` events the group stored, read from the shared
+    database here in the worker; None while it holds none."""
+    from stream_processor.sink import stored_anomaly_inputs  # the worker's own connection
+
+    features = stored_anomaly_inputs(database_url, window)
+    return fit_model(features, **fit) if len(features) else None
+
+
 def fit_supervised(
     features: np.ndarray,
     labels: np.ndarray,

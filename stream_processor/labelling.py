@@ -24,7 +24,7 @@ from stream_processor.group import GroupState
 from stream_processor.labels import Label
 from stream_processor.model import FIT_SUPERVISED, FIT_SUPERVISED_STORED, SupervisedModel
 from stream_processor.refit import RefitRunner
-from stream_processor.scoring import BackgroundFit, Versions
+from stream_processor.scoring import BackgroundFit, GroupCount, Versions
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,8 @@ class SupervisedTrainer:
         self.since_fit = 0  # labels added since the last fit started
         self.refit = BackgroundFit("supervised refit", versions)
         # Several processors: each learns the labels of its own partitions, so the trainer fits
-        # on the group's, stored in this database (read by the refit worker), counted by
-        # group_learned(); its own window above is a share of them.
-        self.group_database: str | None = None
-        self._group_at_fit: int | None = None  # the group's count when the last fit started
+        # on the group's, counted by group_learned(); its own window above is a share of them.
+        self.group: GroupCount | None = None
 
     def add(self, features: np.ndarray, is_fraud: int) -> None:
         size = len(self._y)
@@ -63,7 +61,7 @@ class SupervisedTrainer:
         self._y[self._pos] = is_fraud
         self._pos = (self._pos + 1) % size
         self._len = min(size, self._len + 1)
-        if self.group_database is None:  # else counted by group_learned()
+        if self.group is None:  # else counted by group_learned()
             self.since_fit += 1
 
     def restored(self) -> None:
@@ -72,25 +70,21 @@ class SupervisedTrainer:
         self.since_fit = 0 if self.model is not None else self._len
 
     def group_learned(self, total: int) -> None:
-        """The group has learned ``total`` labels so far (several processors share the
-        database): the count towards the next refit. Counted from now at the first call (this
-        processor took the lease) when a model exists: it was fit on the labels before."""
-        if self._group_at_fit is None:
-            self._group_at_fit = total if self.model is not None else 0
-        self.since_fit = total - self._group_at_fit
+        """The group has learned ``total`` labels so far: the count towards the next refit."""
+        assert self.group is not None
+        self.since_fit = self.group.since_fit(total, model_exists=self.model is not None)
 
     def maybe_refit(self) -> None:
         s = self.settings
-        if self.refit.running or self.since_fit < s.supervised_refit_labels:
+        due = self.since_fit > 0 and self.since_fit >= s.supervised_refit_labels
+        if self.refit.running or not due:
             return
-        if self.group_database is not None:
-            if self._group_at_fit is None:  # the group's labels not counted yet
-                return
-            self._group_at_fit += self.since_fit
+        if self.group is not None:
+            self.group.fit_started(self.since_fit)
             self.since_fit = 0
             self.refit.future = self.refits.submit(
                 FIT_SUPERVISED_STORED,
-                self.group_database,
+                self.group.url,
                 s.supervised_window,
                 min_frauds=s.supervised_min_frauds,
                 version=0,  # numbered when swapped in

@@ -26,6 +26,7 @@ _NO_NAN_RULE = np.zeros(0, dtype=np.uint8)
 # What the refit worker runs, by name (``RefitRunner.submit``): importing them would import
 # scikit-learn.
 FIT_ANOMALY = "stream_processor.fitting:fit_model"
+FIT_ANOMALY_STORED = "stream_processor.fitting:fit_model_stored"
 FIT_SUPERVISED = "stream_processor.fitting:fit_supervised"
 FIT_SUPERVISED_STORED = "stream_processor.fitting:fit_supervised_stored"
 LOAD_ANOMALY = "stream_processor.fitting:load_model"

@@ -83,8 +83,8 @@ class BatchPipeline:
         )
         self.core = ScoringCore(settings, self.store, restored=restored, refits=refits)
         self.core.states.not_loaded(self.sink.account_count() - len(self.core.states))
-        if self.sink.SHARED:  # the labels are spread over the processors: fit on the stored ones
-            self.core.trainer.group_database = settings.database_url
+        if self.sink.SHARED:  # events and labels spread over the processors: fit on the stored
+            self.core.fit_on_group(settings.database_url)
         self.group: GroupState | None = None  # see join_group()
         self._snapshots: dict[str, Outgoing | None] = {"scored": None, "writing": None}
         self.lease = self.sink.trainer_lease()
@@ -168,7 +168,9 @@ class BatchPipeline:
         core.train(trains)
         if trains:
             if self.sink.SHARED:
-                core.trainer.group_learned(self.sink.labels_learned())
+                counts = self.sink.group_counts()
+                core.scorer.group_scored(counts.scored)
+                core.trainer.group_learned(counts.learned)
                 if core.model is None:  # the group's held events, to fit on
                     core.warmup.group = self.sink.held_events()
             return

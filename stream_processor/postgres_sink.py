@@ -17,8 +17,16 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects.postgresql import insert
 
 from fraudstream.retry import retry
+from fraudstream.tables import events_scored, labels_learned
 from stream_processor.core import ROW_COLUMNS
-from stream_processor.sink import OUTAGE_ATTEMPTS, Sink, SinkError, Step, TrainerLease
+from stream_processor.sink import (
+    OUTAGE_ATTEMPTS,
+    GroupCounts,
+    Sink,
+    SinkError,
+    Step,
+    TrainerLease,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +54,12 @@ INSERT_INCOMING = (
     f" select {', '.join(ROW_COLUMNS)} from {INCOMING}"
     " on conflict (transaction_id) do nothing"
 )
-COUNT_LEARNED = "select nextval('labels_learned') from generate_series(1, %s)"
+# The group's counters (tables.GROUP_COUNTERS) a write's steps advance by their rows.
+COUNTED = {"rows": events_scored.name, "labels_released": labels_learned.name}
+COUNT = "select count(nextval(%s)) from generate_series(1, %s)"
+GROUP_COUNTS = "select " + ", ".join(
+    f"coalesce(pg_sequence_last_value('{s.name}'), 0)" for s in (events_scored, labels_learned)
+)
 TRAINER_LOCK = 0x6672617564747261  # the advisory lock of the models' trainer ("fraudtra")
 TRANSIENT = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
              psycopg.OperationalError)  # fmt: skip
@@ -105,8 +118,8 @@ class PostgresSink(Sink):
                         cur.execute(INSERT_INCOMING)
                     else:
                         cur.executemany(self._sql(step), step.rows)
-                    if step.name == "labels_released":  # the group's count (tables.labels_learned)
-                        cur.execute(COUNT_LEARNED, [len(step.rows)])
+                    if step.name in COUNTED:
+                        cur.execute(COUNT, [COUNTED[step.name], len(step.rows)])
             conn.commit()
         except BaseException:
             if not conn.closed:
@@ -136,13 +149,12 @@ class PostgresSink(Sink):
 
     # -- reading -------------------------------------------------------------------------------
 
-    def labels_learned(self) -> int:
-        """How many labels the processors sharing the database learned (tables.labels_learned;
-        a little more after a write that was tried again): one sequence read, not a count."""
+    def group_counts(self) -> GroupCounts:
+        """How many events the processors sharing the database stored and labels they learned
+        (tables.GROUP_COUNTERS; a little more after a write that was tried again): two sequence
+        reads, not counts."""
         with self.engine.connect() as conn:
-            return conn.exec_driver_sql(
-                "select coalesce(pg_sequence_last_value('labels_learned'), 0)"
-            ).scalar()
+            return GroupCounts(*conn.exec_driver_sql(GROUP_COUNTS).one())
 
     def _by_ids(self, sql: str, ids: list[str], **more) -> list:
         with self.engine.connect() as conn:

@@ -19,7 +19,13 @@ from fraudstream.settings import Settings
 from stream_processor import compat
 from stream_processor.contracts import BatchResult
 from stream_processor.features import ANOMALY_COLUMNS, FEATURE_NAMES
-from stream_processor.model import FIT_ANOMALY, FittedModel, Model, SupervisedModel
+from stream_processor.model import (
+    FIT_ANOMALY,
+    FIT_ANOMALY_STORED,
+    FittedModel,
+    Model,
+    SupervisedModel,
+)
 from stream_processor.refit import PickledFuture, RefitRunner
 
 log = logging.getLogger(__name__)
@@ -71,6 +77,30 @@ class BackgroundFit:
     def wait(self, timeout_s: float) -> None:
         if self.future is not None:
             self.future.exception(timeout=timeout_s)
+
+
+class GroupCount:
+    """Several processors share the database (its ``url``): the trainer fits on what the whole
+    group stored, read there by the refit worker, and counts towards the next refit what the
+    group's writes count (``stream_processor.sink.GroupCounts``, read every ``MODEL_SYNC_S``).
+
+    Counted from the first reading when a model exists (it was fit on what came before); from
+    zero without one."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._at_fit: int | None = None  # the group's count when the last fit started
+
+    def since_fit(self, total: int, *, model_exists: bool) -> int:
+        """What the group counted since the last fit started, at ``total`` so far."""
+        if self._at_fit is None:
+            self._at_fit = total if model_exists else 0
+        return total - self._at_fit
+
+    def fit_started(self, since_fit: int) -> None:
+        """A fit on what the group stored started, ``since_fit`` after the last one."""
+        assert self._at_fit is not None, "a fit before the group's count was read"
+        self._at_fit += since_fit
 
 
 class DriftWatch:
@@ -148,7 +178,8 @@ class AnomalyScorer:
         self.versions = versions
         self.model = model
         self.window = TrainingWindow(settings.training_window)
-        self.since_fit = 0  # events scored since the last fit started
+        self.since_fit = 0  # events scored (by the group: group_scored()) since the last fit started
+        self.group: GroupCount | None = None  # several processors: fit on what they stored
         self.last_fit = time.monotonic()
         self.refit = BackgroundFit("refit", versions)
         self.drift = DriftWatch(settings.drift_delta, counts)
@@ -174,24 +205,27 @@ class AnomalyScorer:
     def observe(self, features: np.ndarray, scores: np.ndarray, *, watch_drift: bool) -> None:
         """A scored batch: its features join the training window, its scores the drift watch
         (``watch_drift``: where this processor fits the models)."""
-        self.window.add(features)
-        self.since_fit += len(features)
+        if self.group is None:  # else the group's stored events are the window
+            self.window.add(features)
+            self.since_fit += len(features)
         if watch_drift:
             self.drift.watch(scores)
 
     def fit_first(self, features: np.ndarray, result: BatchResult) -> FittedModel:
         """Fit the first model on ``features`` (the held events), wait for it and install it."""
         inputs = features[:, ANOMALY_COLUMNS]  # fit in the refit worker too; this batch waits
-        model = self._fit(self.refits.run, inputs, version=self.versions.next, reason="initial")
+        model = self._fit(self.refits.run, FIT_ANOMALY, inputs, version=self.versions.next,
+                          reason="initial")  # fmt: skip
         self._install(model, result)
         return model
 
-    def _fit(self, run, training: np.ndarray, *, version: int, reason: str):
-        """The anomaly fit on ``training`` by ``run`` (the refit runner's ``run`` or ``submit``)."""
+    def _fit(self, run, fit: str, *training, version: int, reason: str):
+        """The anomaly fit ``fit`` on ``training`` (the window, or where the group's is stored)
+        by ``run`` (the refit runner's ``run`` or ``submit``)."""
         s = self.settings
         return run(
-            FIT_ANOMALY,
-            training,
+            fit,
+            *training,
             version=version,
             reason=reason,
             flag_quantile=s.flag_quantile,
@@ -199,18 +233,28 @@ class AnomalyScorer:
             seed=s.model_seed,
         )
 
+    def group_scored(self, total: int) -> None:
+        """The group has stored ``total`` events so far: the count towards the next refit."""
+        assert self.group is not None
+        self.since_fit = self.group.since_fit(total, model_exists=self.model is not None)
+
     def maybe_refit(self) -> None:
         if self.model is None or self.refit.running or self.since_fit == 0:
             return
         reason = self._due()
         if reason is None:
             return
-        training = self.window.anomaly_inputs()
+        if self.group is None:
+            fit, training = FIT_ANOMALY, (self.window.anomaly_inputs(),)
+        else:
+            self.group.fit_started(self.since_fit)
+            fit, training = FIT_ANOMALY_STORED, (self.group.url, self.settings.training_window)
         self.since_fit = 0
         self.last_fit = time.monotonic()
         self.drift.detected = False
         # version 0: numbered when swapped in
-        self.refit.future = self._fit(self.refits.submit, training, version=0, reason=reason)
+        self.refit.future = self._fit(self.refits.submit, fit, *training, version=0,
+                                      reason=reason)  # fmt: skip
 
     def _due(self) -> str | None:
         """Why a refit is due now (drift, events, interval), else None."""

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 from sqlalchemy import Engine, bindparam, delete, func, select, update
@@ -82,6 +82,13 @@ def _log_away(exc: BaseException, attempt: int) -> None:
 
 class SinkError(RuntimeError):
     """The database cannot be written: the processor must stop rather than lose events."""
+
+
+class GroupCounts(NamedTuple):
+    """What every processor sharing a database has stored so far: the trainer's refit counts."""
+
+    scored: int  # events stored
+    learned: int  # labels learned
 
 
 def open_sink(database_url: str) -> Sink:
@@ -271,9 +278,9 @@ class Sink:
         """Whether this processor fits the models (see :class:`TrainerLease`)."""
         return SoleTrainer()
 
-    def labels_learned(self) -> int:
-        """How many labels the processors sharing the database learned (SHARED sinks only:
-        one processor counts its own)."""
+    def group_counts(self) -> GroupCounts:
+        """How many events the processors sharing the database stored and labels they learned
+        (SHARED sinks only: one processor counts its own)."""
         raise NotImplementedError
 
     def next_version(self) -> int:
@@ -490,6 +497,24 @@ def stored_labels(database_url: str, limit: int) -> tuple[np.ndarray, np.ndarray
     features = np.array([event.features for event, _ in pairs])
     features = features.reshape(len(pairs), len(SUPERVISED_FEATURE_NAMES))
     return features, np.array([label.is_fraud for _, label in pairs], dtype=np.int8)
+
+
+def stored_anomaly_inputs(database_url: str, limit: int) -> np.ndarray:
+    """The anomaly model's inputs (ANOMALY_FEATURE_NAMES) of the newest ``limit`` stored events
+    by event time (every processor's): what the trainer of a group refits the Isolation Forest
+    on, read on a connection of its own."""
+    t = transactions
+    newest = select(t.c.features).order_by(t.c.timestamp.desc()).limit(limit)
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(newest).scalars().all()
+    finally:
+        engine.dispose()
+    rows = [json.loads(text) for text in reversed(stored)]  # oldest first, as a window is
+    names = ANOMALY_FEATURE_NAMES
+    inputs = np.array([[row.get(name, 0.0) for name in names] for row in rows], dtype=float)
+    return inputs.reshape(len(rows), len(names))
 
 
 def _labelled(r) -> LabelledEvent:

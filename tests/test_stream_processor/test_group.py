@@ -15,9 +15,11 @@ from producer.csv_source import read_transactions
 from stream_processor import pipeline as pipeline_module
 from stream_processor import scoring
 from stream_processor.core import RawMessage
+from stream_processor.features import ANOMALY_FEATURE_NAMES
 from stream_processor.group import decode_key
 from stream_processor.pipeline import BatchPipeline
 from stream_processor.postgres_sink import AdvisoryLease
+from stream_processor.sink import stored_anomaly_inputs
 
 PARTITIONS = 2
 LABELS = "labels-group"
@@ -192,11 +194,10 @@ def test_events_held_for_a_partition_that_moves_are_scored_by_its_new_processor_
         b.close()
 
 
-def test_the_trainer_fits_the_supervised_model_on_the_labels_the_group_learned(
-    group_settings, events
-):
+def test_the_trainer_fits_both_models_on_what_the_group_stored(group_settings, events):
     s = group_settings.replace(labels_topic=LABELS, supervised_refit_labels=300,
-                               supervised_min_frauds=3)  # fmt: skip
+                               supervised_min_frauds=3, refit_every_events=500,
+                               training_window=600)  # fmt: skip
     trainer = BatchPipeline(s)  # with no partition, no event and no label comes to it
     follower = BatchPipeline(s)
     try:
@@ -206,15 +207,24 @@ def test_the_trainer_fits_the_supervised_model_on_the_labels_the_group_learned(
         assert [m.kind for m in stored(trainer, []).models] == ["isolation_forest"]  # ... v1
         learned = stored(follower, batch(events[300:1000], 300) + labels(events[:800]))
         assert len(learned.labels_released) == 800 and trainer.core.label_memory.labels == 0
-        stored(trainer, [])  # the trainer counts the group's labels: a refit is due
+        stored(trainer, [])  # the trainer counts the group's events and labels: refits are due
         fitted = trainer.core.wait_for_refit()
         trainer.submit(fitted)
         trainer.collect()
-        [model] = fitted.models
-        assert model.kind == "supervised" and model.training_rows == 800
-        assert model.frauds == sum(t.is_fraud for t in events[:800])
+        models = {m.kind: m for m in fitted.models}
+        supervised, forest = models["supervised"], models["isolation_forest"]
+        assert supervised.training_rows == 800
+        assert supervised.frauds == sum(t.is_fraud for t in events[:800])
+        assert forest.reason == "events" and forest.training_rows == 600
+        # the forest's window: the newest 600 of the 1,000 events stored, by event time
+        by_time = sorted(learned.named_rows, key=lambda r: r.timestamp)
+        assert len(by_time) == 1000 and by_time[-600].timestamp > by_time[-601].timestamp
+        newest = by_time[-600:]
+        window = [[json.loads(r.features)[n] for n in ANOMALY_FEATURE_NAMES] for r in newest]
+        assert sorted(stored_anomaly_inputs(s.database_url, 600).tolist()) == sorted(window)
         scored = stored(follower, batch(events[1000:1100], 1000))
-        assert {r.supervised_version for r in scored.named_rows} == {model.version}
+        assert {r.supervised_version for r in scored.named_rows} == {supervised.version}
+        assert {r.model_version for r in scored.named_rows} == {forest.version}
     finally:
         follower.close()
         trainer.close()
