@@ -24,6 +24,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
 )
 from sqlalchemy.engine import URL, make_url
@@ -155,7 +156,17 @@ labels_table = labels  # for modules with a local variable called labels
 # counts twice, which only brings a refit forward.
 events_scored = Sequence("events_scored", metadata=metadata)
 labels_learned = Sequence("labels_learned", metadata=metadata)
-GROUP_COUNTERS = (events_scored, labels_learned)
+# PostgreSQL only: the models' version numbers, drawn by whichever processor fits them, so two
+# processors that both believe they hold the trainer's lease (the lease moving while the old
+# holder has not noticed yet) never number two models alike.
+model_version = Sequence("model_version", metadata=metadata)
+SEQUENCES = (events_scored, labels_learned, model_version)
+# A database whose models were numbered before model_version existed: the new sequence starts
+# past them.
+MODEL_VERSION_PAST_STORED = (
+    "select setval('model_version', newest) from"
+    " (select max(version) as newest from model_versions) stored where newest is not null"
+)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 BUSY_TIMEOUT_PRAGMA = f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}"
@@ -278,7 +289,7 @@ def drop_tables(database_url: str) -> None:
                 # tables' own, quoted by the dialect.
                 name = engine.dialect.identifier_preparer.format_table(table)
                 conn.exec_driver_sql(f"drop table if exists {name} cascade")
-            for sequence in GROUP_COUNTERS:
+            for sequence in SEQUENCES:
                 conn.exec_driver_sql(f"drop sequence if exists {sequence.name}")
     finally:
         engine.dispose()
@@ -298,7 +309,10 @@ def _create_tables(engine: Engine) -> None:
     if engine.dialect.name == "postgresql":
         with engine.begin() as conn:
             conn.execute(select(func.pg_advisory_xact_lock(CREATE_LOCK)))
+            numbered = inspect(conn).has_sequence(model_version.name)
             metadata.create_all(conn)
+            if not numbered:
+                conn.exec_driver_sql(MODEL_VERSION_PAST_STORED)
     else:
         retry(lambda: metadata.create_all(engine), transient=_sqlite_transient, first_wait_s=0.05)
     _check_columns(engine)

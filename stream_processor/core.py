@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -350,12 +350,14 @@ class ScoringCore:
         self.versions.next = max(self.versions.next, model.version + 1)
         log.info("%s v%d taken from the trainer", model.kind, model.version)
 
-    def fit_on_group(self, database_url: str) -> None:
+    def fit_on_group(self, database_url: str, draw_version: Callable[[], int]) -> None:
         """Several processors share ``database_url``: the trainer fits both models on what the
-        whole group stored there, and counts what the group stored towards each refit
-        (``scorer.group_scored``, ``trainer.group_learned``)."""
+        whole group stored there, counts what the group stored towards each refit
+        (``scorer.group_scored``, ``trainer.group_learned``), and numbers its models by
+        ``draw_version`` (the database's sequence)."""
         self.scorer.group = GroupCount(database_url)
         self.trainer.group = GroupCount(database_url)
+        self.versions.draw = draw_version
 
     def share(self, group: GroupState) -> None:
         """Several processors: the merchant shares and labels learned here go to ``group``

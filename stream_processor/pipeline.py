@@ -84,7 +84,7 @@ class BatchPipeline:
         self.core = ScoringCore(settings, self.store, restored=restored, refits=refits)
         self.core.states.not_loaded(self.sink.account_count() - len(self.core.states))
         if self.sink.SHARED:  # events and labels spread over the processors: fit on the stored
-            self.core.fit_on_group(settings.database_url)
+            self.core.fit_on_group(settings.database_url, self.sink.draw_version)
         self.group: GroupState | None = None  # see join_group()
         self._snapshots: dict[str, Outgoing | None] = {"scored": None, "writing": None}
         self.lease = self.sink.trainer_lease()

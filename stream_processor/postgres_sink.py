@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects.postgresql import insert
 
 from fraudstream.retry import retry
-from fraudstream.tables import events_scored, labels_learned
+from fraudstream.tables import events_scored, labels_learned, model_version
 from stream_processor.core import ROW_COLUMNS
 from stream_processor.sink import (
     OUTAGE_ATTEMPTS,
@@ -26,6 +26,7 @@ from stream_processor.sink import (
     SinkError,
     Step,
     TrainerLease,
+    while_away,
 )
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ INSERT_INCOMING = (
     f" select {', '.join(ROW_COLUMNS)} from {INCOMING}"
     " on conflict (transaction_id) do nothing"
 )
-# The group's counters (tables.GROUP_COUNTERS) a write's steps advance by their rows.
+# The group's counters (tables.SEQUENCES) a write's steps advance by their rows.
 COUNTED = {"rows": events_scored.name, "labels_released": labels_learned.name}
 COUNT = "select count(nextval(%s)) from generate_series(1, %s)"
 GROUP_COUNTS = "select " + ", ".join(
@@ -149,9 +150,16 @@ class PostgresSink(Sink):
 
     # -- reading -------------------------------------------------------------------------------
 
+    @while_away
+    def draw_version(self) -> int:
+        """The next model's version number, unique among the processors sharing the database
+        (tables.model_version)."""
+        with self.engine.begin() as conn:
+            return conn.execute(model_version.next_value()).scalar_one()
+
     def group_counts(self) -> GroupCounts:
         """How many events the processors sharing the database stored and labels they learned
-        (tables.GROUP_COUNTERS; a little more after a write that was tried again): two sequence
+        (tables.SEQUENCES; a little more after a write that was tried again): two sequence
         reads, not counts."""
         with self.engine.connect() as conn:
             return GroupCounts(*conn.exec_driver_sql(GROUP_COUNTS).one())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -34,14 +35,16 @@ MIN_EVENTS_BEFORE_DRIFT_REFIT = 1000  # a drift refit trains on at least this ma
 
 
 class Versions:
-    """The next model version: the anomaly and the supervised models share one sequence."""
+    """The next model version: the anomaly and the supervised models share one sequence, this
+    processor's own, or, with several processors, the database's (``draw``)."""
 
     def __init__(self, start: int = 1):
         self.next = start
+        self.draw: Callable[[], int] | None = None  # several processors: the shared sequence
 
     def take(self) -> int:
-        version = self.next
-        self.next += 1
+        version = self.draw() if self.draw is not None else self.next
+        self.next = max(self.next, version + 1)
         return version
 
 
@@ -178,7 +181,8 @@ class AnomalyScorer:
         self.versions = versions
         self.model = model
         self.window = TrainingWindow(settings.training_window)
-        self.since_fit = 0  # events scored (by the group: group_scored()) since the last fit started
+        # events scored (by the group: group_scored()) since the last fit started
+        self.since_fit = 0
         self.group: GroupCount | None = None  # several processors: fit on what they stored
         self.last_fit = time.monotonic()
         self.refit = BackgroundFit("refit", versions)
@@ -214,7 +218,7 @@ class AnomalyScorer:
     def fit_first(self, features: np.ndarray, result: BatchResult) -> FittedModel:
         """Fit the first model on ``features`` (the held events), wait for it and install it."""
         inputs = features[:, ANOMALY_COLUMNS]  # fit in the refit worker too; this batch waits
-        model = self._fit(self.refits.run, FIT_ANOMALY, inputs, version=self.versions.next,
+        model = self._fit(self.refits.run, FIT_ANOMALY, inputs, version=self.versions.take(),
                           reason="initial")  # fmt: skip
         self._install(model, result)
         return model

@@ -56,3 +56,27 @@ def test_a_new_database_gets_16_kb_pages_and_an_existing_one_keeps_its_own(tmp_p
         assert set(metadata.tables) <= {
             r[0] for r in conn.execute("select name from sqlite_master where type='table'")
         }
+
+
+def test_a_database_whose_models_were_numbered_before_the_version_sequence_numbers_past_them(
+    postgres_url,
+):
+    from sqlalchemy import text
+
+    from fraudstream.tables import model_versions
+
+    engine = make_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("drop sequence model_version")
+        conn.execute(model_versions.insert().values(
+            version=7, kind="isolation_forest", fitted_at=0.0, reason="initial", training_rows=1,
+            threshold=0.5, fit_seconds=0.0, model=b"", feature_names="[]"))  # fmt: skip
+    engine.dispose()
+    engine = make_engine(postgres_url)
+    with engine.begin() as conn:
+        assert conn.execute(text("select nextval('model_version')")).scalar() == 8
+    engine.dispose()
+    engine = make_engine(postgres_url)  # opened again: the sequence goes on where it was
+    with engine.begin() as conn:
+        assert conn.execute(text("select nextval('model_version')")).scalar() == 9
+    engine.dispose()

@@ -9,8 +9,10 @@ import time
 import zlib
 
 import pytest
+from sqlalchemy import select
 
 from fraudstream.schema import Transaction
+from fraudstream.tables import make_engine, model_versions
 from producer.csv_source import read_transactions
 from stream_processor import pipeline as pipeline_module
 from stream_processor import scoring
@@ -77,6 +79,18 @@ def group_settings(settings, postgres_url, monkeypatch):
     return settings.replace(database_url=postgres_url, warmup_events=200)
 
 
+def stored_models(database_url: str) -> dict[int, float]:
+    """version -> fitted_at of the models recorded in ``model_versions``."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return dict(
+                conn.execute(select(model_versions.c.version, model_versions.c.fitted_at)).all()
+            )
+    finally:
+        engine.dispose()
+
+
 def eventually(check, timeout_s: float = 10.0) -> bool:
     """``check()`` polled until true (the server releases a lock just after its session ends)."""
     deadline = time.monotonic() + timeout_s
@@ -120,11 +134,37 @@ def test_one_trainer_fits_the_others_score_with_its_versions(group_settings, eve
         trainer.close()
         trainer = None
         assert eventually(lambda: follower.handle([]) is not None and follower.core.trains)
-        assert follower.core.versions.next == 2
+        assert follower.core.versions.take() == 2  # the database's sequence, past v1
     finally:
         follower.close()
         if trainer is not None:
             trainer.close()
+
+
+def test_two_processors_that_both_believe_they_train_never_number_two_models_alike(
+    group_settings, events
+):
+    """The lease moved while its old holder had not noticed yet (it checks every second):
+    for that moment both fit models, and each one is recorded under a number of its own."""
+    s = group_settings.replace(refit_every_events=200)
+    trainer, stale = BatchPipeline(s), BatchPipeline(s)
+    stale.lease.held = lambda: True  # it lost the lease and does not know it yet
+    try:
+        models = []
+        for start in range(0, 1200, 300):
+            for pipeline, partition in ((trainer, 0), (stale, 1)):
+                scored = pipeline.score(batch(events[start : start + 300], start, partition))
+                for result in (scored, pipeline.core.wait_for_refit()):  # each one recorded
+                    pipeline.submit(result)
+                    pipeline.collect()
+                    models += result.models
+        assert len(models) >= 4 and {m.version for m in models} >= {1, 2}
+        assert len({m.version for m in models}) == len(models)
+        recorded = stored_models(s.database_url)
+        assert all(recorded.get(m.version) == m.fitted_at for m in models)
+    finally:
+        stale.close()
+        trainer.close()
 
 
 def test_a_processor_gaining_a_partition_rebuilds_its_accounts_from_the_database(
