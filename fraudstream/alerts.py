@@ -18,7 +18,7 @@ def format_alert(alert: dict) -> str:
     head = (
         f"{alert.get('timestamp', '?')}  {alert.get('transaction_id', '?')}  "
         f"{alert.get('account_id', '?')}  {float(alert.get('amount', 0)):,.2f} at "
-        f"{alert.get('merchant', '?')} ({alert.get('location', '?')})  "
+        f"{alert.get('merchant', '?')} ({alert.get('location') or 'place not known'})  "
         f"score {float(alert.get('score', 0)):.3f} > {float(alert.get('threshold', 0)):.3f} "
         f"[model v{alert.get('model_version', '?')}]"
     )

@@ -19,7 +19,11 @@ import orjson
 from fraudstream.text_safety import hidden_character, hidden_in
 
 INPUT_COLUMNS = ("transaction_id", "account_id", "amount", "merchant", "timestamp", "location")
-"""Required input columns, in CSV order. Other columns are carried through as ``extras``."""
+"""The input columns, in CSV order. Other columns are carried through as ``extras``."""
+
+OPTIONAL_COLUMNS = frozenset(("location",))
+"""Input columns a feed may lack: many card feeds carry no place (an unknown one, never a
+guess: its features are 0)."""
 
 LABEL_COLUMN = "is_fraud"
 """Ground truth (0/1) when present: stored for evaluation, never a model input."""
@@ -52,7 +56,7 @@ class Transaction:
     amount: float
     merchant: str
     timestamp: datetime  # timezone-aware, UTC
-    location: str
+    location: str | None  # None: not known
     is_fraud: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -148,6 +152,14 @@ def _text(value: Any, name: str, limit: int) -> str:
 
 
 @cython.cfunc
+def _place(value: Any) -> str | None:
+    """The location, None when it is not known (missing, null or blank)."""
+    if value is None or (type(value) is str and not value.strip()):
+        return None
+    return _text(value, "location", MAX_TEXT_LENGTH)
+
+
+@cython.cfunc
 def _amount(value: Any) -> float:
     if type(value) is float and 0 < value <= MAX_AMOUNT:  # the common case (NaN fails it)
         return value
@@ -165,8 +177,12 @@ def _amount(value: Any) -> float:
     amount = float(value)
     if not math.isfinite(amount):
         raise InvalidRecord("amount", f"not a finite number: {value!r}")
-    if amount <= 0:
-        raise InvalidRecord("amount", f"must be positive, got {amount!r}")
+    if amount < 0:  # a refund or a reversal: not a payment to score
+        raise InvalidRecord(
+            "amount", f"negative (a refund or reversal?): only payments are scored, got {amount!r}"
+        )
+    if amount == 0:  # a card verification (and -0.0 stored as 0.0)
+        return 0.0
     if amount > MAX_AMOUNT:
         raise InvalidRecord("amount", f"larger than {MAX_AMOUNT:.0e}: {amount!r}")
     return amount
@@ -213,7 +229,7 @@ def _validate(record: Mapping[str, Any], owned: bool) -> Transaction:
         _amount(d.get("amount")),
         _text(d.get("merchant"), "merchant", MAX_TEXT_LENGTH),
         parse_timestamp(d.get("timestamp")),
-        _text(d.get("location"), "location", MAX_TEXT_LENGTH),
+        _place(d.get("location")),
         _label(d.get(LABEL_COLUMN)),
     )
     if owned:

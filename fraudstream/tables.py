@@ -43,7 +43,7 @@ transactions = Table(
     Column("merchant", String(256), nullable=False),
     # UTC, 'YYYY-MM-DD HH:MM:SS[.ffffff]': sorts as text, and SQLite's date functions read it.
     Column("timestamp", String(32), nullable=False),
-    Column("location", String(256), nullable=False),
+    Column("location", String(256), nullable=True, comment="null: not known"),
     Column("is_fraud", Integer, nullable=True, comment="ground truth when the input had it"),
     Column("extras", Text, nullable=True, comment="other input columns, JSON object"),
     Column(
@@ -344,10 +344,16 @@ def _check_columns(engine: Engine) -> None:
 
     inspector = inspect(engine)
     for table in metadata.sorted_tables:
-        have = {c["name"] for c in inspector.get_columns(table.name)}
+        have = {c["name"]: c for c in inspector.get_columns(table.name)}
         missing = [c.name for c in table.columns if c.name not in have]
-        if missing:
+        # a column that may be null now (an unknown location) but was not then
+        required = [
+            c.name for c in table.columns
+            if c.name in have and c.nullable and not c.primary_key and not have[c.name]["nullable"]
+        ]  # fmt: skip
+        if missing or required:
+            lacks = f"lacks columns {missing}" if missing else f"requires a value in {required}"
             raise OutdatedDatabase(
-                f"{engine.url.database}: table {table.name} lacks columns {missing} (written by an "
-                "older fraudstream); use a new file or `run --fresh`"
+                f"{engine.url.database}: table {table.name} {lacks} (written by an older "
+                "fraudstream); use a new file or `run --fresh`"
             )

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fraudstream.schema import INPUT_COLUMNS, InvalidRecord, Transaction, validate
+from fraudstream.schema import INPUT_COLUMNS, OPTIONAL_COLUMNS, InvalidRecord, Transaction, validate
 from fraudstream.text_safety import spreadsheet_safe
 
 
@@ -45,11 +45,11 @@ def read_transactions(path: Path | str) -> Iterator[tuple[int, Transaction | Rej
         except (UnicodeDecodeError, csv.Error) as exc:
             raise CsvFormatError(f"{path}:1: cannot read the header: {exc}") from None
         header = [h.strip() for h in header]
-        missing = [c for c in INPUT_COLUMNS if c not in header]
+        missing = [c for c in INPUT_COLUMNS if c not in header and c not in OPTIONAL_COLUMNS]
         if missing:
             raise CsvFormatError(
                 f"{path}:1: missing column(s) {', '.join(missing)}; "
-                f"expected at least {', '.join(INPUT_COLUMNS)}"
+                f"expected {', '.join(INPUT_COLUMNS)} ({', '.join(sorted(OPTIONAL_COLUMNS))} optional)"
             )
         line = 1
         while True:

@@ -69,9 +69,9 @@ FEATURES: tuple[Feature, ...] = (
     Feature("count_7d", "the account's decayed transaction count over 7 days"),
     Feature("log_gap_s", "log(1 + seconds since the account's previous transaction); 7 days without one"),
     Feature("new_merchant", "1 if the account has history but never used this merchant"),
-    Feature("new_location", "1 if the account has history but was never in this location"),
-    Feature("log_speed_kmh", "log(1 + km/h to travel from the previous transaction's location); 0 if either is not on the map", forest=6),
-    Feature("log_home_km", "log(1 + km from the account's most frequent location); 0 if either is not on the map", forest=7),
+    Feature("new_location", "1 if the account has history but was never in this location; 0 when the location is not known"),
+    Feature("log_speed_kmh", "log(1 + km/h to travel from the previous transaction's location); 0 if either is not known or not on the map", forest=6),
+    Feature("log_home_km", "log(1 + km from the account's most frequent location); 0 if either is not known or not on the map", forest=7),
     Feature("small_10m", "transactions under 5.00 by the account in the 10 minutes before (card testing)", forest=4),
     Feature("hour_sin", "sin(2 pi hour / 24), hour of day in UTC"),
     Feature("hour_cos", "cos(2 pi hour / 24)"),
@@ -401,17 +401,19 @@ class AccountStates:
         """The gap since the account's newest event, what is new to it, the speed from its
         previous location and the distance from its home."""
         has_history = s.seen > 0
-        location = txn.location
+        location = txn.location  # None: not known, and then neither new nor far (never a guess)
         if not has_history:
             gap, speed = _NO_GAP_S, 0.0
         else:
             gap = max(0.0, t - s.last_time)
-            km = distance_km(s.last_location, location) if s.last_location else None
+            km = distance_km(s.last_location, location) if s.last_location and location else None
             speed = log1p(km / max(gap / 3600, _MIN_TRAVEL_H)) if km else 0.0
-        home_km = distance_km(s.home_location, location) if s.home_location else None
+        home_km = distance_km(s.home_location, location) if s.home_location and location else None
         self._row.log_gap_s = log1p(gap)
         self._row.new_merchant = float(has_history and txn.merchant not in s.merchants)
-        self._row.new_location = float(has_history and location not in s.locations)
+        self._row.new_location = float(
+            has_history and location is not None and location not in s.locations
+        )
         self._row.log_speed_kmh = speed
         self._row.log_home_km = log1p(home_km) if home_km else 0.0
 
@@ -455,16 +457,18 @@ class AccountStates:
         s.seen += 1
         # Interned: a million accounts share one copy of each name instead of one each.
         _bump(s.merchants, intern(txn.merchant), self.max_places)
-        location = intern(txn.location)
-        evicted = _bump(s.locations, location, self.max_places)
-        home = s.home_location
-        if evicted is not None and evicted == home:
-            s.home_location = max(s.locations, key=s.locations.__getitem__)
-        elif home is None or (home != location and s.locations[location] > s.locations[home]):
-            # The first most frequent in least-recently-used order, as max() over the dict
-            # would find: only the bumped location can overtake it.
-            s.home_location = location
-        if t >= s.last_time:
+        location = txn.location
+        if location is not None:  # an unknown place counts towards no location
+            location = intern(location)
+            evicted = _bump(s.locations, location, self.max_places)
+            home = s.home_location
+            if evicted is not None and evicted == home:
+                s.home_location = max(s.locations, key=s.locations.__getitem__)
+            elif home is None or (home != location and s.locations[location] > s.locations[home]):
+                # The first most frequent in least-recently-used order, as max() over the dict
+                # would find: only the bumped location can overtake it.
+                s.home_location = location
+        if t >= s.last_time:  # the newest event's place, None when unknown: no speed from it
             s.last_time = t
             s.last_location = location
         # Decayed sums move forward in time only; a late event counts as if at decay_time.

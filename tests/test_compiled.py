@@ -87,10 +87,10 @@ _values = st.one_of(
 _VALID = {
     "transaction_id": st.sampled_from(["T1", "tx-2", " T3 "]),
     "account_id": st.sampled_from(["A1", "acct-9"]),
-    "amount": st.sampled_from([12.5, 1, "7.25", 1e9]),
+    "amount": st.sampled_from([12.5, 1, "7.25", 1e9, 0, "0.00"]),
     "merchant": st.sampled_from(["Shop", "Café"]),
     "timestamp": st.sampled_from(["2026-01-05T12:00:00Z", "2026-01-05 12:00:00.123", 1767614400]),
-    "location": st.sampled_from(["Paris", "48.85,2.35"]),
+    "location": st.sampled_from(["Paris", "48.85,2.35", None, " "]),
 }
 # Mostly valid records with some fields replaced by anything, and extra fields.
 _records = st.fixed_dictionaries(
@@ -129,9 +129,9 @@ def txn(i, account, amount, minutes, merchant, location):
         st.tuples(
             st.sampled_from(["A1", "A2", "A3", "A4"]),
             st.floats(-600, 40 * 24 * 60),  # minutes: late events, equal times, long gaps
-            st.sampled_from([0.01, 1.0, 4.99, 5.0, 37.5, 800.0, 1e9]),
+            st.sampled_from([0.0, 0.01, 1.0, 4.99, 5.0, 37.5, 800.0, 1e9]),
             st.sampled_from(["Shop", "Grocer", "Fuel"]),
-            st.sampled_from(["Paris", "Oslo", "48.85,2.35", "Atlantis"]),
+            st.sampled_from(["Paris", "Oslo", "48.85,2.35", "Atlantis", None]),
         ),
         min_size=1,
         max_size=60,
@@ -165,6 +165,7 @@ def _varied_events() -> list[Transaction]:
         for i, (amount, minutes, merchant, place) in enumerate([
             (1.0, 0, "Shop", "Atlantis"), (2.0, 0, "Shop", "Paris"), (900.0, -30, "New", "Oslo"),
             (3.0, 60 * 24 * 40, "Shop", "48.85,2.35"), (4.0, -60 * 24 * 40, "Fuel", "Paris"),
+            (0.0, 60 * 24 * 41, "Shop", None), (5.0, 60 * 24 * 41 + 1, "Shop", "Oslo"),
         ])
     ]  # fmt: skip
     return shipped + odd

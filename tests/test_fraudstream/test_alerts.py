@@ -20,6 +20,9 @@ def test_alert_is_printed_with_its_reasons():
         text.splitlines()[1].strip() == "amount 9.4x account median (448.00); new location Madrid"
     )
 
+    unknown = format_alert({**ALERT, "location": None})
+    assert "at Nova Electronics (place not known)" in unknown
+
 
 @pytest.mark.integration
 def test_tail_follows_the_alerts_topic(kafka_settings):

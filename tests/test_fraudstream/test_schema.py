@@ -39,18 +39,38 @@ def test_label_column_is_optional():
     assert validate(GOOD).is_fraud is None
 
 
+@pytest.mark.parametrize("place", [None, "", "   "])
+def test_a_location_missing_null_or_blank_is_not_known(place):
+    row = {k: v for k, v in GOOD.items() if k != "location"}
+    if place is not None:
+        row["location"] = place
+    txn = validate(row)
+    assert txn.location is None
+    assert decode(txn.encode()) == txn  # travels as null
+    assert json.loads(txn.encode())["location"] is None
+    assert validate({**GOOD, "location": None}).location is None
+
+
+@pytest.mark.parametrize("amount", ["0", "0.00", 0, 0.0, -0.0])
+def test_a_zero_amount_is_a_payment_stored_as_zero(amount):
+    txn = validate({**GOOD, "amount": amount})  # card verifications: real traffic, and a signal
+    assert txn.amount == 0.0 and str(txn.amount) == "0.0"
+
+
 @pytest.mark.parametrize(
     ("change", "field", "words"),
     [
         ({"amount": "abc"}, "amount", "not a number"),
-        ({"amount": "-3"}, "amount", "positive"),
-        ({"amount": "0"}, "amount", "positive"),
+        ({"amount": "-3"}, "amount", "negative (a refund or reversal?)"),
+        ({"amount": -0.01}, "amount", "only payments are scored"),
         ({"amount": "nan"}, "amount", "finite"),
         ({"amount": "1e12"}, "amount", "larger"),
         ({"amount": True}, "amount", "number"),
         ({"account_id": ""}, "account_id", "empty"),
         ({"account_id": None}, "account_id", "missing"),
         ({"merchant": "a\x00b"}, "merchant", "control"),
+        ({"location": "Ber\u202elin"}, "location", "U+202E"),
+        ({"location": 7.5}, "location", "expected text"),
         ({"timestamp": "yesterday"}, "timestamp", "ISO 8601"),
         ({"is_fraud": "maybe"}, "is_fraud", "0 or 1"),
         ({"transaction_id": "x" * 200}, "transaction_id", "longer"),

@@ -3,7 +3,9 @@
 import sqlite3
 import threading
 
-from fraudstream.tables import make_engine, metadata
+import pytest
+
+from fraudstream.tables import OutdatedDatabase, make_engine, metadata
 
 
 def test_many_openers_of_a_new_database_all_get_the_schema(tmp_path):
@@ -80,3 +82,15 @@ def test_a_database_whose_models_were_numbered_before_the_version_sequence_numbe
     with engine.begin() as conn:
         assert conn.execute(text("select nextval('model_version')")).scalar() == 9
     engine.dispose()
+
+
+def test_a_database_that_requires_a_location_is_refused_with_what_to_do(postgres_url):
+    make_engine(postgres_url).dispose()
+    engine = make_engine(postgres_url)
+    with engine.begin() as conn:  # as written before a location could be unknown
+        conn.exec_driver_sql("alter table transactions alter column location set not null")
+    engine.dispose()
+    with pytest.raises(
+        OutdatedDatabase, match=r"transactions requires a value in \['location'\].*--fresh"
+    ):
+        make_engine(postgres_url)

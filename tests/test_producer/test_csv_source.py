@@ -39,8 +39,20 @@ def test_quoted_commas_and_unicode_survive(tmp_path):
 def test_missing_columns_fail_the_whole_file_with_a_clear_message(tmp_path):
     path = tmp_path / "in.csv"
     path.write_text("transaction_id,account_id,amount\nT1,A1,3\n")
-    with pytest.raises(CsvFormatError, match="missing column.*merchant, timestamp, location"):
+    with pytest.raises(CsvFormatError, match=r"missing column\(s\) merchant, timestamp; .*"
+                       r"\(location optional\)"):  # fmt: skip
         list(read_transactions(path))
+
+
+def test_a_feed_without_locations_or_with_blank_ones_reads_them_as_not_known(tmp_path):
+    without = tmp_path / "without.csv"
+    without.write_text("transaction_id,account_id,amount,merchant,timestamp\n"
+                       "T1,A1,0.00,Shop,2026-01-01T10:00:00\n")  # fmt: skip
+    blank = tmp_path / "blank.csv"
+    blank.write_text(HEADER + "T1,A1,0.00,Shop,2026-01-01T10:00:00,\n")
+    for path in (without, blank):
+        [(_, txn)] = list(read_transactions(path))
+        assert (txn.location, txn.amount) == (None, 0.0)
 
 
 def test_rejects_file_keeps_each_bad_row_for_inspection(tmp_path):
@@ -60,7 +72,9 @@ def test_rejects_file_cells_cannot_run_as_spreadsheet_formulas(tmp_path):
     # An extra column's name comes from the file: a hidden character in its value names it as
     # the field, which must not reach a spreadsheet as a formula.
     path = tmp_path / "in.csv"
-    path.write_text(HEADER.rstrip("\n") + ",@SUM(1+1)\nT2,A1,10,Shop,2026-01-01T10:01:00,Paris,a\u202eb\n")
+    path.write_text(
+        HEADER.rstrip("\n") + ",@SUM(1+1)\nT2,A1,10,Shop,2026-01-01T10:01:00,Paris,a\u202eb\n"
+    )
     writer = RejectsWriter(tmp_path / "rejects.csv")
     for _line, item in read_transactions(path):
         writer.add(item)

@@ -50,11 +50,10 @@ DEAD = [
     ("amount as boolean", ev(amount=True), "amount", "expected a number"),
     ("amount with a decimal comma", ev(amount="12,50"), "amount", "not a number"),
     ("empty merchant", ev(merchant=""), "merchant", "empty"),
-    ("whitespace-only location", ev(location="   "), "location", "empty"),
+    ("location of wrong type", ev(location=["Paris"]), "location", "expected text"),
     ("NaN amount", b'{"transaction_id":"T1","account_id":"A","amount":NaN,"merchant":"m","timestamp":"2026-01-01","location":"x"}', "amount", "finite"),
     ("infinite amount", b'{"transaction_id":"T1","account_id":"A","amount":Infinity,"merchant":"m","timestamp":"2026-01-01","location":"x"}', "amount", "finite"),
-    ("negative amount", ev(amount=-20), "amount", "positive"),
-    ("zero amount", ev(amount=0), "amount", "positive"),
+    ("negative amount (a refund)", ev(amount=-20), "amount", "negative (a refund or reversal?)"),
     ("absurdly large amount", ev(amount=1e15), "amount", "larger than"),
     ("timestamp in another format", ev(timestamp="05/01/2026 10:22"), "timestamp", "ISO 8601"),
     ("timestamp far in the future", ev(timestamp="2999-01-01T00:00:00"), "timestamp", "outside"),
@@ -89,6 +88,10 @@ STORED = [
     ("extra integer beyond 64 bits", ev(ref=2**70), {"extras": '{"ref": 1180591620717411303424}'}),
     ("label as boolean", ev(is_fraud=True), {"is_fraud": 1}),
     ("microsecond timestamp", ev(timestamp="2026-01-05T10:22:31.250000Z"), {"timestamp": "2026-01-05 10:22:31.250000"}),
+    ("zero amount (a card verification)", ev(amount=0), {"amount": 0.0}),
+    ("no location", ev(location=...), {"location": None}),
+    ("null location", ev(location=None), {"location": None}),
+    ("whitespace-only location", ev(location="   "), {"location": None}),
 ]  # fmt: skip
 
 

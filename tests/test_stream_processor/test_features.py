@@ -91,6 +91,30 @@ def test_travel_speed_and_distance_from_home_use_the_gazetteer():
     assert feature(row, "log_speed_kmh") == 0 and feature(row, "log_home_km") == 0
 
 
+def test_an_unknown_location_is_neither_new_nor_far_and_changes_no_place_of_the_account():
+    states = AccountStates()
+    states.transform([txn(i, minutes=i * 600, location="London") for i in range(5)])
+    [unknown] = states.transform([txn(9, minutes=2430, location=None)])
+    assert feature(unknown, "new_location") == 0
+    assert feature(unknown, "log_speed_kmh") == 0 and feature(unknown, "log_home_km") == 0
+    state = states.get("A1")
+    assert state.home_location == "London" and set(state.locations) == {"London"}
+    assert state.last_location is None  # the newest event's place is not known
+    # Paris 30 minutes after an event of unknown place: no speed from a place not known (a
+    # guess), but the distance from home
+    [paris] = states.transform([txn(10, minutes=2460, location="Paris")])
+    assert feature(paris, "log_speed_kmh") == 0
+    assert 330 < math.expm1(feature(paris, "log_home_km")) < 360
+    assert feature(paris, "new_location") == 1
+
+
+def test_a_zero_amount_is_scored_like_any_other():
+    states = AccountStates()
+    rows = states.transform([txn(i, amount=0.0, minutes=i) for i in range(3)])
+    assert np.isfinite(rows).all()
+    assert feature(rows[-1], "log_amount") == 0 and feature(rows[-1], "small_10m") == 2
+
+
 def test_decayed_windows_weigh_recent_amounts_more():
     states = AccountStates()
     old = [txn(i, amount=100.0, minutes=i * 60) for i in range(10)]  # day 0: 100s
