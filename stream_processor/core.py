@@ -170,9 +170,7 @@ class Decoder:
         return out
 
 
-def emit_rows(
-    events: list[HeldEvent], scores: Scores, states: AccountStates, result: BatchResult
-) -> None:
+def emit_rows(events: list[HeldEvent], scores: Scores, result: BatchResult) -> None:
     """The transactions rows of scored ``events`` into ``result``, and an
     alert, with the reasons, for each flagged one."""
     model, supervised = scores.model, scores.supervised
@@ -187,7 +185,7 @@ def emit_rows(
     for i in flagged:
         txn = txns[i]
         explained = explain(
-            txn, scores.inputs[i], score_list[i], model.threshold, states.get(txn.account_id),
+            txn, scores.inputs[i], score_list[i], model.threshold,
             anomalous=bool(scores.anomalous[i]), probability=probability_list[i],
             supervised_threshold=supervised.threshold if supervised else None,
         )  # fmt: skip
@@ -402,7 +400,7 @@ class ScoringCore:
         """Score ``events`` (of ``features``), write their rows, and learn what follows."""
         txns = [h.txn for h in events]
         scores = self.scorer.score(features, self.learner.memory.features(txns), self.supervised)
-        emit_rows(events, scores, self.states, result)
+        emit_rows(events, scores, result)
         self.learner.keep(events, scores.inputs, result)
         if self.group is not None:
             self.group.learned(events)

@@ -1,4 +1,7 @@
-"""Readable reasons for a flagged event, read off its feature row and the account's state."""
+"""Readable reasons for a flagged event, read off the event and its feature row alone: the row is
+what the models scored and what is stored, computed before the event joined its account's state,
+so a reason never says what the state learned from the event itself (the event's own place as
+the account's usual one, say)."""
 
 from __future__ import annotations
 
@@ -7,9 +10,10 @@ import math
 import numpy as np
 
 from fraudstream.schema import Transaction
-from stream_processor.features import SMALL_AMOUNT, AccountState, named
+from stream_processor.features import SMALL_AMOUNT, named
 
 AMOUNT_RATIO = 3.0  # "amount 9.4x account median" from this ratio up
+MIN_MEDIAN = 0.01  # a median of zero amounts (card verifications) is no yardstick
 BURST_10M = 2  # earlier transactions in 10 min that make a burst
 BURST_1H = 4
 QUICK_GAP_S = 60.0
@@ -25,7 +29,6 @@ def explain(
     row: np.ndarray,
     score: float,
     threshold: float,
-    state: AccountState | None,
     *,
     anomalous: bool = True,
     probability: float | None = None,
@@ -34,7 +37,7 @@ def explain(
     """Reasons, strongest first; never empty (ends with the score that flagged the event).
     ``row``: the model inputs then the label inputs (features.SUPERVISED_FEATURE_NAMES)."""
     f = named(row)
-    reasons = _account_reasons(txn, f, state)
+    reasons = _account_reasons(txn, f)
     hour = txn.timestamp.hour
     if hour in NIGHT_HOURS:
         reasons.append(f"unusual hour {hour:02d}:{txn.timestamp.minute:02d} UTC")
@@ -53,9 +56,7 @@ def explain(
     return reasons
 
 
-def _account_reasons(
-    txn: Transaction, f: dict[str, float], state: AccountState | None
-) -> list[str]:
+def _account_reasons(txn: Transaction, f: dict[str, float]) -> list[str]:
     """What stands out against the account's own past (``f``: the event's features by name)."""
     reasons = []
     history = math.expm1(f["log_history"])
@@ -63,7 +64,7 @@ def _account_reasons(
         reasons.append("first transaction seen for this account")
     else:
         median = (1 + txn.amount) / math.exp(f["amount_vs_median"]) - 1
-        if median > 0 and txn.amount / median >= AMOUNT_RATIO:
+        if median >= MIN_MEDIAN and txn.amount / median >= AMOUNT_RATIO:
             reasons.append(f"amount {txn.amount / median:.1f}x account median ({median:,.2f})")
     c10, c1h = f["count_10m"], f["count_1h"]
     if c10 >= BURST_10M:
@@ -76,10 +77,11 @@ def _account_reasons(
             f"after {int(small)} transactions under {SMALL_AMOUNT:.2f} in 10 min (card testing pattern)"
         )
     speed = math.expm1(f["log_speed_kmh"])
-    if speed >= FAST_KMH and state and state.last_location:
+    if speed >= FAST_KMH:
         reasons.append(f"{speed:,.0f} km/h from the previous location")
     if f["new_location"]:
-        usual = f" (usual: {state.home_location})" if state and state.home_location else ""
+        home_km = math.expm1(f["log_home_km"])  # 0: the usual place is not on the map
+        usual = f", {home_km:,.0f} km from the account's usual place" if home_km >= 0.5 else ""
         reasons.append(f"new location {txn.location}{usual}")
     if f["new_merchant"]:
         reasons.append(f"new merchant {txn.merchant}")
