@@ -229,6 +229,12 @@ def alerts(from_beginning, max_alerts, idle_timeout, as_json) -> None:
 @click.option("--days", type=int, default=90)
 @click.option("--start", default="2026-01-01", help="First day (UTC).")
 @click.option("--seed", type=int, default=7)
+@click.option(
+    "--accounts",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Accounts [default: one per 40 rows]; many with few rows each: a cold-start feed.",
+)
 @click.option("--out", type=FILE, default="data/transactions.csv")
 @click.option(
     "--fraud-scale",
