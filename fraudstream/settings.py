@@ -147,7 +147,8 @@ class Settings(BaseSettings):
     flag_quantile: float = _setting(
         "FLAG_QUANTILE",
         0.99,
-        "Threshold = this quantile of the training scores; events scoring above it are flagged.",
+        "The Isolation Forest flags events above this quantile of its last 20,000 scores (of "
+        "its training scores until it has 1,000): 1 - this is its share of the feed flagged.",
         gt=0,
         lt=1,
     )

@@ -185,7 +185,7 @@ def emit_rows(events: list[HeldEvent], scores: Scores, result: BatchResult) -> N
     for i in flagged:
         txn = txns[i]
         explained = explain(
-            txn, scores.inputs[i], score_list[i], model.threshold,
+            txn, scores.inputs[i], score_list[i], scores.threshold,
             anomalous=bool(scores.anomalous[i]), probability=probability_list[i],
             supervised_threshold=supervised.threshold if supervised else None,
         )  # fmt: skip
@@ -201,7 +201,7 @@ def emit_rows(events: list[HeldEvent], scores: Scores, result: BatchResult) -> N
             "is_fraud": [t.is_fraud for t in txns],
             "extras": [_json(t.extras) if t.extras else None for t in txns],
             "score": score_list,
-            "threshold": [model.threshold] * n,
+            "threshold": [scores.threshold] * n,
             "supervised_score": probability_list,
             "risk_score": scores.risks.tolist(),
             "is_flagged": scores.flags.astype(int).tolist(),

@@ -1,8 +1,9 @@
 """The models as the processor scores with them: NumPy arrays only, no scikit-learn.
 
 The score is the Isolation Forest anomaly score ``s(x) = -score_samples(x)``, in (0, 1]: **higher =
-more anomalous**; about 0.5 is ordinary, near 1 is isolated in few splits. An event is flagged when
-its score is above the threshold, the ``flag_quantile`` of the scores of the training window.
+more anomalous**; about 0.5 is ordinary, near 1 is isolated in few splits. A model's ``threshold``
+is the ``flag_quantile`` of the scores of its training window; events are flagged above the same
+quantile of its recent scores once it has enough (:class:`stream_processor.scoring.AlertBudget`).
 
 Fitting needs scikit-learn (:mod:`stream_processor.fitting`); it runs in the refit worker, which
 sends back the fitted trees as the flat arrays here plus the estimator's joblib dump for

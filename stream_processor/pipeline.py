@@ -276,7 +276,7 @@ class BatchPipeline:
             "model_version": core.model.version if core.model else None,
             "supervised_version": core.supervised.version if core.supervised else None,
             "labels_queued": core.queued_labels,
-            "threshold": core.model.threshold if core.model else None,
+            "threshold": core.scorer.budget.in_effect,
             "held_for_first_fit": len(core.held),
             "accounts_in_memory": len(core.states),
             "accounts_evicted": core.states.evicted,

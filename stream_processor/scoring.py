@@ -5,6 +5,7 @@ training window. A refit runs in the refit worker (:mod:`stream_processor.refit`
 events came (``refit_every_events``, not sooner than ``refit_min_interval_s`` after the last), when
 ``refit_interval_s`` passed, or early when ADWIN sees the scores drift; the next batch swaps the
 new model in. Models are numbered when swapped in, so a failed fit leaves no gap in the versions.
+It flags the top ``1 - flag_quantile`` of its recent scores (:class:`AlertBudget`).
 """
 
 from __future__ import annotations
@@ -150,6 +151,44 @@ class TrainingWindow:
         return self._rows[: self._len, ANOMALY_COLUMNS]
 
 
+class AlertBudget:
+    """The Isolation Forest flags the top ``1 - quantile`` of the events it scores now, whatever
+    it was fit on: its threshold is that quantile of the current model's last ``window`` scores
+    (once it has ``min_scores`` of them; until then the model's own, from its training scores).
+    A model fit on events unlike today's (the first one, fit while every account was new; any
+    one fit before the feed changed) would otherwise flag a share of the feed that no analyst
+    team can read: the threshold follows the feed, not the fit."""
+
+    def __init__(self, quantile: float, window: int = 20_000, min_scores: int = 1_000):
+        self.quantile = quantile
+        self.min_scores = min_scores
+        self._scores = np.empty(window)  # a ring: the newest ``_len`` scores, next at ``_at``
+        self._len = self._at = 0
+        self._version = 0  # the model whose scores these are
+        self.in_effect: float | None = None  # the last threshold given (the health page)
+
+    def threshold(self, model: FittedModel) -> float:
+        """The threshold for the next batch ``model`` scores: from its recent scores."""
+        if model.version != self._version:  # another model's scores are on another scale
+            self._version, self._len, self._at = model.version, 0, 0
+        if self._len < self.min_scores:
+            self.in_effect = model.threshold
+        else:
+            self.in_effect = float(np.quantile(self._scores[: self._len], self.quantile))
+        return self.in_effect
+
+    def add(self, scores: np.ndarray) -> None:
+        """The scores of a batch, by the model of the last :meth:`threshold`."""
+        ring = self._scores
+        size = len(ring)
+        scores = scores[-size:]  # a batch larger than the ring: its newest
+        first = min(len(scores), size - self._at)  # up to the ring's end, the rest from its start
+        ring[self._at : self._at + first] = scores[:first]
+        ring[: len(scores) - first] = scores[first:]
+        self._at = (self._at + len(scores)) % size
+        self._len = min(size, self._len + len(scores))
+
+
 @dataclass(slots=True)
 class Scores:
     """A batch's scores by the anomaly model and the supervised one if any, and the verdict."""
@@ -157,7 +196,8 @@ class Scores:
     model: FittedModel
     supervised: SupervisedModel | None
     anomaly: np.ndarray  # the anomaly scores
-    anomalous: np.ndarray  # bool: above the anomaly model's threshold
+    threshold: float  # the anomaly threshold in effect (AlertBudget)
+    anomalous: np.ndarray  # bool: above it
     inputs: np.ndarray  # SUPERVISED_FEATURE_NAMES: the features, label features and the score
     probabilities: np.ndarray | None  # the supervised model's P(fraud)
     flags: np.ndarray  # anomalous, or P(fraud) at the supervised threshold
@@ -187,6 +227,7 @@ class AnomalyScorer:
         self.last_fit = time.monotonic()
         self.refit = BackgroundFit("refit", versions)
         self.drift = DriftWatch(settings.drift_delta, counts)
+        self.budget = AlertBudget(settings.flag_quantile)
 
     def score(
         self, features: np.ndarray, label_features: np.ndarray, supervised: SupervisedModel | None
@@ -196,15 +237,19 @@ class AnomalyScorer:
         model = self.model
         assert model is not None
         scores = model.score(features[:, ANOMALY_COLUMNS])
-        anomalous = scores > model.threshold
+        threshold = self.budget.threshold(model)
+        self.budget.add(scores)
+        anomalous = scores > threshold
         inputs = np.hstack([features, label_features, scores[:, None]])
         if supervised is None:
-            return Scores(model, None, scores, anomalous, inputs, None, anomalous, scores)
+            return Scores(model=model, supervised=None, anomaly=scores, threshold=threshold,
+                          anomalous=anomalous, inputs=inputs, probabilities=None,
+                          flags=anomalous, risks=scores)  # fmt: skip
         probabilities = supervised.score(inputs)
-        flags = anomalous | (probabilities >= supervised.threshold)
-        return Scores(
-            model, supervised, scores, anomalous, inputs, probabilities, flags, probabilities
-        )
+        return Scores(model=model, supervised=supervised, anomaly=scores, threshold=threshold,
+                      anomalous=anomalous, inputs=inputs, probabilities=probabilities,
+                      flags=anomalous | (probabilities >= supervised.threshold),
+                      risks=probabilities)  # fmt: skip
 
     def observe(self, features: np.ndarray, scores: np.ndarray, *, watch_drift: bool) -> None:
         """A scored batch: its features join the training window, its scores the drift watch

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 import numpy as np
+import orjson
 from sqlalchemy import Engine, bindparam, delete, func, select, update
 from sqlalchemy.exc import OperationalError
 
@@ -511,7 +512,8 @@ def stored_anomaly_inputs(database_url: str, limit: int) -> np.ndarray:
             stored = conn.execute(newest).scalars().all()
     finally:
         engine.dispose()
-    rows = [json.loads(text) for text in reversed(stored)]  # oldest first, as a window is
+    # the features text is ours (core.features_json): orjson reads it in half json's time
+    rows = [orjson.loads(text) for text in reversed(stored)]  # oldest first, as a window is
     names = ANOMALY_FEATURE_NAMES
     inputs = np.array([[row.get(name, 0.0) for name in names] for row in rows], dtype=float)
     return inputs.reshape(len(rows), len(names))
@@ -519,7 +521,7 @@ def stored_anomaly_inputs(database_url: str, limit: int) -> np.ndarray:
 
 def _labelled(r) -> LabelledEvent:
     """A stored row as the supervised model learns from it: its model inputs as a vector."""
-    values = json.loads(r.features)
+    values = orjson.loads(r.features)
     values["anomaly_score"] = r.score
     vector = np.array([float(values.get(name, 0.0)) for name in SUPERVISED_FEATURE_NAMES])
     return LabelledEvent(r.merchant, r.account_id, vector)

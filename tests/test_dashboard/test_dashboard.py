@@ -27,6 +27,7 @@ def test_dashboard_renders_every_chart_with_data(served, browser, finance_db, tm
         "monthly spending line": "#chart-spending-trend svg .mark-line path",
         "monthly spending points": "#chart-spending-trend svg .mark-symbol path",
         "anomaly bars": "#chart-anomalies-per-day svg .mark-rect path",
+        "flagged share points": "#chart-flagged-share svg .mark-symbol path",
         "high-value rows": "#chart-high-value table tbody tr",
         "alert rows": "#chart-recent-alerts table tbody tr",
     }
@@ -34,6 +35,7 @@ def test_dashboard_renders_every_chart_with_data(served, browser, finance_db, tm
     rendered = {name: count(browser, css) for name, css in checks.items()}
     assert rendered["monthly spending points"] >= 4  # four months of data
     assert rendered["anomaly bars"] >= 100  # about 120 days x 2 kinds, zero bars omitted
+    assert rendered["flagged share points"] >= 100  # one a day
     kpi = browser.execute_script(
         "return document.querySelector('#chart-kpi-transactions p').innerText"
     )
