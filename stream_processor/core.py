@@ -417,8 +417,7 @@ class ScoringCore:
         a processor that does not fit the models goes to the trainer (and it watches anew)."""
         drift, model = self.scorer.drift, self.scorer.model
         if self.trains:
-            if group.drift_in >= model.version and not drift.detected:
-                drift.detected = True
+            if group.drift_in >= model.version and drift.seen_elsewhere():
                 log.info("drift in another processor's anomaly scores: a refit is due")
             group.drift_in = 0
         elif drift.detected:

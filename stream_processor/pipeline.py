@@ -86,7 +86,10 @@ class BatchPipeline:
         if self.sink.SHARED:  # events and labels spread over the processors: fit on the stored
             self.core.fit_on_group(settings.database_url, self.sink.draw_version)
         self.group: GroupState | None = None  # see join_group()
-        self._snapshots: dict[str, Outgoing | None] = {"scored": None, "writing": None}
+        # What the group learned from the batch scored last and from the one being written:
+        # published once that batch is stored (see join_group()).
+        self._scored_snapshot: Outgoing | None = None
+        self._writing_snapshot: Outgoing | None = None
         self.lease = self.sink.trainer_lease()
         self._trains: bool | None = None  # holds the lease (None: not asked yet)
         self._synced = float("-inf")  # when the lease and the models were last checked
@@ -140,7 +143,7 @@ class BatchPipeline:
 
     def _snapshot(self, result: BatchResult) -> BatchResult:
         if self.group is not None:  # what the batch taught, published once it is stored
-            self._snapshots["scored"] = self.group.snapshot()
+            self._scored_snapshot = self.group.snapshot()
         return result
 
     # -- several processors ----------------------------------------------------------------------
@@ -227,7 +230,7 @@ class BatchPipeline:
             raise RuntimeError("collect() the write in flight before submitting another")
         self.sink.submit(result, published)
         self._submitted = result
-        self._snapshots["writing"], self._snapshots["scored"] = self._snapshots["scored"], None
+        self._writing_snapshot, self._scored_snapshot = self._scored_snapshot, None
         if self.sink.in_flight:
             ids = [r[TRANSACTION_ID] for r in result.rows]
             ids += [p["transaction_id"] for p in result.pending_add]
@@ -243,7 +246,7 @@ class BatchPipeline:
             self.store.in_flight_ids = frozenset()
         if result is None:
             return Outbound()
-        snapshot, self._snapshots["writing"] = self._snapshots["writing"], None
+        snapshot, self._writing_snapshot = self._writing_snapshot, None
         if snapshot is not None:
             self.group.stored(snapshot)
         for m in result.models:

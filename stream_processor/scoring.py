@@ -130,6 +130,19 @@ class DriftWatch:
         self._adwin = compat.adwin(self.delta) if self.delta > 0 else None
         self.detected = False
 
+    def seen_elsewhere(self) -> bool:
+        """Another processor saw drift in this model's scores: a refit is due here too. False
+        when this watch had seen it already."""
+        if self.detected:
+            return False
+        self.detected = True
+        return True
+
+    def refit_started(self) -> None:
+        """A refit on the drift seen started; the watch goes on with the same baseline until
+        the new model comes."""
+        self.detected = False
+
 
 class TrainingWindow:
     """A ring buffer of the newest feature vectors (FEATURE_NAMES): the next refit's data."""
@@ -300,7 +313,7 @@ class AnomalyScorer:
             fit, training = FIT_ANOMALY_STORED, (self.group.url, self.settings.training_window)
         self.since_fit = 0
         self.last_fit = time.monotonic()
-        self.drift.detected = False
+        self.drift.refit_started()
         # version 0: numbered when swapped in
         self.refit.future = self._fit(self.refits.submit, fit, *training, version=0,
                                       reason=reason)  # fmt: skip

@@ -14,9 +14,8 @@ import signal
 import threading
 import time
 
-import numpy as np
 import pytest
-from confluent_kafka import Producer
+from feeding import Feed
 from sqlalchemy import text
 
 from fraudstream.run import (
@@ -27,7 +26,6 @@ from fraudstream.run import (
 )
 from fraudstream.tables import make_engine
 from producer.generate import GeneratorConfig, write_csv
-from producer.replay import ReplayOptions, replay
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 KILLS = 5
@@ -55,37 +53,8 @@ def test_sigkill_mid_replay_loses_and_duplicates_nothing(
     csv = tmp_path / "big.csv"
     frame = write_csv(csv, GeneratorConfig(rows=100_000, days=60, seed=5))
 
-    offsets: dict[int, int] = {}
-    bad_offsets: set[tuple[int, int]] = set()
-    # The events in KILLS + 1 parts, one produced as each incarnation starts: every incarnation
-    # has work to be killed in, however fast the processor is (a whole replay at once was
-    # stored before the last kills once the processor got faster).
-    header, *lines = csv.read_text().splitlines(keepends=True)
-    parts = []
-    for k, chunk in enumerate(np.array_split(np.arange(len(lines)), KILLS + 1)):
-        parts.append(tmp_path / f"part-{k}.csv")
-        parts[-1].write_text(header + "".join(lines[i] for i in chunk))
-    bad = Producer({"bootstrap.servers": s.bootstrap_servers})
-
-    def keep(err, msg):
-        assert err is None, err
-        bad_offsets.add((msg.partition(), msg.offset()))
-        offsets[msg.partition()] = max(offsets.get(msg.partition(), -1), msg.offset())
-
-    def produce_bad(numbers):  # undecodable events between the valid ones
-        for i in numbers:
-            bad.produce(s.transactions_topic, key=f"AC{i:06d}".encode(), value=b"\x00not json %d" % i,
-                        on_delivery=keep)  # fmt: skip
-        bad.flush(30)
-
-    def feed(part):
-        stats = replay(part, s.bootstrap_servers, s.transactions_topic,
-                       ReplayOptions(progress=False, rate=20_000))  # fmt: skip
-        assert stats.failed == 0 and stats.produced == len(part.read_text().splitlines()) - 1
-        for p, o in stats.last_offsets.items():
-            offsets[p] = max(offsets.get(p, -1), o)
-
-    produce_bad(range(BAD_EVENTS // 2))
+    feed = Feed(s, csv, KILLS + 1, rate=20_000)
+    feed.bad(range(BAD_EVENTS // 2))
     logs = []
     kills = 0
     proc = start_processor(s, tmp_path / "processor-0.log")
@@ -93,7 +62,7 @@ def test_sigkill_mid_replay_loses_and_duplicates_nothing(
         while kills < KILLS:
             # Kill only once this incarnation has stored something: a kill mid-work.
             before = count(db, "select count(*) from transactions") if kills else 0
-            feeder = threading.Thread(target=feed, args=(parts[kills],))
+            feeder = threading.Thread(target=feed.part, args=(kills,))
             feeder.start()
             deadline = time.monotonic() + 120
             while (
@@ -114,9 +83,9 @@ def test_sigkill_mid_replay_loses_and_duplicates_nothing(
             kills += 1
             logs.append(tmp_path / f"processor-{kills}.log")
             proc = start_processor(s, logs[-1])
-        feed(parts[KILLS])
-        produce_bad(range(BAD_EVENTS // 2, BAD_EVENTS))
-        wait_until_processed(s, db, [proc], [logs[-1]], offsets, timeout_s=600)
+        feed.part(KILLS)
+        feed.bad(range(BAD_EVENTS // 2, BAD_EVENTS))
+        wait_until_processed(s, db, [proc], [logs[-1]], feed.offsets, timeout_s=600)
     finally:
         stop_processor(proc)
 
@@ -141,4 +110,4 @@ def test_sigkill_mid_replay_loses_and_duplicates_nothing(
     db.dispose()
     assert len(flagged_ids) == flagged > 0
     assert flagged_ids <= alert_ids_on_topic(s)  # every alert delivered at least once
-    assert dl == bad_offsets
+    assert dl == feed.bad_offsets

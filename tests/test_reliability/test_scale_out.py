@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from confluent_kafka import Producer
+from feeding import Feed
 from sqlalchemy import create_engine, make_url, text
 
 from fraudstream.run import (
@@ -92,42 +92,16 @@ def test_two_processors_one_killed_again_and_again_lose_and_duplicate_nothing(
     db = make_engine(s.database_url)
     csv = tmp_path / "events.csv"
     frame = write_csv(csv, GeneratorConfig(rows=60_000, days=40, seed=7))
-    header, *lines = csv.read_text().splitlines(keepends=True)
-    parts = []
-    for k, chunk in enumerate(np.array_split(np.arange(len(lines)), KILLS + 1)):
-        parts.append(tmp_path / f"part-{k}.csv")
-        parts[-1].write_text(header + "".join(lines[i] for i in chunk))
-
-    offsets: dict[int, int] = {}
-    bad_offsets: set[tuple[int, int]] = set()
-    bad = Producer({"bootstrap.servers": s.bootstrap_servers})
-
-    def keep(err, msg):
-        assert err is None, err
-        bad_offsets.add((msg.partition(), msg.offset()))
-        offsets[msg.partition()] = max(offsets.get(msg.partition(), -1), msg.offset())
-
-    def produce_bad(numbers):
-        for i in numbers:
-            bad.produce(s.transactions_topic, key=f"AC{i:06d}".encode(), value=b"\x00bad %d" % i,
-                        on_delivery=keep)  # fmt: skip
-        bad.flush(30)
-
-    def feed(part):
-        stats = replay(part, s.bootstrap_servers, s.transactions_topic,
-                       ReplayOptions(progress=False, rate=10_000))  # fmt: skip
-        assert stats.failed == 0
-        for p, o in stats.last_offsets.items():
-            offsets[p] = max(offsets.get(p, -1), o)
+    feed = Feed(s, csv, KILLS + 1, rate=10_000)
 
     logs = [tmp_path / "processor-a0.log", tmp_path / "processor-b0.log"]
     procs = [start_processor(s, log) for log in logs]  # the first one started takes the lease
     time.sleep(1.0)
-    produce_bad(range(BAD_EVENTS // 2))
+    feed.bad(range(BAD_EVENTS // 2))
     try:
         for kill in range(KILLS):
             before = scalar(db, STORED_OR_HELD)
-            feeder = threading.Thread(target=feed, args=(parts[kill],))
+            feeder = threading.Thread(target=feed.part, args=(kill,))
             feeder.start()
             deadline = time.monotonic() + 180
             while scalar(db, STORED_OR_HELD) <= before + 1000:
@@ -144,9 +118,9 @@ def test_two_processors_one_killed_again_and_again_lose_and_duplicate_nothing(
             logs.append(tmp_path / f"processor-{kill + 1}.log")
             procs.append(start_processor(s, logs[-1]))
             feeder.join(300)
-        feed(parts[KILLS])
-        produce_bad(range(BAD_EVENTS // 2, BAD_EVENTS))
-        wait_until_processed(s, db, procs, logs, offsets, timeout_s=600)
+        feed.part(KILLS)
+        feed.bad(range(BAD_EVENTS // 2, BAD_EVENTS))
+        wait_until_processed(s, db, procs, logs, feed.offsets, timeout_s=600)
     finally:
         for proc in procs:
             stop_processor(proc)
@@ -164,7 +138,7 @@ def test_two_processors_one_killed_again_and_again_lose_and_duplicate_nothing(
     assert scalar(db, "select count(*) from dead_letters") == BAD_EVENTS
     dead = set(map(tuple, column(db, "select array[source_partition, source_offset] "
                                      "from dead_letters")))  # fmt: skip
-    assert dead == bad_offsets
+    assert dead == feed.bad_offsets
     on_dlq = [m.value() for m in read_topic(s, s.dlq_topic)]
     assert len(on_dlq) >= BAD_EVENTS
     flagged = set(column(db, "select transaction_id from transactions where is_flagged = 1"))
