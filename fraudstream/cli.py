@@ -249,6 +249,22 @@ def alerts(from_beginning, max_alerts, idle_timeout, as_json) -> None:
     default=5,
     help="How long each compromised merchant's sales are all fraud.",
 )
+@click.option(
+    "--above-amount-share",
+    type=click.FloatRange(min=0, max=0.1),
+    default=0.0,
+    help="Every sale above a fixed amount is fraud: about this share of them (the amount drawn "
+    "per set).",
+)
+@click.option(
+    "--multiplied-accounts",
+    type=click.FloatRange(min=0, max=0.5),
+    default=0.0,
+    help="Share of accounts some of whose amounts are multiplied for weeks (fraud; the "
+    "multiplier and the weeks drawn per set).",
+)
+@click.option("--locations/--no-locations", default=True, help="Fill the location column.")
+@click.option("--integer-ids", is_flag=True, help="Account and transaction ids as integers.")
 def generate(out: Path, **config) -> None:
     """Write a synthetic labelled transactions CSV (is_fraud, fraud_scenario)."""
     from producer.generate import GeneratorConfig, write_csv

@@ -62,6 +62,11 @@ class Report:
                 f"{m['card_precision_at_k']:>15.3f}"
             )
         names = sorted(self.scenarios)
+        out += ["", "average precision per scenario (its frauds against every legitimate event):"]
+        for column, m in self.scores.items():
+            by = m["average_precision_by_scenario"]
+            per = "  ".join(f"{s} {by.get(s, math.nan):.3f}" for s in names)
+            out.append(f"{SCORES[column]:<30} {per}")
         out += ["", f"{'flag':<30} {'precision':>9} {'recall':>7}  recall per scenario"]
         for name, m in self.flags.items():
             per = "  ".join(f"{s} {m['recall_by_scenario'].get(s, math.nan):.3f}" for s in names)
@@ -178,6 +183,7 @@ def _measure_scores(report: Report, test: pd.DataFrame, k: int) -> dict:
         report.scores[column] = {
             "roc_auc": float(roc_auc_score(y, s)),
             "average_precision": float(average_precision_score(y, s)),
+            "average_precision_by_scenario": _ap_by_scenario(test, s),
             "card_precision_at_k": card_precision_at_k(test, column, k),
             "k": k,
         }
@@ -189,6 +195,18 @@ def _measure_scores(report: Report, test: pd.DataFrame, k: int) -> dict:
         if not same:  # the risk score is the supervised one once a model exists: one curve
             curves[column] = precision_recall_curve(y, s)[:2]
     return curves
+
+
+def _ap_by_scenario(test: pd.DataFrame, scores: np.ndarray) -> dict[str, float]:
+    """Average precision of ``scores`` for each fraud scenario alone: its frauds against every
+    legitimate event (the other scenarios' frauds left out)."""
+    legit = (test["is_fraud"] == 0).to_numpy()
+    scenario = test["fraud_scenario"].to_numpy()
+    out = {}
+    for name in sorted(set(scenario[~legit])):
+        rows = legit | (scenario == name)
+        out[name] = float(average_precision_score(~legit[rows], scores[rows]))
+    return out
 
 
 def card_precision_at_k(test: pd.DataFrame, column: str, k: int = 100) -> float:

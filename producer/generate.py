@@ -86,6 +86,12 @@ class GeneratorConfig:
     compromised_merchants: int = 4
     compromised_days: int = 5
     fraud_scale: float = 1.0  # multiplies the three injected-fraud shares (evaluation sets)
+    # Scenarios of other kinds, each with its parameters drawn per set from the seed (an
+    # evaluation no setting was tuned on):
+    above_amount_share: float = 0.0  # every sale above a fixed amount is fraud: about this share
+    multiplied_accounts: float = 0.0  # share of accounts whose amounts are multiplied for weeks
+    locations: bool = True  # False: no place in any row (many card feeds carry none)
+    integer_ids: bool = False  # account and transaction ids as plain integers
 
 
 def generate(config: GeneratorConfig = GeneratorConfig()) -> pd.DataFrame:
@@ -167,6 +173,8 @@ def generate(config: GeneratorConfig = GeneratorConfig()) -> pd.DataFrame:
         hit = (mer == m) & (t >= d0 * 86400) & (t < (d0 + config.compromised_days) * 86400)
         scenario[hit] = "compromised_merchant"
 
+    _multiplied_amounts(rng, config, acc, t, amount, scenario)
+    _above_amount(rng, config, amount, scenario)
     parts = [(acc, t, mer, amount, loc, scenario)]
     online = np.flatnonzero(np.isin(m_cat, [_cat("online_retail"), _cat("digital_goods")]))
     pricey = np.flatnonzero(np.isin(m_cat, [_cat("electronics"), _cat("travel")]) | m_online)
@@ -207,20 +215,56 @@ def generate(config: GeneratorConfig = GeneratorConfig()) -> pd.DataFrame:
     acc, t, mer, amount, loc, scenario = (x[order] for x in (acc, t, mer, amount, loc, scenario))
     timestamps = (start + t.astype("timedelta64[s]")).astype(str)
     width = max(8, len(str(config.rows)))
+    if config.integer_ids:
+        transaction_ids, account_ids = np.arange(1, len(t) + 1), acc + 1
+    else:
+        transaction_ids = [f"T{i:0{width}d}" for i in range(1, len(t) + 1)]
+        account_ids = [f"AC{i:06d}" for i in acc]
     return pd.DataFrame(
         {
-            "transaction_id": [f"T{i:0{width}d}" for i in range(1, len(t) + 1)],
-            "account_id": [f"AC{i:06d}" for i in acc],
+            "transaction_id": transaction_ids,
+            "account_id": account_ids,
             "amount": np.round(np.maximum(amount, 0.5), 2),
             "merchant": names[mer],
             "timestamp": timestamps,
-            "location": city_names[loc],
+            "location": city_names[loc] if config.locations else "",
             "merchant_category": np.array([c[0] for c in CATEGORIES])[m_cat[mer]],
             "is_fraud": (scenario != "").astype(int),
             "fraud_scenario": scenario,
         },
         columns=list(COLUMNS),
     )
+
+
+def _multiplied_amounts(rng, config, acc, t, amount, scenario) -> None:
+    """Accounts whose card details leaked: for some weeks, part of their transactions carry a
+    multiplied amount (fraud, ``multiplied_amounts``). The multiplier, the weeks and the part
+    are drawn per set."""
+    n = round(config.multiplied_accounts * rng.uniform(0.5, 1.5) * (acc.max() + 1))
+    if n == 0:
+        return
+    factor, hit_share = rng.uniform(3, 6), rng.uniform(0.2, 0.5)
+    span_days = config.days
+    for a in rng.choice(acc.max() + 1, n, replace=False):
+        weeks = rng.integers(1, 4)
+        d0 = rng.integers(3, max(4, span_days - 7 * weeks))
+        rows = np.flatnonzero(
+            (acc == a) & (t >= d0 * 86400) & (t < (d0 + 7 * weeks) * 86400) & (scenario == "")
+        )
+        hit = rows[rng.random(rows.size) < hit_share]
+        amount[hit] *= factor
+        scenario[hit] = "multiplied_amounts"
+
+
+def _above_amount(rng, config, amount, scenario) -> None:
+    """Every legitimate sale above a fixed amount becomes fraud (``above_amount``): the amount
+    is drawn per set so that about ``above_amount_share`` of the sales lie above it."""
+    if config.above_amount_share <= 0:
+        return
+    share = config.above_amount_share * rng.uniform(0.5, 1.5)
+    legit = scenario == ""
+    limit = round(float(np.quantile(amount[legit], 1 - share)), -1)  # a round amount
+    scenario[legit & (amount > limit)] = "above_amount"
 
 
 def write_csv(path: Path | str, config: GeneratorConfig = GeneratorConfig()) -> pd.DataFrame:

@@ -71,6 +71,21 @@ def test_scenarios_the_flag_misses_are_reported_too(tmp_path):
     assert report.flags["Isolation Forest flag"]["recall_by_scenario"] == {
         "compromised_merchant": 0.0, "high_amount": 1.0,
     }  # fmt: skip
+    # each scenario's frauds against the legitimate events alone (0.1): both rank above them
+    by = report.scores["score"]["average_precision_by_scenario"]
+    assert by == {"compromised_merchant": 1.0, "high_amount": 1.0}
+    assert "average precision per scenario" in report.format()
+
+
+def test_a_scenario_ranked_below_legitimate_events_has_a_low_average_precision(tmp_path):
+    rows = [row(i, 1, f"A{i}", 0.3, 1, "above_amount") for i in range(2)]
+    rows += [row(10 + i, 1, f"B{i}", 0.5 + i / 100, 0) for i in range(8)]  # above the frauds
+    rows += [row(20 + i, 1, f"C{i}", 0.9, 1, "card_testing") for i in range(2)]
+    by = evaluate(scored_db(tmp_path / "c.db", rows), test_fraction=1.0).scores["score"][
+        "average_precision_by_scenario"
+    ]
+    assert by["card_testing"] == 1.0
+    assert by["above_amount"] == pytest.approx(0.2)  # at recall 1/2 and 1: precision 1/5 each
 
 
 def test_the_cli_prints_saves_a_plot_and_json(tmp_path):
