@@ -295,6 +295,12 @@ def generate(out: Path, **config) -> None:
 @click.option("--k", type=int, default=100, help="Accounts per day for card precision@k.")
 @click.option("--plot", type=FILE, help="Save the precision-recall curves here (PNG).")
 @click.option("--json", "json_path", type=FILE, help="Save the figures as JSON.")
+@click.option(
+    "--baselines/--no-baselines",
+    default=True,
+    help="Beside the stream's scores, batch models trained once on the week ending 7 days "
+    "before the test period (logistic regression, random forest, gradient boosting).",
+)
 def evaluate(db, json_path, **options) -> None:
     """Measure detection on a run over a labelled CSV, on a test period after the training one."""
     from fraudstream.evaluate import EvaluationError
@@ -305,7 +311,7 @@ def evaluate(db, json_path, **options) -> None:
         raise click.ClickException(
             f"{settings.sqlite_path}: no such database; run the pipeline first"
         )
-    with _reported(EvaluationError):  # options: csv, test_from, test_fraction, k, plot
+    with _reported(EvaluationError):  # options: csv, test_from, test_fraction, k, plot, baselines
         report = run_evaluation(settings.database_url, **options)
     click.echo(report.format())
     if json_path:

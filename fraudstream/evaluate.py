@@ -12,11 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pandas as pd
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, select
 
-from fraudstream.tables import engine_url, shown_url
+from fraudstream.tables import engine_url, shown_url, transactions
+
+BASELINE_DELAY = pd.Timedelta(days=7)  # labels are known this long after their event
+BASELINE_WEEK = pd.Timedelta(days=7)  # what a batch baseline is trained on, once
+BASELINES = ("logistic regression", "random forest", "gradient boosting")
 
 SCORES = {  # column -> label
     "score": "Isolation Forest alone",
@@ -41,6 +46,8 @@ class Report:
     flags: dict[str, dict] = field(default_factory=dict)  # flag name -> metrics
     scenarios: dict[str, int] = field(default_factory=dict)  # scenario -> fraud events in test
     supervised_coverage: float = 0.0  # share of test events scored with a supervised model
+    baselines: dict[str, dict] = field(default_factory=dict)  # baseline name -> metrics
+    baseline_training: str = ""  # what the baselines were trained on, or why there are none
     plot: str | None = None
 
     def to_json(self) -> str:
@@ -61,12 +68,19 @@ class Report:
                 f"{SCORES[column]:<30} {m['roc_auc']:>8.3f} {m['average_precision']:>9.3f} "
                 f"{m['card_precision_at_k']:>15.3f}"
             )
+        out += ["", f"batch baselines: {self.baseline_training}"]
+        for name, m in self.baselines.items():
+            out.append(
+                f"{name:<30} {m['roc_auc']:>8.3f} {m['average_precision']:>9.3f} "
+                f"{m['card_precision_at_k']:>15.3f}"
+            )
         names = sorted(self.scenarios)
         out += ["", "average precision per scenario (its frauds against every legitimate event):"]
-        for column, m in self.scores.items():
+        labelled = [(SCORES[c], m) for c, m in self.scores.items()] + list(self.baselines.items())
+        for label, m in labelled:
             by = m["average_precision_by_scenario"]
             per = "  ".join(f"{s} {by.get(s, math.nan):.3f}" for s in names)
-            out.append(f"{SCORES[column]:<30} {per}")
+            out.append(f"{label:<30} {per}")
         out += ["", f"{'flag':<30} {'precision':>9} {'recall':>7}  recall per scenario"]
         for name, m in self.flags.items():
             per = "  ".join(f"{s} {m['recall_by_scenario'].get(s, math.nan):.3f}" for s in names)
@@ -128,8 +142,10 @@ def evaluate(
     test_fraction: float = 0.5,
     k: int = 100,
     plot: Path | None = None,
+    baselines: bool = True,
 ) -> Report:
-    """Measure the stored scores and flags against the ground truth on the test period."""
+    """Measure the stored scores and flags against the ground truth on the test period, beside
+    batch baselines trained once on the stored features (``baselines``)."""
     frame = load(database_url, csv)
     test = _test_period(frame, test_from, test_fraction)
     fraud = test[test["is_fraud"] == 1]
@@ -144,6 +160,8 @@ def evaluate(
         supervised_coverage=float(test["supervised_score"].notna().mean()),
     )
     curves = _measure_scores(report, test, k)
+    if baselines:
+        _measure_baselines(report, database_url, frame, test, k)
     anomaly = (test["score"] > test["threshold"]).to_numpy()
     report.flags = {
         "Isolation Forest flag": _flag_metrics(test, anomaly),
@@ -195,6 +213,74 @@ def _measure_scores(report: Report, test: pd.DataFrame, k: int) -> dict:
         if not same:  # the risk score is the supervised one once a model exists: one curve
             curves[column] = precision_recall_curve(y, s)[:2]
     return curves
+
+
+def _measure_baselines(
+    report: Report, database_url: str, frame: pd.DataFrame, test: pd.DataFrame, k: int
+) -> None:
+    """Batch models trained the standard way: once, on the week of events whose labels were
+    known when the test period began (the week ending ``BASELINE_DELAY`` before it), on the
+    features stored with each event (the supervised model's inputs), then scoring the test
+    events. The streaming model's margin over them is what refitting on the stream buys."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    end = test["time"].iloc[0] - BASELINE_DELAY
+    week = frame[(frame["time"] >= end - BASELINE_WEEK) & (frame["time"] < end)]
+    y = week["is_fraud"].to_numpy()
+    features = _stored_features(database_url, pd.concat([week, test])["transaction_id"])
+    if week.empty or y.min() == y.max() or features.empty:
+        report.baseline_training = (
+            f"none: the week before {end} holds {len(week):,} labelled events, "
+            f"{int(y.sum()) if len(y) else 0} fraud, {features.shape[1]} stored features"
+        )
+        return
+    report.baseline_training = (
+        f"trained once on {week['time'].iloc[0]} .. {week['time'].iloc[-1]} ({len(week):,} "
+        f"events, {int(y.sum()):,} fraud: the week ending {BASELINE_DELAY.days} days before the "
+        f"test period), on the {features.shape[1]} stored features; scored on the test events"
+    )
+    models = {
+        "logistic regression": make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+        "random forest": RandomForestClassifier(
+            n_estimators=100, min_samples_leaf=2, n_jobs=-1, random_state=0
+        ),
+        "gradient boosting": HistGradientBoostingClassifier(random_state=0),
+    }
+    train_x = features.loc[week["transaction_id"]].to_numpy()
+    test_x = features.loc[test["transaction_id"]].to_numpy()
+    y_test = test["is_fraud"].to_numpy()
+    for name in BASELINES:
+        probability = models[name].fit(train_x, y).predict_proba(test_x)[:, 1]
+        report.baselines[name] = {
+            "roc_auc": float(roc_auc_score(y_test, probability)),
+            "average_precision": float(average_precision_score(y_test, probability)),
+            "average_precision_by_scenario": _ap_by_scenario(test, probability),
+            "card_precision_at_k": card_precision_at_k(test.assign(p=probability), "p", k),
+            "k": k,
+        }
+
+
+def _stored_features(database_url: str, transaction_ids: pd.Series) -> pd.DataFrame:
+    """The stored features of these events, one row each by ``transaction_id`` (no column when
+    none were stored)."""
+    wanted = set(transaction_ids)
+    engine = create_engine(engine_url(database_url))
+    ids, rows = [], []
+    try:
+        with engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=20_000).execute(
+                select(transactions.c.transaction_id, transactions.c.features)
+            )
+            for transaction_id, text in result:
+                if transaction_id in wanted:
+                    ids.append(transaction_id)
+                    rows.append(orjson.loads(text))
+    finally:
+        engine.dispose()
+    return pd.DataFrame(rows, index=ids).fillna(0.0)
 
 
 def _ap_by_scenario(test: pd.DataFrame, scores: np.ndarray) -> dict[str, float]:

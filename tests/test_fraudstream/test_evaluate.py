@@ -113,3 +113,34 @@ def test_clear_errors(tmp_path):
     url = scored_db(tmp_path / "f.db", [row(i, 0, "A", 0.5, 0) for i in range(3)])
     with pytest.raises(EvaluationError, match="both fraud and legitimate"):
         evaluate(url)
+
+
+def test_batch_baselines_train_once_on_the_week_before_the_delay_and_score_the_test_rows(
+    tmp_path,
+):
+    # Fraud is x > 0.5 in the stored features. The training week (days 0-6) holds fraud; the
+    # test period starts on day 14, 7 days after it ends. Events between them train nothing.
+    rows = []
+    for i in range(600):
+        day = [i % 7, 7 + i % 7, 14 + i % 7][i // 200]
+        fraud = int(i % 10 == 0)
+        r = row(i, day, f"A{i % 50}", 0.5, fraud, "x" if fraud else "")
+        r["features"] = json.dumps({"x": 0.9 if fraud else 0.1 + (i % 7) / 100, "y": i % 3})
+        rows.append(r)
+    rows[300]["features"] = "{}"  # between: never read
+    report = evaluate(scored_db(tmp_path / "f.db", rows), test_from="2026-01-15", k=5)
+    assert set(report.baselines) == {"logistic regression", "random forest", "gradient boosting"}
+    assert all(m["average_precision"] == 1.0 for m in report.baselines.values())
+    assert "200 events, 20 fraud" in report.baseline_training
+    assert "logistic regression" in report.format()
+
+
+def test_without_stored_features_there_are_no_baselines_and_it_says_why(tmp_path):
+    rows = [row(i, i // 20, f"A{i}", 0.5, int(i % 5 == 0), "x" if i % 5 == 0 else "")
+            for i in range(400)]  # fmt: skip
+    report = evaluate(scored_db(tmp_path / "g.db", rows), test_from="2026-01-15")
+    assert report.baselines == {}
+    assert (
+        report.baseline_training.startswith("none:")
+        and "0 stored features" in report.baseline_training
+    )
