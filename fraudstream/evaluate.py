@@ -21,7 +21,6 @@ from fraudstream.tables import engine_url, shown_url, transactions
 
 BASELINE_DELAY = pd.Timedelta(days=7)  # labels are known this long after their event
 BASELINE_WEEK = pd.Timedelta(days=7)  # what a batch baseline is trained on, once
-BASELINES = ("logistic regression", "random forest", "gradient boosting")
 
 SCORES = {  # column -> label
     "score": "Isolation Forest alone",
@@ -230,7 +229,7 @@ def _measure_baselines(
     end = test["time"].iloc[0] - BASELINE_DELAY
     week = frame[(frame["time"] >= end - BASELINE_WEEK) & (frame["time"] < end)]
     y = week["is_fraud"].to_numpy()
-    features = _stored_features(database_url, pd.concat([week, test])["transaction_id"])
+    features = _stored_features(database_url, pd.concat([week, test]))
     if week.empty or y.min() == y.max() or features.empty:
         report.baseline_training = (
             f"none: the week before {end} holds {len(week):,} labelled events, "
@@ -252,8 +251,8 @@ def _measure_baselines(
     train_x = features.loc[week["transaction_id"]].to_numpy()
     test_x = features.loc[test["transaction_id"]].to_numpy()
     y_test = test["is_fraud"].to_numpy()
-    for name in BASELINES:
-        probability = models[name].fit(train_x, y).predict_proba(test_x)[:, 1]
+    for name, model in models.items():
+        probability = model.fit(train_x, y).predict_proba(test_x)[:, 1]
         report.baselines[name] = {
             "roc_auc": float(roc_auc_score(y_test, probability)),
             "average_precision": float(average_precision_score(y_test, probability)),
@@ -263,16 +262,18 @@ def _measure_baselines(
         }
 
 
-def _stored_features(database_url: str, transaction_ids: pd.Series) -> pd.DataFrame:
-    """The stored features of these events, one row each by ``transaction_id`` (no column when
-    none were stored)."""
-    wanted = set(transaction_ids)
+def _stored_features(database_url: str, events: pd.DataFrame) -> pd.DataFrame:
+    """The stored features of ``events`` (in time order), one row each by ``transaction_id``
+    (no column when none were stored); only rows from the first event's time on are read."""
+    wanted = set(events["transaction_id"])
+    t = transactions
+    since = events["time"].iloc[0].strftime("%Y-%m-%d %H:%M:%S")  # the stored text sorts in time
     engine = create_engine(engine_url(database_url))
     ids, rows = [], []
     try:
         with engine.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=20_000).execute(
-                select(transactions.c.transaction_id, transactions.c.features)
+                select(t.c.transaction_id, t.c.features).where(t.c.timestamp >= since)
             )
             for transaction_id, text in result:
                 if transaction_id in wanted:
