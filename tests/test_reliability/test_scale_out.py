@@ -85,10 +85,14 @@ def test_two_processors_one_killed_again_and_again_lose_and_duplicate_nothing(
     kafka_settings, postgres_url, tmp_path
 ):
     rng = random.Random(20261206)
-    # A first model after 10,000 events: the first kill may come while events are held.
+    # A first model after 10,000 events: the first kill may come while events are held. A
+    # trainer that takes over counts events towards a refit from its first reading, and each
+    # one here is killed after a part of 10,000: the interval refits, as in a group whose
+    # trainer changes more often than REFIT_EVERY_EVENTS (docs/running.md).
     s = kafka_settings.replace(warmup_events=10000, refit_every_events=15000,
-                               refit_min_interval_s=0.0, training_window=15000, n_estimators=50,
-                               batch_size=1000, database_url=postgres_url)  # fmt: skip
+                               refit_interval_s=3.0, refit_min_interval_s=0.0,
+                               training_window=15000, n_estimators=50, batch_size=1000,
+                               database_url=postgres_url)  # fmt: skip
     db = make_engine(s.database_url)
     csv = tmp_path / "events.csv"
     frame = write_csv(csv, GeneratorConfig(rows=60_000, days=40, seed=7))
