@@ -124,7 +124,7 @@ def test_batch_baselines_train_once_on_the_week_before_the_delay_and_score_the_t
     for i in range(600):
         day = [i % 7, 7 + i % 7, 14 + i % 7][i // 200]
         fraud = int(i % 10 == 0)
-        r = row(i, day, f"A{i % 50}", 0.5, fraud, "x" if fraud else "")
+        r = row(i, day, f"F{i}" if fraud else f"A{i % 50}", 0.5, fraud, "x" if fraud else "")
         r["features"] = json.dumps({"x": 0.9 if fraud else 0.1 + (i % 7) / 100, "y": i % 3})
         rows.append(r)
     rows[300]["features"] = "{}"  # between: never read
@@ -144,3 +144,30 @@ def test_without_stored_features_there_are_no_baselines_and_it_says_why(tmp_path
         report.baseline_training.startswith("none:")
         and "0 stored features" in report.baseline_training
     )
+
+
+def test_accounts_known_to_be_compromised_are_left_out_once_their_label_is_known(tmp_path):
+    # X's fraud on day 1 is known on day 8 (labels 7 days late): X's test events before then
+    # count, those after do not; Y, never a fraud, counts throughout.
+    rows = [row(0, 1, "X", 0.9, 1, "x"), row(1, 1, "Y", 0.1, 0)]
+    rows += [row(10 + i, 4 + i, "X", 0.9 if i < 2 else 0.3, int(i < 2), "x" if i < 2 else "")
+             for i in range(8)]  # fmt: skip
+    rows += [row(30 + i, 4 + i, "Y", 0.2, 0) for i in range(8)]
+    report = evaluate(scored_db(tmp_path / "k.db", rows), test_from="2026-01-04", k=1)
+    assert report.known_compromised == 4  # X on days 8-11
+    assert report.events == 12 and report.frauds == 2
+    assert "nor 4 by accounts whose fraud was known by then" in report.format()
+    assert report.flags["Isolation Forest flag"]["recall_by_scenario"] == {"x": 1.0}
+    assert report.flags["Isolation Forest flag"]["precision"] == 1.0
+
+
+def test_an_account_found_on_a_day_is_left_out_of_the_later_days():
+    frame = pd.DataFrame({
+        "time": pd.to_datetime(["2026-01-01 10:00", "2026-01-01 11:00",
+                                "2026-01-02 10:00", "2026-01-02 11:00"]),
+        "account_id": ["A", "B", "A", "B"],
+        "score": [0.9, 0.1, 0.9, 0.1],
+        "is_fraud": [1, 0, 1, 0],
+    })  # fmt: skip
+    # Day 1: A is found. Day 2: A is left out, B (no fraud) tops the day. Mean 0.5, not 1.0.
+    assert card_precision_at_k(frame, "score", k=1) == 0.5
