@@ -261,7 +261,9 @@ def test_flat_boosted_trees_give_scikit_learns_probabilities(missing):
     y = (x[:, 0] + x[:, 3] ** 2 + rng.normal(size=6000) > 2.5).astype(int)
     x[rng.random(x.shape) < missing] = np.nan
     model = fit_supervised(x, y, version=1)
-    estimator = joblib.load(io.BytesIO(model.dumps()))
+    saved = joblib.load(io.BytesIO(model.dumps()))  # what model_versions keeps
+    estimator = saved["estimator"]
+    assert saved["log_odds_shift"] == 0.0  # every legitimate event fit: the odds are the data's
     batch = rng.normal(size=(500, 6))
     batch[rng.random(batch.shape) < missing] = np.nan
     expected = estimator.predict_proba(batch)[:, 1]
