@@ -46,6 +46,7 @@ class Report:
     flags: dict[str, dict] = field(default_factory=dict)  # flag name -> metrics
     scenarios: dict[str, int] = field(default_factory=dict)  # scenario -> fraud events in test
     supervised_coverage: float = 0.0  # share of test events scored with a supervised model
+    calibration: list[dict] = field(default_factory=list)  # supervised_score: P against fraud
     baselines: dict[str, dict] = field(default_factory=dict)  # baseline name -> metrics
     baseline_training: str = ""  # what the baselines were trained on, or why there are none
     plot: str | None = None
@@ -69,6 +70,14 @@ class Report:
                 f"{SCORES[column]:<30} {m['roc_auc']:>8.3f} {m['average_precision']:>9.3f} "
                 f"{m['card_precision_at_k']:>15.3f}"
             )
+        if self.calibration:
+            out += ["", "calibration of supervised_score (P(fraud) against the share of fraud):"]
+            for b in self.calibration:
+                out.append(
+                    f"  P in [{b['from']:g}, {b['to']:g}{']' if b['to'] == 1 else ')'}".ljust(22)
+                    + f"{b['events']:>9,} events  mean P {b['mean_p']:.4f}  "
+                    f"fraud {b['fraud_share']:.4f}"
+                )
         out += ["", f"batch baselines: {self.baseline_training}"]
         for name, m in self.baselines.items():
             out.append(
@@ -163,6 +172,8 @@ def evaluate(
         supervised_coverage=float(test["supervised_score"].notna().mean()),
     )
     curves = _measure_scores(report, test, k)
+    if "supervised_score" in report.scores:
+        report.calibration = _calibration(test)
     if baselines:
         _measure_baselines(report, database_url, frame, test, k)
     anomaly = (test["score"] > test["threshold"]).to_numpy()
@@ -232,6 +243,25 @@ def _measure_scores(report: Report, test: pd.DataFrame, k: int) -> dict:
         if not same:  # the risk score is the supervised one once a model exists: one curve
             curves[column] = precision_recall_curve(y, s)[:2]
     return curves
+
+
+CALIBRATION_BINS = (0.0, 0.01, 0.1, 0.5, 0.9, 1.0)
+
+
+def _calibration(test: pd.DataFrame) -> list[dict]:
+    """For each range of ``supervised_score`` (:data:`CALIBRATION_BINS`), its events, their mean
+    score and the share of them that was fraud: equal when the probability is calibrated."""
+    p = test["supervised_score"].to_numpy(dtype=float)
+    y = test["is_fraud"].to_numpy()
+    out = []
+    for low, high in zip(CALIBRATION_BINS, CALIBRATION_BINS[1:], strict=False):
+        inside = (p >= low) & ((p < high) if high < 1 else (p <= high))
+        if inside.any():
+            out.append({
+                "from": low, "to": high, "events": int(inside.sum()),
+                "mean_p": float(p[inside].mean()), "fraud_share": float(y[inside].mean()),
+            })  # fmt: skip
+    return out
 
 
 def _measure_baselines(

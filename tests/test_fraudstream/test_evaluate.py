@@ -171,3 +171,16 @@ def test_an_account_found_on_a_day_is_left_out_of_the_later_days():
     })  # fmt: skip
     # Day 1: A is found. Day 2: A is left out, B (no fraud) tops the day. Mean 0.5, not 1.0.
     assert card_precision_at_k(frame, "score", k=1) == 0.5
+
+
+def test_calibration_sets_the_supervised_probability_beside_the_share_of_fraud(tmp_path):
+    rows = [row(i, 1, f"A{i}", 0.5, int(i < 5), "x" if i < 5 else "", supervised=0.05)
+            for i in range(100)]  # fmt: skip
+    rows += [row(200 + i, 1, f"B{i}", 0.5, int(i < 9), "x" if i < 9 else "", supervised=0.95)
+             for i in range(10)]  # fmt: skip
+    report = evaluate(scored_db(tmp_path / "p.db", rows), test_fraction=1.0, baselines=False)
+    assert [(b["from"], b["events"], b["fraud_share"]) for b in report.calibration] == [
+        (0.01, 100, 0.05), (0.9, 10, 0.9),
+    ]  # fmt: skip
+    assert report.calibration[0]["mean_p"] == pytest.approx(0.05)
+    assert "P in [0.9, 1]" in report.format() and "mean P 0.9500  fraud 0.9000" in report.format()
