@@ -320,6 +320,49 @@ def evaluate(db, json_path, **options) -> None:
         click.echo(f"figures: {json_path}")
 
 
+@main.group()
+def rules() -> None:
+    """Fraud rules as data (YAML, CEL expressions): check a file, backtest it on stored traffic."""
+
+
+RULES_FILE = click.argument("rules_file", type=EXISTING_FILE, required=False)
+
+
+def _rules(rules_file: Path | None):
+    from stream_processor.rules import DEFAULT_RULES, RuleError, load_rules_file
+
+    with _reported(RuleError):
+        return load_rules_file(rules_file or DEFAULT_RULES)
+
+
+@rules.command("check")
+@RULES_FILE
+def rules_check(rules_file: Path | None) -> None:
+    """Validate a rule file (default: the shipped rules) and list its rules."""
+    for rule in _rules(rules_file).rules:
+        state = "" if rule.enabled else "  (disabled)"
+        click.echo(f"{rule.id:<24} {rule.action:<5} {rule.severity:<8} {rule.expression}{state}")
+
+
+@rules.command("backtest")
+@RULES_FILE
+@DB_OPTION
+@click.option("--since", help="Only transactions from this UTC date or time on (2026-03-01).")
+def rules_backtest(rules_file: Path | None, db: Path | None, since: str | None) -> None:
+    """Evaluate a rule file (default: the shipped rules) over the stored transactions: hits,
+    share of traffic, precision and recall against the labels known, overlap with the models."""
+    from fraudstream.backtest import BacktestError, backtest
+
+    ruleset = _rules(rules_file)
+    settings = _settings(db)
+    if settings.sqlite_path and not Path(settings.sqlite_path).is_file():
+        raise click.ClickException(
+            f"{settings.sqlite_path}: no such database; run the pipeline first"
+        )
+    with _reported(BacktestError):
+        click.echo(backtest(settings.database_url, ruleset, since).format())
+
+
 @main.command()
 @click.option("--port", type=int, default=9092)
 def broker(port: int) -> None:

@@ -1,5 +1,5 @@
-"""A non-editable install works: the wheel carries the dbt project and the dashboard definition,
-and dbt builds the marts from the installed copy, away from any checkout."""
+"""A non-editable install works: the wheel carries the dbt project, the dashboard definition and
+the shipped rules, and dbt builds the marts from the installed copy, away from any checkout."""
 
 import shutil
 import subprocess
@@ -36,6 +36,7 @@ def test_the_installed_package_carries_the_dbt_project_and_dashboard_and_builds(
         assert f"batch/{name}" in names, name
     for name in tracked("dashboard"):
         assert f"fraudstream/dashboard_definition/{name.removeprefix('dashboard/')}" in names, name
+    assert "stream_processor/default_rules.yml" in names
 
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
@@ -46,6 +47,8 @@ def test_the_installed_package_carries_the_dbt_project_and_dashboard_and_builds(
         for module in (batch.build, fraudstream.dashboard, plugin):
             assert module.__file__.startswith(site), module.__file__
         assert fraudstream.dashboard.METADATA.is_file() and plugin.SAFE_CHARTS.is_file()
+        from stream_processor.rules import DEFAULT_RULES, load_rules_file
+        assert DEFAULT_RULES.is_file() and load_rules_file(DEFAULT_RULES).rules
         make_engine("sqlite:///finance.db").dispose()
         outcome = batch.build.dbt_build("finance.db")
         assert outcome.ok, outcome.describe()
