@@ -3,7 +3,8 @@ features each was scored with, before it is switched on.
 
 Per rule: its hits, their share of the traffic, precision and recall against the labels known
 (the ``labels`` table when it holds any, else the ``is_fraud`` the input carried), and how many
-of its hits the models flagged too (``is_flagged``).
+of its hits the models flagged too (the forest's score above its threshold, or the supervised
+P(fraud) at ``SUPERVISED_FLAG_THRESHOLD``: what the stored rules flagged does not count).
 """
 
 from __future__ import annotations
@@ -71,14 +72,16 @@ class Backtest:
         return "\n".join(out)
 
 
-def backtest(database_url: str, rules: RuleSet, since: str | None = None) -> Backtest:
+def backtest(
+    database_url: str, rules: RuleSet, since: str | None = None, supervised_threshold: float = 0.5
+) -> Backtest:
     """Evaluate ``rules`` over the transactions stored from ``since`` (a date or time, UTC) on."""
     report = Backtest(shown_url(database_url), rules, since)
     report.outcomes = {rule.id: RuleOutcome() for rule in rules.enabled}
     t = transactions
     query = select(
         t.c.transaction_id, t.c.account_id, t.c.amount, t.c.merchant, t.c.location,
-        t.c.timestamp, t.c.score, t.c.supervised_score, t.c.is_flagged, t.c.is_fraud,
+        t.c.timestamp, t.c.score, t.c.threshold, t.c.supervised_score, t.c.is_fraud,
         t.c.features,
     ).order_by(t.c.timestamp)  # fmt: skip
     if since:
@@ -90,7 +93,7 @@ def backtest(database_url: str, rules: RuleSet, since: str | None = None) -> Bac
             report.labels_from = "the labels table" if known else "is_fraud from the input"
             result = conn.execution_options(stream_results=True, yield_per=CHUNK).execute(query)
             for chunk in result.partitions(CHUNK):
-                _evaluate(report, rules, chunk, known)
+                _evaluate(report, rules, chunk, known, supervised_threshold)
     except Exception as exc:  # noqa: BLE001 - a missing table or an older database
         raise BacktestError(f"{report.database}: cannot read transactions: {exc}") from exc
     finally:
@@ -98,7 +101,9 @@ def backtest(database_url: str, rules: RuleSet, since: str | None = None) -> Bac
     return report
 
 
-def _evaluate(report: Backtest, rules: RuleSet, rows, known: dict) -> None:
+def _evaluate(
+    report: Backtest, rules: RuleSet, rows, known: dict, supervised_threshold: float
+) -> None:
     n = len(rows)
     stored = [orjson.loads(r.features) for r in rows]
     fields = {
@@ -119,7 +124,11 @@ def _evaluate(report: Backtest, rules: RuleSet, rows, known: dict) -> None:
     truth = [known.get(r.transaction_id, r.is_fraud) if known else r.is_fraud for r in rows]
     labelled = np.array([v is not None for v in truth])
     fraud = np.array([v == 1 for v in truth])
-    flagged = np.array([r.is_flagged == 1 for r in rows])
+    flagged = np.array([
+        r.score > r.threshold
+        or (r.supervised_score is not None and r.supervised_score >= supervised_threshold)
+        for r in rows
+    ])  # fmt: skip
     report.events += n
     report.first = report.first or rows[0].timestamp
     report.last = rows[-1].timestamp

@@ -93,14 +93,24 @@ def main(verbose: bool) -> None:
     default=1,
     help="Stream processors in the consumer group (more than one needs PostgreSQL).",
 )
-def run(csv_path, db, runtime, no_progress, no_dbt, **options) -> None:
+@click.option(
+    "--rules",
+    "rules_file",
+    type=EXISTING_FILE,
+    help="Fraud rules the stream evaluates (default: RULES_FILE, else the shipped rules).",
+)
+def run(csv_path, db, runtime, no_progress, no_dbt, rules_file, **options) -> None:
     """Run the whole pipeline once on a CSV and print a summary.
 
     Starts the embedded broker unless KAFKA_BOOTSTRAP_SERVERS is set.
     """
     from fraudstream.run import RunError, format_summary, run_pipeline
+    from stream_processor.rules import RuleError, rules_from
 
-    settings = _settings(db, runtime=runtime)
+    overrides = {"rules_file": str(rules_file.resolve())} if rules_file else {}
+    settings = _settings(db, runtime=runtime, **overrides)
+    with _reported(RuleError):  # refused here, not in the processor's log
+        rules_from(settings.rules_file)
     with _reported(RunError):
         summary = run_pipeline(
             csv_path, settings, progress=not no_progress, dbt=not no_dbt, **options
@@ -360,7 +370,8 @@ def rules_backtest(rules_file: Path | None, db: Path | None, since: str | None) 
             f"{settings.sqlite_path}: no such database; run the pipeline first"
         )
     with _reported(BacktestError):
-        click.echo(backtest(settings.database_url, ruleset, since).format())
+        report = backtest(settings.database_url, ruleset, since, settings.supervised_flag_threshold)
+    click.echo(report.format())
 
 
 @main.command()

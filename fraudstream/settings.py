@@ -152,6 +152,12 @@ class Settings(BaseSettings):
         gt=0,
         lt=1,
     )
+    rules_file: str = _setting(
+        "RULES_FILE",
+        "",
+        "A YAML file of fraud rules the stream evaluates on every event (docs/rules.md); "
+        "empty: the shipped rules; 'none': no rules.",
+    )
     n_estimators: int = _setting("N_ESTIMATORS", 100, "Trees in the Isolation Forest.")
     drift_delta: float = _setting(
         "DRIFT_DELTA",

@@ -63,8 +63,9 @@ transactions = Table(
         comment="the combined risk: supervised_score when a supervised model exists (it takes "
         "the anomaly score as an input), else the anomaly score",
     ),
-    Column("is_flagged", Integer, nullable=False, comment="anomaly flag or supervised flag"),
+    Column("is_flagged", Integer, nullable=False, comment="anomaly, supervised or alert-rule flag"),
     Column("reasons", Text, nullable=True, comment="JSON list of readable reasons, when flagged"),
+    Column("rules_hit", Text, nullable=True, comment="JSON list of the ids of the rules matched"),
     Column("model_version", Integer, nullable=False),
     Column("supervised_version", Integer, nullable=True),
     Column("features", Text, nullable=False, comment="JSON object of the models' inputs"),

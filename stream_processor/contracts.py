@@ -172,6 +172,7 @@ def alert_payload(row: TransactionRow) -> dict:
         "risk_score": _rounded(row.risk_score),
         "model_version": row.model_version,
         "reasons": json.loads(row.reasons) if row.reasons else [],
+        "rules": json.loads(row.rules_hit) if row.rules_hit else [],
         "scored_at": row.scored_at,
     }
 

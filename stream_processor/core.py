@@ -38,13 +38,14 @@ from stream_processor.contracts import (
     dead_letter,
     rows_from_columns,
 )
-from stream_processor.features import SUPERVISED_FEATURE_NAMES, AccountStates, LabelMemory
+from stream_processor.features import SLOT, SUPERVISED_FEATURE_NAMES, AccountStates, LabelMemory
 from stream_processor.group import GroupState
 from stream_processor.labelling import LabelLearner, SupervisedTrainer
 from stream_processor.labels import Label, decode_label
 from stream_processor.model import FittedModel, Model, SupervisedModel
 from stream_processor.reasons import explain
 from stream_processor.refit import RefitRunner
+from stream_processor.rules import RuleSet, batch_columns, rules_from
 from stream_processor.scoring import AnomalyScorer, GroupCount, Scores, Versions
 from stream_processor.warmup import WarmUp
 
@@ -170,9 +171,14 @@ class Decoder:
         return out
 
 
-def emit_rows(events: list[HeldEvent], scores: Scores, result: BatchResult) -> None:
-    """The transactions rows of scored ``events`` into ``result``, and an
-    alert, with the reasons, for each flagged one."""
+def emit_rows(
+    events: list[HeldEvent],
+    scores: Scores,
+    result: BatchResult,
+    hits: RuleHits | None = None,
+) -> None:
+    """The transactions rows of scored ``events`` into ``result``, and an alert, with the
+    reasons, for each flagged one (``hits``: the rules they matched)."""
     model, supervised = scores.model, scores.supervised
     n = len(events)
     txns = [h.txn for h in events]
@@ -189,6 +195,8 @@ def emit_rows(events: list[HeldEvent], scores: Scores, result: BatchResult) -> N
             anomalous=bool(scores.anomalous[i]), probability=probability_list[i],
             supervised_threshold=supervised.threshold if supervised else None,
         )  # fmt: skip
+        if hits is not None:
+            explained += hits.reasons[i]
         reasons[i] = json.dumps(explained, ensure_ascii=False) if explained else None
     rows = rows_from_columns(
         {
@@ -206,6 +214,7 @@ def emit_rows(events: list[HeldEvent], scores: Scores, result: BatchResult) -> N
             "risk_score": scores.risks.tolist(),
             "is_flagged": scores.flags.astype(int).tolist(),
             "reasons": reasons,
+            "rules_hit": [None] * n if hits is None else hits.ids,
             "model_version": [model.version] * n,
             "supervised_version": [supervised.version if supervised else None] * n,
             "features": features_json(scores.inputs),
@@ -218,6 +227,38 @@ def emit_rows(events: list[HeldEvent], scores: Scores, result: BatchResult) -> N
     )
     result.rows += rows
     result.alerts += [alert_payload(TransactionRow._make(rows[i])) for i in flagged]
+
+
+class RuleHits:
+    """What the rules said of a batch: per event, the ids matched (JSON text, None for none)
+    and their reasons; and which events an alert rule flags."""
+
+    def __init__(self, rules: RuleSet, events: list[HeldEvent], scores: Scores):
+        txns = [h.txn for h in events]
+        n = len(txns)
+
+        def value_of(name: str):
+            if name in SLOT:
+                return scores.inputs[:, SLOT[name]]
+            if name == "score":
+                return scores.anomaly
+            if name == "supervised_score":
+                p = scores.probabilities
+                return np.full(n, np.nan) if p is None else p
+            if name == "timestamp":
+                return [db_timestamp(t.timestamp) for t in txns]
+            return [getattr(t, name) for t in txns]  # amount, account_id, merchant, location
+
+        matched: list[list[str]] = [[] for _ in range(n)]
+        self.alerting = np.zeros(n, dtype=bool)
+        for rule_id, hit in rules.hits(batch_columns(rules.names, value_of), n).items():
+            rows = np.flatnonzero(hit).tolist()
+            for i in rows:
+                matched[i].append(rule_id)
+            if rules.action(rule_id) == "alert":
+                self.alerting |= hit
+        self.ids = [json.dumps(ids) if ids else None for ids in matched]
+        self.reasons = [[rules.describe(r) for r in ids] for ids in matched]
 
 
 class ScoringCore:
@@ -258,6 +299,7 @@ class ScoringCore:
         self.learner = LabelLearner(settings, self.store, self.trainer, self.counts, clock)
         self.learner.restore(restored.label_history, restored.queued_labels)
         self.group: GroupState | None = None  # several processors: what they share (share())
+        self.rules = rules_from(settings.rules_file)
 
     # -- what runtimes, the pipeline and tests read ------------------------------------------
 
@@ -400,7 +442,10 @@ class ScoringCore:
         """Score ``events`` (of ``features``), write their rows, and learn what follows."""
         txns = [h.txn for h in events]
         scores = self.scorer.score(features, self.learner.memory.features(txns), self.supervised)
-        emit_rows(events, scores, result)
+        hits = RuleHits(self.rules, events, scores) if self.rules.enabled else None
+        if hits is not None:
+            scores.flags = scores.flags | hits.alerting
+        emit_rows(events, scores, result, hits)
         self.learner.keep(events, scores.inputs, result)
         if self.group is not None:
             self.group.learned(events)

@@ -28,6 +28,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -117,9 +118,16 @@ class RuleSet:
         """The variables the enabled rules read: the only columns a batch needs."""
         return frozenset().union(*(r.names for r in self.enabled))
 
+    def action(self, rule_id: str) -> str:
+        return self._by_id[rule_id].action
+
+    @cached_property
+    def _by_id(self) -> dict[str, Rule]:
+        return {r.id: r for r in self.rules}
+
     def describe(self, rule_id: str) -> str:
         """The reason a hit of ``rule_id`` gives: its id, severity and description."""
-        rule = next(r for r in self.rules if r.id == rule_id)
+        rule = self._by_id[rule_id]
         return f"rule {rule.id} ({rule.severity}): {rule.description}"
 
     def hits(self, columns: Columns, n: int) -> dict[str, np.ndarray]:
@@ -128,6 +136,13 @@ class RuleSet:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump({"rules": [r.as_dict() for r in self.rules]}, sort_keys=False)
+
+
+def rules_from(setting: str) -> RuleSet:
+    """The rules of the ``RULES_FILE`` setting: a file; '' the shipped rules; 'none' none."""
+    if setting.strip().lower() == "none":
+        return RuleSet()
+    return load_rules_file(Path(setting) if setting else DEFAULT_RULES)
 
 
 def load_rules_file(path: Path) -> RuleSet:

@@ -28,14 +28,15 @@ RULES = """rules:
 
 
 def stored(path, events, known_labels=()):
-    """``events``: (amount, previous amount, seconds since the previous one, fraud, flagged)."""
+    """``events``: (amount, previous amount, seconds since the previous one, fraud, flagged by
+    the forest); every row is_flagged, as rules may have flagged it: that does not count."""
     engine = make_engine(f"sqlite:///{path}")
     rows = [
         {
             "transaction_id": f"T{i}", "account_id": f"A{i}", "amount": amount, "merchant": "M",
             "timestamp": (T0 + timedelta(days=i)).strftime("%Y-%m-%d %H:%M:%S"),
-            "location": None, "is_fraud": fraud, "score": 0.5, "threshold": 0.6,
-            "risk_score": 0.5, "supervised_score": None, "is_flagged": flagged,
+            "location": None, "is_fraud": fraud, "score": 0.7 if flagged else 0.5,
+            "threshold": 0.6, "risk_score": 0.5, "supervised_score": None, "is_flagged": 1,
             "model_version": 1, "scored_at": 0.0,
             "features": json.dumps({"previous_amount": previous, "log_gap_s": math.log1p(gap)}),
         }
@@ -92,3 +93,13 @@ def test_a_refused_rule_file_says_why(tmp_path):
     assert result.exit_code == 1
     assert "rule 'small_then_large': unknown name 'previous_amout'" in result.output
     assert "did you mean 'previous_amount'" in result.output
+
+
+def test_run_refuses_a_bad_rule_file_before_starting_anything(tmp_path):
+    rules = tmp_path / "rules.yml"
+    rules.write_text(RULES.replace("amount > 1000.0", "amount > 'a lot'"))
+    db = tmp_path / "never.db"
+    result = CliRunner().invoke(main, ["run", "--rules", str(rules), "--db", str(db)])
+    assert result.exit_code == 1
+    assert "rule 'big': cannot compare a number with a string by >" in result.output
+    assert not db.exists()

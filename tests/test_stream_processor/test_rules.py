@@ -155,3 +155,48 @@ def test_every_variable_is_a_number_or_a_string_of_the_batch():
     batch = columns([1.0], [0.0], [5], ["M"])
     assert set(batch) == set(VARIABLES)
     assert batch["location"].tolist() == [""]  # not known: empty
+
+
+def test_the_stream_flags_an_event_a_rule_matches_and_names_the_rule(settings, tmp_path):
+    """An account spends under 1.00, then over 500 forty seconds later: with the classic rule
+    applied, that event is flagged, its row records the rule, its alert names it and its
+    reasons describe it; the event before, and another account's, match nothing."""
+    from datetime import UTC, datetime, timedelta
+
+    from fraudstream.schema import Transaction
+    from stream_processor.contracts import RawMessage
+    from stream_processor.core import ScoringCore
+
+    rules = tmp_path / "rules.yml"
+    rules.write_text(rule_file(rule(
+        "small_then_large", "amount > 500.0 && previous_amount < 1.0 && seconds_since_previous <= 60.0",
+    )))  # fmt: skip
+    t0 = datetime(2026, 2, 2, tzinfo=UTC)
+    rng = np.random.default_rng(3)
+    txns = [
+        Transaction(f"W{i}", f"A{i % 50}", float(rng.lognormal(3, 0.5)), f"M{i % 20}",
+                    t0 + timedelta(minutes=i), "Paris")
+        for i in range(300)
+    ]  # fmt: skip
+    late = t0 + timedelta(minutes=400)
+    txns += [
+        Transaction("SMALL", "ZZ", 0.5, "Shop", late, "Paris"),
+        Transaction("LARGE", "ZZ", 650.0, "Shop", late + timedelta(seconds=40), "Paris"),
+        Transaction("OTHER", "A1", 650.0, "Shop", late + timedelta(seconds=50), "Paris"),
+    ]  # fmt: skip
+    core = ScoringCore(settings.replace(rules_file=str(rules)))
+    rows, alerts = [], []
+    messages = [RawMessage(t.encode(), offset=i) for i, t in enumerate(txns)]
+    for i in range(0, len(messages), 100):
+        result = core.process(messages[i : i + 100])
+        rows += result.named_rows
+        alerts += result.alerts
+    by_id = {r.transaction_id: r for r in rows}
+    large = by_id["LARGE"]
+    assert large.is_flagged == 1 and large.rules_hit == '["small_then_large"]'
+    assert "rule small_then_large (medium): a rule" in large.reasons
+    (alert,) = [a for a in alerts if a["transaction_id"] == "LARGE"]
+    assert alert["rules"] == ["small_then_large"]
+    assert "rule small_then_large (medium): a rule" in alert["reasons"]
+    assert by_id["SMALL"].rules_hit is None and by_id["OTHER"].rules_hit is None
+    assert sum(r.rules_hit is not None for r in rows) == 1

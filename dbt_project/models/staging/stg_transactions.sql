@@ -17,6 +17,7 @@ select
     supervised_score,
     risk_score,
     reasons as ml_reasons,
+    rules_hit as stream_rules_hit,
     model_version,
     supervised_version,
     scored_at
