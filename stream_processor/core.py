@@ -196,7 +196,7 @@ def emit_rows(
             supervised_threshold=supervised.threshold if supervised else None,
         )  # fmt: skip
         if hits is not None:
-            explained += hits.reasons[i]
+            explained += hits.reasons(i)
         reasons[i] = json.dumps(explained, ensure_ascii=False) if explained else None
     rows = rows_from_columns(
         {
@@ -230,8 +230,8 @@ def emit_rows(
 
 
 class RuleHits:
-    """What the rules said of a batch: per event, the ids matched (JSON text, None for none)
-    and their reasons; and which events an alert rule flags."""
+    """What the rules said of a batch: per event, the ids matched (JSON text, None for none),
+    the reasons they give, and which events an alert rule flags."""
 
     def __init__(self, rules: RuleSet, events: list[HeldEvent], scores: Scores):
         txns = [h.txn for h in events]
@@ -249,16 +249,20 @@ class RuleHits:
                 return [db_timestamp(t.timestamp) for t in txns]
             return [getattr(t, name) for t in txns]  # amount, account_id, merchant, location
 
-        matched: list[list[str]] = [[] for _ in range(n)]
+        self.rules = rules
+        self.matched: dict[int, list[str]] = {}  # event -> the ids of the rules it matched
         self.alerting = np.zeros(n, dtype=bool)
         for rule_id, hit in rules.hits(batch_columns(rules.names, value_of), n).items():
-            rows = np.flatnonzero(hit).tolist()
-            for i in rows:
-                matched[i].append(rule_id)
+            for i in np.flatnonzero(hit).tolist():
+                self.matched.setdefault(i, []).append(rule_id)
             if rules.action(rule_id) == "alert":
                 self.alerting |= hit
-        self.ids = [json.dumps(ids) if ids else None for ids in matched]
-        self.reasons = [[rules.describe(r) for r in ids] for ids in matched]
+        self.ids: list[str | None] = [None] * n
+        for i, ids in self.matched.items():  # ids are [a-z0-9_]: JSON as they are
+            self.ids[i] = '["' + '", "'.join(ids) + '"]'
+
+    def reasons(self, i: int) -> list[str]:
+        return [self.rules.describe(rule_id) for rule_id in self.matched.get(i, ())]
 
 
 class ScoringCore:
