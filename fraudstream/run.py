@@ -36,6 +36,8 @@ from fraudstream.tables import (
 )
 from fraudstream.topics import read_topic
 
+MARTS = ("fraud_flags", "spending_aggregations", "daily_kpis", "model_quality", "rule_hits")
+
 
 class RunError(RuntimeError):
     pass
@@ -177,7 +179,7 @@ def _build_marts(summary: RunSummary, engine: Engine, settings: Settings, fresh:
     # After --fresh the incremental marts start over too (PostgreSQL keeps dbt's tables).
     summary.dbt = dbt_build(settings.database_url, full_refresh=fresh)
     with engine.connect() as conn:
-        for mart in ("fraud_flags", "spending_aggregations", "daily_kpis", "model_quality"):
+        for mart in MARTS:
             try:
                 summary.marts[mart] = _count(conn, sa_table(mart))
             except Exception:  # noqa: BLE001 - a failed build leaves it missing

@@ -43,3 +43,9 @@
 {% macro round_to(expression, digits) %}{{ return(adapter.dispatch('round_to')(expression, digits)) }}{% endmacro %}
 {% macro sqlite__round_to(expression, digits) %}round({{ expression }}, {{ digits }}){% endmacro %}
 {% macro postgres__round_to(expression, digits) %}cast(round(cast({{ expression }} as numeric), {{ digits }}) as double precision){% endmacro %}
+
+{# Joins each item of a JSON list stored as text (transactions.rules_hit) as `alias`.value, one row
+   per item; a null list joins no row. #}
+{% macro join_json_items(column, alias) %}{{ return(adapter.dispatch('join_json_items')(column, alias)) }}{% endmacro %}
+{% macro sqlite__join_json_items(column, alias) %}join json_each({{ column }}) as {{ alias }}{% endmacro %}
+{% macro postgres__join_json_items(column, alias) %}cross join lateral json_array_elements_text(cast({{ column }} as json)) as {{ alias }}(value){% endmacro %}

@@ -64,6 +64,12 @@ def test_build_passes_and_the_marts_hold_data(db_settings, small_csv, tmp_path):
     ]
     detectors = {r[0] for r in rows(settings, "select distinct detector from model_quality")}
     assert {"ml_flagged", "rule_high_value", "rule_card_testing", "any_rule"} <= detectors
+    # the stream's rules (the shipped ones): each hit once a day and rule, flagged when it alerts
+    hits = rows(settings, "select rule_id, sum(hits), sum(flagged) from rule_hits group by 1")
+    stored = rows(
+        settings, "select count(*) from transactions where rules_hit like '%rapid_transactions%'"
+    )
+    assert ("rapid_transactions", stored[0][0]) in {(r, n) for r, n, _ in hits} and stored[0][0] > 0
 
 
 def test_incremental_builds_match_a_full_rebuild(db_settings, small_csv, tmp_path):
@@ -108,7 +114,8 @@ def test_both_databases_build_the_same_marts_from_the_same_results(
         return None if value is None else str(value)
 
     for mart, key in [("fraud_flags", "transaction_id"), ("spending_aggregations", "aggregation_id"),
-                      ("daily_kpis", "day"), ("model_quality", "transaction_date, detector")]:  # fmt: skip
+                      ("daily_kpis", "day"), ("model_quality", "transaction_date, detector"),
+                      ("rule_hits", "day_rule")]:  # fmt: skip
         sql = f"select * from {mart} order by {key}"
         on_sqlite = [tuple(map(normal, r)) for r in rows(settings, sql)]
         assert on_sqlite and [tuple(map(normal, r)) for r in rows(on_pg, sql)] == on_sqlite, mart

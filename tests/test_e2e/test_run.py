@@ -82,7 +82,8 @@ def test_run_on_postgresql_creates_the_database_and_builds_the_marts_with_dbt_po
             text("select count(*), count(score), sum(is_flagged) from transactions")
         ).one()
         marts = {m: conn.execute(text(f"select count(*) from {m}")).scalar()
-                 for m in ("fraud_flags", "spending_aggregations", "daily_kpis", "model_quality")}  # fmt: skip
+                 for m in ("fraud_flags", "spending_aggregations", "daily_kpis", "model_quality",
+                           "rule_hits")}  # fmt: skip
     engine.dispose()
     assert n == scored == 1500
     assert marts["fraud_flags"] == 1500 and min(marts.values()) > 0
