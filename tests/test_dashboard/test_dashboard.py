@@ -28,6 +28,8 @@ def test_dashboard_renders_every_chart_with_data(served, browser, finance_db, tm
         "monthly spending points": "#chart-spending-trend svg .mark-symbol path",
         "anomaly bars": "#chart-anomalies-per-day svg .mark-rect path",
         "flagged share points": "#chart-flagged-share svg .mark-symbol path",
+        "rule hit bars": "#chart-rule-hits svg .mark-rect path",
+        "rule quality rows": "#chart-rule-quality table tbody tr",
         "high-value rows": "#chart-high-value table tbody tr",
         "alert rows": "#chart-recent-alerts table tbody tr",
     }
@@ -36,6 +38,11 @@ def test_dashboard_renders_every_chart_with_data(served, browser, finance_db, tm
     assert rendered["monthly spending points"] >= 4  # four months of data
     assert rendered["anomaly bars"] >= 100  # about 120 days x 2 kinds, zero bars omitted
     assert rendered["flagged share points"] >= 100  # one a day
+    assert rendered["rule hit bars"] >= 50  # the shipped rules hit on most days
+    quality = browser.execute_script(
+        "return document.querySelector('#chart-rule-quality').innerText"
+    )
+    assert "rapid_transactions" in quality and "precision" in quality
     kpi = browser.execute_script(
         "return document.querySelector('#chart-kpi-transactions p').innerText"
     )
