@@ -84,8 +84,8 @@ def backtest(
         t.c.timestamp, t.c.score, t.c.threshold, t.c.supervised_score, t.c.is_fraud,
         t.c.features,
     ).order_by(t.c.timestamp)  # fmt: skip
-    if since:
-        query = query.where(t.c.timestamp >= since)
+    if since:  # stored as 'YYYY-MM-DD HH:MM:SS': an ISO 'T' would sort after the whole day
+        query = query.where(t.c.timestamp >= since.replace("T", " ").removesuffix("Z"))
     engine = create_engine(engine_url(database_url))
     try:
         with engine.connect() as conn:

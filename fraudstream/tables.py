@@ -64,6 +64,7 @@ transactions = Table(
         "the anomaly score as an input), else the anomaly score",
     ),
     Column("is_flagged", Integer, nullable=False, comment="anomaly, supervised or alert-rule flag"),
+    Column("model_flagged", Integer, nullable=True, comment="the models' own flag: anomaly or supervised"),
     Column("reasons", Text, nullable=True, comment="JSON list of readable reasons, when flagged"),
     Column("rules_hit", Text, nullable=True, comment="JSON list of the ids of the rules matched"),
     Column("model_version", Integer, nullable=False),

@@ -186,7 +186,8 @@ def emit_rows(
     score_list = scores.anomaly.tolist()
     probabilities = scores.probabilities
     probability_list = [None] * n if probabilities is None else probabilities.tolist()
-    flagged = np.flatnonzero(scores.flags).tolist()
+    flags = scores.flags if hits is None else scores.flags | hits.alerting
+    flagged = np.flatnonzero(flags).tolist()
     reasons: list[str | None] = [None] * n
     for i in flagged:
         txn = txns[i]
@@ -212,7 +213,8 @@ def emit_rows(
             "threshold": [scores.threshold] * n,
             "supervised_score": probability_list,
             "risk_score": scores.risks.tolist(),
-            "is_flagged": scores.flags.astype(int).tolist(),
+            "is_flagged": flags.astype(int).tolist(),
+            "model_flagged": scores.flags.astype(int).tolist(),
             "reasons": reasons,
             "rules_hit": [None] * n if hits is None else hits.ids,
             "model_version": [model.version] * n,
@@ -447,8 +449,6 @@ class ScoringCore:
         txns = [h.txn for h in events]
         scores = self.scorer.score(features, self.learner.memory.features(txns), self.supervised)
         hits = RuleHits(self.rules, events, scores) if self.rules.enabled else None
-        if hits is not None:
-            scores.flags = scores.flags | hits.alerting
         emit_rows(events, scores, result, hits)
         self.learner.keep(events, scores.inputs, result)
         if self.group is not None:
@@ -459,7 +459,8 @@ class ScoringCore:
             self._share_drift(group)
         self.learner.advance(txns)
         self.counts["scored"] += len(events)
-        self.counts["flagged"] += int(scores.flags.sum())
+        flags = scores.flags if hits is None else scores.flags | hits.alerting
+        self.counts["flagged"] += int(flags.sum())
 
     def _share_drift(self, group: GroupState) -> None:
         """Several processors: drift another one saw is the trainer's too; drift seen here by

@@ -56,8 +56,8 @@ NUMBER_VARIABLES = (
 )
 """The amount, every model input by its name in docs/scoring.md's table (``previous_amount``
 among them), the forest's anomaly ``score`` and ``supervised_score`` (NaN before a supervised
-model exists: every comparison with it is then false), and ``seconds_since_previous`` (from the
-account's previous transaction in event time, from ``log_gap_s``, to the microsecond; 7 days
+model exists: every comparison with it but ``!=`` is then false), and ``seconds_since_previous`` (from the
+account's previous transaction in event time, from ``log_gap_s``, to the millisecond; 7 days
 without one)."""
 VARIABLES: Mapping[str, str] = {
     **{name: STRING for name in STRING_VARIABLES},
@@ -160,9 +160,10 @@ def batch_columns(names: frozenset[str], value_of: Callable[[str], Any]) -> dict
     columns: dict[str, np.ndarray] = {}
     for name in names:
         if name == "seconds_since_previous":
-            # log_gap_s is log(1 + seconds); rounded to the microsecond, a gap of 60 s reads 60.0
+            # log_gap_s is log(1 + seconds); rounded to the millisecond, a gap of 60 s reads
+            # 60.0, also from the stored features' 6 decimals (off by 0.15 s at 7 days)
             gap = np.asarray(value_of("log_gap_s"), dtype=np.float64)
-            columns[name] = np.round(np.expm1(gap), 6)
+            columns[name] = np.round(np.expm1(gap), 3)
         elif VARIABLES[name] == STRING:
             columns[name] = np.array([v or "" for v in value_of(name)], dtype=object)
         else:
@@ -251,11 +252,13 @@ def compile_expression(expression: str) -> Callable[[Columns, int], np.ndarray]:
         _parser = CELParser()
     try:
         tree = _parser.parse(expression)
+        compiler = _Compiler()
+        kind, value = compiler.node(tree)
     except CELParseError as exc:
         where = f" at column {exc.column}" if getattr(exc, "column", None) else ""
         raise ExpressionError(f"does not parse{where}: {expression!r}") from None
-    compiler = _Compiler()
-    kind, value = compiler.node(tree)
+    except RecursionError:
+        raise ExpressionError("is nested too deeply") from None
     if kind != BOOL:
         raise ExpressionError(f"gives a {kind}, not true or false: {expression!r}")
 
@@ -308,6 +311,8 @@ class _Compiler:
         self._expect(condition, BOOL, "the condition of ? :")
         if yes[0] != no[0]:
             raise ExpressionError(f"? : gives a {yes[0]} on one side and a {no[0]} on the other")
+        if yes[0] in (NUMBERS, STRINGS):
+            raise ExpressionError("? : cannot choose between lists; write the list itself")
         cond_fn, yes_fn, no_fn = condition[1], yes[1], no[1]
         return yes[0], lambda c: np.where(cond_fn(c), yes_fn(c), no_fn(c))
 
@@ -391,7 +396,7 @@ class _Compiler:
         target_fn, argument_fn = target[1], arguments[0][1]
 
         def apply(c):
-            texts, other = target_fn(c), argument_fn(c)
+            texts, other = _text(target_fn(c)), _text(argument_fn(c))
             if isinstance(texts, str) and isinstance(other, str):
                 return test(texts, other)
             texts = np.broadcast_to(
@@ -412,7 +417,7 @@ class _Compiler:
         fn = arguments[0][1]
 
         def size(c):
-            texts = fn(c)
+            texts = _text(fn(c))
             if isinstance(texts, str):
                 return float(len(texts))
             return np.fromiter(map(len, texts), dtype=np.float64, count=len(texts))
@@ -431,14 +436,20 @@ class _Compiler:
 
     def _literal(self, tree: Tree) -> Compiled:
         token: Token = tree.children[0]
+        try:
+            if token.type == "INT_LIT":
+                number = float(int(token.value, 0))  # 0x10 too
+            elif token.type == "FLOAT_LIT":
+                number = float(token.value)
+            elif token.type in ("STRING_LIT", "MLSTRING_LIT"):
+                text = str(celstr(token))
+                return STRING, lambda c: text
+        except (ValueError, OverflowError) as exc:
+            raise ExpressionError(f"the literal {token.value} is not valid: {exc}") from None
         if token.type in ("INT_LIT", "FLOAT_LIT"):
-            number = float(token.value)
             if not math.isfinite(number):
                 raise ExpressionError(f"the number {token.value} is out of range")
             return NUMBER, lambda c: number
-        if token.type in ("STRING_LIT", "MLSTRING_LIT"):
-            text = str(celstr(token))
-            return STRING, lambda c: text
         if token.type == "BOOL_LIT":
             truth = token.value == "true"
             return BOOL, lambda c: truth
@@ -468,6 +479,11 @@ class _Compiler:
     def _expect(compiled: Compiled, kind: str, where: str) -> None:
         if compiled[0] != kind:
             raise ExpressionError(f"{where} needs a {kind}, not a {compiled[0]}")
+
+
+def _text(value):
+    """A string column, or one string: what ``? :`` of two literals gives (a 0-d array) too."""
+    return str(np.asarray(value, dtype=object).item()) if np.ndim(value) == 0 else value
 
 
 def _describe(rule: str) -> str:

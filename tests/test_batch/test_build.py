@@ -65,7 +65,7 @@ def test_build_passes_and_the_marts_hold_data(db_settings, small_csv, tmp_path):
     detectors = {r[0] for r in rows(settings, "select distinct detector from model_quality")}
     assert {"ml_flagged", "rule_high_value", "rule_card_testing", "any_rule"} <= detectors
     # the stream's rules (the shipped ones): each hit once a day and rule, flagged when it alerts
-    hits = rows(settings, "select rule_id, sum(hits), sum(flagged) from rule_hits group by 1")
+    hits = rows(settings, "select rule_id, sum(hits), sum(models_flagged) from rule_hits group by 1")
     stored = rows(
         settings, "select count(*) from transactions where rules_hit like '%rapid_transactions%'"
     )

@@ -87,6 +87,10 @@ def test_a_disabled_rule_is_kept_and_not_evaluated():
          r"rule 'r': field selection \(a.b\) is not supported"),
         (rule_file(rule(expression='merchant.format(["x"]) == "x"')),
          "rule 'r': unknown method 'format'"),
+        (rule_file(rule(expression="amount in (amount > 5.0 ? [1.0] : [2.0])")),
+         "rule 'r': \\? : cannot choose between lists"),
+        (rule_file(rule(expression='merchant == "\\U00110000"')), "rule 'r': the literal .* is not valid"),
+        (rule_file(rule(expression="(" * 60 + "true" + ")" * 60)), "rule 'r': is nested too deeply"),
         (rule_file(rule(action="block")), "rule 'r': action must be one of alert, tag"),
         (rule_file(rule(extra="    owner: me\n")), "rule 'r': unknown field 'owner'"),
         (rule_file(rule("Bad-Id")), "rule 'Bad-Id': the id must be"),
@@ -99,6 +103,18 @@ def test_a_file_with_a_bad_rule_is_refused_whole_with_the_rule_and_the_reason(te
     with pytest.raises(RuleError, match=message) as refused:
         load_rules(text.replace("rules:\n", "rules:\n" + good, 1), "mine.yml")
     assert str(refused.value).startswith("mine.yml: refused, nothing applied")
+
+
+def test_literals_only_still_give_one_answer_per_event():
+    """A ``? :`` of two literals is one value, not a column: string methods and size take it
+    alike; and hexadecimal integers read as CEL has them."""
+    ruleset = load_rules(rule_file(
+        rule("a", 'size(true ? "ab" : "c") > 1.0'), rule("b", '(true ? "a" : "b").startsWith("a")'),
+        rule("c", "amount > 0x10"),
+    ))  # fmt: skip
+    hits = ruleset.hits(columns([10.0, 20.0], [0, 0], [1, 1], ["M", "N"]), 2)
+    assert hits["a"].tolist() == hits["b"].tolist() == [True, True]
+    assert hits["c"].tolist() == [False, True]
 
 
 def test_every_problem_of_a_file_is_named():
@@ -200,3 +216,8 @@ def test_the_stream_flags_an_event_a_rule_matches_and_names_the_rule(settings, t
     assert "rule small_then_large (medium): a rule" in alert["reasons"]
     assert by_id["SMALL"].rules_hit is None and by_id["OTHER"].rules_hit is None
     assert sum(r.rules_hit is not None for r in rows) == 1
+    # the models' own verdict is kept apart: the rule only adds to it
+    assert all(r.is_flagged == (r.model_flagged or r.rules_hit is not None) for r in rows)
+    assert (
+        sum(r.is_flagged for r in rows) > sum(r.model_flagged for r in rows) or large.model_flagged
+    )

@@ -1,9 +1,9 @@
 {{ config(unique_key='day_rule') }}
 
 -- One row per day and stream rule (transactions.rules_hit: the rules the stream evaluated on
--- each event, docs/rules.md): its hits, how many of them were flagged, and how many were fraud
--- by the label received (else the input's is_fraud): each rule's precision, day by day. Every
--- day recomputed by each build and stored by delete + insert, like daily_kpis.
+-- each event, docs/rules.md): its hits, how many of them the models flagged too, and how many
+-- were fraud by the label received (else the input's is_fraud): each rule's precision, day by
+-- day. Every day recomputed by each build and stored by delete + insert, like daily_kpis.
 
 with hits as (
     select
@@ -21,7 +21,7 @@ select
     day,
     rule_id,
     count(*) as hits,
-    sum(ml_flagged) as flagged,
+    sum(ml_flagged) as models_flagged,
     count(is_fraud) as labelled,
     sum(case when is_fraud = 1 then 1 else 0 end) as frauds,
     {{ round_to('1.0 * sum(case when is_fraud = 1 then 1 else 0 end) / nullif(count(is_fraud), 0)', 4) }} as rule_precision

@@ -12,7 +12,9 @@ select
     is_fraud,
     score as ml_score,
     threshold as ml_threshold,
-    is_flagged as ml_flagged,
+    -- the models' own flag (is_flagged adds the stream's alert rules: stream_flagged)
+    coalesce(model_flagged, is_flagged) as ml_flagged,
+    is_flagged as stream_flagged,
     case when score > threshold then 1 else 0 end as anomaly_flagged,
     supervised_score,
     risk_score,
