@@ -176,9 +176,9 @@ def emit_rows(
     scores: Scores,
     result: BatchResult,
     hits: RuleHits | None = None,
-) -> None:
+) -> np.ndarray:
     """The transactions rows of scored ``events`` into ``result``, and an alert, with the
-    reasons, for each flagged one (``hits``: the rules they matched)."""
+    reasons, for each flagged one (``hits``: the rules they matched); the flags."""
     model, supervised = scores.model, scores.supervised
     n = len(events)
     txns = [h.txn for h in events]
@@ -229,6 +229,7 @@ def emit_rows(
     )
     result.rows += rows
     result.alerts += [alert_payload(TransactionRow._make(rows[i])) for i in flagged]
+    return flags
 
 
 class RuleHits:
@@ -449,7 +450,7 @@ class ScoringCore:
         txns = [h.txn for h in events]
         scores = self.scorer.score(features, self.learner.memory.features(txns), self.supervised)
         hits = RuleHits(self.rules, events, scores) if self.rules.enabled else None
-        emit_rows(events, scores, result, hits)
+        flags = emit_rows(events, scores, result, hits)
         self.learner.keep(events, scores.inputs, result)
         if self.group is not None:
             self.group.learned(events)
@@ -459,7 +460,6 @@ class ScoringCore:
             self._share_drift(group)
         self.learner.advance(txns)
         self.counts["scored"] += len(events)
-        flags = scores.flags if hits is None else scores.flags | hits.alerting
         self.counts["flagged"] += int(flags.sum())
 
     def _share_drift(self, group: GroupState) -> None:

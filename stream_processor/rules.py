@@ -109,11 +109,11 @@ class Rule:
 class RuleSet:
     rules: tuple[Rule, ...] = ()
 
-    @property
+    @cached_property  # read every batch: once per rule set
     def enabled(self) -> tuple[Rule, ...]:
         return tuple(r for r in self.rules if r.enabled)
 
-    @property
+    @cached_property
     def names(self) -> frozenset[str]:
         """The variables the enabled rules read: the only columns a batch needs."""
         return frozenset().union(*(r.names for r in self.enabled))
