@@ -179,6 +179,20 @@ def generate(config: GeneratorConfig = GeneratorConfig()) -> pd.DataFrame:
     online = np.flatnonzero(np.isin(m_cat, [_cat("online_retail"), _cat("digital_goods")]))
     pricey = np.flatnonzero(np.isin(m_cat, [_cat("electronics"), _cat("travel")]) | m_online)
 
+    parts += _injected_fraud(
+        rng, span_s, level, home, ato_sizes, ct_sizes, n_high, online, pricey, cat_typical[m_cat]
+    )
+
+    return _frame(config, start, parts, names, m_cat, city_names)
+
+
+def _injected_fraud(
+    rng, span_s, level, home, ato_sizes, ct_sizes, n_high, online, pricey, merchant_typical
+) -> list[tuple]:
+    """The injected scenarios' rows (account, time, merchant, amount, city, scenario), one part
+    each: account takeover, card testing, rare very high amounts."""
+    n_acc, n_ato, n_ct = len(level), len(ato_sizes), len(ct_sizes)
+    parts = []
     # Account takeover: a burst of high amounts from a new city.
     a = rng.choice(n_acc, n_ato, replace=False) if n_ato <= n_acc else rng.choice(n_acc, n_ato)
     rows = []
@@ -207,9 +221,13 @@ def generate(config: GeneratorConfig = GeneratorConfig()) -> pd.DataFrame:
     a = rng.choice(n_acc, n_high)
     ts = rng.integers(86400, span_s, n_high)
     ms = rng.choice(pricey, n_high)
-    amts = np.maximum(5000.0, level[a] * cat_typical[m_cat[ms]] * rng.uniform(25, 80, n_high))
+    amts = np.maximum(5000.0, level[a] * merchant_typical[ms] * rng.uniform(25, 80, n_high))
     parts.append((a, ts, ms, amts, home[a], np.full(n_high, "high_amount", dtype=object)))
+    return parts
 
+
+def _frame(config: GeneratorConfig, start, parts, names, m_cat, city_names) -> pd.DataFrame:
+    """All parts as one frame in time order, with the file's ids and columns."""
     acc, t, mer, amount, loc, scenario = (np.concatenate(cols) for cols in zip(*parts, strict=True))
     order = np.argsort(t, kind="stable")
     acc, t, mer, amount, loc, scenario = (x[order] for x in (acc, t, mer, amount, loc, scenario))
