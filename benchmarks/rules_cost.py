@@ -3,9 +3,10 @@ side by side in one run.
 
     python -m benchmarks.rules_cost [--events 200000] [--repeat 3]
 
-The same replayed events (the embedded broker) are read by a processor with ``RULES_FILE=none``
-and by one with :data:`TWENTY` (the shipped rules and fifteen more over amounts, counts, travel,
-merchant text, lists and the scores), alternately, so that the machine's drift falls on both.
+The same replayed events (the embedded broker) are read by a processor whose rules topic holds
+an empty rule set and by one whose holds twenty (the shipped rules and fifteen more over
+amounts, counts, travel, merchant text, lists and the scores), alternately, so that the
+machine's drift falls on both.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from fraudstream.broker import EmbeddedBroker, ensure_topics
 from fraudstream.settings import Settings
 from producer.generate import GeneratorConfig, write_csv
 from producer.replay import ReplayOptions, replay
-from stream_processor.rules import DEFAULT_RULES, load_rules
+from stream_processor.rules import DEFAULT_RULES, RuleSet, load_rules, load_rules_file
+from stream_processor.rules_feed import publish
 
 MORE = [
     ("amount_over_2000_new_merchant", "amount > 2000.0 && new_merchant == 1.0"),
@@ -75,10 +77,12 @@ def main() -> None:
         ensure_topics(broker.bootstrap, s)
         stats = replay(csv, broker.bootstrap, s.transactions_topic, ReplayOptions(progress=False))
         for i in range(args.repeat):
-            for name, rules in (("no rules", "none"), ("twenty rules", str(twenty))):
+            for name, rules in (("no rules", RuleSet()), ("twenty rules", load_rules_file(twenty))):
                 print(f"repeat {i + 1}/{args.repeat}: {name}", flush=True)
-                eps = pipeline(s.replace(rules_file=rules), args.events, "confluent",
-                               stats.last_offsets, work)[0]  # fmt: skip
+                run = s.replace(rules_topic=f"rules-cost-{uuid.uuid4().hex[:6]}")
+                ensure_topics(broker.bootstrap, run)
+                publish(run, rules)  # as `fraudstream rules apply` does
+                eps = pipeline(run, args.events, "confluent", stats.last_offsets, work)[0]
                 runs[name].append(eps)
     base, rules = (statistics.median(runs[k]) for k in ("no rules", "twenty rules"))
     print(

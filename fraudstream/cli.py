@@ -97,7 +97,8 @@ def main(verbose: bool) -> None:
     "--rules",
     "rules_file",
     type=EXISTING_FILE,
-    help="Fraud rules the stream evaluates (default: RULES_FILE, else the shipped rules).",
+    help="Apply this rule file (publish it on the rules topic) before the replay (default: the "
+    "live rules; on an empty topic, RULES_FILE, else the shipped rules).",
 )
 def run(csv_path, db, runtime, no_progress, no_dbt, rules_file, **options) -> None:
     """Run the whole pipeline once on a CSV and print a summary.
@@ -107,13 +108,13 @@ def run(csv_path, db, runtime, no_progress, no_dbt, rules_file, **options) -> No
     from fraudstream.run import RunError, format_summary, run_pipeline
     from stream_processor.rules import RuleError, rules_from
 
-    overrides = {"rules_file": str(rules_file.resolve())} if rules_file else {}
-    settings = _settings(db, runtime=runtime, **overrides)
+    settings = _settings(db, runtime=runtime)
     with _reported(RuleError):  # refused here, not in the processor's log
         rules_from(settings.rules_file)
+    rules = _rules(rules_file) if rules_file else None
     with _reported(RunError):
         summary = run_pipeline(
-            csv_path, settings, progress=not no_progress, dbt=not no_dbt, **options
+            csv_path, settings, progress=not no_progress, dbt=not no_dbt, rules=rules, **options
         )  # fresh, rate, speedup, limit, timeout_s, labels, workers
     click.echo(format_summary(summary))
     if summary.dbt is not None and not summary.dbt.ok:
@@ -332,7 +333,8 @@ def evaluate(db, json_path, **options) -> None:
 
 @main.group()
 def rules() -> None:
-    """Fraud rules as data (YAML, CEL expressions): check a file, backtest it on stored traffic."""
+    """Fraud rules as data (YAML, CEL expressions): check a file, backtest it on stored traffic,
+    apply it to the running processors, list what is live."""
 
 
 RULES_FILE = click.argument("rules_file", type=EXISTING_FILE, required=False)
@@ -349,7 +351,71 @@ def _rules(rules_file: Path | None):
 @RULES_FILE
 def rules_check(rules_file: Path | None) -> None:
     """Validate a rule file (default: the shipped rules) and list its rules."""
-    for rule in _rules(rules_file).rules:
+    _show_rules(_rules(rules_file))
+
+
+@rules.command("apply")
+@click.argument("rules_file", type=EXISTING_FILE)
+def rules_apply(rules_file: Path) -> None:
+    """Validate a rule file and publish it on the rules topic (RULES_TOPIC): every processor
+    scores with it within a second, without a restart. A file with any bad rule is refused
+    whole, and the live rules stay."""
+    from stream_processor.rules import changes
+
+    ruleset = _rules(rules_file)
+    settings = _settings()
+    live = _live_rules(settings)
+    changed = changes(live, ruleset)
+    if live is not None and not changed:
+        click.echo(f"unchanged: version {live.version} holds these rules")
+        return
+    from stream_processor.rules_feed import RulesTopicError, publish
+
+    with _reported(RulesTopicError):
+        published = publish(settings, ruleset)
+    click.echo(
+        f"published rules version {published.version} on {settings.rules_topic} "
+        f"({len(ruleset.rules)} rules, {len(ruleset.enabled)} enabled):"
+    )
+    for line in changed:
+        click.echo(f"  {line}")
+
+
+@rules.command("list")
+def rules_list() -> None:
+    """Show the rules live on the rules topic (RULES_TOPIC), and any message it refused."""
+    settings = _settings()
+    live = _live_rules(settings, show_refused=True)
+    if live is None:
+        click.echo(
+            f"no rule set on {settings.rules_topic} yet: a processor publishes its RULES_FILE "
+            "(default: the shipped rules) when it starts; or `fraudstream rules apply FILE`"
+        )
+        return
+    click.echo(
+        f"rules version {live.version}, from {live.source or 'no source'}, published "
+        f"{live.published_at or 'at an unknown time'}:"
+    )
+    _show_rules(live)
+
+
+def _live_rules(settings, *, show_refused: bool = False):
+    """The rule set live on the rules topic (None: none yet); with ``show_refused``, the
+    messages refused after it are named on stderr."""
+    from fraudstream.broker import ensure_topics
+    from stream_processor.rules_feed import RulesTopicError, live_rules
+
+    ensure_topics(_need_cluster(settings), settings)
+    with _reported(RulesTopicError):
+        live, refused = live_rules(settings)
+    for dead in refused if show_refused else ():
+        if live is None or dead["source_offset"] > live.version:
+            click.echo(f"refused: {dead['error']}", err=True)
+    return live
+
+
+def _show_rules(ruleset) -> None:
+    for rule in ruleset.rules:
         state = "" if rule.enabled else "  (disabled)"
         click.echo(f"{rule.id:<24} {rule.action:<5} {rule.severity:<8} {rule.expression}{state}")
 

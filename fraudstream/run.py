@@ -35,6 +35,9 @@ from fraudstream.tables import (
     transactions,
 )
 from fraudstream.topics import read_topic
+from stream_processor.rules import RuleSet
+from stream_processor.rules_feed import RulesTopicError
+from stream_processor.rules_feed import publish as publish_rules
 
 MARTS = ("fraud_flags", "spending_aggregations", "daily_kpis", "model_quality", "rule_hits")
 
@@ -64,6 +67,7 @@ class RunSummary:
     dbt: object | None = None  # batch.build.BuildOutcome
     marts: dict = field(default_factory=dict)  # table -> rows
     labels_stored: int = 0
+    rules_version: int | None = None  # of the rules applied before the replay
 
 
 def run_pipeline(
@@ -75,9 +79,11 @@ def run_pipeline(
     dbt: bool = True,
     labels: bool = False,
     workers: int = 1,
+    rules: RuleSet | None = None,
     **replay,  # rate, speedup, limit, progress: as in producer.replay.ReplayOptions
 ) -> RunSummary:
-    """Replay ``csv_path`` through the stream processor (and dbt); summarise what was stored."""
+    """Replay ``csv_path`` through the stream processor (and dbt), ``rules`` applied first;
+    summarise what was stored."""
     from producer.replay import ReplayOptions
 
     csv_path = Path(csv_path)
@@ -109,6 +115,11 @@ def run_pipeline(
     with kafka_cluster(settings, log_path=log_dir / "broker.log") as bootstrap:
         settings = settings.replace(bootstrap_servers=bootstrap)
         ensure_topics(bootstrap, settings)
+        if rules is not None:
+            try:
+                summary.rules_version = publish_rules(settings, rules).version
+            except RulesTopicError as exc:
+                raise RunError(str(exc)) from exc
         _replay_and_process(csv_path, settings, engine, summary, options, timeout_s)
         read_back(summary, engine, settings, rows_before)
     if dbt:
@@ -331,6 +342,8 @@ def format_summary(s: RunSummary) -> str:
                    "(delayed outcomes; `fraudstream evaluate` measures with them)")  # fmt: skip
     workers = f", {s.workers} processors in one group" if s.workers > 1 else ""
     out.append(f"runtime              {s.runtime}{workers}")
+    if s.rules_version is not None:
+        out.append(f"rules                version {s.rules_version}, applied before the replay")
     events_per_s = feed.produced / s.wall_s if s.wall_s else 0.0
     out.append(f"wall time            {s.wall_s:.1f} s   ({events_per_s:,.0f} events/s, "
                "produce to last offset committed)")  # fmt: skip

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
         "What each of several processors learned, for the others: labels (merchant, account, "
         "outcome) and drift in its anomaly scores.",
     )
+    rules_topic: str = _setting(
+        "RULES_TOPIC",
+        "rules",
+        "Compacted topic of the live fraud rules: one whole rule set a message, its offset its "
+        "version (`fraudstream rules apply`).",
+    )
     label_delay_days: float = _setting(
         "LABEL_DELAY_DAYS",
         7.0,
@@ -155,7 +161,7 @@ class Settings(BaseSettings):
     rules_file: str = _setting(
         "RULES_FILE",
         "",
-        "A YAML file of fraud rules the stream evaluates on every event (docs/rules.md); "
+        "The fraud rules a processor publishes when the rules topic holds none (docs/rules.md); "
         "empty: the shipped rules; 'none': no rules.",
     )
     n_estimators: int = _setting("N_ESTIMATORS", 100, "Trees in the Isolation Forest.")

@@ -67,6 +67,7 @@ transactions = Table(
     Column("model_flagged", Integer, nullable=True, comment="the models' own flag: anomaly or supervised"),
     Column("reasons", Text, nullable=True, comment="JSON list of readable reasons, when flagged"),
     Column("rules_hit", Text, nullable=True, comment="JSON list of the ids of the rules matched"),
+    Column("rules_version", Integer, nullable=True, comment="the rule set's version (its offset on the rules topic); null: not published"),
     Column("model_version", Integer, nullable=False),
     Column("supervised_version", Integer, nullable=True),
     Column("features", Text, nullable=False, comment="JSON object of the models' inputs"),

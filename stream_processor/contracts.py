@@ -173,6 +173,7 @@ def alert_payload(row: TransactionRow) -> dict:
         "model_version": row.model_version,
         "reasons": json.loads(row.reasons) if row.reasons else [],
         "rules": json.loads(row.rules_hit) if row.rules_hit else [],
+        "rules_version": row.rules_version,
         "scored_at": row.scored_at,
     }
 

@@ -176,9 +176,11 @@ def emit_rows(
     scores: Scores,
     result: BatchResult,
     hits: RuleHits | None = None,
+    rules_version: int | None = None,
 ) -> np.ndarray:
     """The transactions rows of scored ``events`` into ``result``, and an alert, with the
-    reasons, for each flagged one (``hits``: the rules they matched); the flags."""
+    reasons, for each flagged one (``hits``: the rules they matched, of the rule set
+    ``rules_version``); the flags."""
     model, supervised = scores.model, scores.supervised
     n = len(events)
     txns = [h.txn for h in events]
@@ -217,6 +219,7 @@ def emit_rows(
             "model_flagged": scores.flags.astype(int).tolist(),
             "reasons": reasons,
             "rules_hit": [None] * n if hits is None else hits.ids,
+            "rules_version": [rules_version] * n,
             "model_version": [model.version] * n,
             "supervised_version": [supervised.version if supervised else None] * n,
             "features": features_json(scores.inputs),
@@ -306,7 +309,7 @@ class ScoringCore:
         self.learner = LabelLearner(settings, self.store, self.trainer, self.counts, clock)
         self.learner.restore(restored.label_history, restored.queued_labels)
         self.group: GroupState | None = None  # several processors: what they share (share())
-        self.rules = rules_from(settings.rules_file)
+        self.rules = rules_from(settings.rules_file)  # the runtimes follow the rules topic
 
     # -- what runtimes, the pipeline and tests read ------------------------------------------
 
@@ -450,7 +453,7 @@ class ScoringCore:
         txns = [h.txn for h in events]
         scores = self.scorer.score(features, self.learner.memory.features(txns), self.supervised)
         hits = RuleHits(self.rules, events, scores) if self.rules.enabled else None
-        flags = emit_rows(events, scores, result, hits)
+        flags = emit_rows(events, scores, result, hits, self.rules.version)
         self.learner.keep(events, scores.inputs, result)
         if self.group is not None:
             self.group.learned(events)

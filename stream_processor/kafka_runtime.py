@@ -257,6 +257,7 @@ def run_consumer(settings: Settings, stop: threading.Event | None = None) -> int
     member = GroupMember(protocol, pipeline, settings.transactions_topic)
     code = 0
     try:
+        pipeline.follow_rules()
         if pipeline.sink.SHARED:  # several processors may share the database: and what they learn
             shared = member.shared = GroupTopics(settings, pipeline.join_group())
         consumer.subscribe(

@@ -20,6 +20,7 @@ from stream_processor.core import BatchResult, RawMessage, Restored, ScoringCore
 from stream_processor.group import GroupState, Outgoing
 from stream_processor.outbox import Outbound
 from stream_processor.refit import RefitRunner
+from stream_processor.rules_feed import RulesFeed
 from stream_processor.sink import SinkStore, open_sink
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class BatchPipeline:
             f"v{supervised.version}" if supervised else "none yet", len(self.core.states),
             len(restored.history), len(restored.held), self.core.label_memory.labels,
         )  # fmt: skip
+        self.rules_feed: RulesFeed | None = None  # see follow_rules()
         self._sync_models()
         if not features.COMPILED:
             log.warning(
@@ -124,12 +126,32 @@ class BatchPipeline:
     def score(self, messages: Sequence[RawMessage]) -> BatchResult:
         """Score a batch (no write): :meth:`submit` the result next."""
         self._sync_models()
-        return self._snapshot(self.core.process(messages))
+        self._sync_rules()
+        return self._snapshot(self._refused_rules(self.core.process(messages)))
 
     def idle_work(self) -> BatchResult:
         """What is due without new events (the idle first fit, a finished refit)."""
         self._sync_models()
-        return self._snapshot(self.core.tick())
+        self._sync_rules()
+        return self._snapshot(self._refused_rules(self.core.tick()))
+
+    def follow_rules(self) -> None:
+        """Score with the live rules of the rules topic (runtimes; see
+        :mod:`stream_processor.rules_feed`): each batch with the newest rule set read."""
+        self.rules_feed = RulesFeed(self.settings, self.core.rules)
+        self._sync_rules()
+
+    def _sync_rules(self) -> None:
+        if self.rules_feed is not None:
+            self.core.rules = self.rules_feed.current
+
+    def _refused_rules(self, result: BatchResult) -> BatchResult:
+        """Rule sets refused on the rules topic since the last batch, as its dead letters."""
+        if self.rules_feed is not None:
+            refused = self.rules_feed.take_refused()
+            result.dead_letters += refused
+            self.core.counts["dead_letters"] += len(refused)
+        return result
 
     def join_group(self) -> GroupState:
         """Several processors on this database (a runtime that carries what they share, see
@@ -283,6 +305,8 @@ class BatchPipeline:
             "held_for_first_fit": len(core.held),
             "accounts_in_memory": len(core.states),
             "accounts_evicted": core.states.evicted,
+            # the rules the next batch is scored with
+            "rules_version": (self.rules_feed.current if self.rules_feed else core.rules).version,
             **dict(core.counts),  # a copy: the health page reads it from its own thread
         }
 
@@ -296,6 +320,8 @@ class BatchPipeline:
             log.info("model v%d recorded at shutdown", result.models[-1].version)
 
     def close(self) -> None:
+        if self.rules_feed is not None:
+            self.rules_feed.close()
         self.core.close()
         self.lease.close()
         self.sink.close()

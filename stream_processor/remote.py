@@ -60,6 +60,7 @@ class ProtocolServer:
 
     def __init__(self, settings: Settings):
         self.pipeline = BatchPipeline(settings)
+        self.pipeline.follow_rules()
         self.outbox = KafkaOutbox(settings)
         self.released = ReleasedOffsets()
         self.protocol = CommitProtocol(self.pipeline, self.outbox, self.released)

@@ -27,7 +27,7 @@ import difflib
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from celpy.celparser import CELParseError, CELParser
 from celpy.evaluation import celstr
 from lark import Token, Tree
 
+from fraudstream.text_safety import hidden_character
 from stream_processor.features import SUPERVISED_FEATURE_NAMES
 
 NUMBER, STRING, BOOL, NUMBERS, STRINGS = (
@@ -108,6 +109,12 @@ class Rule:
 @dataclass(frozen=True)
 class RuleSet:
     rules: tuple[Rule, ...] = ()
+    version: int | None = None
+    """Its offset on the rules topic (:mod:`stream_processor.rules_feed`); None: not published."""
+    source: str = ""
+    """Where it came from: a file's name, as published."""
+    published_at: str | None = None
+    """When it was published (UTC, ISO 8601)."""
 
     @cached_property  # read every batch: once per rule set
     def enabled(self) -> tuple[Rule, ...]:
@@ -138,10 +145,29 @@ class RuleSet:
         return yaml.safe_dump({"rules": [r.as_dict() for r in self.rules]}, sort_keys=False)
 
 
+def changes(before: RuleSet | None, after: RuleSet) -> list[str]:
+    """What applying ``after`` over ``before`` changes, one line a rule: added, removed,
+    enabled, disabled, or the fields changed."""
+    old = {r.id: r for r in before.rules} if before is not None else {}
+    new = {r.id: r for r in after.rules}
+    out = [f"removed {rule_id}" for rule_id in old if rule_id not in new]
+    for rule_id, rule in new.items():
+        was = old.get(rule_id)
+        if was is None:
+            out.append(f"added {rule_id}")
+            continue
+        if was.enabled != rule.enabled:
+            out.append(f"{'enabled' if rule.enabled else 'disabled'} {rule_id}")
+        fields = [f for f in FIELDS if f != "enabled" and getattr(was, f) != getattr(rule, f)]
+        if fields:
+            out.append(f"changed {rule_id}: {', '.join(fields)}")
+    return out
+
+
 def rules_from(setting: str) -> RuleSet:
     """The rules of the ``RULES_FILE`` setting: a file; '' the shipped rules; 'none' none."""
     if setting.strip().lower() == "none":
-        return RuleSet()
+        return RuleSet(source="RULES_FILE=none")
     return load_rules_file(Path(setting) if setting else DEFAULT_RULES)
 
 
@@ -150,7 +176,7 @@ def load_rules_file(path: Path) -> RuleSet:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RuleError(str(path), [f"cannot read: {exc}"]) from None
-    return load_rules(text, str(path))
+    return replace(load_rules(text, str(path)), source=path.name)
 
 
 def batch_columns(names: frozenset[str], value_of: Callable[[str], Any]) -> dict[str, np.ndarray]:
@@ -179,6 +205,11 @@ def load_rules(text: str, source: str = "rules") -> RuleSet:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RuleError(source, [f"not YAML: {exc}"]) from None
+    return rules_of(document, source)
+
+
+def rules_of(document: Any, source: str) -> RuleSet:
+    """The rules of a parsed rule file (a mapping with a ``rules:`` list), as :func:`load_rules`."""
     if not isinstance(document, dict) or not isinstance(document.get("rules"), list):
         raise RuleError(source, ["the file must hold a top-level `rules:` list"])
     problems: list[str] = []
@@ -219,16 +250,17 @@ def _rule(entry: Any, number: int) -> tuple[Rule | None, list[str]]:
             f"{name}: the id must be 1 to 64 lower-case letters, digits or _, from a letter"
         )
     description = values["description"]
-    if len(description) > _MAX_DESCRIPTION or any(c < " " or c == "\x7f" for c in description):
-        problems.append(
-            f"{name}: the description must be one line of at most {_MAX_DESCRIPTION} characters"
-        )
+    if len(description) > _MAX_DESCRIPTION:
+        problems.append(f"{name}: the description must be at most {_MAX_DESCRIPTION} characters")
+    # shown in terminals, logs and the dashboard: no character that hides or drives anything
+    if hidden := hidden_character(description):
+        problems.append(f"{name}: the description holds {hidden}")
     if values["action"] not in ACTIONS:
         problems.append(f"{name}: action must be one of {', '.join(ACTIONS)}")
     if values["severity"] not in SEVERITIES:
         problems.append(f"{name}: severity must be one of {', '.join(SEVERITIES)}")
-    if any(c < " " and c not in "\t\n" or c == "\x7f" for c in values["expression"]):
-        problems.append(f"{name}: the expression holds a control character")
+    if hidden := hidden_character(values["expression"].replace("\t", " ").replace("\n", " ")):
+        problems.append(f"{name}: the expression holds {hidden}")
     try:
         check = compile_expression(values["expression"])
     except ExpressionError as exc:

@@ -56,6 +56,7 @@ def kafka_settings(settings: Settings, kafka_bootstrap: str) -> Settings:
         labels_topic=f"labels-{tag}",
         merchants_topic=f"merchants-{tag}",
         learned_topic=f"learned-{tag}",
+        rules_topic=f"rules-{tag}",
         consumer_group=f"processor-{tag}",
         topic_partitions=2,
         web_port=0,

@@ -39,7 +39,11 @@ def test_run_replays_a_csv_through_the_whole_pipeline(small_csv, tmp_path):
     csv.write_text("\n".join(text) + "\n")
     db = tmp_path / "out" / "finance.db"
 
-    done = run_cli(["--csv", str(csv), "--db", str(db), "--fresh"], tmp_path)
+    rules = tmp_path / "mine.yml"
+    rules.write_text(
+        "rules:\n  - {id: over_100, description: Over 100, expression: amount > 100.0, action: tag}\n"
+    )
+    done = run_cli(["--csv", str(csv), "--db", str(db), "--fresh", "--rules", str(rules)], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "events produced      1,500" in out
@@ -47,18 +51,25 @@ def test_run_replays_a_csv_through_the_whole_pipeline(small_csv, tmp_path):
     assert f"{csv}:11: amount: not a number" in done.stderr
     assert f"database             {db}" in out
     assert "top alerts" in out and "precision" in out and "ROC-AUC" in out
+    assert "rules                version 0, applied before the replay" in out
 
     with sqlite3.connect(db) as conn:
         n, scored, flagged = conn.execute(
             "select count(*), count(score), sum(is_flagged) from transactions"
         ).fetchone()
         versions = conn.execute("select count(*) from model_versions").fetchone()[0]
+        rule_rows = conn.execute(
+            "select rules_version, rules_hit, amount > 100 from transactions "
+            "group by 1, 2, 3 order by 3"
+        ).fetchall()
         unpublished = conn.execute(
             "select count(*) from transactions where is_flagged = 1 and alert_published_at is null"
         ).fetchone()[0]
     assert n == scored == len(frame)
     assert versions >= 2
     assert unpublished == 0
+    # the file applied, and only it, scored every event: the over_100 tag, no shipped rule
+    assert rule_rows == [(0, None, 0), (0, '["over_100"]', 1)]
     assert f"flagged              {flagged:,}   alerts on topic: {flagged:,}" in out
 
 

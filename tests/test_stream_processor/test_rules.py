@@ -13,6 +13,7 @@ from stream_processor.rules import (
     VARIABLES,
     RuleError,
     batch_columns,
+    changes,
     load_rules,
     load_rules_file,
 )
@@ -94,6 +95,10 @@ def test_a_disabled_rule_is_kept_and_not_evaluated():
         (rule_file(rule(action="block")), "rule 'r': action must be one of alert, tag"),
         (rule_file(rule(extra="    owner: me\n")), "rule 'r': unknown field 'owner'"),
         (rule_file(rule("Bad-Id")), "rule 'Bad-Id': the id must be"),
+        (rule_file(rule(extra="    enabled: false\n")).replace("a rule", "Shop\u202egpj.exe"),
+         "rule 'r': the description holds U\\+202E RIGHT-TO-LEFT OVERRIDE at character 5"),
+        ('rules:\n  - {id: r, description: d, action: alert, expression: "merchant == \'\\x9b31m\'"}\n',
+         "rule 'r': the expression holds U\\+009B control character"),
         ("rules: {}", "the file must hold a top-level `rules:` list"),
         ("rules: [", "not YAML"),
     ],
@@ -221,3 +226,16 @@ def test_the_stream_flags_an_event_a_rule_matches_and_names_the_rule(settings, t
     assert (
         sum(r.is_flagged for r in rows) > sum(r.model_flagged for r in rows) or large.model_flagged
     )
+
+
+def test_changes_name_each_rule_added_removed_switched_or_edited():
+    before = load_rules(rule_file(rule("a"), rule("b"), rule("c"), rule("d")))
+    after = load_rules(
+        rule_file(rule("a"), rule("b", extra="    enabled: false\n"),
+                  rule("c", expression="amount > 2.0", action="tag"), rule("e"))
+    )  # fmt: skip
+    assert changes(before, after) == [
+        "removed d", "disabled b", "changed c: expression, action", "added e",
+    ]  # fmt: skip
+    assert changes(after, after) == []
+    assert changes(None, before) == ["added a", "added b", "added c", "added d"]

@@ -230,7 +230,7 @@ def test_delayed_labels_train_a_supervised_model_that_scores_later_events(
     assert unscored == 0
 
 
-def test_faust_consumer_waits_for_data_as_briefly_as_the_confluent_one(settings):
+def test_faust_consumer_waits_for_data_as_briefly_as_the_confluent_one(kafka_settings):
     # faust-streaming hard-codes fetch_max_wait_ms=1500 (seconds of latency at a low event rate);
     # the runtime shortens it on the consumer faust builds, before that consumer starts.
     import asyncio
@@ -240,7 +240,7 @@ def test_faust_consumer_waits_for_data_as_briefly_as_the_confluent_one(settings)
     from stream_processor.pipeline import FETCH_MAX_WAIT_MS
 
     async def build():
-        app = create_app(settings.replace(bootstrap_servers="127.0.0.1:9"))
+        app = create_app(kafka_settings)  # its scoring process reads the rules topic
         consumer = app.consumer._thread._create_worker_consumer(app.transport)
         try:
             return consumer._fetch_max_wait_ms
@@ -249,6 +249,8 @@ def test_faust_consumer_waits_for_data_as_briefly_as_the_confluent_one(settings)
             app.pipeline.close()
 
     assert (
-        asyncio.run(build()) == FETCH_MAX_WAIT_MS == consumer_config(settings)["fetch.wait.max.ms"]
+        asyncio.run(build())
+        == FETCH_MAX_WAIT_MS
+        == consumer_config(kafka_settings)["fetch.wait.max.ms"]
     )
     assert FETCH_MAX_WAIT_MS <= 50

@@ -20,6 +20,7 @@ select
     risk_score,
     reasons as ml_reasons,
     rules_hit as stream_rules_hit,
+    rules_version,
     model_version,
     supervised_version,
     scored_at

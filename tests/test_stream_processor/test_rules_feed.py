@@ -1,0 +1,223 @@
+"""Rules changed at runtime: the rules topic, `fraudstream rules apply` and `rules list`, and
+the processors that follow it (both runtimes) without a restart."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+import urllib.request
+
+import pytest
+from click.testing import CliRunner
+from confluent_kafka import Producer
+from test_rules import rule, rule_file
+from test_runtimes import drain, processor, produce, query
+
+from fraudstream.broker import free_port
+from fraudstream.cli import main
+from fraudstream.topics import read_topic
+from stream_processor.rules import load_rules, rules_from
+from stream_processor.rules_feed import RulesFeed, live_rules, publish
+
+pytestmark = pytest.mark.integration
+
+PAIR = "amount > 500.0 && previous_amount < 1.0 && seconds_since_previous <= 60.0"
+
+
+def pair_rules(enabled: bool) -> str:
+    state = "" if enabled else "\n    enabled: false"
+    return f"""rules:
+  - id: small_then_large
+    description: Over 500 within a minute of an amount under 1.00
+    expression: {PAIR}
+    action: alert
+    severity: high{state}
+  - id: high_value
+    description: Amount over 5,000
+    expression: amount > 5000.0
+    action: alert
+"""
+
+
+def cli(settings, *args):
+    return CliRunner().invoke(main, ["rules", *args], env=settings.to_env())
+
+
+def until(condition, what: str, timeout_s: float = 30.0):
+    """Wait for ``condition()`` to be true (not a timing assertion: a bound on a hang)."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f} s"
+        time.sleep(0.05)
+    return value
+
+
+def test_apply_publishes_a_whole_file_and_list_shows_what_is_live(kafka_settings, tmp_path):
+    s = kafka_settings
+    listed = cli(s, "list")
+    assert listed.exit_code == 0 and "no rule set on" in listed.output
+    good = tmp_path / "good.yml"
+    good.write_text(pair_rules(enabled=True))
+    applied = cli(s, "apply", str(good))
+    assert applied.exit_code == 0, applied.output
+    assert "published rules version 0" in applied.output
+    assert "added small_then_large" in applied.output and "added high_value" in applied.output
+    assert "unchanged: version 0" in cli(s, "apply", str(good)).output  # nothing published
+
+    off = tmp_path / "off.yml"
+    off.write_text(pair_rules(enabled=False))
+    applied = cli(s, "apply", str(off))
+    assert "published rules version 1" in applied.output
+    assert "disabled small_then_large" in applied.output and "high_value" not in applied.output
+    listed = cli(s, "list")
+    assert "rules version 1, from off.yml, published 20" in listed.output
+    assert "(disabled)" in listed.output.splitlines()[1]  # small_then_large, first
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("amount >", "does not parse at column"),
+        ("amont > 5.0", "unknown name 'amont' (did you mean 'amount'?)"),
+        ("merchant > 5.0", "cannot compare a string with a number by >"),
+        ('__import__("os").system("true") == 0', "unknown function '__import__'"),
+        ("merchant.__class__ == merchant", "field selection (a.b) is not supported"),
+    ],
+)
+def test_a_refused_file_publishes_nothing(kafka_settings, tmp_path, expression, message):
+    s = kafka_settings
+    good = tmp_path / "good.yml"
+    good.write_text(pair_rules(enabled=True))
+    assert cli(s, "apply", str(good)).exit_code == 0
+    bad = tmp_path / "bad.yml"
+    bad.write_text(rule_file(rule("fine", "amount > 1.0"), rule("broken", expression)))
+    refused = cli(s, "apply", str(bad))
+    assert refused.exit_code == 1
+    assert "refused, nothing applied" in refused.output
+    assert "rule 'broken': " in refused.output and message in refused.output
+    assert "fine" not in refused.output.replace("nothing applied", "")
+    live, _ = live_rules(s)
+    assert live.version == 0 and [r.id for r in live.rules] == ["small_then_large", "high_value"]
+
+
+def test_a_duplicate_id_is_refused_and_the_live_rules_stay(kafka_settings, tmp_path):
+    s = kafka_settings
+    publish(s, rules_from(""))
+    twice = tmp_path / "twice.yml"
+    twice.write_text(rule_file(rule("same", "amount > 1.0"), rule("same", "amount > 2.0")))
+    refused = cli(s, "apply", str(twice))
+    assert refused.exit_code == 1 and "rule 'same': the id is used twice" in refused.output
+    live, _ = live_rules(s)
+    assert live.version == 0 and live.source == "default_rules.yml"
+
+
+def test_the_feed_publishes_its_rules_on_an_empty_topic_then_follows_it(kafka_settings):
+    s = kafka_settings
+    feed = RulesFeed(s, rules_from(""))
+    try:
+        assert feed.current.version == 0 and feed.current.source == "default_rules.yml"
+        ids = {r.id for r in feed.current.rules}
+        assert "small_then_large" in ids and "high_value" in ids
+        mine = publish(s, load_rules(pair_rules(enabled=False)))
+        until(lambda: feed.current.version == mine.version, "the new rule set applied")
+        assert not feed.current.enabled[0].id == "small_then_large"
+        # garbage on the topic: dead-lettered, with the reason; the live rules stay
+        bad = Producer({"bootstrap.servers": s.bootstrap_servers})
+        bad.produce(s.rules_topic, key=b"rules", value=b"{not json")
+        bad.produce(s.rules_topic, key=b"rules", value=json.dumps({"rules": [{"id": "x"}]}))
+        bad.produce(s.rules_topic, key=b"rules", value=None)  # a tombstone
+        bad.flush(10)
+        refused = until(lambda: len(feed._topic.refused) >= 3 and feed.take_refused(), "refused")
+        assert [d["source_offset"] for d in refused] == [mine.version + k for k in (1, 2, 3)]
+        assert "not JSON" in refused[0]["error"] and refused[0]["message_value"] == b"{not json"
+        assert "missing field 'expression'" in refused[1]["error"]
+        assert "a tombstone" in refused[2]["error"] and refused[2]["message_value"] is None
+        assert all(d["error_field"] == "rules" for d in refused)
+        assert feed.current.version == mine.version
+        # a later good set still applies
+        again = publish(s, load_rules(pair_rules(enabled=True)))
+        until(lambda: feed.current.version == again.version, "the set after the refused ones")
+    finally:
+        feed.close()
+
+
+def test_a_processors_start_up_rules_never_replace_a_set_applied_before_them(kafka_settings):
+    s = kafka_settings
+    applied = publish(s, load_rules(pair_rules(enabled=False)))
+    publish(s, rules_from(""), initial=True)  # a processor that read an empty topic just before
+    live, refused = live_rules(s)
+    assert live.version == applied.version and not refused
+    feed = RulesFeed(s, rules_from(""))  # finds a set: publishes nothing
+    try:
+        assert feed.current.version == applied.version
+    finally:
+        feed.close()
+    assert len(read_topic(s, s.rules_topic, idle_s=1.0)) == 2
+
+
+def _pair_csv(path, account: str, start: str, ids: tuple[str, str]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["transaction_id", "account_id", "amount", "merchant", "timestamp", "location"])
+        w.writerow([ids[0], account, "0.50", "Corner Shop", f"{start}:00", "Lyon"])
+        w.writerow([ids[1], account, "650.00", "Corner Shop", f"{start}:40", "Lyon"])
+
+
+def _health(settings) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/health", timeout=5) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.parametrize("runtime", ["confluent", "faust"])
+def test_a_rule_disabled_at_runtime_stops_flagging_without_a_restart(
+    kafka_settings, small_csv, tmp_path, runtime
+):
+    s = kafka_settings.replace(runtime=runtime, web_port=free_port())
+    on, off = tmp_path / "on.yml", tmp_path / "off.yml"
+    on.write_text(pair_rules(enabled=True))
+    off.write_text(pair_rules(enabled=False))
+    assert cli(s, "apply", str(on)).exit_code == 0  # version 0, before the processor starts
+    first, later = tmp_path / "first.csv", tmp_path / "later.csv"
+    _pair_csv(first, "PAIR1", "2026-03-01T10:00", ("P1-SMALL", "P1-LARGE"))
+    _pair_csv(later, "PAIR2", "2026-03-02T10:00", ("P2-SMALL", "P2-LARGE"))
+    with processor(s, tmp_path) as (proc, log):
+        stats = produce(s, small_csv)
+        drain(s, proc, log, stats.last_offsets)
+        stats = produce(s, first)
+        drain(s, proc, log, stats.last_offsets)
+        ((flagged, hit, version, reasons),) = query(
+            s, "select is_flagged, rules_hit, rules_version, reasons from transactions "
+            "where transaction_id = 'P1-LARGE'"
+        )  # fmt: skip
+        assert (flagged, hit, version) == (1, '["small_then_large"]', 0)
+        assert "rule small_then_large (high): Over 500 within a minute" in reasons
+        alert = until(
+            lambda: next((json.loads(m.value()) for m in read_topic(s, s.alerts_topic, 1.0)
+                          if json.loads(m.value())["transaction_id"] == "P1-LARGE"), None),
+            "the pair's alert",
+        )  # fmt: skip
+        assert alert["rules"] == ["small_then_large"] and alert["rules_version"] == 0
+        assert any("rule small_then_large" in r for r in alert["reasons"])
+
+        # disabled at runtime, and a malformed message on the rules topic: the processor goes on
+        assert "disabled small_then_large" in cli(s, "apply", str(off)).output
+        junk = Producer({"bootstrap.servers": s.bootstrap_servers})
+        junk.produce(s.rules_topic, key=b"rules", value=b"\xff not a rule set")
+        junk.flush(10)
+        until(lambda: _health(s)["rules_version"] == 1, "the processor applying version 1")
+        stats = produce(s, later)
+        drain(s, proc, log, stats.last_offsets)
+        assert proc.poll() is None
+        ((hit, version, model_flagged, flagged),) = query(
+            s, "select rules_hit, rules_version, model_flagged, is_flagged from transactions "
+            "where transaction_id = 'P2-LARGE'"
+        )  # fmt: skip
+        assert hit is None and version == 1 and flagged == model_flagged
+        dead = until(
+            lambda: query(s, "select source_offset, error_field, error from dead_letters "
+                             f"where source_topic = '{s.rules_topic}'"),
+            "the malformed rule set dead-lettered",
+        )  # fmt: skip
+        assert dead[0][:2] == (2, "rules") and "not JSON" in dead[0][2]
+        assert _health(s)["rules_version"] == 1
