@@ -124,8 +124,9 @@ def ensure_topics(bootstrap: str, settings: Settings) -> None:
         # a table: the newest share of each (partition, merchant) is all a reader needs
         NewTopic(settings.merchants_topic, 1, 1, config={"cleanup.policy": "compact"}),
         NewTopic(settings.learned_topic, 1, 1),
-        # the live rules: one whole rule set a message, the newest all that matters
-        NewTopic(settings.rules_topic, 1, 1, config={"cleanup.policy": "compact"}),
+        # the rules, one whole rule set a message, kept whole: stored events name their version
+        # (not compacted: that would keep a key's newest message, even one the processors refuse)
+        NewTopic(settings.rules_topic, 1, 1, config={"retention.ms": "-1"}),
     ]
     missing = [t for t in wanted if t.topic not in existing]
     if not missing:

@@ -112,7 +112,7 @@ def run(csv_path, db, runtime, no_progress, no_dbt, rules_file, **options) -> No
     with _reported(RuleError):  # refused here, not in the processor's log
         rules_from(settings.rules_file)
     rules = _rules(rules_file) if rules_file else None
-    with _reported(RunError):
+    with _reported(RunError, RuleError):
         summary = run_pipeline(
             csv_path, settings, progress=not no_progress, dbt=not no_dbt, rules=rules, **options
         )  # fresh, rate, speedup, limit, timeout_s, labels, workers
@@ -360,64 +360,75 @@ def rules_apply(rules_file: Path) -> None:
     """Validate a rule file and publish it on the rules topic (RULES_TOPIC): every processor
     scores with it within a second, without a restart. A file with any bad rule is refused
     whole, and the live rules stay."""
-    from stream_processor.rules import changes
+    from stream_processor.rules import RuleError
+    from stream_processor.rules_feed import RulesTopicError, apply
 
     ruleset = _rules(rules_file)
     settings = _settings()
-    live = _live_rules(settings)
-    changed = changes(live, ruleset)
-    if live is not None and not changed:
+    _rules_topic(settings)
+    with _reported(RulesTopicError, RuleError):
+        applied = apply(settings, ruleset)
+    live = applied.live
+    if not applied.changes:
         click.echo(f"unchanged: version {live.version} holds these rules")
         return
-    from stream_processor.rules_feed import RulesTopicError, publish
-
-    with _reported(RulesTopicError):
-        published = publish(settings, ruleset)
     click.echo(
-        f"published rules version {published.version} on {settings.rules_topic} "
-        f"({len(ruleset.rules)} rules, {len(ruleset.enabled)} enabled):"
+        f"published rules version {live.version} on {settings.rules_topic} "
+        f"({len(live.rules)} rules, {len(live.enabled)} enabled):"
     )
-    for line in changed:
+    for line in applied.changes:
         click.echo(f"  {line}")
 
 
 @rules.command("list")
-def rules_list() -> None:
-    """Show the rules live on the rules topic (RULES_TOPIC), and any message it refused."""
+@click.option("--version", type=int, help="The rule set of this version (default: the live one).")
+def rules_list(version: int | None) -> None:
+    """Show the rules live on the rules topic (RULES_TOPIC), or those of an earlier version
+    (transactions.rules_version), and the messages refused since."""
+    from stream_processor.rules_feed import RulesTopicError, read_rules
+
     settings = _settings()
-    live = _live_rules(settings, show_refused=True)
-    if live is None:
+    _rules_topic(settings)
+    with _reported(RulesTopicError):
+        topic = read_rules(settings)
+    shown = topic.live
+    if version is not None:
+        shown = next((r for r in topic.applied if r.version == version), None)
+        if shown is None:
+            raise click.ClickException(
+                f"no rule set of version {version} on {settings.rules_topic}; versions: "
+                + (", ".join(str(r.version) for r in topic.applied) or "none")
+            )
+    if shown is None:
         click.echo(
             f"no rule set on {settings.rules_topic} yet: a processor publishes its RULES_FILE "
             "(default: the shipped rules) when it starts; or `fraudstream rules apply FILE`"
         )
-        return
-    click.echo(
-        f"rules version {live.version}, from {live.source or 'no source'}, published "
-        f"{live.published_at or 'at an unknown time'}:"
-    )
-    _show_rules(live)
+    else:
+        state = "live" if shown is topic.live else "not live"
+        click.echo(
+            f"rules version {shown.version} ({state}), from {shown.source or 'no source'}, "
+            f"published {shown.published_at or 'at an unknown time'}:"
+        )
+        _show_rules(shown)
+    for dead in topic.refused:
+        if topic.live is None or dead["source_offset"] > topic.live.version:
+            click.echo(f"refused: {dead['error']}", err=True)
 
 
-def _live_rules(settings, *, show_refused: bool = False):
-    """The rule set live on the rules topic (None: none yet); with ``show_refused``, the
-    messages refused after it are named on stderr."""
+def _rules_topic(settings: Settings) -> None:
+    """The rules topic exists (created with the pipeline's other topics if not)."""
     from fraudstream.broker import ensure_topics
-    from stream_processor.rules_feed import RulesTopicError, live_rules
 
     ensure_topics(_need_cluster(settings), settings)
-    with _reported(RulesTopicError):
-        live, refused = live_rules(settings)
-    for dead in refused if show_refused else ():
-        if live is None or dead["source_offset"] > live.version:
-            click.echo(f"refused: {dead['error']}", err=True)
-    return live
 
 
 def _show_rules(ruleset) -> None:
     for rule in ruleset.rules:
         state = "" if rule.enabled else "  (disabled)"
-        click.echo(f"{rule.id:<24} {rule.action:<5} {rule.severity:<8} {rule.expression}{state}")
+        # on one line: a line break in an expression's text would print as a rule of its own
+        expression = " ".join(rule.expression.split())
+        click.echo(f"{rule.id:<24} {rule.action:<5} {rule.severity:<8} {expression}{state}")
 
 
 @rules.command("backtest")

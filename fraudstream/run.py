@@ -37,7 +37,7 @@ from fraudstream.tables import (
 from fraudstream.topics import read_topic
 from stream_processor.rules import RuleSet
 from stream_processor.rules_feed import RulesTopicError
-from stream_processor.rules_feed import publish as publish_rules
+from stream_processor.rules_feed import apply as apply_rules
 
 MARTS = ("fraud_flags", "spending_aggregations", "daily_kpis", "model_quality", "rule_hits")
 
@@ -115,9 +115,9 @@ def run_pipeline(
     with kafka_cluster(settings, log_path=log_dir / "broker.log") as bootstrap:
         settings = settings.replace(bootstrap_servers=bootstrap)
         ensure_topics(bootstrap, settings)
-        if rules is not None:
+        if rules is not None:  # as `fraudstream rules apply` does
             try:
-                summary.rules_version = publish_rules(settings, rules).version
+                summary.rules_version = apply_rules(settings, rules).live.version
             except RulesTopicError as exc:
                 raise RunError(str(exc)) from exc
         _replay_and_process(csv_path, settings, engine, summary, options, timeout_s)

@@ -84,8 +84,8 @@ class Settings(BaseSettings):
     rules_topic: str = _setting(
         "RULES_TOPIC",
         "rules",
-        "Compacted topic of the live fraud rules: one whole rule set a message, its offset its "
-        "version (`fraudstream rules apply`).",
+        "Topic of the fraud rules, kept whole: one rule set a message, its offset its version, "
+        "the newest live (`fraudstream rules apply`).",
     )
     label_delay_days: float = _setting(
         "LABEL_DELAY_DAYS",

@@ -28,6 +28,7 @@ from stream_processor.group import GroupState
 from stream_processor.health import HealthServer
 from stream_processor.outbox import DeliveryError, KafkaOutbox
 from stream_processor.pipeline import FETCH_MAX_WAIT_MS, BatchPipeline, produced_at, tune_gc
+from stream_processor.rules_feed import RulesTopicError
 from stream_processor.sink import SinkError
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ def _commit_failed(exc) -> None:
     log.warning("offset commit failed (%s); the batch will be redelivered and deduplicated", exc)
 
 
-EXPECTED = (SinkError, DeliveryError, KafkaException)  # failures with a message of their own
+# failures with a message of their own
+EXPECTED = (SinkError, DeliveryError, KafkaException, RulesTopicError)
 
 
 def _describe(exc: BaseException) -> str:

@@ -146,9 +146,13 @@ class BatchPipeline:
             self.core.rules = self.rules_feed.current
 
     def _refused_rules(self, result: BatchResult) -> BatchResult:
-        """Rule sets refused on the rules topic since the last batch, as its dead letters."""
-        if self.rules_feed is not None:
-            refused = self.rules_feed.take_refused()
+        """Rule sets refused on the rules topic since the last batch, as its dead letters: those
+        not dead-lettered before (every processor reads the whole topic at each start)."""
+        refused = self.rules_feed.take_refused() if self.rules_feed is not None else []
+        if refused:
+            topic, partition = refused[0]["source_topic"], refused[0]["source_partition"]
+            known = self.sink.dead_lettered(topic, partition, [d["source_offset"] for d in refused])
+            refused = [d for d in refused if d["source_offset"] not in known]
             result.dead_letters += refused
             self.core.counts["dead_letters"] += len(refused)
         return result

@@ -60,7 +60,11 @@ class ProtocolServer:
 
     def __init__(self, settings: Settings):
         self.pipeline = BatchPipeline(settings)
-        self.pipeline.follow_rules()
+        try:
+            self.pipeline.follow_rules()
+        except BaseException:
+            self.pipeline.close()
+            raise
         self.outbox = KafkaOutbox(settings)
         self.released = ReleasedOffsets()
         self.protocol = CommitProtocol(self.pipeline, self.outbox, self.released)

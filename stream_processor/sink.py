@@ -181,6 +181,17 @@ class Sink:
         raise NotImplementedError
 
     @while_away
+    def dead_lettered(self, topic: str, partition: int, offsets: list[int]) -> set[int]:
+        """Which of ``offsets`` (of ``topic``'s ``partition``) are in ``dead_letters``."""
+        d = dead_letters
+        query = select(d.c.source_offset).where(
+            d.c.source_topic == topic, d.c.source_partition == partition
+        )  # fmt: skip
+        with self.engine.connect() as conn:
+            return {offset for chunk in _chunks(offsets)
+                    for (offset,) in conn.execute(query.where(d.c.source_offset.in_(chunk)))}  # fmt: skip
+
+    @while_away
     def unpublished_alerts(self, ids: list[str] | None = None) -> list[dict]:
         """Alerts of stored flagged rows (among ``ids``; None: all) whose delivery to the alerts
         topic was never recorded."""

@@ -55,11 +55,11 @@ def test_the_scoring_process_and_its_worker_exit_with_the_faust_processor(
         stop_processor(proc)
 
 
-def test_a_cancelled_call_does_not_hand_its_answer_to_the_next_one(settings):
+def test_a_cancelled_call_does_not_hand_its_answer_to_the_next_one(kafka_settings):
     """The faust runtime awaits the scoring process on its event loop; a call cancelled there
     (a timer or a health request at shutdown) still gets its answer later, which the next call
     must skip rather than take for its own."""
-    pipeline = PipelineProcess(settings)
+    pipeline = PipelineProcess(kafka_settings)  # it follows the rules topic
     try:
 
         async def cancelled_then_status():

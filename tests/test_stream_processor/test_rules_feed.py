@@ -17,8 +17,8 @@ from test_runtimes import drain, processor, produce, query
 from fraudstream.broker import free_port
 from fraudstream.cli import main
 from fraudstream.topics import read_topic
-from stream_processor.rules import load_rules, rules_from
-from stream_processor.rules_feed import RulesFeed, live_rules, publish
+from stream_processor.rules import RuleError, RuleSet, load_rules, rules_from
+from stream_processor.rules_feed import RulesFeed, publish, read_rules
 
 pytestmark = pytest.mark.integration
 
@@ -71,8 +71,12 @@ def test_apply_publishes_a_whole_file_and_list_shows_what_is_live(kafka_settings
     assert "published rules version 1" in applied.output
     assert "disabled small_then_large" in applied.output and "high_value" not in applied.output
     listed = cli(s, "list")
-    assert "rules version 1, from off.yml, published 20" in listed.output
+    assert "rules version 1 (live), from off.yml, published 20" in listed.output
     assert "(disabled)" in listed.output.splitlines()[1]  # small_then_large, first
+    earlier = cli(s, "list", "--version", "0").output
+    assert "rules version 0 (not live), from good.yml" in earlier and "disabled" not in earlier
+    missing = cli(s, "list", "--version", "7")
+    assert missing.exit_code == 1 and "versions: 0, 1" in missing.output
 
 
 @pytest.mark.parametrize(
@@ -97,7 +101,7 @@ def test_a_refused_file_publishes_nothing(kafka_settings, tmp_path, expression, 
     assert "refused, nothing applied" in refused.output
     assert "rule 'broken': " in refused.output and message in refused.output
     assert "fine" not in refused.output.replace("nothing applied", "")
-    live, _ = live_rules(s)
+    live = read_rules(s).live
     assert live.version == 0 and [r.id for r in live.rules] == ["small_then_large", "high_value"]
 
 
@@ -108,7 +112,7 @@ def test_a_duplicate_id_is_refused_and_the_live_rules_stay(kafka_settings, tmp_p
     twice.write_text(rule_file(rule("same", "amount > 1.0"), rule("same", "amount > 2.0")))
     refused = cli(s, "apply", str(twice))
     assert refused.exit_code == 1 and "rule 'same': the id is used twice" in refused.output
-    live, _ = live_rules(s)
+    live = read_rules(s).live
     assert live.version == 0 and live.source == "default_rules.yml"
 
 
@@ -121,18 +125,19 @@ def test_the_feed_publishes_its_rules_on_an_empty_topic_then_follows_it(kafka_se
         assert "small_then_large" in ids and "high_value" in ids
         mine = publish(s, load_rules(pair_rules(enabled=False)))
         until(lambda: feed.current.version == mine.version, "the new rule set applied")
-        assert not feed.current.enabled[0].id == "small_then_large"
+        assert [r.id for r in feed.current.enabled] == ["high_value"]
         # garbage on the topic: dead-lettered, with the reason; the live rules stay
         bad = Producer({"bootstrap.servers": s.bootstrap_servers})
         bad.produce(s.rules_topic, key=b"rules", value=b"{not json")
         bad.produce(s.rules_topic, key=b"rules", value=json.dumps({"rules": [{"id": "x"}]}))
         bad.produce(s.rules_topic, key=b"rules", value=None)  # a tombstone
         bad.flush(10)
-        refused = until(lambda: len(feed._topic.refused) >= 3 and feed.take_refused(), "refused")
+        refused = []
+        until(lambda: refused.extend(feed.take_refused()) or len(refused) >= 3, "refused")
         assert [d["source_offset"] for d in refused] == [mine.version + k for k in (1, 2, 3)]
         assert "not JSON" in refused[0]["error"] and refused[0]["message_value"] == b"{not json"
         assert "missing field 'expression'" in refused[1]["error"]
-        assert "a tombstone" in refused[2]["error"] and refused[2]["message_value"] is None
+        assert "no value" in refused[2]["error"] and refused[2]["message_value"] is None
         assert all(d["error_field"] == "rules" for d in refused)
         assert feed.current.version == mine.version
         # a later good set still applies
@@ -142,12 +147,27 @@ def test_the_feed_publishes_its_rules_on_an_empty_topic_then_follows_it(kafka_se
         feed.close()
 
 
+def test_every_processor_follows_the_same_rule_sets(kafka_settings):
+    s = kafka_settings
+    feeds = [RulesFeed(s, rules_from("")) for _ in range(3)]  # three processors starting
+    try:
+        assert len({f.current.version for f in feeds}) == 1  # the first one's rules, for all
+        for enabled in (False, True, False):
+            applied = publish(s, load_rules(pair_rules(enabled)))
+            for feed in feeds:
+                until(lambda f=feed, v=applied.version: f.current.version == v, "every feed")
+            assert all(f.current == applied for f in feeds)
+    finally:
+        for feed in feeds:
+            feed.close()
+
+
 def test_a_processors_start_up_rules_never_replace_a_set_applied_before_them(kafka_settings):
     s = kafka_settings
     applied = publish(s, load_rules(pair_rules(enabled=False)))
     publish(s, rules_from(""), initial=True)  # a processor that read an empty topic just before
-    live, refused = live_rules(s)
-    assert live.version == applied.version and not refused
+    topic = read_rules(s)
+    assert topic.live == applied and topic.applied == [applied] and not topic.refused
     feed = RulesFeed(s, rules_from(""))  # finds a set: publishes nothing
     try:
         assert feed.current.version == applied.version
@@ -164,9 +184,14 @@ def _pair_csv(path, account: str, start: str, ids: tuple[str, str]) -> None:
         w.writerow([ids[1], account, "650.00", "Corner Shop", f"{start}:40", "Lyon"])
 
 
-def _health(settings) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/health", timeout=5) as r:
-        return json.loads(r.read())
+def _health(settings) -> dict | None:
+    """The processor's health page; None while it does not answer yet."""
+    try:
+        url = f"http://127.0.0.1:{settings.web_port}/health"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.loads(r.read())
+    except OSError:
+        return None
 
 
 @pytest.mark.parametrize("runtime", ["confluent", "faust"])
@@ -205,7 +230,7 @@ def test_a_rule_disabled_at_runtime_stops_flagging_without_a_restart(
         junk = Producer({"bootstrap.servers": s.bootstrap_servers})
         junk.produce(s.rules_topic, key=b"rules", value=b"\xff not a rule set")
         junk.flush(10)
-        until(lambda: _health(s)["rules_version"] == 1, "the processor applying version 1")
+        until(lambda: (_health(s) or {}).get("rules_version") == 1, "version 1 applied")
         stats = produce(s, later)
         drain(s, proc, log, stats.last_offsets)
         assert proc.poll() is None
@@ -221,3 +246,59 @@ def test_a_rule_disabled_at_runtime_stops_flagging_without_a_restart(
         )  # fmt: skip
         assert dead[0][:2] == (2, "rules") and "not JSON" in dead[0][2]
         assert _health(s)["rules_version"] == 1
+    # restarted, the processor reads the whole topic again: the bad message is not sent twice
+    again = tmp_path / "again.csv"
+    _pair_csv(again, "PAIR3", "2026-03-03T10:00", ("P3-SMALL", "P3-LARGE"))
+    with processor(s, tmp_path, "restarted") as (proc, log):
+        stats = produce(s, again)
+        drain(s, proc, log, stats.last_offsets)
+        assert until(lambda: _health(s), "the health page")["rules_version"] == 1
+    assert query(
+        s, f"select count(*) from dead_letters where source_topic = '{s.rules_topic}'"
+    ) == [(1,)]
+    dlq = [m.value() for m in read_topic(s, s.dlq_topic, idle_s=1.0)]
+    assert dlq.count(b"\xff not a rule set") == 1
+
+
+RULE = {"id": "r", "description": "d", "expression": "amount > 1.0", "action": "alert"}
+
+
+@pytest.mark.parametrize(
+    ("key", "document", "message"),
+    [
+        (b"rules", {"rules": [{**RULE, "expression": "amount >"}]}, "does not parse at column"),
+        (b"rules", {"rules": [{**RULE, "expression": "amont > 1.0"}]}, "unknown name 'amont'"),
+        (b"rules", {"rules": [{**RULE, "expression": "merchant > 1.0"}]}, "cannot compare"),
+        (b"rules", {"rules": [RULE, RULE]}, "rule 'r': the id is used twice"),
+        (b"rules", {"rules": [{**RULE, "expression": '__import__("os").getpid() > 0'}]},
+         "unknown function '__import__'"),
+        (b"rules", {"rules": [RULE], "source": "x\x1b[2J"}, "source must be text without hidden"),
+        (b"other", {"rules": [RULE]}, "the key must be 'rules', not b'other'"),
+    ],
+)  # fmt: skip
+def test_every_processor_refuses_a_bad_rule_set_on_the_topic(
+    kafka_settings, key, document, message
+):
+    s = kafka_settings
+    good = publish(s, load_rules(pair_rules(enabled=True)))
+    feed = RulesFeed(s, rules_from(""))
+    try:
+        bad = Producer({"bootstrap.servers": s.bootstrap_servers})
+        bad.produce(s.rules_topic, key=key, value=json.dumps(document).encode())
+        bad.flush(10)
+        refused = until(feed.take_refused, "the bad rule set refused")
+        assert refused[0]["source_offset"] == good.version + 1
+        assert refused[0]["error"].startswith(f"rule set version {good.version + 1}: refused")
+        assert message in refused[0]["error"]
+        assert feed.current == good  # the live rules stay
+    finally:
+        feed.close()
+
+
+def test_a_file_name_with_a_hidden_character_is_refused_before_anything_is_published(
+    kafka_settings,
+):
+    ruleset = RuleSet(load_rules(pair_rules(enabled=True)).rules, source="mine\u202egpj.yml")
+    with pytest.raises(RuleError, match="the file name holds U\\+202E RIGHT-TO-LEFT OVERRIDE"):
+        publish(kafka_settings, ruleset)
+    assert read_rules(kafka_settings).live is None
