@@ -3,7 +3,7 @@
 the rule set the next batch is scored with. Idle, and while the processor reads a replay at full
 speed, side by side, in each runtime.
 
-    python -m benchmarks.rules_latency [--changes 20] [--events 200000]
+    python -m benchmarks.rules_latency [--changes 20] [--events 600000]
 
 The health page is read every 5 ms; in the faust runtime it asks the scoring process, which
 answers between batches, so the busy figures there include waiting for a batch to finish.
@@ -72,7 +72,7 @@ def changes(settings: Settings, n: int, gap_s: float) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=20)
-    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--events", type=int, default=600_000)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fraudstream-rules-latency-"))
     warm, busy = work / "warm.csv", work / "busy.csv"
@@ -106,7 +106,8 @@ def main() -> None:
                 results[runtime, "busy"] = changes(s, args.changes, 0.2)
                 scored = health(s)["scored"]
                 feed.join()
-                print(f"{runtime}: {scored:,} events scored when the last change was live")
+                print(f"{runtime}: {scored:,} events scored when the last change was live "
+                      f"(the busy feed: {args.events:,})")  # fmt: skip
             finally:
                 engine.dispose()
                 stop_processor(proc)

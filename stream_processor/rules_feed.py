@@ -51,8 +51,7 @@ log = logging.getLogger(__name__)
 
 KEY = b"rules"
 POLL_S = 0.1
-"""How long the feed's thread waits for a message before looking whether it should stop: a
-published rule set reaches the next batch within about this plus the broker's fetch wait."""
+"""How long the feed's thread waits for a message before looking whether it should stop."""
 
 
 class RulesTopicError(RuntimeError):
@@ -112,7 +111,9 @@ def publish(
         raise RuleError(repr(ruleset.source), [f"the file name holds {hidden}"])
     published = replace(ruleset, published_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     delivered: list = []
-    producer = Producer({**settings.kafka_config(), "enable.idempotence": True})
+    # Not idempotent: such a producer waits for an id first (half a second on the embedded
+    # broker), and a duplicate of a rule set after a retry is the same rules again.
+    producer = Producer({**settings.kafka_config(), "linger.ms": 0})
     producer.produce(settings.rules_topic, key=KEY, value=encode(published, initial=initial),
                      on_delivery=lambda err, msg: delivered.append((err, msg)))  # fmt: skip
     producer.flush(timeout_s)
@@ -185,8 +186,11 @@ class RulesTopic:
             raise RulesTopicError(f"cannot read topic {self.topic!r}: {exc}") from None
 
     def read(self, timeout_s: float) -> None:
-        """Read what has arrived (waiting up to ``timeout_s`` for it)."""
-        for msg in self._consumer.consume(100, timeout=timeout_s):
+        """Read what has arrived, waiting up to ``timeout_s`` for a first message (``consume``
+        would wait that long for a batch to fill)."""
+        first = self._consumer.poll(timeout_s)
+        msgs = [] if first is None else [first, *self._consumer.consume(100, timeout=0)]
+        for msg in msgs:
             err = msg.error()
             if err is None:
                 self._take(msg)
