@@ -4,7 +4,7 @@ side by side in one run.
     python -m benchmarks.rules_cost [--events 200000] [--repeat 3]
 
 The same replayed events (the embedded broker) are read by a processor whose rules topic holds
-an empty rule set and by one whose holds twenty (the shipped rules and fifteen more over
+an empty rule set and by one whose topic holds twenty (the shipped rules and fifteen more over
 amounts, counts, travel, merchant text, lists and the scores), alternately, so that the
 machine's drift falls on both.
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -360,16 +361,19 @@ def rules_apply(rules_file: Path) -> None:
     """Validate a rule file and publish it on the rules topic (RULES_TOPIC): every processor
     scores with it within a second, without a restart. A file with any bad rule is refused
     whole, and the live rules stay."""
+    from confluent_kafka import KafkaException
+
+    from fraudstream.broker import BrokerError, ensure_topics
     from stream_processor.rules import RuleError
     from stream_processor.rules_feed import RulesTopicError, apply
 
     ruleset = _rules(rules_file)
     settings = _settings()
-    _rules_topic(settings)
-    with _reported(RulesTopicError, RuleError):
+    with _reported(RulesTopicError, RuleError, KafkaException, BrokerError):
+        ensure_topics(_need_cluster(settings), settings)
         applied = apply(settings, ruleset)
     live = applied.live
-    if not applied.changes:
+    if not applied.published:
         click.echo(f"unchanged: version {live.version} holds these rules")
         return
     click.echo(
@@ -388,8 +392,8 @@ def rules_list(version: int | None) -> None:
     from stream_processor.rules_feed import RulesTopicError, read_rules
 
     settings = _settings()
-    _rules_topic(settings)
-    with _reported(RulesTopicError):
+    _need_cluster(settings)
+    with _reported(RulesTopicError):  # a missing topic too: it is not created here
         topic = read_rules(settings)
     shown = topic.live
     if version is not None:
@@ -416,18 +420,11 @@ def rules_list(version: int | None) -> None:
             click.echo(f"refused: {dead['error']}", err=True)
 
 
-def _rules_topic(settings: Settings) -> None:
-    """The rules topic exists (created with the pipeline's other topics if not)."""
-    from fraudstream.broker import ensure_topics
-
-    ensure_topics(_need_cluster(settings), settings)
-
-
 def _show_rules(ruleset) -> None:
     for rule in ruleset.rules:
         state = "" if rule.enabled else "  (disabled)"
         # on one line: a line break in an expression's text would print as a rule of its own
-        expression = " ".join(rule.expression.split())
+        expression = re.sub(r"[\r\n\t]+", " ", rule.expression)
         click.echo(f"{rule.id:<24} {rule.action:<5} {rule.severity:<8} {expression}{state}")
 
 

@@ -40,6 +40,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from fraudstream.schema import InvalidRecord
 from fraudstream.settings import Settings
@@ -113,7 +114,8 @@ def publish(
     delivered: list = []
     # Not idempotent: such a producer waits for an id first (half a second on the embedded
     # broker), and a duplicate of a rule set after a retry is the same rules again.
-    producer = Producer({**settings.kafka_config(), "linger.ms": 0})
+    producer = Producer({**settings.kafka_config(), "linger.ms": 0,
+                         "message.timeout.ms": int(timeout_s * 1000)})  # fmt: skip
     producer.produce(settings.rules_topic, key=KEY, value=encode(published, initial=initial),
                      on_delivery=lambda err, msg: delivered.append((err, msg)))  # fmt: skip
     producer.flush(timeout_s)
@@ -127,8 +129,10 @@ def publish(
 class Applied:
     live: RuleSet
     """The rule set live now: the one published, or the live one it equals."""
+    published: bool
+    """False: the live rule set held the same rules already."""
     changes: list[str]
-    """What changed, one line a rule; empty: it was live already, and nothing was published."""
+    """What changed, one line a rule."""
 
 
 def apply(settings: Settings, ruleset: RuleSet) -> Applied:
@@ -136,8 +140,8 @@ def apply(settings: Settings, ruleset: RuleSet) -> Applied:
     before = read_rules(settings).live
     changed = changes(before, ruleset)
     if before is not None and not changed:
-        return Applied(before, [])
-    return Applied(publish(settings, ruleset), changed)
+        return Applied(before, False, [])
+    return Applied(publish(settings, ruleset), True, changed)
 
 
 class RulesTopic:
@@ -161,13 +165,18 @@ class RulesTopic:
         except KafkaException as exc:
             self._consumer.close()
             raise RulesTopicError(f"cannot read topic {self.topic!r}: {exc}") from None
+        if len(meta.partitions) != 1:  # versions are offsets: one partition orders them all
+            self._consumer.close()
+            raise RulesTopicError(f"topic {self.topic!r} has {len(meta.partitions)} partitions; "
+                                  "the rules topic must have one")  # fmt: skip
         self._partitions = [TopicPartition(self.topic, p) for p in meta.partitions]
         self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING)
                                for p in meta.partitions])  # fmt: skip
 
     def catch_up(self, timeout_s: float = 30.0) -> None:
         """Read up to the end offsets the broker gives now; :class:`RulesTopicError` if that
-        takes longer than ``timeout_s``."""
+        takes longer than ``timeout_s``. (The embedded broker's end offset is the start of its
+        last record batch: exact for rule sets, which :func:`publish` sends one a batch.)"""
         try:
             marks = [self._consumer.get_watermark_offsets(tp, timeout=10)
                      for tp in self._partitions]  # fmt: skip
@@ -227,6 +236,26 @@ def read_rules(settings: Settings) -> RulesTopic:
     return topic
 
 
+def _warn_unless_kept(settings: Settings) -> None:
+    """Log a warning when the rules topic deletes or compacts what it holds (a topic this tool
+    did not create): the live rule set would go, and a restarted processor would publish its
+    RULES_FILE again."""
+    admin = AdminClient(settings.kafka_config())
+    resource = ConfigResource("topic", settings.rules_topic)
+    try:
+        config = admin.describe_configs([resource])[resource].result(timeout=10)
+    except Exception as exc:  # noqa: BLE001 - only a check: the rules work without it
+        log.debug("cannot read the rules topic's configuration: %s", exc)
+        return
+    values = {name: entry.value for name, entry in config.items()}
+    if values.get("retention.ms", "-1") != "-1" or "compact" in values.get("cleanup.policy", ""):
+        log.warning(
+            "topic %r has retention.ms=%s, cleanup.policy=%s: the live rule set will be deleted "
+            "or compacted away; set retention.ms=-1 and cleanup.policy=delete (docs/rules.md)",
+            settings.rules_topic, values.get("retention.ms"), values.get("cleanup.policy"),
+        )  # fmt: skip
+
+
 class RulesFeed:
     """The live rules of a processor (:attr:`current`), followed on the rules topic in a thread:
     read whole at start (publishing ``initial`` when the topic holds no rule set), then every
@@ -246,6 +275,7 @@ class RulesFeed:
         except Exception:
             self._topic.close()
             raise
+        _warn_unless_kept(settings)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="rules-feed", daemon=True)
         self._thread.start()

@@ -18,7 +18,7 @@ from fraudstream.broker import free_port
 from fraudstream.cli import main
 from fraudstream.topics import read_topic
 from stream_processor.rules import RuleError, RuleSet, load_rules, rules_from
-from stream_processor.rules_feed import RulesFeed, publish, read_rules
+from stream_processor.rules_feed import RulesFeed, RulesTopicError, publish, read_rules
 
 pytestmark = pytest.mark.integration
 
@@ -302,3 +302,41 @@ def test_a_file_name_with_a_hidden_character_is_refused_before_anything_is_publi
     with pytest.raises(RuleError, match="the file name holds U\\+202E RIGHT-TO-LEFT OVERRIDE"):
         publish(kafka_settings, ruleset)
     assert read_rules(kafka_settings).live is None
+
+
+def test_applying_no_rules_on_an_empty_topic_publishes_them(kafka_settings, tmp_path):
+    none = tmp_path / "none.yml"
+    none.write_text("rules: []\n")
+    applied = cli(kafka_settings, "apply", str(none))
+    assert applied.exit_code == 0 and "published rules version 0" in applied.output
+    assert "(0 rules, 0 enabled)" in applied.output
+
+
+def test_a_rules_topic_made_elsewhere_must_be_one_partition_kept_whole(kafka_settings, caplog):
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": kafka_settings.bootstrap_servers})
+    split, short = (kafka_settings.replace(rules_topic=f"{kafka_settings.rules_topic}-{name}")
+                    for name in ("split", "short"))  # fmt: skip
+    made = admin.create_topics([NewTopic(split.rules_topic, 2, 1),
+                                NewTopic(short.rules_topic, 1, 1,
+                                         config={"retention.ms": "604800000"})])  # fmt: skip
+    for future in made.values():
+        future.result(timeout=10)
+    with pytest.raises(RulesTopicError, match="has 2 partitions; the rules topic must have one"):
+        RulesFeed(split, rules_from(""))
+    caplog.set_level("WARNING")
+    feed = RulesFeed(short, rules_from(""))
+    feed.close()
+    assert any("retention.ms=604800000" in r.getMessage() and "will be deleted" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+
+
+def test_the_rules_commands_say_when_the_broker_is_away(kafka_settings, tmp_path):
+    away = kafka_settings.replace(bootstrap_servers="127.0.0.1:1")
+    good = tmp_path / "good.yml"
+    good.write_text(pair_rules(enabled=True))
+    for args in (["list"], ["apply", str(good)]):
+        done = cli(away, *args)
+        assert done.exit_code == 1 and done.output.startswith("Error: "), done.output
+        assert "Traceback" not in done.output
