@@ -12,13 +12,11 @@ answers between batches, so the busy figures there include waiting for a batch t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -29,24 +27,16 @@ from fraudstream.settings import Settings
 from fraudstream.tables import make_engine
 from producer.generate import GeneratorConfig, write_csv
 from producer.replay import ReplayOptions, replay
+from stream_processor.health import read_health
 from stream_processor.rules import DEFAULT_RULES, RuleSet, load_rules_file
 from stream_processor.rules_feed import publish
-
-
-def health(settings: Settings) -> dict | None:
-    try:
-        url = f"http://127.0.0.1:{settings.web_port}/health"
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return json.loads(r.read())
-    except OSError:
-        return None
 
 
 def until_live(settings: Settings, version: int, timeout_s: float = 60.0) -> float:
     """Seconds until the health page names rule set ``version``."""
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
-        page = health(settings)
+        page = read_health(settings.web_port)
         if page is not None and page.get("rules_version") == version:
             return time.monotonic() - started
         time.sleep(0.005)
@@ -104,7 +94,7 @@ def main() -> None:
                 time.sleep(3.0)  # the processor is reading the replay
                 print(f"{runtime}: busy", flush=True)
                 results[runtime, "busy"] = changes(s, args.changes, 0.2)
-                scored = health(s)["scored"]
+                scored = read_health(s.web_port)["scored"]
                 feed.join()
                 print(f"{runtime}: {scored:,} events scored when the last change was live "
                       f"(the busy feed: {args.events:,})")  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -57,3 +58,12 @@ class HealthServer:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+def read_health(port: int, host: str = "127.0.0.1", timeout_s: float = 5.0) -> dict | None:
+    """The health page of the processor on ``host:port``; None while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=timeout_s) as page:
+            return json.loads(page.read())
+    except OSError:
+        return None

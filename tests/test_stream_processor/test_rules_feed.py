@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import time
-import urllib.request
 
 import pytest
 from click.testing import CliRunner
@@ -17,6 +16,7 @@ from test_runtimes import drain, processor, produce, query
 from fraudstream.broker import free_port
 from fraudstream.cli import main
 from fraudstream.topics import read_topic
+from stream_processor.health import read_health
 from stream_processor.rules import RuleError, RuleSet, load_rules, rules_from
 from stream_processor.rules_feed import RulesFeed, RulesTopicError, publish, read_rules
 
@@ -184,16 +184,6 @@ def _pair_csv(path, account: str, start: str, ids: tuple[str, str]) -> None:
         w.writerow([ids[1], account, "650.00", "Corner Shop", f"{start}:40", "Lyon"])
 
 
-def _health(settings) -> dict | None:
-    """The processor's health page; None while it does not answer yet."""
-    try:
-        url = f"http://127.0.0.1:{settings.web_port}/health"
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return json.loads(r.read())
-    except OSError:
-        return None
-
-
 @pytest.mark.parametrize("runtime", ["confluent", "faust"])
 def test_a_rule_disabled_at_runtime_stops_flagging_without_a_restart(
     kafka_settings, small_csv, tmp_path, runtime
@@ -230,7 +220,9 @@ def test_a_rule_disabled_at_runtime_stops_flagging_without_a_restart(
         junk = Producer({"bootstrap.servers": s.bootstrap_servers})
         junk.produce(s.rules_topic, key=b"rules", value=b"\xff not a rule set")
         junk.flush(10)
-        until(lambda: (_health(s) or {}).get("rules_version") == 1, "version 1 applied")
+        until(
+            lambda: (read_health(s.web_port) or {}).get("rules_version") == 1, "version 1 applied"
+        )
         stats = produce(s, later)
         drain(s, proc, log, stats.last_offsets)
         assert proc.poll() is None
@@ -245,14 +237,14 @@ def test_a_rule_disabled_at_runtime_stops_flagging_without_a_restart(
             "the malformed rule set dead-lettered",
         )  # fmt: skip
         assert dead[0][:2] == (2, "rules") and "not JSON" in dead[0][2]
-        assert _health(s)["rules_version"] == 1
+        assert read_health(s.web_port)["rules_version"] == 1
     # restarted, the processor reads the whole topic again: the bad message is not sent twice
     again = tmp_path / "again.csv"
     _pair_csv(again, "PAIR3", "2026-03-03T10:00", ("P3-SMALL", "P3-LARGE"))
     with processor(s, tmp_path, "restarted") as (proc, log):
         stats = produce(s, again)
         drain(s, proc, log, stats.last_offsets)
-        assert until(lambda: _health(s), "the health page")["rules_version"] == 1
+        assert until(lambda: read_health(s.web_port), "the health page")["rules_version"] == 1
     assert query(
         s, f"select count(*) from dead_letters where source_topic = '{s.rules_topic}'"
     ) == [(1,)]
