@@ -190,17 +190,7 @@ def emit_rows(
     probability_list = [None] * n if probabilities is None else probabilities.tolist()
     flags = scores.flags if hits is None else scores.flags | hits.alerting
     flagged = np.flatnonzero(flags).tolist()
-    reasons: list[str | None] = [None] * n
-    for i in flagged:
-        txn = txns[i]
-        explained = explain(
-            txn, scores.inputs[i], score_list[i], scores.threshold,
-            anomalous=bool(scores.anomalous[i]), probability=probability_list[i],
-            supervised_threshold=supervised.threshold if supervised else None,
-        )  # fmt: skip
-        if hits is not None:
-            explained += hits.reasons(i)
-        reasons[i] = json.dumps(explained, ensure_ascii=False) if explained else None
+    reasons = _reasons(txns, flagged, scores, score_list, probability_list, hits)
     rows = rows_from_columns(
         {
             "transaction_id": [t.transaction_id for t in txns],
@@ -233,6 +223,30 @@ def emit_rows(
     result.rows += rows
     result.alerts += [alert_payload(TransactionRow._make(rows[i])) for i in flagged]
     return flags
+
+
+def _reasons(
+    txns: list[Transaction],
+    flagged: list[int],
+    scores: Scores,
+    score_list: list[float],
+    probability_list: list[float | None],
+    hits: RuleHits | None,
+) -> list[str | None]:
+    """The ``reasons`` column: for each flagged event, the models' reasons and then the rules'
+    (JSON text); None for the others."""
+    supervised = scores.supervised
+    reasons: list[str | None] = [None] * len(txns)
+    for i in flagged:
+        explained = explain(
+            txns[i], scores.inputs[i], score_list[i], scores.threshold,
+            anomalous=bool(scores.anomalous[i]), probability=probability_list[i],
+            supervised_threshold=supervised.threshold if supervised else None,
+        )  # fmt: skip
+        if hits is not None:
+            explained += hits.reasons(i)
+        reasons[i] = json.dumps(explained, ensure_ascii=False) if explained else None
+    return reasons
 
 
 class RuleHits:
